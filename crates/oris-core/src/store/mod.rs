@@ -1,0 +1,445 @@
+//! Storage traits, commit batches and records.
+//!
+//! A backend stores, per thread: the thread record (graph, head seq, active run), the run
+//! records, the append-only event log, and the latest snapshot (materialised state at a
+//! superstep boundary). Every write is a [`Commit`]: a batch of events, an optional run
+//! creation or status change and an optional snapshot, applied atomically and only if the
+//! thread's head is still `expected_head` (compare-and-set — two writers on one thread can
+//! never both succeed). The rules a commit must satisfy are decided once, here, by
+//! [`plan_commit`]; backends persist its result. The conformance suite in `oris-testkit`
+//! checks every backend against the same cases.
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+use async_trait::async_trait;
+
+use crate::event::{Boundary, Durability, Event, Payload};
+use crate::id::{RunId, Seq, ThreadId, Timestamp};
+use crate::status::{RunStatus, StatusKind, TransitionError};
+
+/// The record of a thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadRecord {
+    /// Identity.
+    pub thread_id: ThreadId,
+    /// The graph the thread belongs to (fixed by its first run).
+    pub graph: String,
+    /// Seq of the last event; [`Seq::ZERO`] for an empty log.
+    pub head: Seq,
+    /// The run currently queued or running, if any (at most one per thread).
+    pub active_run: Option<RunId>,
+    /// The most recently created run.
+    pub last_run: Option<RunId>,
+    /// When the thread was created.
+    pub created_at: Timestamp,
+    /// When the thread last changed.
+    pub updated_at: Timestamp,
+}
+
+/// The record of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    /// Identity.
+    pub run_id: RunId,
+    /// Its thread.
+    pub thread_id: ThreadId,
+    /// Graph name.
+    pub graph: String,
+    /// Graph version the run is pinned to.
+    pub graph_version: String,
+    /// Where the run is.
+    pub status: RunStatus,
+    /// Seq of the run's first event.
+    pub first_seq: Seq,
+    /// When the run was created.
+    pub created_at: Timestamp,
+    /// When its status last changed.
+    pub updated_at: Timestamp,
+}
+
+/// Materialised state of a thread at a superstep boundary: the fold of events
+/// `1..=at_seq`. An optimisation over the log, never the source of truth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The boundary event it stands at.
+    pub at_seq: Seq,
+    /// The run that wrote that event.
+    pub run_id: RunId,
+    /// Number of the superstep that `boundary.next` belongs to.
+    pub next_superstep: u32,
+    /// The state, serialized.
+    pub state: Payload,
+    /// Tasks and join progress at that boundary.
+    pub boundary: Boundary,
+    /// When it was taken.
+    pub created_at: Timestamp,
+}
+
+/// A run record to create or a status to set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunWrite {
+    /// Create a run; the thread must have no active run. Creates the thread when its log is
+    /// empty.
+    Create(RunRecord),
+    /// Change a run's status along an allowed edge of the state machine.
+    SetStatus {
+        /// The run.
+        run_id: RunId,
+        /// Its new status.
+        status: RunStatus,
+    },
+}
+
+/// One atomic write to one thread.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// The thread.
+    pub thread_id: ThreadId,
+    /// The head the writer based this batch on; the commit fails with
+    /// [`Error::Conflict`] if the stored head differs.
+    pub expected_head: Seq,
+    /// Events with seqs `expected_head + 1 ..`, contiguous.
+    pub events: Vec<Event>,
+    /// Run creation or status change.
+    pub run: Option<RunWrite>,
+    /// A new snapshot; replaces the thread's previous one.
+    pub snapshot: Option<Snapshot>,
+    /// How durable the write must be before `commit` returns.
+    pub durability: Durability,
+}
+
+/// What a successful commit returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// The thread's new head.
+    pub head: Seq,
+}
+
+/// Which runs to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    /// Only runs of this thread.
+    pub thread_id: Option<ThreadId>,
+    /// Only runs of this graph.
+    pub graph: Option<String>,
+    /// Only runs in one of these statuses (empty: any).
+    pub statuses: Vec<StatusKind>,
+    /// Only runs created after this one (cursor; runs are ordered by id, i.e. creation).
+    pub after: Option<RunId>,
+    /// At most this many (0: no limit).
+    pub limit: usize,
+}
+
+impl RunFilter {
+    /// Runs that are queued or running: what recovery must continue.
+    pub fn unfinished() -> Self {
+        RunFilter {
+            statuses: vec![StatusKind::Queued, StatusKind::Running],
+            ..Default::default()
+        }
+    }
+
+    /// Whether `run` passes the filter (the `after` cursor and limit aside).
+    pub fn matches(&self, run: &RunRecord) -> bool {
+        self.thread_id.as_ref().is_none_or(|t| *t == run.thread_id)
+            && self.graph.as_ref().is_none_or(|g| *g == run.graph)
+            && (self.statuses.is_empty() || self.statuses.contains(&run.status.kind()))
+    }
+}
+
+/// A storage error. Driver errors are mapped inside each backend and never cross this
+/// boundary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The thread's head moved: another writer committed first.
+    #[error("thread `{thread_id}` changed concurrently: expected head {expected}, found {actual}")]
+    Conflict {
+        /// The thread.
+        thread_id: ThreadId,
+        /// The head the writer expected.
+        expected: Seq,
+        /// The stored head.
+        actual: Seq,
+    },
+    /// The thread already has a queued or running run.
+    #[error("thread `{thread_id}` already has an active run ({run_id})")]
+    RunActive {
+        /// The thread.
+        thread_id: ThreadId,
+        /// Its active run.
+        run_id: RunId,
+    },
+    /// The thread belongs to another graph.
+    #[error("thread `{thread_id}` belongs to graph `{existing}`, not `{requested}`")]
+    GraphMismatch {
+        /// The thread.
+        thread_id: ThreadId,
+        /// Its graph.
+        existing: String,
+        /// The graph of the rejected run.
+        requested: String,
+    },
+    /// No such thread.
+    #[error("thread `{thread_id}` does not exist")]
+    ThreadNotFound {
+        /// The thread.
+        thread_id: ThreadId,
+    },
+    /// No such run.
+    #[error("run {run_id} does not exist")]
+    RunNotFound {
+        /// The run.
+        run_id: RunId,
+    },
+    /// The requested status change is not an edge of the state machine.
+    #[error("run {run_id}: {source}")]
+    InvalidTransition {
+        /// The run.
+        run_id: RunId,
+        /// The refused edge.
+        source: TransitionError,
+    },
+    /// The commit breaks a structural rule (a bug in the writer, not a race).
+    #[error("invalid commit on thread `{thread_id}`: {detail}")]
+    InvalidCommit {
+        /// The thread.
+        thread_id: ThreadId,
+        /// The broken rule.
+        detail: String,
+    },
+    /// A stored value cannot be read back.
+    #[error("corrupt data in thread `{thread_id}`{}: {detail}", seq.map(|s| format!(" at seq {s}")).unwrap_or_default())]
+    Corrupt {
+        /// The thread.
+        thread_id: ThreadId,
+        /// The event, if the damage is in one.
+        seq: Option<Seq>,
+        /// What is wrong, with the field path.
+        detail: String,
+    },
+    /// The storage could not be reached or failed; the operation may be retried.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl Error {
+    /// Whether retrying the same operation may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A storage backend.
+///
+/// Implementations must make [`Store::commit`] atomic and linearizable per thread, durable
+/// as requested by [`Commit::durability`], and must validate it with [`plan_commit`].
+/// Reads never block an async executor thread.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Applies a commit atomically.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when the head moved, the rule violations of [`plan_commit`],
+    /// [`Error::Unavailable`] on I/O failure (nothing was written).
+    async fn commit(&self, commit: Commit) -> Result<Receipt>;
+
+    /// Reads a thread record.
+    async fn thread(&self, thread_id: &ThreadId) -> Result<Option<ThreadRecord>>;
+
+    /// Reads a run record.
+    async fn run(&self, run_id: RunId) -> Result<Option<RunRecord>>;
+
+    /// Lists runs, oldest first.
+    async fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
+
+    /// Reads up to `limit` events with seq greater than `after`, in seq order.
+    async fn events(&self, thread_id: &ThreadId, after: Seq, limit: usize) -> Result<Vec<Event>>;
+
+    /// The thread's snapshot, if one exists at or before `at_or_before`.
+    async fn snapshot(&self, thread_id: &ThreadId, at_or_before: Seq) -> Result<Option<Snapshot>>;
+
+    /// Deletes every snapshot of the thread (they are an optimisation: state is rebuilt
+    /// from the log). Returns how many were deleted.
+    async fn delete_snapshots(&self, thread_id: &ThreadId) -> Result<u64>;
+}
+
+/// What a valid commit changes, as decided by [`plan_commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitPlan {
+    /// The thread record after the commit.
+    pub thread: ThreadRecord,
+    /// Whether the thread is created by this commit.
+    pub thread_is_new: bool,
+    /// The run record written by this commit, if any.
+    pub run: Option<RunRecord>,
+    /// Whether that run is created by this commit.
+    pub run_is_new: bool,
+}
+
+/// Decides whether `commit` may be applied to a thread whose stored record is `thread`,
+/// and what the thread and run records become. `run` is the stored record of the run
+/// named by [`RunWrite::SetStatus`], if the commit has one.
+///
+/// # Errors
+/// [`Error::Conflict`], [`Error::RunActive`], [`Error::GraphMismatch`],
+/// [`Error::ThreadNotFound`], [`Error::RunNotFound`], [`Error::InvalidTransition`] or
+/// [`Error::InvalidCommit`].
+pub fn plan_commit(
+    commit: &Commit,
+    thread: Option<&ThreadRecord>,
+    run: Option<&RunRecord>,
+    now: Timestamp,
+) -> Result<CommitPlan> {
+    let tid = &commit.thread_id;
+    let invalid = |detail: String| Error::InvalidCommit {
+        thread_id: tid.clone(),
+        detail,
+    };
+    let actual = thread.map_or(Seq::ZERO, |t| t.head);
+    if actual != commit.expected_head {
+        return Err(Error::Conflict {
+            thread_id: tid.clone(),
+            expected: commit.expected_head,
+            actual,
+        });
+    }
+    for (i, e) in commit.events.iter().enumerate() {
+        let want = Seq(commit.expected_head.0 + 1 + i as u64);
+        if e.seq != want {
+            return Err(invalid(format!(
+                "event {i} has seq {}, expected {want}",
+                e.seq
+            )));
+        }
+    }
+    let mut next = match thread {
+        Some(t) => t.clone(),
+        None => match &commit.run {
+            Some(RunWrite::Create(r)) => ThreadRecord {
+                thread_id: tid.clone(),
+                graph: r.graph.clone(),
+                head: Seq::ZERO,
+                active_run: None,
+                last_run: None,
+                created_at: now,
+                updated_at: now,
+            },
+            _ => {
+                return Err(Error::ThreadNotFound {
+                    thread_id: tid.clone(),
+                });
+            }
+        },
+    };
+    let mut run_out = None;
+    let mut run_is_new = false;
+    match &commit.run {
+        None => {}
+        Some(RunWrite::Create(r)) => {
+            if let Some(active) = next.active_run {
+                return Err(Error::RunActive {
+                    thread_id: tid.clone(),
+                    run_id: active,
+                });
+            }
+            if r.graph != next.graph {
+                return Err(Error::GraphMismatch {
+                    thread_id: tid.clone(),
+                    existing: next.graph.clone(),
+                    requested: r.graph.clone(),
+                });
+            }
+            if r.thread_id != *tid {
+                return Err(invalid(format!(
+                    "run {} names thread `{}`",
+                    r.run_id, r.thread_id
+                )));
+            }
+            if !matches!(r.status.kind(), StatusKind::Queued | StatusKind::Running) {
+                return Err(invalid(format!(
+                    "run {} must be created queued or running, not {}",
+                    r.run_id,
+                    r.status.kind().as_str()
+                )));
+            }
+            if r.first_seq != commit.expected_head.next() {
+                return Err(invalid(format!(
+                    "run {} starts at seq {}, but the log continues at {}",
+                    r.run_id,
+                    r.first_seq,
+                    commit.expected_head.next()
+                )));
+            }
+            next.active_run = Some(r.run_id);
+            next.last_run = Some(r.run_id);
+            run_out = Some(r.clone());
+            run_is_new = true;
+        }
+        Some(RunWrite::SetStatus { run_id, status }) => {
+            let stored = run
+                .filter(|r| r.run_id == *run_id)
+                .ok_or(Error::RunNotFound { run_id: *run_id })?;
+            if stored.thread_id != *tid {
+                return Err(invalid(format!(
+                    "run {run_id} belongs to thread `{}`",
+                    stored.thread_id
+                )));
+            }
+            stored
+                .status
+                .check_transition(status)
+                .map_err(|source| Error::InvalidTransition {
+                    run_id: *run_id,
+                    source,
+                })?;
+            let mut r = stored.clone();
+            r.status = status.clone();
+            r.updated_at = now;
+            if status.is_terminal() && next.active_run == Some(*run_id) {
+                next.active_run = None;
+            }
+            run_out = Some(r);
+        }
+    }
+    // Events may only be written by the run that is (or, in this commit, was) active.
+    let writer = match &commit.run {
+        Some(RunWrite::Create(r)) => Some(r.run_id),
+        Some(RunWrite::SetStatus { run_id, .. }) => Some(*run_id),
+        None => next.active_run,
+    };
+    if let Some(e) = commit.events.iter().find(|e| Some(e.run_id) != writer) {
+        return Err(invalid(format!(
+            "event {} belongs to run {}, which is not the thread's active run",
+            e.seq, e.run_id
+        )));
+    }
+    if let Some(RunWrite::SetStatus { run_id, .. }) = &commit.run {
+        if thread.and_then(|t| t.active_run) != Some(*run_id) {
+            return Err(invalid(format!(
+                "run {run_id} is not the thread's active run"
+            )));
+        }
+    }
+    next.head = Seq(commit.expected_head.0 + commit.events.len() as u64);
+    if let Some(s) = &commit.snapshot {
+        if s.at_seq == Seq::ZERO || s.at_seq > next.head {
+            return Err(invalid(format!(
+                "snapshot at seq {} is outside the log (head {})",
+                s.at_seq, next.head
+            )));
+        }
+    }
+    next.updated_at = now;
+    Ok(CommitPlan {
+        thread_is_new: thread.is_none(),
+        thread: next,
+        run: run_out,
+        run_is_new,
+    })
+}
