@@ -365,7 +365,7 @@ impl Topology {
         let finished_set: BTreeSet<&str> = finished.iter().copied().collect();
         let mut triggered = vec![false; self.nodes.len()];
         let mut sends = Vec::new();
-        let mut trigger = |name: &str, triggered: &mut Vec<bool>| {
+        let trigger = |name: &str, triggered: &mut Vec<bool>| {
             if let Some(i) = self.node_index(name) {
                 triggered[i] = true;
             }

@@ -419,21 +419,21 @@ pub fn plan_commit(
             e.seq, e.run_id
         )));
     }
-    if let Some(RunWrite::SetStatus { run_id, .. }) = &commit.run {
-        if thread.and_then(|t| t.active_run) != Some(*run_id) {
-            return Err(invalid(format!(
-                "run {run_id} is not the thread's active run"
-            )));
-        }
+    if let Some(RunWrite::SetStatus { run_id, .. }) = &commit.run
+        && thread.and_then(|t| t.active_run) != Some(*run_id)
+    {
+        return Err(invalid(format!(
+            "run {run_id} is not the thread's active run"
+        )));
     }
     next.head = Seq(commit.expected_head.0 + commit.events.len() as u64);
-    if let Some(s) = &commit.snapshot {
-        if s.at_seq == Seq::ZERO || s.at_seq > next.head {
-            return Err(invalid(format!(
-                "snapshot at seq {} is outside the log (head {})",
-                s.at_seq, next.head
-            )));
-        }
+    if let Some(s) = &commit.snapshot
+        && (s.at_seq == Seq::ZERO || s.at_seq > next.head)
+    {
+        return Err(invalid(format!(
+            "snapshot at seq {} is outside the log (head {})",
+            s.at_seq, next.head
+        )));
     }
     next.updated_at = now;
     Ok(CommitPlan {

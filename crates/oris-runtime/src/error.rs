@@ -1,0 +1,115 @@
+//! The runtime's error type.
+
+use oris_core::id::{CheckpointId, IdError, RunId, Seq, ThreadId};
+use oris_core::store;
+
+/// Why an engine operation failed. A run that *ran* and failed is not an error: it is a
+/// [`RunOutcome::Failed`](crate::RunOutcome::Failed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The thread id is not valid.
+    #[error("invalid thread_id: {0}")]
+    InvalidThreadId(#[from] IdError),
+    /// The thread already has a queued or running run (one active run per thread).
+    #[error("thread `{thread_id}` already has an active run ({run_id})")]
+    RunActive {
+        /// The thread.
+        thread_id: ThreadId,
+        /// Its active run.
+        run_id: RunId,
+    },
+    /// The thread belongs to another graph.
+    #[error("thread `{thread_id}` belongs to graph `{existing}`, not `{requested}`")]
+    GraphMismatch {
+        /// The thread.
+        thread_id: ThreadId,
+        /// Its graph.
+        existing: String,
+        /// The graph asked for.
+        requested: String,
+    },
+    /// No such thread.
+    #[error("thread `{0}` does not exist")]
+    ThreadNotFound(ThreadId),
+    /// The thread has no queued or running run to continue or cancel.
+    #[error("thread `{0}` has no unfinished run")]
+    NoActiveRun(ThreadId),
+    /// The run needs a graph version this engine does not have.
+    #[error(
+        "run {run_id} of thread `{thread_id}` is pinned to graph `{graph}` version `{version}`, which is not registered with this engine"
+    )]
+    GraphNotRegistered {
+        /// The thread.
+        thread_id: ThreadId,
+        /// The run.
+        run_id: RunId,
+        /// Graph name.
+        graph: String,
+        /// Graph version.
+        version: String,
+    },
+    /// No such checkpoint.
+    #[error("thread `{thread_id}` has no checkpoint {checkpoint}")]
+    CheckpointNotFound {
+        /// The thread.
+        thread_id: ThreadId,
+        /// The checkpoint asked for.
+        checkpoint: CheckpointId,
+    },
+    /// The input cannot be applied to the state.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// Stored data does not decode into the graph's types.
+    #[error("corrupt data in thread `{thread_id}`{}: {detail}", seq.map(|s| format!(" at seq {s}")).unwrap_or_default())]
+    Corrupt {
+        /// The thread.
+        thread_id: ThreadId,
+        /// The event.
+        seq: Option<Seq>,
+        /// What failed, with the field path.
+        detail: String,
+    },
+    /// Another writer changed the thread (another process owns the run now); this engine
+    /// stopped driving it and nothing it had not committed was written.
+    #[error(
+        "thread `{thread_id}` was changed by another writer; this engine stopped driving run {run_id}"
+    )]
+    Superseded {
+        /// The thread.
+        thread_id: ThreadId,
+        /// The run.
+        run_id: RunId,
+    },
+    /// Any other storage error.
+    #[error(transparent)]
+    Store(store::Error),
+}
+
+impl From<store::Error> for Error {
+    fn from(e: store::Error) -> Self {
+        match e {
+            store::Error::RunActive { thread_id, run_id } => Error::RunActive { thread_id, run_id },
+            store::Error::GraphMismatch {
+                thread_id,
+                existing,
+                requested,
+            } => Error::GraphMismatch {
+                thread_id,
+                existing,
+                requested,
+            },
+            store::Error::ThreadNotFound { thread_id } => Error::ThreadNotFound(thread_id),
+            store::Error::Corrupt {
+                thread_id,
+                seq,
+                detail,
+            } => Error::Corrupt {
+                thread_id,
+                seq,
+                detail,
+            },
+            other => Error::Store(other),
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Rebuilding a thread from its log: the fold of events through the reducers.
+//!
+//! This is the one place where stored events become typed state. The live driver applies
+//! the same updates in the same (task) order, so a fold of the log reproduces the state the
+//! run saw, bit for bit.
+
+use std::collections::BTreeMap;
+
+use oris_core::event::{
+    Barriers, Boundary, DecodeError, Event, EventBody, Payload, RunSettings, Task,
+};
+use oris_core::id::{RunId, Seq, ThreadId};
+use oris_core::state::{INPUT_WRITER, State};
+use oris_core::store::{Snapshot, Store};
+
+use crate::error::Error;
+
+const PAGE: usize = 1024;
+
+/// Where an unfinished run stands.
+#[derive(Debug)]
+pub(crate) struct Progress<U> {
+    pub run_id: RunId,
+    pub settings: RunSettings,
+    pub graph_version: String,
+    pub superstep: u32,
+    pub tasks: Vec<Task>,
+    pub barriers: Barriers,
+    /// Completed tasks of the current superstep, by task index.
+    pub done: BTreeMap<u32, U>,
+    /// Last failed attempt per task of the current superstep.
+    pub failed: BTreeMap<u32, u32>,
+}
+
+/// A thread rebuilt from snapshot + events.
+#[derive(Debug)]
+pub(crate) struct Folded<S: State> {
+    pub state: S,
+    pub head: Seq,
+    /// Seq of the last event that closed a superstep.
+    pub last_boundary: Option<Seq>,
+    /// Supersteps closed since the snapshot the fold started from.
+    pub since_snapshot: u32,
+    /// The run in progress at `head`, if any.
+    pub progress: Option<Progress<S::Update>>,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    thread_id: &ThreadId,
+    seq: Seq,
+    what: &str,
+    p: &Payload,
+) -> Result<T, Error> {
+    p.decode()
+        .map_err(|DecodeError { path, message }| Error::Corrupt {
+            thread_id: thread_id.clone(),
+            seq: Some(seq),
+            detail: format!("{what} field `{path}`: {message}"),
+        })
+}
+
+impl<S: State> Folded<S> {
+    fn empty() -> Self {
+        Folded {
+            state: S::default(),
+            head: Seq::ZERO,
+            last_boundary: None,
+            since_snapshot: 0,
+            progress: None,
+        }
+    }
+
+    fn from_snapshot(
+        thread_id: &ThreadId,
+        snap: Snapshot,
+        active: Option<(RunSettings, String)>,
+    ) -> Result<Self, Error> {
+        let state = decode(thread_id, snap.at_seq, "snapshot state", &snap.state)?;
+        Ok(Folded {
+            state,
+            head: snap.at_seq,
+            last_boundary: Some(snap.at_seq),
+            since_snapshot: 0,
+            progress: active.map(|(settings, graph_version)| Progress {
+                run_id: snap.run_id,
+                settings,
+                graph_version,
+                superstep: snap.next_superstep,
+                tasks: snap.boundary.next,
+                barriers: snap.boundary.barriers,
+                done: BTreeMap::new(),
+                failed: BTreeMap::new(),
+            }),
+        })
+    }
+
+    /// Applies one event.
+    pub fn apply(&mut self, thread_id: &ThreadId, e: &Event) -> Result<(), Error> {
+        let corrupt = |detail: String| Error::Corrupt {
+            thread_id: thread_id.clone(),
+            seq: Some(e.seq),
+            detail,
+        };
+        match &e.body {
+            EventBody::RunStarted {
+                graph_version,
+                input,
+                settings,
+                boundary,
+                ..
+            } => {
+                let update: S::Update = decode(thread_id, e.seq, "run input", input)?;
+                self.state
+                    .apply(vec![(INPUT_WRITER, update)])
+                    .map_err(|err| corrupt(format!("input does not apply: {err}")))?;
+                self.progress = Some(Progress {
+                    run_id: e.run_id,
+                    settings: settings.clone(),
+                    graph_version: graph_version.clone(),
+                    superstep: 0,
+                    tasks: boundary.next.clone(),
+                    barriers: boundary.barriers.clone(),
+                    done: BTreeMap::new(),
+                    failed: BTreeMap::new(),
+                });
+                self.last_boundary = Some(e.seq);
+            }
+            EventBody::NodeCompleted {
+                task,
+                update,
+                boundary,
+                ..
+            } => {
+                let p = self
+                    .progress
+                    .as_mut()
+                    .ok_or_else(|| corrupt("node completion outside a run".into()))?;
+                let update: S::Update = decode(thread_id, e.seq, "node update", update)?;
+                p.done.insert(*task, update);
+                if let Some(b) = boundary {
+                    close_superstep(&mut self.state, p, b).map_err(corrupt)?;
+                    self.last_boundary = Some(e.seq);
+                    self.since_snapshot += 1;
+                }
+            }
+            EventBody::NodeFailed { task, attempt, .. } => {
+                if let Some(p) = self.progress.as_mut() {
+                    p.failed.insert(*task, *attempt);
+                }
+            }
+            EventBody::RunCompleted
+            | EventBody::RunFailed { .. }
+            | EventBody::RunCancelled { .. } => {
+                self.progress = None;
+            }
+            // Future event kinds must be handled explicitly.
+            #[allow(unreachable_patterns)]
+            other => return Err(corrupt(format!("unknown event kind {:?}", other.kind()))),
+        }
+        self.head = e.seq;
+        Ok(())
+    }
+}
+
+/// Merges the completed tasks of the superstep in task order and moves to `boundary`.
+fn close_superstep<S: State>(
+    state: &mut S,
+    p: &mut Progress<S::Update>,
+    boundary: &Boundary,
+) -> Result<(), String> {
+    let done = std::mem::take(&mut p.done);
+    let mut updates = Vec::with_capacity(done.len());
+    for (i, u) in done {
+        let node = p
+            .tasks
+            .get(i as usize)
+            .map(Task::node)
+            .ok_or_else(|| format!("task {i} is not in superstep {}", p.superstep))?;
+        updates.push((node, u));
+    }
+    state
+        .apply(updates)
+        .map_err(|e| format!("superstep {} does not merge: {e}", p.superstep))?;
+    p.superstep += 1;
+    p.tasks = boundary.next.clone();
+    p.barriers = boundary.barriers.clone();
+    p.failed.clear();
+    Ok(())
+}
+
+/// Rebuilds a thread up to `upto` (inclusive), starting from the latest snapshot at or
+/// before it unless `from_scratch`.
+pub(crate) async fn fold<S: State>(
+    store: &dyn Store,
+    thread_id: &ThreadId,
+    upto: Seq,
+    from_scratch: bool,
+) -> Result<Folded<S>, Error> {
+    let snapshot = if from_scratch {
+        None
+    } else {
+        store.snapshot(thread_id, upto).await?
+    };
+    let mut folded = match snapshot {
+        None => Folded::empty(),
+        Some(snap) => {
+            // The snapshot records the boundary; the run's settings are in its RunStarted
+            // event. Events after the snapshot (including the run's end) settle the rest.
+            let active = match store.run(snap.run_id).await? {
+                Some(run) => {
+                    let start = store
+                        .events(thread_id, Seq(run.first_seq.0 - 1), 1)
+                        .await?
+                        .into_iter()
+                        .next();
+                    match start.map(|e| e.body) {
+                        Some(EventBody::RunStarted {
+                            settings,
+                            graph_version,
+                            ..
+                        }) => Some((settings, graph_version)),
+                        _ => {
+                            return Err(Error::Corrupt {
+                                thread_id: thread_id.clone(),
+                                seq: Some(run.first_seq),
+                                detail: "a run's first event is not run_started".into(),
+                            });
+                        }
+                    }
+                }
+                None => {
+                    return Err(Error::Corrupt {
+                        thread_id: thread_id.clone(),
+                        seq: Some(snap.at_seq),
+                        detail: format!("snapshot names unknown run {}", snap.run_id),
+                    });
+                }
+            };
+            Folded::from_snapshot(thread_id, snap, active)?
+        }
+    };
+    loop {
+        if folded.head >= upto {
+            break;
+        }
+        let limit = PAGE.min((upto.0 - folded.head.0) as usize);
+        let events = store.events(thread_id, folded.head, limit).await?;
+        if events.is_empty() {
+            break;
+        }
+        for e in &events {
+            folded.apply(thread_id, e)?;
+        }
+    }
+    Ok(folded)
+}
