@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use oris_core::event::{
     Barriers, Boundary, Durability, Event, EventBody, Failure, FailureKind, Payload, RunSettings,
     Task,
@@ -28,17 +30,21 @@ use oris_core::id::{CheckpointId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::state::State;
 use oris_core::status::RunStatus;
 use oris_core::store::{self, Commit, RunWrite, Snapshot};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::engine::{CancelSlot, Shared};
 use crate::error::Error;
 use crate::graph::GraphInner;
-use crate::node::{Context, ContextInner, NodeError, NodeOutput};
+use crate::node::{BoxFuture, Context, ContextInner, NodeError, NodeOutput};
 use crate::outcome::RunOutcome;
 use crate::replay::Progress;
 
 type AttemptResult<S> = (u32, u32, Result<NodeOutput<S>, NodeError>);
+
+/// The attempts in flight in one superstep. Dropping it cancels them all: inline futures are
+/// dropped, spawned ones aborted.
+type Running<S> = FuturesUnordered<BoxFuture<Option<AttemptResult<S>>>>;
 
 pub(crate) struct Driver<S: State> {
     pub g: Arc<GraphInner<S>>,
@@ -196,10 +202,11 @@ impl<S: State> Driver<S> {
 
     fn spawn_attempt(
         &self,
-        set: &mut JoinSet<AttemptResult<S>>,
+        set: &mut Running<S>,
         task: u32,
         attempt: u32,
         delay: Option<Duration>,
+        parallel: bool,
     ) {
         let t = &self.tasks[task as usize];
         let node_index = self
@@ -223,7 +230,7 @@ impl<S: State> Driver<S> {
             }),
         };
         let state = self.state.clone();
-        set.spawn(async move {
+        let fut = async move {
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
             }
@@ -246,47 +253,58 @@ impl<S: State> Driver<S> {
                 .into_permanent())
             });
             (task, attempt, result)
-        });
+        };
+        // A superstep of several tasks runs them on the runtime's worker threads (true
+        // parallelism); a lone task runs inside the driver's own task, which saves two
+        // cross-thread wake-ups per node.
+        if parallel {
+            let handle = AbortOnDropHandle::new(tokio::spawn(fut));
+            set.push(Box::pin(async move { handle.await.ok() }));
+        } else {
+            set.push(Box::pin(async move { Some(fut.await) }));
+        }
     }
 
     async fn superstep(
         &mut self,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Step<S>, Error> {
-        let mut set = JoinSet::new();
+        let mut set = Running::<S>::new();
+        let pending = self.tasks.len() - self.done.len();
+        let parallel = pending > 1;
         for i in 0..self.tasks.len() as u32 {
             if !self.done.contains_key(&i) {
                 let attempt = self.failed.get(&i).copied().unwrap_or(0) + 1;
-                self.spawn_attempt(&mut set, i, attempt, None);
+                self.spawn_attempt(&mut set, i, attempt, None, parallel);
             }
         }
         loop {
             let first = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => {
-                    set.abort_all();
+                    set.clear();
                     return self.end_cancelled().await.map(Step::Ended);
                 }
                 _ = sleep_until(deadline) => {
-                    set.abort_all();
+                    set.clear();
                     self.cancel.cancel();
                     let f = Failure::new(FailureKind::RunTimeout, "the run exceeded its timeout");
                     return self.end_failed(Vec::new(), f).await.map(Step::Ended);
                 }
-                r = set.join_next() => r,
+                r = set.next() => r,
             };
             let Some(first) = first else {
                 unreachable!("invariant: a superstep with pending tasks has running attempts")
             };
             let mut finished = vec![first];
-            while let Some(r) = set.try_join_next() {
+            while let Some(Some(r)) = set.next().now_or_never() {
                 finished.push(r);
             }
             let mut events = Vec::new();
             let mut fatal = None;
             for joined in finished {
-                // Attempts catch their own panics; a JoinError here means we aborted it.
-                let Ok((task, attempt, result)) = joined else {
+                // Attempts catch their own panics; `None` means a spawned attempt was aborted.
+                let Some((task, attempt, result)) = joined else {
                     continue;
                 };
                 let node = self.tasks[task as usize].node().to_owned();
@@ -337,7 +355,9 @@ impl<S: State> Driver<S> {
                         });
                         self.failed.insert(task, attempt);
                         match delay {
-                            Some(d) => self.spawn_attempt(&mut set, task, attempt + 1, Some(d)),
+                            Some(d) => {
+                                self.spawn_attempt(&mut set, task, attempt + 1, Some(d), parallel)
+                            }
                             None => {
                                 if fatal.is_none() {
                                     fatal = Some(err.to_failure(&node));
@@ -348,7 +368,7 @@ impl<S: State> Driver<S> {
                 }
             }
             if let Some(f) = fatal {
-                set.abort_all();
+                set.clear();
                 return self.end_failed(events, f).await.map(Step::Ended);
             }
             if self.done.len() < self.tasks.len() {
