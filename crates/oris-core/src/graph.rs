@@ -316,10 +316,21 @@ impl Topology {
     /// The graph as a Mermaid flowchart: plain edges solid, conditional edges dotted,
     /// joins as `a & b --> c`.
     pub fn mermaid(&self) -> String {
+        // `-` and `.` cannot appear in a Mermaid id; `_` is escaped as well so that the
+        // mapping stays one-to-one (`a-b`, `a_b` and `a.b` are three nodes, not one). An
+        // escaped name never contains `__`, so it cannot collide with START or END either.
         let id = |n: &str| match n {
             START => "__start__".to_owned(),
             END => "__end__".to_owned(),
-            n => n.replace(['.', '-'], "_"),
+            n => n.chars().fold(String::with_capacity(n.len()), |mut id, c| {
+                match c {
+                    '_' | '-' | '.' => {
+                        let _ = write!(id, "_{:02x}", u32::from(c));
+                    }
+                    c => id.push(c),
+                }
+                id
+            }),
         };
         let mut out = String::from("flowchart TD\n");
         out.push_str("    __start__([START])\n");

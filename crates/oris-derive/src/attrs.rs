@@ -124,7 +124,10 @@ pub(crate) fn struct_opts(attrs: &[Attribute], ident: &Ident) -> syn::Result<Str
 }
 
 /// Reads a field's `#[reducer]` and `#[serde]` attributes.
-pub(crate) fn field_spec<'a>(field: &'a syn::Field, opts: &StructOpts) -> syn::Result<FieldSpec<'a>> {
+pub(crate) fn field_spec<'a>(
+    field: &'a syn::Field,
+    opts: &StructOpts,
+) -> syn::Result<FieldSpec<'a>> {
     let ident = field.ident.as_ref().expect("named field");
     let mut reducer: Option<Reducer> = None;
     let mut rename_ser = None;

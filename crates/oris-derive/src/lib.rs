@@ -124,7 +124,9 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
 /// Human description of a reducer, for generated docs.
 fn describe(reducer: &Reducer) -> String {
     match reducer {
-        Reducer::LastValue => "last-value: replaces the value; at most one writer per superstep".into(),
+        Reducer::LastValue => {
+            "last-value: replaces the value; at most one writer per superstep".into()
+        }
         Reducer::Append => "append: concatenated to the current value".into(),
         Reducer::Merge => "merge: entries are inserted into the current map".into(),
         Reducer::Custom(path) => {
@@ -147,7 +149,8 @@ fn update_type(input: &DeriveInput, opts: &StructOpts, specs: &[FieldSpec]) -> T
     if opts.rename_all_ser.is_some() || opts.rename_all_de.is_some() {
         let ser = opts.rename_all_ser.iter();
         let de = opts.rename_all_de.iter();
-        struct_attrs.push(quote!(#[serde(rename_all(#(serialize = #ser,)* #(deserialize = #de,)*))]));
+        struct_attrs
+            .push(quote!(#[serde(rename_all(#(serialize = #ser,)* #(deserialize = #de,)*))]));
     }
     if opts.deny_unknown_fields {
         struct_attrs.push(quote!(#[serde(deny_unknown_fields)]));
@@ -158,7 +161,13 @@ fn update_type(input: &DeriveInput, opts: &StructOpts, specs: &[FieldSpec]) -> T
     );
 
     let fields = specs.iter().map(|f| {
-        let FieldSpec { ident, ty, vis, docs, .. } = f;
+        let FieldSpec {
+            ident,
+            ty,
+            vis,
+            docs,
+            ..
+        } = f;
         let doc = format!("Update of `{}` ({}).", f.ser_name, describe(&f.reducer));
         let blank = (!docs.is_empty()).then(|| quote!(#[doc = ""]));
         let mut renames = Vec::new();
@@ -183,7 +192,9 @@ fn update_type(input: &DeriveInput, opts: &StructOpts, specs: &[FieldSpec]) -> T
     });
 
     let builders = specs.iter().map(|f| {
-        let FieldSpec { ident, ty, docs, .. } = f;
+        let FieldSpec {
+            ident, ty, docs, ..
+        } = f;
         let doc = format!("Sets `{}` ({}).", f.ser_name, describe(&f.reducer));
         let blank = (!docs.is_empty()).then(|| quote!(#[doc = ""]));
         quote! {

@@ -64,6 +64,8 @@ pub(crate) struct Driver<S: State> {
     pub barriers: Barriers,
     pub done: std::collections::BTreeMap<u32, S::Update>,
     pub failed: std::collections::BTreeMap<u32, u32>,
+    /// Due times of retries scheduled before this driver took the run over.
+    pub retry_at: std::collections::BTreeMap<u32, Timestamp>,
     pub last_boundary: Seq,
     pub since_snapshot: u32,
     pub cancel: CancellationToken,
@@ -166,6 +168,7 @@ impl<S: State> Driver<S> {
             barriers: p.barriers,
             done: p.done,
             failed: p.failed,
+            retry_at: p.retry_at,
             last_boundary,
             since_snapshot,
             cancel: cancel_slot.token.clone(),
@@ -234,7 +237,9 @@ impl<S: State> Driver<S> {
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
             }
-            let fut = AssertUnwindSafe(run(state, ctx)).catch_unwind();
+            // The node function is called inside `catch_unwind` too: a panic in its
+            // synchronous part, before its future exists, is a node panic like any other.
+            let fut = AssertUnwindSafe(async move { run(state, ctx).await }).catch_unwind();
             let result = match timeout {
                 None => fut.await,
                 Some(limit) => match tokio::time::timeout(limit, fut).await {
@@ -275,7 +280,11 @@ impl<S: State> Driver<S> {
         for i in 0..self.tasks.len() as u32 {
             if !self.done.contains_key(&i) {
                 let attempt = self.failed.get(&i).copied().unwrap_or(0) + 1;
-                self.spawn_attempt(&mut set, i, attempt, None, parallel);
+                // A retry recorded before a crash keeps its due time.
+                let delay = self.retry_at.remove(&i).map(|at| {
+                    Duration::from_millis(at.0.saturating_sub(Timestamp::now().0).max(0) as u64)
+                });
+                self.spawn_attempt(&mut set, i, attempt, delay, parallel);
             }
         }
         loop {
@@ -310,16 +319,22 @@ impl<S: State> Driver<S> {
                 let node = self.tasks[task as usize].node().to_owned();
                 match result {
                     Ok(out) => {
-                        let update = Payload::encode(&out.update).map_err(|e| {
-                            Error::InvalidInput(format!(
-                                "update of node `{node}` does not serialize: {e}"
-                            ))
-                        });
-                        let update = match update {
-                            Ok(u) => u,
-                            Err(e) => {
+                        // The driver merges the update *as recorded*: encoded, then decoded
+                        // again, exactly what a replay of the log will merge. An update that
+                        // does not survive the trip (a NaN, a lossy custom Serialize) fails the
+                        // node instead of producing a thread that no longer replays.
+                        let recorded = Payload::encode(&out.update)
+                            .map_err(|e| format!("update does not serialize: {e}"))
+                            .and_then(|p| {
+                                p.decode::<S::Update>()
+                                    .map(|u| (p, u))
+                                    .map_err(|e| format!("update does not read back from JSON {e}"))
+                            });
+                        let (update, decoded) = match recorded {
+                            Ok(r) => r,
+                            Err(message) => {
                                 fatal = Some(
-                                    Failure::new(FailureKind::Serialization, e.to_string())
+                                    Failure::new(FailureKind::Serialization, message)
                                         .at_node(&node),
                                 );
                                 continue;
@@ -333,7 +348,7 @@ impl<S: State> Driver<S> {
                             update,
                             boundary: None,
                         });
-                        self.done.insert(task, out.update);
+                        self.done.insert(task, decoded);
                     }
                     Err(err) => {
                         let policy = &self.g.nodes[self
@@ -417,6 +432,7 @@ impl<S: State> Driver<S> {
         self.tasks = next;
         self.barriers = barriers;
         self.failed.clear();
+        self.retry_at.clear();
         self.since_snapshot += 1;
         // The boundary event's seq: the last NodeCompleted in `events`.
         let boundary_pos = events

@@ -351,6 +351,7 @@ impl Engine {
             barriers: boundary.barriers,
             done: Default::default(),
             failed: Default::default(),
+            retry_at: Default::default(),
         };
         let at = Position {
             state,

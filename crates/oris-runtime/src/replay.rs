@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use oris_core::event::{
     Barriers, Boundary, DecodeError, Event, EventBody, Payload, RunSettings, Task,
 };
-use oris_core::id::{RunId, Seq, ThreadId};
+use oris_core::id::{RunId, Seq, ThreadId, Timestamp};
 use oris_core::state::{INPUT_WRITER, State};
 use oris_core::store::{Snapshot, Store};
 
@@ -30,6 +30,9 @@ pub(crate) struct Progress<U> {
     pub done: BTreeMap<u32, U>,
     /// Last failed attempt per task of the current superstep.
     pub failed: BTreeMap<u32, u32>,
+    /// When the next attempt of a failed task is due (its last `NodeFailed.retry_at`), so
+    /// that a resumed run keeps the backoff instead of retrying at once.
+    pub retry_at: BTreeMap<u32, Timestamp>,
 }
 
 /// A thread rebuilt from snapshot + events.
@@ -90,6 +93,7 @@ impl<S: State> Folded<S> {
                 barriers: snap.boundary.barriers,
                 done: BTreeMap::new(),
                 failed: BTreeMap::new(),
+                retry_at: BTreeMap::new(),
             }),
         })
     }
@@ -122,6 +126,7 @@ impl<S: State> Folded<S> {
                     barriers: boundary.barriers.clone(),
                     done: BTreeMap::new(),
                     failed: BTreeMap::new(),
+                    retry_at: BTreeMap::new(),
                 });
                 self.last_boundary = Some(e.seq);
             }
@@ -143,9 +148,18 @@ impl<S: State> Folded<S> {
                     self.since_snapshot += 1;
                 }
             }
-            EventBody::NodeFailed { task, attempt, .. } => {
+            EventBody::NodeFailed {
+                task,
+                attempt,
+                retry_at,
+                ..
+            } => {
                 if let Some(p) = self.progress.as_mut() {
                     p.failed.insert(*task, *attempt);
+                    match retry_at {
+                        Some(at) => p.retry_at.insert(*task, *at),
+                        None => p.retry_at.remove(task),
+                    };
                 }
             }
             EventBody::RunCompleted
@@ -185,6 +199,7 @@ fn close_superstep<S: State>(
     p.tasks = boundary.next.clone();
     p.barriers = boundary.barriers.clone();
     p.failed.clear();
+    p.retry_at.clear();
     Ok(())
 }
 

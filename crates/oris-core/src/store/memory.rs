@@ -134,7 +134,9 @@ impl Store for MemoryStore {
             return Ok(Vec::new());
         };
         // Seqs are contiguous from 1, so the event with seq s sits at index s - 1.
-        let from = (after.0 as usize).min(t.events.len());
+        let from = usize::try_from(after.0)
+            .unwrap_or(usize::MAX)
+            .min(t.events.len());
         Ok(t.events[from..].iter().take(limit).cloned().collect())
     }
 

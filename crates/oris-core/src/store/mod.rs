@@ -15,7 +15,7 @@ pub use memory::MemoryStore;
 
 use async_trait::async_trait;
 
-use crate::event::{Boundary, Durability, Event, Payload};
+use crate::event::{Boundary, Durability, Event, EventBody, Payload};
 use crate::id::{RunId, Seq, ThreadId, Timestamp};
 use crate::status::{RunStatus, StatusKind, TransitionError};
 
@@ -195,12 +195,15 @@ pub enum Error {
         run_id: RunId,
     },
     /// The requested status change is not an edge of the state machine.
-    #[error("run {run_id}: {source}")]
+    ///
+    /// The message names the run and both statuses; the refused edge is a field, not the
+    /// error's `source`, so that reports do not print it twice.
+    #[error("run {run_id}: {transition}")]
     InvalidTransition {
         /// The run.
         run_id: RunId,
         /// The refused edge.
-        source: TransitionError,
+        transition: TransitionError,
     },
     /// The commit breaks a structural rule (a bug in the writer, not a race).
     #[error("invalid commit on thread `{thread_id}`: {detail}")]
@@ -266,6 +269,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Deletes every snapshot of the thread (they are an optimisation: state is rebuilt
     /// from the log). Returns how many were deleted.
+    ///
+    /// # Errors
+    /// [`Error::ThreadNotFound`] when the thread does not exist, [`Error::Unavailable`] on
+    /// I/O failure.
     async fn delete_snapshots(&self, thread_id: &ThreadId) -> Result<u64>;
 }
 
@@ -394,9 +401,9 @@ pub fn plan_commit(
             stored
                 .status
                 .check_transition(status)
-                .map_err(|source| Error::InvalidTransition {
+                .map_err(|transition| Error::InvalidTransition {
                     run_id: *run_id,
-                    source,
+                    transition,
                 })?;
             let mut r = stored.clone();
             r.status = status.clone();
@@ -426,14 +433,27 @@ pub fn plan_commit(
             "run {run_id} is not the thread's active run"
         )));
     }
+    check_terminal(commit).map_err(invalid)?;
     next.head = Seq(commit.expected_head.0 + commit.events.len() as u64);
-    if let Some(s) = &commit.snapshot
-        && (s.at_seq == Seq::ZERO || s.at_seq > next.head)
-    {
-        return Err(invalid(format!(
-            "snapshot at seq {} is outside the log (head {})",
-            s.at_seq, next.head
-        )));
+    if let Some(s) = &commit.snapshot {
+        if s.at_seq == Seq::ZERO || s.at_seq > next.head {
+            return Err(invalid(format!(
+                "snapshot at seq {} is outside the log (head {})",
+                s.at_seq, next.head
+            )));
+        }
+        if Some(s.run_id) != writer {
+            return Err(invalid(match writer {
+                Some(w) => format!(
+                    "snapshot names run {}, but the commit is written by run {w}",
+                    s.run_id
+                ),
+                None => format!(
+                    "snapshot names run {}, but the thread has no active run",
+                    s.run_id
+                ),
+            }));
+        }
     }
     next.updated_at = now;
     Ok(CommitPlan {
@@ -442,4 +462,70 @@ pub fn plan_commit(
         run: run_out,
         run_is_new,
     })
+}
+
+/// The rules tying a run's end to its log: a status change carries at least one event (so
+/// the head compare-and-set covers it); a terminal status is set together with the
+/// matching terminal event as the commit's last event; a terminal event appears only
+/// there. Returns the broken rule.
+fn check_terminal(commit: &Commit) -> Result<(), String> {
+    let status = match &commit.run {
+        Some(RunWrite::SetStatus { run_id, status }) => Some((*run_id, status)),
+        _ => None,
+    };
+    let last = commit.events.len().checked_sub(1);
+    for (i, e) in commit.events.iter().enumerate() {
+        if !e.body.is_terminal() {
+            continue;
+        }
+        let kind = e.body.kind().as_str();
+        if Some(i) != last {
+            return Err(format!(
+                "terminal event {kind} at seq {} is not the last event of the commit",
+                e.seq
+            ));
+        }
+        if !status.is_some_and(|(_, s)| s.is_terminal()) {
+            return Err(format!(
+                "terminal event {kind} at seq {} is not committed with its run's terminal status",
+                e.seq
+            ));
+        }
+    }
+    let Some((run_id, status)) = status else {
+        return Ok(());
+    };
+    let to = status.kind().as_str();
+    let Some(event) = commit.events.last() else {
+        return Err(format!(
+            "status change of run {run_id} to {to} carries no event (a status change must \
+             advance the head)"
+        ));
+    };
+    if !status.is_terminal() {
+        return Ok(());
+    }
+    let matches = match (status, &event.body) {
+        (RunStatus::Completed { .. }, EventBody::RunCompleted) => true,
+        (RunStatus::Failed { error }, EventBody::RunFailed { error: e }) => error == e,
+        (RunStatus::Cancelled { reason }, EventBody::RunCancelled { reason: r }) => reason == r,
+        _ => false,
+    };
+    if matches {
+        Ok(())
+    } else if event.body.is_terminal() {
+        Err(format!(
+            "run {run_id} is set to {to}, but its terminal event {} at seq {} does not match \
+             it (kind, error or reason differ)",
+            event.body.kind().as_str(),
+            event.seq
+        ))
+    } else {
+        Err(format!(
+            "run {run_id} is set to {to} without its terminal event: the last event (seq {}) \
+             is {}",
+            event.seq,
+            event.body.kind().as_str()
+        ))
+    }
 }

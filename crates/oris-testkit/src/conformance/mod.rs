@@ -1,0 +1,41 @@
+//! The storage conformance cases.
+//!
+//! Each case is a `pub async fn(Arc<dyn Store>)` that receives a fresh, empty store, drives
+//! it through the [`Store`](oris_core::store::Store) trait only, and panics with a message
+//! naming the broken rule. The rules themselves are those of
+//! [`plan_commit`](oris_core::store::plan_commit) and the trait's documentation; the cases
+//! check that a backend applies them, atomically, under concurrency, and that what it
+//! stores reads back exactly (payload JSON byte for byte, timestamps to the millisecond).
+//!
+//! Cases by topic: lifecycle (creation, appends, the compare-and-set head, run
+//! succession), validation (seqs, writers, run creation, status edges), endings (a terminal
+//! status with its terminal event, last; no status change without an event), reads
+//! (paging), snapshots (including whose run may write one), run listing, payloads (every
+//! event variant, size, verbatim JSON), edges (thread ids, durabilities), atomicity,
+//! concurrency. [`CASES`] lists them all.
+
+mod atomicity;
+mod concurrency;
+mod edges;
+mod endings;
+mod lifecycle;
+mod payloads;
+mod reads;
+mod runs;
+mod snapshots;
+mod validation;
+
+pub use atomicity::*;
+pub use concurrency::*;
+pub use edges::*;
+pub use endings::*;
+pub use lifecycle::*;
+pub use payloads::*;
+pub use reads::*;
+pub use runs::*;
+pub use snapshots::*;
+pub use validation::*;
+
+/// The name of every case, in the order [`store_conformance!`](crate::store_conformance)
+/// generates their tests.
+pub const CASES: &[&str] = crate::__conformance_cases!(names);

@@ -1,0 +1,85 @@
+//! The storage conformance suite against the in-memory store, the reference backend.
+
+use oris_core::store::MemoryStore;
+
+oris_testkit::store_conformance!(|| async { MemoryStore::new() });
+
+/// The guarded form, as backends with a temporary directory or a database schema use it.
+/// The store here checks, when dropped, that the guard is still alive: the macro promises
+/// to drop the store first.
+mod guarded {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+    use oris_core::event::Event;
+    use oris_core::id::{RunId, Seq, ThreadId};
+    use oris_core::store::{
+        Commit, MemoryStore, Receipt, Result, RunFilter, RunRecord, Snapshot, Store, ThreadRecord,
+    };
+
+    /// Stands for a temporary directory or schema: marks itself dropped.
+    #[derive(Debug)]
+    struct Guard(Arc<AtomicBool>);
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A `MemoryStore` that must be dropped while its guard lives.
+    #[derive(Debug)]
+    struct Watched {
+        inner: MemoryStore,
+        guard_dropped: Arc<AtomicBool>,
+    }
+
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            assert!(
+                !self.guard_dropped.load(Ordering::SeqCst),
+                "the guard was dropped before the store"
+            );
+        }
+    }
+
+    #[async_trait]
+    impl Store for Watched {
+        async fn commit(&self, commit: Commit) -> Result<Receipt> {
+            self.inner.commit(commit).await
+        }
+        async fn thread(&self, thread_id: &ThreadId) -> Result<Option<ThreadRecord>> {
+            self.inner.thread(thread_id).await
+        }
+        async fn run(&self, run_id: RunId) -> Result<Option<RunRecord>> {
+            self.inner.run(run_id).await
+        }
+        async fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+            self.inner.runs(filter).await
+        }
+        async fn events(&self, t: &ThreadId, after: Seq, limit: usize) -> Result<Vec<Event>> {
+            self.inner.events(t, after, limit).await
+        }
+        async fn snapshot(&self, t: &ThreadId, at_or_before: Seq) -> Result<Option<Snapshot>> {
+            self.inner.snapshot(t, at_or_before).await
+        }
+        async fn delete_snapshots(&self, thread_id: &ThreadId) -> Result<u64> {
+            self.inner.delete_snapshots(thread_id).await
+        }
+    }
+
+    async fn fixture() -> (Watched, Guard) {
+        let flag = Arc::new(AtomicBool::new(false));
+        let store = Watched {
+            inner: MemoryStore::new(),
+            guard_dropped: flag.clone(),
+        };
+        (store, Guard(flag))
+    }
+
+    // Attributes before the factory go on every generated test; this one never applies
+    // and is here to keep the form compiling (a PostgreSQL suite would use, say,
+    // `#[cfg_attr(not(feature = "pg-tests"), ignore)]`).
+    oris_testkit::store_conformance!(#[cfg_attr(any(), ignore)] guarded: fixture);
+}

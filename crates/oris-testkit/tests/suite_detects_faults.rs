@@ -1,0 +1,231 @@
+//! The suite can fail: each case below is run against a store with one planted fault
+//! (a wrapper around `MemoryStore`) and must panic. A conformance case that passes a broken
+//! backend would be worse than no case.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use oris_core::event::{Event, EventBody, Payload};
+use oris_core::id::{RunId, Seq, ThreadId, Timestamp};
+use oris_core::store::{
+    Commit, Error, MemoryStore, Receipt, Result, RunFilter, RunRecord, RunWrite, Snapshot, Store,
+    ThreadRecord,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// A conflict is reported as success.
+    SwallowsConflicts,
+    /// A conflict is reported as a storage failure.
+    ConflictAsUnavailable,
+    /// A failed commit still writes its events (no transaction).
+    WritesEventsOfFailedCommits,
+    /// Node updates go through `serde_json::Value` (key order, number spelling change).
+    NormalisesJson,
+    /// Event times are stored to the second.
+    TruncatesTimes,
+    /// `events(after)` includes the event at `after`.
+    PagingOffByOne,
+    /// `after` is cast to `i64`, so `u64::MAX` wraps to -1.
+    SignedSeqCast,
+    /// `snapshot` ignores its bound.
+    SnapshotIgnoresBound,
+    /// `runs` ignores the `after` cursor.
+    RunsIgnoreCursor,
+    /// `runs` returns newest first.
+    RunsNewestFirst,
+    /// `delete_snapshots` always says 0.
+    DeleteCountsZero,
+    /// Thread ids are compared case-insensitively (a NOCASE collation).
+    CaseInsensitiveThreads,
+}
+
+#[derive(Debug)]
+struct Faulty {
+    inner: MemoryStore,
+    fault: Fault,
+}
+
+fn normalise(p: &Payload) -> Payload {
+    let value: serde_json::Value = serde_json::from_str(p.json()).expect("stored JSON");
+    Payload::encode(&value).expect("re-encode")
+}
+
+impl Faulty {
+    fn tid(&self, t: &ThreadId) -> ThreadId {
+        if self.fault == Fault::CaseInsensitiveThreads {
+            ThreadId::new(t.as_str().to_ascii_lowercase()).expect("valid id")
+        } else {
+            t.clone()
+        }
+    }
+
+    fn read_event(&self, mut e: Event) -> Event {
+        match (&mut e.body, self.fault) {
+            (EventBody::NodeCompleted { update, .. }, Fault::NormalisesJson) => {
+                *update = normalise(update);
+            }
+            (_, Fault::TruncatesTimes) => e.at = Timestamp(e.at.0 / 1000 * 1000),
+            _ => {}
+        }
+        e
+    }
+}
+
+#[async_trait]
+impl Store for Faulty {
+    async fn commit(&self, mut commit: Commit) -> Result<Receipt> {
+        commit.thread_id = self.tid(&commit.thread_id);
+        if let Some(RunWrite::Create(run)) = &mut commit.run {
+            run.thread_id = self.tid(&run.thread_id);
+        }
+        let attempt = commit.clone();
+        match (self.inner.commit(commit).await, self.fault) {
+            (Err(Error::Conflict { .. }), Fault::SwallowsConflicts) => Ok(Receipt {
+                head: Seq(attempt.expected_head.0 + attempt.events.len() as u64),
+            }),
+            (Err(Error::Conflict { .. }), Fault::ConflictAsUnavailable) => {
+                Err(Error::Unavailable("database is locked".into()))
+            }
+            (Err(e), Fault::WritesEventsOfFailedCommits) if !attempt.events.is_empty() => {
+                let partial = Commit {
+                    run: None,
+                    snapshot: None,
+                    ..attempt
+                };
+                let _ = self.inner.commit(partial).await;
+                Err(e)
+            }
+            (result, _) => result,
+        }
+    }
+
+    async fn thread(&self, thread_id: &ThreadId) -> Result<Option<ThreadRecord>> {
+        self.inner.thread(&self.tid(thread_id)).await
+    }
+
+    async fn run(&self, run_id: RunId) -> Result<Option<RunRecord>> {
+        self.inner.run(run_id).await
+    }
+
+    async fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        let mut filter = filter.clone();
+        filter.thread_id = filter.thread_id.map(|t| self.tid(&t));
+        match self.fault {
+            Fault::RunsIgnoreCursor => filter.after = None,
+            Fault::RunsNewestFirst => {
+                let mut all = self.inner.runs(&filter).await?;
+                all.reverse();
+                return Ok(all);
+            }
+            _ => {}
+        }
+        self.inner.runs(&filter).await
+    }
+
+    async fn events(&self, thread_id: &ThreadId, after: Seq, limit: usize) -> Result<Vec<Event>> {
+        let after = match self.fault {
+            Fault::PagingOffByOne => Seq(after.0.saturating_sub(1)),
+            Fault::SignedSeqCast => Seq((after.0 as i64).max(0) as u64),
+            _ => after,
+        };
+        let events = self
+            .inner
+            .events(&self.tid(thread_id), after, limit)
+            .await?;
+        Ok(events.into_iter().map(|e| self.read_event(e)).collect())
+    }
+
+    async fn snapshot(&self, thread_id: &ThreadId, at_or_before: Seq) -> Result<Option<Snapshot>> {
+        let bound = match self.fault {
+            Fault::SnapshotIgnoresBound => Seq(u64::MAX),
+            _ => at_or_before,
+        };
+        self.inner.snapshot(&self.tid(thread_id), bound).await
+    }
+
+    async fn delete_snapshots(&self, thread_id: &ThreadId) -> Result<u64> {
+        let n = self.inner.delete_snapshots(&self.tid(thread_id)).await?;
+        Ok(if self.fault == Fault::DeleteCountsZero {
+            0
+        } else {
+            n
+        })
+    }
+}
+
+/// Runs `case` against a store with `fault` on its own thread and asserts that it panics.
+fn assert_detects<C, F>(fault: Fault, name: &str, case: C)
+where
+    C: FnOnce(Arc<dyn Store>) -> F + Send + 'static,
+    F: std::future::Future<Output = ()>,
+{
+    silence_expected_panics();
+    let label = format!("{name} against {fault:?}");
+    let outcome = std::thread::Builder::new()
+        .name(format!("expected-to-fail {label}"))
+        .spawn(move || {
+            oris_testkit::__private::run_case(
+                "mutant",
+                || async move {
+                    Faulty {
+                        inner: MemoryStore::new(),
+                        fault,
+                    }
+                },
+                case,
+            )
+        })
+        .expect("spawn")
+        .join();
+    assert!(outcome.is_err(), "{label}: the case passed a broken store");
+}
+
+/// Keeps the expected panics of the mutant runs out of the test output.
+fn silence_expected_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let name = std::thread::current().name().map(str::to_owned);
+            // The case's own tokio workers panic too (in spawned tasks).
+            let expected = name.as_deref().is_some_and(|n| {
+                n.starts_with("expected-to-fail") || n.starts_with("tokio-runtime-worker")
+            });
+            if !expected {
+                default(info);
+            }
+        }));
+    });
+}
+
+macro_rules! detects {
+    ($($test:ident: $fault:ident => $case:ident;)*) => {
+        $(
+            #[test]
+            fn $test() {
+                assert_detects(Fault::$fault, stringify!($case), oris_testkit::conformance::$case);
+            }
+        )*
+    };
+}
+
+detects! {
+    swallowed_conflict: SwallowsConflicts => wrong_expected_head_conflicts;
+    swallowed_conflict_in_race: SwallowsConflicts => concurrent_appends_exactly_one_wins;
+    swallowed_conflict_on_creation: SwallowsConflicts => concurrent_creations_exactly_one_wins;
+    conflict_as_unavailable: ConflictAsUnavailable => concurrent_appends_exactly_one_wins;
+    partial_writes: WritesEventsOfFailedCommits => failed_commit_is_all_or_nothing;
+    partial_writes_bad_snapshot: WritesEventsOfFailedCommits => snapshot_outside_log_is_invalid;
+    partial_writes_bad_status: WritesEventsOfFailedCommits => disallowed_transitions_are_rejected;
+    normalised_json: NormalisesJson => json_is_stored_verbatim;
+    truncated_times: TruncatesTimes => every_event_body_round_trips;
+    paging_off_by_one: PagingOffByOne => events_paging_returns_exact_slices;
+    signed_seq_cast: SignedSeqCast => extreme_read_bounds;
+    snapshot_bound_ignored: SnapshotIgnoresBound => snapshot_respects_bound;
+    snapshot_bound_ignored_replace: SnapshotIgnoresBound => newer_snapshot_replaces_older;
+    runs_cursor_ignored: RunsIgnoreCursor => runs_paginate_in_creation_order;
+    runs_newest_first: RunsNewestFirst => runs_filter_by_thread_graph_status;
+    delete_count_zero: DeleteCountsZero => delete_snapshots_counts;
+    case_insensitive_ids: CaseInsensitiveThreads => thread_id_edge_cases;
+}
