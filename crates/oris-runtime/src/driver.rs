@@ -384,6 +384,12 @@ impl<S: State> Driver<S> {
             }
             if let Some(f) = fatal {
                 set.clear();
+                // Retries scheduled in this batch will not happen: the run ends.
+                for e in &mut events {
+                    if let EventBody::NodeFailed { retry_at, .. } = e {
+                        *retry_at = None;
+                    }
+                }
                 return self.end_failed(events, f).await.map(Step::Ended);
             }
             if self.done.len() < self.tasks.len() {
@@ -399,13 +405,9 @@ impl<S: State> Driver<S> {
     /// Merges the superstep, plans the next one, and commits both with the last results.
     async fn close_superstep(&mut self, mut events: Vec<EventBody>) -> Result<Step<S>, Error> {
         let done = std::mem::take(&mut self.done);
-        let mut updates = Vec::with_capacity(done.len());
-        for (i, u) in done {
-            updates.push((self.tasks[i as usize].node(), u));
-        }
         let mut merged = self.state.clone();
-        if let Err(e) = merged.apply(updates) {
-            let f = Failure::new(FailureKind::ReduceConflict, e.to_string());
+        if let Err(e) = crate::replay::merge(&mut merged, &self.tasks, done) {
+            let f = Failure::new(FailureKind::ReduceConflict, e);
             return self.end_failed(events, f).await.map(Step::Ended);
         }
         let finished: Vec<&str> = self.tasks.iter().map(Task::node).collect();

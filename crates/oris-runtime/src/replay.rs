@@ -183,17 +183,7 @@ fn close_superstep<S: State>(
     boundary: &Boundary,
 ) -> Result<(), String> {
     let done = std::mem::take(&mut p.done);
-    let mut updates = Vec::with_capacity(done.len());
-    for (i, u) in done {
-        let node = p
-            .tasks
-            .get(i as usize)
-            .map(Task::node)
-            .ok_or_else(|| format!("task {i} is not in superstep {}", p.superstep))?;
-        updates.push((node, u));
-    }
-    state
-        .apply(updates)
+    merge(state, &p.tasks, done)
         .map_err(|e| format!("superstep {} does not merge: {e}", p.superstep))?;
     p.superstep += 1;
     p.tasks = boundary.next.clone();
@@ -268,4 +258,44 @@ pub(crate) async fn fold<S: State>(
         }
     }
     Ok(folded)
+}
+
+/// Merges one superstep's completed updates into `state` in task order — the single merge
+/// used both by the live driver and by every replay, so they cannot disagree.
+///
+/// Writers are named by node, and fan-out tasks additionally by their task index
+/// (`worker[3]`), so a conflict between two tasks of one node names both. A reducer that
+/// panics is reported as an error; `state` is unchanged on error.
+pub(crate) fn merge<S: State>(
+    state: &mut S,
+    tasks: &[Task],
+    done: BTreeMap<u32, S::Update>,
+) -> Result<(), String> {
+    let mut labels = Vec::with_capacity(done.len());
+    for &i in done.keys() {
+        let task = tasks
+            .get(i as usize)
+            .ok_or_else(|| format!("task {i} is not part of the superstep"))?;
+        labels.push(match task {
+            Task::Node(n) => n.clone(),
+            Task::Send { node, .. } => format!("{node}[{i}]"),
+        });
+    }
+    let updates: Vec<(&str, S::Update)> = labels
+        .iter()
+        .map(String::as_str)
+        .zip(done.into_values())
+        .collect();
+    let mut merged = state.clone();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| merged.apply(updates))) {
+        Ok(Ok(())) => {
+            *state = merged;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(p) => Err(format!(
+            "a reducer panicked: {}",
+            crate::driver::panic_message(&p)
+        )),
+    }
 }

@@ -1,1 +1,114 @@
-//! placeholder
+//! Oris: durable execution for graph workflows.
+//!
+//! Define a graph of async Rust functions over a typed state; Oris runs it superstep by
+//! superstep, records every node's update in the thread's event log, and continues from
+//! the last durable point after a crash — without running completed nodes again.
+//!
+//! # Layout
+//! - [`State`] (trait and derive), [`state`]: typed state and reducers.
+//! - [`StateGraph`], [`CompiledGraph`], [`START`], [`END`], [`Route`]: building graphs.
+//! - [`Engine`], [`GraphHandle`], [`RunOutcome`]: running them.
+//! - [`store`]: storage traits and backends; [`open_store`] picks one from a URL.
+//!
+//! # Example
+//! ```
+//! use oris::{END, Engine, NodeError, START, State, StateGraph};
+//!
+//! #[derive(Clone, Default, Debug, serde::Serialize, serde::Deserialize, State)]
+//! struct Doc {
+//!     counter: i64,
+//!     #[reducer(append)]
+//!     log: Vec<String>,
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let graph = StateGraph::<Doc>::new("doc", "1")
+//!     .node("a", |s: Doc, _ctx| async move {
+//!         Ok::<_, NodeError>(DocUpdate::default().counter(s.counter + 1).log(vec!["a".into()]))
+//!     })
+//!     .node("b", |s: Doc, _ctx| async move {
+//!         Ok(DocUpdate::default().counter(s.counter + 1).log(vec!["b".into()]))
+//!     })
+//!     .edge(START, "a")
+//!     .edge("a", "b")
+//!     .edge("b", END)
+//!     .compile()?;
+//! let dir = tempfile::tempdir()?;
+//! let store = oris::open_store(&format!("sqlite://{}/oris.db", dir.path().display())).await?;
+//! let engine = Engine::new(store);
+//! let doc = engine.register(graph);
+//! let out = doc.start("doc-1", Doc::default()).await?.expect_completed();
+//! assert_eq!(out.counter, 2);
+//! assert_eq!(out.log, ["a", "b"]);
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+
+use std::sync::Arc;
+
+pub use oris_core::event::{Durability, Failure, FailureKind};
+pub use oris_core::graph::{END, START};
+pub use oris_core::id::{CheckpointId, RunId, Seq, ThreadId};
+pub use oris_core::state::State;
+pub use oris_core::status::{RunStatus, StatusKind};
+pub use oris_core::{event, graph, id, state, status};
+pub use oris_derive::State;
+pub use oris_runtime::{
+    CheckpointInfo, CompiledGraph, Context, Engine, EngineOptions, Error, GraphHandle, NodeError,
+    NodePolicy, Observer, RecoveryReport, RetryPolicy, Route, RunOptions, RunOutcome, StateGraph,
+    ThreadState, Verification,
+};
+
+/// Storage: the traits, the in-memory store, and (feature `sqlite`) the SQLite store.
+pub mod store {
+    pub use oris_core::store::*;
+    #[cfg(feature = "sqlite")]
+    pub use oris_sqlite::{SqliteOptions, SqliteStore};
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use serde;
+}
+
+/// A store URL that cannot be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The URL's scheme is not supported by this build.
+    #[error("unsupported store URL `{0}`: expected sqlite://PATH or memory://")]
+    Unsupported(String),
+    /// The store failed to open.
+    #[error("cannot open store `{url}`: {source}")]
+    Store {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: oris_core::store::Error,
+    },
+}
+
+/// Opens a store from a URL: `sqlite://PATH` (relative or absolute; created if missing)
+/// or `memory://` (nothing persists).
+///
+/// # Errors
+/// [`OpenError`] naming the URL.
+pub async fn open_store(url: &str) -> Result<Arc<dyn store::Store>, OpenError> {
+    if url == "memory://" || url == "memory:" {
+        return Ok(Arc::new(store::MemoryStore::new()));
+    }
+    #[cfg(feature = "sqlite")]
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let s = store::SqliteStore::open(path, store::SqliteOptions::default())
+            .await
+            .map_err(|source| OpenError::Store {
+                url: url.to_owned(),
+                source,
+            })?;
+        return Ok(Arc::new(s));
+    }
+    Err(OpenError::Unsupported(url.to_owned()))
+}

@@ -75,6 +75,14 @@ impl Store for MemoryStore {
             Some(RunWrite::SetStatus { run_id, .. }) => inner.runs.get(run_id).cloned(),
             _ => None,
         };
+        if let Some(RunWrite::Create(r)) = &commit.run
+            && inner.runs.contains_key(&r.run_id)
+        {
+            return Err(Error::InvalidCommit {
+                thread_id: commit.thread_id.clone(),
+                detail: format!("run {} already exists", r.run_id),
+            });
+        }
         let thread = inner.threads.get(&commit.thread_id);
         let plan = plan_commit(
             &commit,

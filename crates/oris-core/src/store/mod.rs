@@ -226,6 +226,10 @@ pub enum Error {
     /// The storage could not be reached or failed; the operation may be retried.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The storage cannot be used by this build (e.g. its schema is newer than this code
+    /// knows, or the file is not a database); retrying will not help.
+    #[error("storage incompatible: {0}")]
+    Incompatible(String),
 }
 
 impl Error {

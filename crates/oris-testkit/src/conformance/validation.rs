@@ -191,6 +191,18 @@ pub async fn run_creation_rules_are_enforced(store: Arc<dyn Store>) {
     assert_thread(&record, 0, Some(queued.run_id), Some(queued.run_id));
     assert_eq!(run_record(s, queued.run_id).await, queued);
     assert!(all_events(s, &t).await.is_empty());
+
+    // A run id is unique across threads: re-using one elsewhere is refused and leaves the
+    // original run untouched.
+    let what = "run id re-used on another thread";
+    let dup = RunRecord {
+        thread_id: elsewhere.clone(),
+        ..queued.clone()
+    };
+    let e = err(s.commit(build::create(&dup, vec![])).await, what);
+    assert_invalid_commit(&e, &elsewhere, what);
+    assert_no_thread(s, &elsewhere, what).await;
+    assert_eq!(run_record(s, queued.run_id).await, queued, "{what}");
 }
 
 /// Every edge of the state machine is accepted with the status data stored exactly; a

@@ -1,0 +1,260 @@
+//! Demo graphs that show the engine's behaviour: a linear approval flow with a conditional
+//! edge, a fan-out/fan-in research flow with per-task input, and a node that fails twice
+//! before a retry succeeds.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use oris::event::EventBody;
+use oris::{
+    END, Engine, GraphHandle, NodeError, NodePolicy, RetryPolicy, Route, RunOutcome, START, Seq,
+    State, StateGraph, ThreadId,
+};
+use serde::{Deserialize, Serialize};
+
+/// An expense moving through review.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, State)]
+pub struct Expense {
+    /// Amount in cents.
+    pub amount_cents: i64,
+    /// Risk score from 0 to 100.
+    pub risk: i64,
+    /// Final decision.
+    pub decision: String,
+    /// What happened, in order.
+    #[reducer(append)]
+    pub log: Vec<String>,
+}
+
+/// A research question fanned out to one task per topic.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, State)]
+pub struct Research {
+    /// The question.
+    pub question: String,
+    /// Topics to research.
+    pub topics: Vec<String>,
+    /// Findings per topic.
+    #[reducer(merge)]
+    pub findings: BTreeMap<String, String>,
+    /// The summary.
+    pub summary: String,
+}
+
+/// A node that fails before it succeeds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, State)]
+pub struct Flaky {
+    /// Attempts the flaky node needed.
+    pub attempts: u32,
+}
+
+/// The registered demo graphs.
+#[derive(Debug)]
+pub struct Demos {
+    expense: GraphHandle<Expense>,
+    research: GraphHandle<Research>,
+    flaky: GraphHandle<Flaky>,
+}
+
+pub fn register(engine: &Engine) -> anyhow::Result<Demos> {
+    let expense = StateGraph::<Expense>::new("expense-approval", "1")
+        .node("validate", |s: Expense, _ctx| async move {
+            if s.amount_cents <= 0 {
+                return Err(NodeError::permanent("amount must be positive"));
+            }
+            Ok(ExpenseUpdate::default().log(vec![format!("validated {} cents", s.amount_cents)]))
+        })
+        .node("score", |s: Expense, _ctx| async move {
+            let risk = (s.amount_cents / 1000).min(100);
+            Ok(ExpenseUpdate::default()
+                .risk(risk)
+                .log(vec![format!("risk {risk}")]))
+        })
+        .node("auto_approve", |_s: Expense, _ctx| async move {
+            Ok(ExpenseUpdate::default()
+                .decision("approved")
+                .log(vec!["auto-approved".to_owned()]))
+        })
+        .node("escalate", |_s: Expense, _ctx| async move {
+            Ok(ExpenseUpdate::default()
+                .decision("escalated")
+                .log(vec!["escalated to a manager".to_owned()]))
+        })
+        .edge(START, "validate")
+        .edge("validate", "score")
+        .conditional_edge("score", ["auto_approve", "escalate"], |s: &Expense| {
+            if s.risk < 50 {
+                "auto_approve"
+            } else {
+                "escalate"
+            }
+        })
+        .edge("auto_approve", END)
+        .edge("escalate", END)
+        .compile()?;
+    let research = StateGraph::<Research>::new("research", "1")
+        .node("plan", |s: Research, _ctx| async move {
+            let topics = s
+                .question
+                .split_whitespace()
+                .filter(|w| w.len() > 3)
+                .map(str::to_lowercase)
+                .collect::<Vec<_>>();
+            Ok(ResearchUpdate::default().topics(topics))
+        })
+        .node("investigate", |_s: Research, ctx| async move {
+            let topic: String = ctx
+                .input()?
+                .ok_or_else(|| NodeError::permanent("investigate needs a topic"))?;
+            let finding = format!("{} facts about {topic}", topic.len());
+            Ok(ResearchUpdate::default().findings(BTreeMap::from([(topic, finding)])))
+        })
+        .node("summarize", |s: Research, _ctx| async move {
+            let summary = s.findings.values().cloned().collect::<Vec<_>>().join("; ");
+            Ok(ResearchUpdate::default().summary(summary))
+        })
+        .edge(START, "plan")
+        .conditional_edge("plan", ["investigate", END], |s: &Research| {
+            s.topics
+                .iter()
+                .fold(Route::default(), |r, t| r.send("investigate", t))
+        })
+        .edge("investigate", "summarize")
+        .edge("summarize", END)
+        .compile()?;
+    let flaky = StateGraph::<Flaky>::new("flaky", "1")
+        .node_with(
+            "call_partner",
+            NodePolicy {
+                retry: RetryPolicy::exponential(3).initial_interval(Duration::from_millis(20)),
+                timeout: Some(Duration::from_secs(5)),
+            },
+            |_s: Flaky, ctx| async move {
+                if ctx.attempt() < 3 {
+                    return Err(NodeError::new(format!(
+                        "partner unavailable (attempt {})",
+                        ctx.attempt()
+                    )));
+                }
+                Ok(FlakyUpdate::default().attempts(ctx.attempt()))
+            },
+        )
+        .edge(START, "call_partner")
+        .edge("call_partner", END)
+        .compile()?;
+    Ok(Demos {
+        expense: engine.register(expense),
+        research: engine.register(research),
+        flaky: engine.register(flaky),
+    })
+}
+
+fn report<S: std::fmt::Debug>(thread: &str, outcome: &RunOutcome<S>) {
+    match outcome {
+        RunOutcome::Completed { run_id, state } => {
+            println!("== {thread}: {run_id} completed\n   state: {state:?}")
+        }
+        RunOutcome::Failed { run_id, error } => println!("== {thread}: {run_id} failed: {error}"),
+        RunOutcome::Cancelled { run_id, reason } => {
+            println!("== {thread}: {run_id} cancelled: {reason}")
+        }
+    }
+}
+
+pub async fn run_all(engine: &Engine, demos: &Demos, prefix: &str) -> anyhow::Result<()> {
+    let runs: [(String, _); 3] = [
+        (format!("{prefix}-expense"), 0),
+        (format!("{prefix}-research"), 1),
+        (format!("{prefix}-flaky"), 2),
+    ];
+    for (thread, which) in runs {
+        match which {
+            0 => {
+                let input = Expense {
+                    amount_cents: 12_500,
+                    ..Default::default()
+                };
+                report(&thread, &demos.expense.start(&thread, input).await?);
+            }
+            1 => {
+                let input = Research {
+                    question: "How do durable workflow engines recover".into(),
+                    ..Default::default()
+                };
+                report(&thread, &demos.research.start(&thread, input).await?);
+            }
+            _ => report(
+                &thread,
+                &demos.flaky.start(&thread, Flaky::default()).await?,
+            ),
+        }
+        print_timeline(engine, &ThreadId::new(&thread)?, Seq::ZERO, false).await?;
+        println!();
+    }
+    Ok(())
+}
+
+pub async fn print_timeline(
+    engine: &Engine,
+    thread: &ThreadId,
+    after: Seq,
+    json: bool,
+) -> anyhow::Result<()> {
+    let events = engine.timeline(thread, after, usize::MAX).await?;
+    if events.is_empty() {
+        anyhow::bail!("thread `{thread}` has no events");
+    }
+    for e in events {
+        let kind = e.body.kind();
+        let detail = match &e.body {
+            EventBody::RunStarted { input, .. } => format!("input {}", input.json()),
+            EventBody::NodeCompleted {
+                update, boundary, ..
+            } => match boundary {
+                Some(b) => format!(
+                    "update {} → next [{}]",
+                    update.json(),
+                    b.next
+                        .iter()
+                        .map(|t| t.node())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => format!("update {}", update.json()),
+            },
+            EventBody::NodeFailed {
+                error, retry_at, ..
+            } => {
+                format!(
+                    "{error}{}",
+                    if retry_at.is_some() {
+                        " (retry scheduled)"
+                    } else {
+                        ""
+                    }
+                )
+            }
+            EventBody::RunFailed { error } => error.to_string(),
+            EventBody::RunCancelled { reason } => reason.clone(),
+            _ => String::new(),
+        };
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "seq": e.seq, "at": e.at, "run_id": e.run_id, "kind": kind.as_str(),
+                    "node": e.body.node(), "attempt": e.body.attempt(), "detail": detail,
+                })
+            );
+        } else {
+            println!(
+                "  #{:<4} {:<15} {:<14} {:<3} {}",
+                e.seq.0,
+                kind.as_str(),
+                e.body.node().unwrap_or("-"),
+                e.body.attempt().map(|a| a.to_string()).unwrap_or_default(),
+                detail
+            );
+        }
+    }
+    Ok(())
+}

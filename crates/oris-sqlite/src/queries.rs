@@ -1,0 +1,278 @@
+//! Every SQL statement of the backend (the schema is in `schema.rs`).
+//!
+//! Column lists and the row decoders in `read.rs` go together: a decoder reads columns by
+//! the position they have here.
+
+use oris_core::status::StatusKind;
+use oris_core::store::RunFilter;
+use rusqlite::types::Value;
+
+use crate::codec::run_id_blob;
+
+/// Write-ahead logging: readers and the writer do not block each other.
+pub(crate) const JOURNAL_WAL: &str = "PRAGMA journal_mode = WAL";
+/// Settings of the write connection (durability is then set per group).
+pub(crate) const WRITER_SETUP: &str = "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;";
+/// fsync the WAL at every commit: for groups holding a `Sync` or `Exit` commit.
+pub(crate) const SYNC_FULL: &str = "PRAGMA synchronous = FULL";
+/// Write the WAL without fsync: for groups of `Batched` commits only.
+pub(crate) const SYNC_NORMAL: &str = "PRAGMA synchronous = NORMAL";
+/// Starts a group transaction, taking the write lock at once (waiting up to the busy
+/// timeout) rather than at the first write, so a group never fails half-way on the lock.
+pub(crate) const BEGIN: &str = "BEGIN IMMEDIATE";
+pub(crate) const COMMIT: &str = "COMMIT";
+pub(crate) const ROLLBACK: &str = "ROLLBACK";
+/// One write inside a group.
+pub(crate) const SAVEPOINT: &str = "SAVEPOINT c";
+pub(crate) const RELEASE: &str = "RELEASE c";
+pub(crate) const ROLLBACK_TO: &str = "ROLLBACK TO c";
+
+/// A thread by id, with the ids of its active and last runs.
+/// Columns: 0 key, 1 graph, 2 head, 3 created_at, 4 updated_at, 5 active_run_key,
+/// 6 active run_id, 7 active run created_at, 8 last_run_key, 9 last run_id.
+pub(crate) const THREAD_BY_ID: &str = "\
+SELECT t.key, t.graph, t.head, t.created_at, t.updated_at,
+       t.active_run_key, a.run_id, a.created_at, t.last_run_key, l.run_id
+FROM threads t
+LEFT JOIN runs a ON a.key = t.active_run_key
+LEFT JOIN runs l ON l.key = t.last_run_key
+WHERE t.thread_id = ?1";
+
+/// A thread's key.
+pub(crate) const THREAD_KEY: &str = "SELECT key FROM threads WHERE thread_id = ?1";
+
+/// Creates a thread (its runs and head are set by [`UPDATE_THREAD`] in the same commit).
+pub(crate) const INSERT_THREAD: &str = "\
+INSERT INTO threads (thread_id, graph, head, created_at, updated_at) VALUES (?1, ?2, 0, ?3, ?3)";
+
+/// Moves a thread's head and run pointers.
+pub(crate) const UPDATE_THREAD: &str = "\
+UPDATE threads SET head = ?2, active_run_key = ?3, last_run_key = ?4, updated_at = ?5
+WHERE key = ?1";
+
+/// The columns of a run record, joined with its thread, as a literal for `concat!`.
+/// Columns: 0 key, 1 run_id, 2 thread_key, 3 thread_id, 4 graph, 5 graph_version,
+/// 6 status, 7 status_data, 8 first_seq, 9 created_at, 10 updated_at.
+macro_rules! run_select {
+    () => {
+        "\
+SELECT r.key, r.run_id, r.thread_key, t.thread_id, r.graph, r.graph_version,
+       r.status, r.status_data, r.first_seq, r.created_at, r.updated_at
+FROM runs r
+JOIN threads t ON t.key = r.thread_key"
+    };
+}
+
+/// A run by id (columns of `run_select!`).
+pub(crate) const RUN_BY_ID: &str = concat!(run_select!(), "\nWHERE r.run_id = ?1");
+
+/// A run's key, thread and creation time, by id.
+pub(crate) const RUN_REF_BY_ID: &str =
+    "SELECT key, thread_key, created_at FROM runs WHERE run_id = ?1";
+
+/// Creates a run.
+pub(crate) const INSERT_RUN: &str = "\
+INSERT INTO runs (run_id, thread_key, graph, graph_version, status, status_data, first_seq,
+                  created_at, updated_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+/// Sets a run's status.
+pub(crate) const UPDATE_RUN_STATUS: &str =
+    "UPDATE runs SET status = ?2, status_data = ?3, updated_at = ?4 WHERE key = ?1";
+
+/// Appends an event.
+pub(crate) const INSERT_EVENT: &str = "\
+INSERT INTO events (id, run_key, at, kind, superstep, task, node, attempt, data, extra)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+/// Events with `?1 < id <= ?2`, in order, at most `?3`.
+/// Columns: 0 id, 1 run_key, 2 run_id, 3 run created_at, 4 at, 5 kind, 6 superstep,
+/// 7 task, 8 node, 9 attempt, 10 data, 11 extra.
+pub(crate) const EVENTS_RANGE: &str = "\
+SELECT e.id, e.run_key, r.run_id, r.created_at, e.at, e.kind, e.superstep, e.task, e.node,
+       e.attempt, e.data, e.extra
+FROM events e
+LEFT JOIN runs r ON r.key = e.run_key
+WHERE e.id > ?1 AND e.id <= ?2
+ORDER BY e.id
+LIMIT ?3";
+
+/// Writes a thread's snapshot, replacing the previous one.
+pub(crate) const UPSERT_SNAPSHOT: &str = "\
+INSERT INTO snapshots (thread_key, at_seq, run_key, next_superstep, state, boundary, created_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+ON CONFLICT (thread_key) DO UPDATE SET
+    at_seq = excluded.at_seq, run_key = excluded.run_key,
+    next_superstep = excluded.next_superstep, state = excluded.state,
+    boundary = excluded.boundary, created_at = excluded.created_at";
+
+/// A thread's snapshot if it stands at or before `?2`.
+/// Columns: 0 at_seq, 1 run_key, 2 run_id, 3 next_superstep, 4 state, 5 boundary,
+/// 6 created_at.
+pub(crate) const SNAPSHOT: &str = "\
+SELECT s.at_seq, s.run_key, r.run_id, s.next_superstep, s.state, s.boundary, s.created_at
+FROM snapshots s
+LEFT JOIN runs r ON r.key = s.run_key
+WHERE s.thread_key = ?1 AND s.at_seq <= ?2";
+
+/// Deletes a thread's snapshot.
+pub(crate) const DELETE_SNAPSHOTS: &str = "DELETE FROM snapshots WHERE thread_key = ?1";
+
+/// The run listing for `filter`, oldest first, and its parameters.
+///
+/// Statuses are inlined as literals (they are `StatusKind::as_str` constants, not input).
+/// When every requested status is unfinished, the exact predicate of the partial index
+/// `runs_unfinished` is added, so the planner can prove the index applies — it matches
+/// predicates by their text.
+pub(crate) fn runs(filter: &RunFilter) -> (String, Vec<Value>) {
+    let mut sql = String::from(run_select!());
+    let mut params = Vec::new();
+    let mut clauses = Vec::new();
+    if let Some(thread_id) = &filter.thread_id {
+        params.push(Value::Text(thread_id.as_str().to_owned()));
+        clauses.push(format!(
+            "r.thread_key = (SELECT key FROM threads WHERE thread_id = ?{})",
+            params.len()
+        ));
+    }
+    if let Some(graph) = &filter.graph {
+        params.push(Value::Text(graph.clone()));
+        clauses.push(format!("r.graph = ?{}", params.len()));
+    }
+    if !filter.statuses.is_empty() {
+        let list: Vec<String> = filter
+            .statuses
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        clauses.push(format!("r.status IN ({})", list.join(", ")));
+        if filter.statuses.iter().all(|s| !s.is_terminal()) {
+            clauses.push(unfinished_predicate());
+        }
+    }
+    if let Some(after) = filter.after {
+        params.push(Value::Blob(run_id_blob(after).to_vec()));
+        clauses.push(format!("r.run_id > ?{}", params.len()));
+    }
+    for (i, clause) in clauses.iter().enumerate() {
+        sql.push_str(if i == 0 { "\nWHERE " } else { "\n  AND " });
+        sql.push_str(clause);
+    }
+    sql.push_str("\nORDER BY r.run_id");
+    let limit = if filter.limit == 0 {
+        -1
+    } else {
+        i64::try_from(filter.limit).unwrap_or(i64::MAX)
+    };
+    params.push(Value::Integer(limit));
+    sql.push_str(&format!("\nLIMIT ?{}", params.len()));
+    (sql, params)
+}
+
+/// `r.status IN ('queued', 'running')`: the predicate of the partial index
+/// `runs_unfinished`, word for word (modulo the table alias, which the planner ignores).
+fn unfinished_predicate() -> String {
+    let list: Vec<String> = StatusKind::ALL
+        .iter()
+        .filter(|s| !s.is_terminal())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    format!("r.status IN ({})", list.join(", "))
+}
+
+/// Removes WAL frames already in the database file and empties the WAL.
+pub(crate) const CHECKPOINT: &str = "PRAGMA wal_checkpoint(TRUNCATE)";
+
+/// Bytes in used pages.
+pub(crate) const BYTES_USED: &str = "\
+SELECT (SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count()),
+       (SELECT page_size FROM pragma_page_size())";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oris_core::id::{RunId, ThreadId};
+    use rusqlite::{Connection, params_from_iter};
+
+    fn plan(filter: &RunFilter) -> String {
+        let mut conn = Connection::open_in_memory().unwrap();
+        // As in production (see `configure`): plans may not depend on bound values.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )
+        .unwrap();
+        crate::schema::migrate(&mut conn, std::path::Path::new(":memory:")).unwrap();
+        let (sql, values) = runs(filter);
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt
+            .query_map(params_from_iter(values), |r| r.get::<_, String>(3))
+            .unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    }
+
+    /// Rebinding parameters must not re-prepare statements on the commit path (it did
+    /// before the planner stability guarantee was enabled: the partial index on `runs`
+    /// made every rebind expire the statement).
+    #[test]
+    fn statements_are_not_reprepared_on_rebind() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::configure(&conn, std::time::Duration::from_secs(1)).unwrap();
+        crate::schema::migrate(&mut conn, std::path::Path::new(":memory:")).unwrap();
+        for sql in [
+            THREAD_BY_ID,
+            RUN_BY_ID,
+            RUN_REF_BY_ID,
+            UPDATE_RUN_STATUS,
+            EVENTS_RANGE,
+        ] {
+            let mut stmt = conn.prepare(sql).unwrap();
+            for i in 0..5i64 {
+                let n = stmt.parameter_count();
+                let values: Vec<Value> = (0..n).map(|j| Value::Integer(i + j as i64)).collect();
+                stmt.execute(params_from_iter(values)).ok();
+            }
+            assert_eq!(
+                stmt.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn unfinished_runs_use_the_partial_index() {
+        let p = plan(&RunFilter::unfinished());
+        assert!(p.contains("runs_unfinished"), "{p}");
+        let p = plan(&RunFilter {
+            statuses: vec![StatusKind::Running],
+            after: Some(RunId::generate()),
+            ..RunFilter::default()
+        });
+        assert!(p.contains("runs_unfinished"), "{p}");
+    }
+
+    #[test]
+    fn runs_of_a_thread_use_the_thread_index() {
+        let p = plan(&RunFilter {
+            thread_id: Some(ThreadId::new("t").unwrap()),
+            ..RunFilter::default()
+        });
+        assert!(p.contains("runs_by_thread"), "{p}");
+    }
+
+    #[test]
+    fn listing_sql_binds_every_parameter() {
+        let (sql, values) = runs(&RunFilter {
+            thread_id: Some(ThreadId::new("t").unwrap()),
+            graph: Some("g".into()),
+            statuses: vec![StatusKind::Completed, StatusKind::Queued],
+            after: Some(RunId::generate()),
+            limit: 5,
+        });
+        assert_eq!(values.len(), 4);
+        assert!(sql.ends_with("LIMIT ?4"), "{sql}");
+        assert!(sql.contains("r.status IN ('completed', 'queued')"), "{sql}");
+        assert!(!sql.contains("'running'"), "{sql}");
+    }
+}

@@ -1,0 +1,275 @@
+//! Reading records back, shared by the read pool and the writer (which reads the stored
+//! thread and run inside its transaction before deciding a commit).
+
+use oris_core::event::{Event, EventRow};
+use oris_core::id::{RunId, Seq, ThreadId, Timestamp};
+use oris_core::store::{RunFilter, RunRecord, Snapshot, ThreadRecord};
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+
+use crate::codec::{
+    Fault, MAX_SEQ, decode_boundary, decode_state, decode_status, event_id, int, kind_from_code,
+    opt_int, opt_run_id, opt_text, opt_u32, run_id, run_id_blob, seq_col, split_event_id, text,
+    thread_id as thread_id_col, time, u32_col, unknown_thread,
+};
+use crate::queries;
+
+/// A run as the writer needs it: key, id and the base of its events' times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RunRef {
+    pub key: i64,
+    pub id: RunId,
+    pub created_at: Timestamp,
+}
+
+/// A thread record with its keys.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredThread {
+    pub key: i64,
+    pub record: ThreadRecord,
+    pub active: Option<RunRef>,
+    pub last_key: Option<i64>,
+}
+
+/// A run record with its keys.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredRun {
+    pub key: i64,
+    pub record: RunRecord,
+}
+
+/// Prefixes the detail of a [`Fault::Bad`].
+fn within(prefix: impl std::fmt::Display) -> impl FnOnce(Fault) -> Fault {
+    move |f| match f {
+        Fault::Bad(d) => Fault::Bad(format!("{prefix}: {d}")),
+        other => other,
+    }
+}
+
+/// Reads a thread with the keys and ids of its runs.
+pub(crate) fn thread(conn: &Connection, id: &ThreadId) -> Result<Option<StoredThread>, Fault> {
+    let mut stmt = conn.prepare_cached(queries::THREAD_BY_ID)?;
+    let mut rows = stmt.query(params![id.as_str()])?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    decode_thread(row, id)
+        .map(Some)
+        .map_err(|f| within("thread record")(f).at(id, None))
+}
+
+fn decode_thread(row: &Row<'_>, id: &ThreadId) -> Result<StoredThread, Fault> {
+    let key = int(row, 0, "key")?;
+    let active_key = opt_int(row, 5, "active_run_key")?;
+    let active = match active_key {
+        None => None,
+        Some(key) => Some(RunRef {
+            key,
+            id: opt_run_id(row, 6, "run_id")?.ok_or_else(|| {
+                Fault::Bad(format!(
+                    "column `active_run_key`: run key {key} does not exist"
+                ))
+            })?,
+            created_at: time(row, 7, "created_at")?,
+        }),
+    };
+    let last_key = opt_int(row, 8, "last_run_key")?;
+    let last_run = match last_key {
+        None => None,
+        Some(key) => Some(opt_run_id(row, 9, "run_id")?.ok_or_else(|| {
+            Fault::Bad(format!(
+                "column `last_run_key`: run key {key} does not exist"
+            ))
+        })?),
+    };
+    Ok(StoredThread {
+        key,
+        record: ThreadRecord {
+            thread_id: id.clone(),
+            graph: text(row, 1, "graph")?,
+            head: seq_col(row, 2, "head")?,
+            active_run: active.map(|r| r.id),
+            last_run,
+            created_at: time(row, 3, "created_at")?,
+            updated_at: time(row, 4, "updated_at")?,
+        },
+        active,
+        last_key,
+    })
+}
+
+/// A thread's key.
+pub(crate) fn thread_key(conn: &Connection, id: &ThreadId) -> Result<Option<i64>, Fault> {
+    let key = conn
+        .prepare_cached(queries::THREAD_KEY)?
+        .query_row(params![id.as_str()], |r| r.get::<_, i64>(0))
+        .optional()?;
+    Ok(key)
+}
+
+/// A run's key, thread key and creation time.
+pub(crate) fn run_ref(conn: &Connection, id: RunId) -> Result<Option<(RunRef, i64)>, Fault> {
+    let mut stmt = conn.prepare_cached(queries::RUN_REF_BY_ID)?;
+    let mut rows = stmt.query(params![run_id_blob(id)])?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let run = RunRef {
+        key: int(row, 0, "key")?,
+        id,
+        created_at: time(row, 2, "created_at")?,
+    };
+    Ok(Some((run, int(row, 1, "thread_key")?)))
+}
+
+/// Reads a run.
+pub(crate) fn run(conn: &Connection, id: RunId) -> Result<Option<StoredRun>, Fault> {
+    let mut stmt = conn.prepare_cached(queries::RUN_BY_ID)?;
+    let mut rows = stmt.query(params![run_id_blob(id)])?;
+    match rows.next()? {
+        None => Ok(None),
+        Some(row) => decode_run(row).map(Some),
+    }
+}
+
+/// Lists runs.
+pub(crate) fn runs(conn: &Connection, filter: &RunFilter) -> Result<Vec<RunRecord>, Fault> {
+    let (sql, values) = queries::runs(filter);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params_from_iter(values))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(decode_run(row)?.record);
+    }
+    Ok(out)
+}
+
+/// Decodes a row of `run_select!`; errors are [`Fault::Store`] with their thread.
+fn decode_run(row: &Row<'_>) -> Result<StoredRun, Fault> {
+    let id = run_id(row, 1, "run_id")
+        .map_err(|f| within("run record")(f).at(&unknown_thread(), None))?;
+    let thread_id = thread_id_col(row, 3, "thread_id")
+        .map_err(|f| within(format!("run {id}"))(f).at(&unknown_thread(), None))?;
+    let decode = || -> Result<StoredRun, Fault> {
+        let status = decode_status(&text(row, 6, "status")?, text(row, 7, "status_data")?)?;
+        Ok(StoredRun {
+            key: int(row, 0, "key")?,
+            record: RunRecord {
+                run_id: id,
+                thread_id: thread_id.clone(),
+                graph: text(row, 4, "graph")?,
+                graph_version: text(row, 5, "graph_version")?,
+                status,
+                first_seq: seq_col(row, 8, "first_seq")?,
+                created_at: time(row, 9, "created_at")?,
+                updated_at: time(row, 10, "updated_at")?,
+            },
+        })
+    };
+    decode().map_err(|f| within(format!("run {id}"))(f).at(&thread_id, None))
+}
+
+/// Reads up to `limit` events after `after`, checking the log has no gap.
+pub(crate) fn events(
+    conn: &Connection,
+    thread_id: &ThreadId,
+    after: Seq,
+    limit: usize,
+) -> Result<Vec<Event>, Fault> {
+    if limit == 0 || after.0 >= MAX_SEQ {
+        return Ok(Vec::new());
+    }
+    let Some(key) = thread_key(conn, thread_id)? else {
+        return Ok(Vec::new());
+    };
+    let (Some(low), Some(high)) = (event_id(key, after.0), event_id(key, MAX_SEQ)) else {
+        return Err(Fault::Bad(format!("thread key {key} is out of range")).at(thread_id, None));
+    };
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(queries::EVENTS_RANGE)?;
+    let mut rows = stmt.query(params![low, high, limit])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let id = int(row, 0, "id").map_err(|f| f.at(thread_id, None))?;
+        let (_, seq) = split_event_id(id);
+        let expected = Seq(after.0 + 1 + out.len() as u64);
+        if seq != expected {
+            return Err(Fault::Bad(format!(
+                "the event log has a gap: seq {expected} is missing (next stored is {seq})"
+            ))
+            .at(thread_id, Some(expected)));
+        }
+        out.push(decode_event(row, seq).map_err(|f| f.at(thread_id, Some(seq)))?);
+    }
+    Ok(out)
+}
+
+fn decode_event(row: &Row<'_>, seq: Seq) -> Result<Event, Fault> {
+    let run_key = int(row, 1, "run_key")?;
+    let run_id = opt_run_id(row, 2, "run_id")?.ok_or_else(|| {
+        Fault::Bad(format!(
+            "column `run_key`: run key {run_key} does not exist"
+        ))
+    })?;
+    let base = time(row, 3, "created_at")?;
+    let delta = int(row, 4, "at")?;
+    let at = base
+        .0
+        .checked_add(delta)
+        .map(Timestamp)
+        .ok_or_else(|| Fault::Bad(format!("column `at`: {delta} overflows")))?;
+    let code = int(row, 5, "kind")?;
+    let kind = kind_from_code(code)
+        .ok_or_else(|| Fault::Bad(format!("column `kind`: unknown event kind code {code}")))?;
+    let event_row = EventRow {
+        seq,
+        run_id,
+        at,
+        kind,
+        superstep: opt_u32(row, 6, "superstep")?,
+        task: opt_u32(row, 7, "task")?,
+        node: opt_text(row, 8, "node")?,
+        attempt: opt_u32(row, 9, "attempt")?,
+        data: opt_text(row, 10, "data")?,
+        extra: opt_text(row, 11, "extra")?,
+    };
+    event_row
+        .into_event()
+        .map_err(|e| Fault::Bad(format!("{} event: {}", e.kind, e.detail)))
+}
+
+/// Reads the thread's snapshot if it stands at or before `at_or_before`.
+pub(crate) fn snapshot(
+    conn: &Connection,
+    thread_id: &ThreadId,
+    at_or_before: Seq,
+) -> Result<Option<Snapshot>, Fault> {
+    let Some(key) = thread_key(conn, thread_id)? else {
+        return Ok(None);
+    };
+    let bound = i64::try_from(at_or_before.0).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(queries::SNAPSHOT)?;
+    let mut rows = stmt.query(params![key, bound])?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let at_seq =
+        seq_col(row, 0, "at_seq").map_err(|f| within("snapshot")(f).at(thread_id, None))?;
+    let decode = || -> Result<Snapshot, Fault> {
+        let run_key = int(row, 1, "run_key")?;
+        Ok(Snapshot {
+            at_seq,
+            run_id: opt_run_id(row, 2, "run_id")?.ok_or_else(|| {
+                Fault::Bad(format!(
+                    "column `run_key`: run key {run_key} does not exist"
+                ))
+            })?,
+            next_superstep: u32_col(row, 3, "next_superstep")?,
+            state: decode_state(&crate::codec::blob(row, 4, "state")?)?,
+            boundary: decode_boundary(text(row, 5, "boundary")?)?,
+            created_at: time(row, 6, "created_at")?,
+        })
+    };
+    decode()
+        .map(Some)
+        .map_err(|f| within(format!("snapshot at seq {at_seq}"))(f).at(thread_id, None))
+}

@@ -1,0 +1,678 @@
+//! Behaviour specific to the SQLite backend: persistence, migrations, corruption, group
+//! commit, compression, concurrency with the writer. The shared rules are checked by the
+//! conformance suite (`conformance.rs`).
+
+mod support;
+
+use std::sync::Arc;
+
+use oris_core::event::{Durability, EventKind};
+use oris_core::id::{RunId, Seq};
+use oris_core::store::{Error, RunFilter, Store};
+use oris_sqlite::{SCHEMA_VERSION, SqliteOptions, SqliteStore};
+use support::{Run, WriteLock, drive, json, open, poll_once, state_after, tid, wait_until};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Everything the store holds about some threads and runs, for comparisons.
+async fn dump(store: &SqliteStore, threads: &[&str], runs: &[RunId]) -> String {
+    let mut out = String::new();
+    for t in threads {
+        let t = tid(t);
+        out += &format!("{:?}\n", store.thread(&t).await.unwrap());
+        out += &format!(
+            "{:?}\n",
+            store.events(&t, Seq::ZERO, usize::MAX).await.unwrap()
+        );
+        out += &format!("{:?}\n", store.snapshot(&t, Seq(u64::MAX)).await.unwrap());
+    }
+    for r in runs {
+        out += &format!("{:?}\n", store.run(*r).await.unwrap());
+    }
+    out += &format!("{:?}\n", store.runs(&RunFilter::default()).await.unwrap());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_close_and_reopen() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // A directory that does not exist yet: open creates it.
+    let path = dir.path().join("nested/dir/oris.db");
+    let store = open(&path).await;
+
+    // Thread a: two runs (completed, then failed) and a compressed snapshot.
+    let mut a = Run::new("a", Seq::ZERO);
+    drive(&store, &mut a, &[Run::start, Run::step, Run::step]).await;
+    let mut snap = a.step();
+    snap.snapshot = Some(
+        Run {
+            head: Seq(a.head.0 + 1),
+            ..a.clone()
+        }
+        .snapshot(state_after(50)),
+    );
+    store.commit(snap.clone()).await?;
+    a.advance(&snap);
+    let c = a.finish();
+    store.commit(c.clone()).await?;
+    a.advance(&c);
+    let mut a2 = Run::new("a", a.head);
+    a2.durability = Durability::Batched;
+    drive(&store, &mut a2, &[Run::start, Run::step, Run::fail]).await;
+    // Thread b: cancelled, with a small raw snapshot. Thread c: still running.
+    let mut b = Run::new("b", Seq::ZERO);
+    drive(&store, &mut b, &[Run::start, Run::cancel]).await;
+    let mut c_run = Run::new("c", Seq::ZERO);
+    let mut start = c_run.start();
+    start.snapshot = Some(
+        Run {
+            head: Seq(1),
+            ..c_run.clone()
+        }
+        .snapshot(json(r#"{"counter":0}"#)),
+    );
+    store.commit(start.clone()).await?;
+    c_run.advance(&start);
+
+    let threads = ["a", "b", "c"];
+    let runs = [a.run_id, a2.run_id, b.run_id, c_run.run_id];
+    let before = dump(&store, &threads, &runs).await;
+    let events = store.events(&tid("a"), Seq::ZERO, usize::MAX).await?;
+    let kinds: Vec<EventKind> = events.iter().map(|e| e.body.kind()).collect();
+    assert!(kinds.contains(&EventKind::NodeFailed) && kinds.contains(&EventKind::RunFailed));
+    drop(store);
+    // Every connection is closed once the store is dropped (the writer thread is joined):
+    // the last one to close checkpoints and removes the WAL.
+    assert!(path.exists());
+    assert!(!path.with_extension("db-wal").exists());
+
+    let store = open(&path).await;
+    assert_eq!(dump(&store, &threads, &runs).await, before);
+    assert_eq!(store.thread(&tid("a")).await?.unwrap().head, a2.head);
+    // And it keeps working.
+    let c = c_run.step();
+    assert_eq!(store.commit(c).await?.head, Seq(2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn newer_schema_is_refused_naming_both_versions() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("oris.db");
+    drop(open(&path).await);
+    {
+        let raw = rusqlite::Connection::open(&path)?;
+        let v: i64 = raw.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        assert_eq!(v, SCHEMA_VERSION);
+        raw.pragma_update(None, "user_version", 99)?;
+    }
+    let err = SqliteStore::open(&path, SqliteOptions::default())
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable());
+    let Error::Incompatible(msg) = &err else {
+        panic!("expected Incompatible, got {err:?}");
+    };
+    assert!(msg.contains("version 99"), "{msg}");
+    assert!(msg.contains(&format!("version {SCHEMA_VERSION}")), "{msg}");
+    assert!(msg.contains("newer"), "{msg}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_database_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("oris.db");
+    std::fs::write(
+        &path,
+        b"definitely not an sqlite database, just some text here....",
+    )?;
+    let err = SqliteStore::open(&path, SqliteOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    Ok(())
+}
+
+/// A store with thread `t` holding 3 events (start and two steps) and a snapshot.
+async fn three_events(path: &std::path::Path) -> (SqliteStore, Run) {
+    let store = open(path).await;
+    let mut run = Run::new("t", Seq::ZERO);
+    drive(&store, &mut run, &[Run::start, Run::step]).await;
+    let mut c = run.step();
+    c.snapshot = Some(
+        Run {
+            head: Seq(3),
+            ..run.clone()
+        }
+        .snapshot(state_after(2)),
+    );
+    store.commit(c.clone()).await.unwrap();
+    run.advance(&c);
+    (store, run)
+}
+
+fn raw(path: &std::path::Path, sql: &str) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch("PRAGMA ignore_check_constraints = ON")
+        .unwrap();
+    conn.execute_batch(sql).unwrap();
+}
+
+const EVENT_2: &str = "(SELECT key FROM threads WHERE thread_id = 't') * 4294967296 + 2";
+
+fn corrupt(err: Error) -> (String, Option<Seq>, String) {
+    match err {
+        Error::Corrupt {
+            thread_id,
+            seq,
+            detail,
+        } => (thread_id.to_string(), seq, detail),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn garbage_in_event_data_is_corrupt_naming_thread_seq_and_column() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("oris.db");
+    let (store, _) = three_events(&path).await;
+    raw(
+        &path,
+        &format!("UPDATE events SET data = '{{\"counter\": ' WHERE id = {EVENT_2}"),
+    );
+    let err = store.events(&tid("t"), Seq::ZERO, 10).await.unwrap_err();
+    let (thread, seq, detail) = corrupt(err.clone());
+    assert_eq!((thread.as_str(), seq), ("t", Some(Seq(2))));
+    assert!(detail.contains("`data`"), "{detail}");
+    assert!(err.to_string().contains("thread `t` at seq 2"), "{err}");
+    // Reads that do not touch the damaged row still work.
+    assert_eq!(store.events(&tid("t"), Seq(2), 10).await?.len(), 1);
+    assert_eq!(store.events(&tid("t"), Seq::ZERO, 1).await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_event_kind_code_is_corrupt() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("oris.db");
+    let (store, _) = three_events(&path).await;
+    raw(
+        &path,
+        &format!("UPDATE events SET kind = 42 WHERE id = {EVENT_2}"),
+    );
+    let (thread, seq, detail) = corrupt(store.events(&tid("t"), Seq(1), 10).await.unwrap_err());
+    assert_eq!((thread.as_str(), seq), ("t", Some(Seq(2))));
+    assert!(
+        detail.contains("`kind`") && detail.contains("42"),
+        "{detail}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn wrong_column_types_and_gaps_are_corrupt() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("oris.db");
+    let (store, _) = three_events(&path).await;
+    raw(
+        &path,
+        &format!("UPDATE events SET superstep = 'zero' WHERE id = {EVENT_2}"),
+    );
+    let (_, seq, detail) = corrupt(store.events(&tid("t"), Seq::ZERO, 10).await.unwrap_err());
+    assert_eq!(seq, Some(Seq(2)));
+    assert!(
+        detail.contains("`superstep`") && detail.contains("text"),
+        "{detail}"
+    );
+
+    raw(&path, &format!("DELETE FROM events WHERE id = {EVENT_2}"));
+    let (_, seq, detail) = corrupt(store.events(&tid("t"), Seq::ZERO, 10).await.unwrap_err());
+    assert_eq!(seq, Some(Seq(2)));
+    assert!(detail.contains("gap"), "{detail}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn damaged_run_status_and_snapshot_are_corrupt() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("oris.db");
+    let (store, run) = three_events(&path).await;
+
+    raw(&path, "UPDATE snapshots SET state = X'09'");
+    let (thread, _, detail) = corrupt(store.snapshot(&tid("t"), Seq(3)).await.unwrap_err());
+    assert_eq!(thread, "t");
+    assert!(
+        detail.contains("`state`") && detail.contains("format byte 9"),
+        "{detail}"
+    );
+
+    raw(
+        &path,
+        r#"UPDATE runs SET status_data = '{"status":"paused"}'"#,
+    );
+    let (thread, seq, detail) = corrupt(store.run(run.run_id).await.unwrap_err());
+    assert_eq!((thread.as_str(), seq), ("t", None));
+    assert!(detail.contains("`status_data`"), "{detail}");
+    let (thread, ..) = corrupt(store.runs(&RunFilter::default()).await.unwrap_err());
+    assert_eq!(thread, "t");
+
+    // The writer validates what it reads too: a status change of the damaged run is
+    // refused as corrupt, and the store goes on.
+    let err = store.commit(run.finish()).await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    let other = Run::new("other", Seq::ZERO);
+    assert_eq!(store.commit(other.start()).await?.head, Seq(1));
+
+    raw(&path, "UPDATE runs SET status = 'paused'");
+    let (_, _, detail) = corrupt(store.run(run.run_id).await.unwrap_err());
+    assert!(detail.contains("unknown status"), "{detail}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commits_share_group_transactions() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("oris.db");
+    let store = Arc::new(open(&path).await);
+
+    // Hold the write lock so the writer stalls on its first group while the others queue.
+    let lock = WriteLock::take(&path);
+    let primer = Run::new("primer", Seq::ZERO);
+    let mut first = Box::pin(store.commit(primer.start()));
+    assert!(poll_once(first.as_mut()).is_pending());
+    wait_until("the writer took the primer", || {
+        store.stats().queue_depth == 0
+    })
+    .await;
+
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let run = Run::new(&format!("thread-{i}"), Seq::ZERO);
+                store.commit(run.start()).await.map(|r| (run, r))
+            })
+        })
+        .collect();
+    wait_until("64 commits are queued", || store.stats().queue_depth == 64).await;
+    lock.release();
+
+    assert_eq!(first.await?.head, Seq(1));
+    for task in tasks {
+        let (run, receipt) = task.await??;
+        assert_eq!(receipt.head, Seq(1));
+        let thread = store.thread(&run.thread_id).await?.unwrap();
+        assert_eq!(thread.active_run, Some(run.run_id));
+        assert_eq!(store.events(&run.thread_id, Seq::ZERO, 10).await?.len(), 1);
+    }
+    let stats = store.stats();
+    assert_eq!(stats.commits, 65);
+    // The primer alone, then the 64 together.
+    assert_eq!(stats.transactions, 2, "{stats:?}");
+    assert_eq!(stats.synced_transactions, 2, "{stats:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_commits_in_a_group_do_not_affect_the_others() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("oris.db");
+    let store = open(&path).await;
+    let mut x = Run::new("x", Seq::ZERO);
+    let c = x.start();
+    store.commit(c.clone()).await?;
+    x.advance(&c);
+    let taken = Run::new("taken", Seq::ZERO);
+    store.commit(taken.start()).await?;
+    let before = store.stats();
+
+    let lock = WriteLock::take(&path);
+    let primer = Run::new("primer", Seq::ZERO);
+    let mut first = Box::pin(store.commit(primer.start()));
+    assert!(poll_once(first.as_mut()).is_pending());
+    wait_until("the writer took the primer", || {
+        store.stats().queue_depth == 0
+    })
+    .await;
+
+    // In queue order: two valid steps on x, a stale one (conflict), a run id that exists
+    // on another thread, an invalid transition, and valid commits on other threads.
+    let step1 = x.step();
+    let mut x1 = x.clone();
+    x1.advance(&step1);
+    let step2 = x1.step();
+    let stale = x.step();
+    let mut dup = Run::new("dup", Seq::ZERO);
+    dup.run_id = taken.run_id;
+    let mut bad_transition = x1.clone();
+    bad_transition.head = Seq(x1.head.0 + 1);
+    let mut cancel_queued = bad_transition.cancel();
+    if let Some(oris_core::store::RunWrite::SetStatus { status, .. }) = &mut cancel_queued.run {
+        *status = oris_core::status::RunStatus::Queued;
+    }
+    let others: Vec<Run> = (0..5)
+        .map(|i| Run::new(&format!("o{i}"), Seq::ZERO))
+        .collect();
+
+    let mut futures = vec![
+        Box::pin(store.commit(step1)),
+        Box::pin(store.commit(step2)),
+        Box::pin(store.commit(stale)),
+        Box::pin(store.commit(dup.start())),
+        Box::pin(store.commit(cancel_queued)),
+    ];
+    for o in &others {
+        futures.push(Box::pin(store.commit(o.start())));
+    }
+    for f in &mut futures {
+        assert!(poll_once(f.as_mut()).is_pending());
+    }
+    assert_eq!(store.stats().queue_depth, 10);
+    lock.release();
+    first.await?;
+
+    let mut results = Vec::new();
+    for f in futures {
+        results.push(f.await);
+    }
+    assert_eq!(results[0].as_ref().unwrap().head, Seq(2));
+    assert_eq!(results[1].as_ref().unwrap().head, Seq(3));
+    assert!(
+        matches!(&results[2], Err(Error::Conflict { expected, actual, .. }) if *expected == Seq(1) && *actual == Seq(3)),
+        "{:?}",
+        results[2]
+    );
+    assert!(
+        matches!(&results[3], Err(Error::InvalidCommit { detail, .. }) if detail.contains("already exists")),
+        "{:?}",
+        results[3]
+    );
+    assert!(
+        matches!(&results[4], Err(Error::InvalidTransition { .. })),
+        "{:?}",
+        results[4]
+    );
+    for r in &results[5..] {
+        assert_eq!(r.as_ref().unwrap().head, Seq(1));
+    }
+    // Nothing of the failed commits leaked: the duplicate did not create its thread, the
+    // taken run still belongs to its thread, x has exactly three events.
+    assert_eq!(store.thread(&tid("dup")).await?, None);
+    assert_eq!(
+        store.run(taken.run_id).await?.unwrap().thread_id,
+        tid("taken")
+    );
+    assert_eq!(store.events(&tid("x"), Seq::ZERO, 10).await?.len(), 3);
+    for o in &others {
+        assert_eq!(store.thread(&o.thread_id).await?.unwrap().head, Seq(1));
+    }
+    let after = store.stats();
+    assert_eq!(after.transactions - before.transactions, 2, "{after:?}");
+    assert_eq!(after.commits - before.commits, 1 + 7);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_work_while_the_writer_is_busy() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("oris.db");
+    let (store, run) = three_events(&path).await;
+
+    let lock = WriteLock::take(&path);
+    let mut pending = Box::pin(store.commit(run.step()));
+    assert!(poll_once(pending.as_mut()).is_pending());
+    wait_until("the writer took the commit", || {
+        store.stats().queue_depth == 0
+    })
+    .await;
+
+    // The writer is stuck in its busy timeout; reads see the last committed state.
+    assert_eq!(store.thread(&tid("t")).await?.unwrap().head, Seq(3));
+    assert_eq!(store.events(&tid("t"), Seq::ZERO, 100).await?.len(), 3);
+    assert_eq!(store.runs(&RunFilter::unfinished()).await?.len(), 1);
+    assert!(store.snapshot(&tid("t"), Seq(3)).await?.is_some());
+    assert!(poll_once(pending.as_mut()).is_pending());
+
+    lock.release();
+    assert_eq!(pending.await?.head, Seq(4));
+    assert_eq!(store.events(&tid("t"), Seq::ZERO, 100).await?.len(), 4);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_lock_held_past_the_busy_timeout_makes_the_group_unavailable() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("oris.db");
+    let options = SqliteOptions {
+        busy_timeout: std::time::Duration::from_millis(50),
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open(&path, options).await?;
+    let run = Run::new("t", Seq::ZERO);
+    let lock = WriteLock::take(&path);
+    let err = store.commit(run.start()).await.unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    lock.release();
+    assert_eq!(store.thread(&tid("t")).await?, None);
+    // Retrying succeeds.
+    assert_eq!(store.commit(run.start()).await?.head, Seq(1));
+    Ok(())
+}
+
+#[tokio::test]
+async fn snapshots_round_trip_compressed_or_not() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("oris.db");
+    let store = open(&path).await;
+    let mut run = Run::new("t", Seq::ZERO);
+    let c = run.start();
+    store.commit(c.clone()).await?;
+    run.advance(&c);
+
+    let conn = rusqlite::Connection::open(&path)?;
+    let format = || -> u8 {
+        conn.query_row("SELECT state FROM snapshots", [], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })
+        .unwrap()[0]
+    };
+    let cases = [
+        (json("{}"), 0u8),
+        (json(r#"{"counter":1,"log":["short"]}"#), 0),
+        (state_after(100), 1),
+        (json(&format!("[{}]", vec!["\"é日本\""; 4000].join(","))), 1),
+    ];
+    for (state, expected_format) in cases {
+        let mut c = run.step();
+        let mut at = run.clone();
+        at.advance(&c);
+        c.snapshot = Some(at.snapshot(state.clone()));
+        store.commit(c.clone()).await?;
+        run.advance(&c);
+        let snap = store.snapshot(&tid("t"), run.head).await?.unwrap();
+        assert_eq!(snap.state, state);
+        assert_eq!(snap, c.snapshot.clone().unwrap());
+        assert_eq!(format(), expected_format, "{} bytes", state.json().len());
+        // Only one snapshot row per thread, and the bound is respected.
+        assert_eq!(store.snapshot(&tid("t"), Seq(run.head.0 - 1)).await?, None);
+    }
+    assert_eq!(store.delete_snapshots(&tid("t")).await?, 1);
+    assert_eq!(store.delete_snapshots(&tid("t")).await?, 0);
+    assert!(matches!(
+        store.delete_snapshots(&tid("nobody")).await,
+        Err(Error::ThreadNotFound { .. })
+    ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn durability_picks_the_sync_level_per_group() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = open(&dir.path().join("oris.db")).await;
+    let mut batched = Run::new("b", Seq::ZERO);
+    batched.durability = Durability::Batched;
+    for _ in 0..3 {
+        let c = if batched.head == Seq::ZERO {
+            batched.start()
+        } else {
+            batched.step()
+        };
+        store.commit(c.clone()).await?;
+        batched.advance(&c);
+    }
+    let s = store.stats();
+    assert_eq!(
+        (s.transactions, s.synced_transactions, s.commits),
+        (3, 0, 3)
+    );
+    let mut exit = Run::new("e", Seq::ZERO);
+    exit.durability = Durability::Exit;
+    store.commit(exit.start()).await?;
+    store.commit(Run::new("s", Seq::ZERO).start()).await?;
+    let s = store.stats();
+    assert_eq!(
+        (s.transactions, s.synced_transactions, s.commits),
+        (5, 2, 5)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn unfinished_runs_are_listed_in_creation_order() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = open(&dir.path().join("oris.db")).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let mut run = Run::new(&format!("t{i}"), Seq::ZERO);
+        let c = run.start();
+        store.commit(c.clone()).await?;
+        run.advance(&c);
+        if i % 2 == 0 {
+            store.commit(run.finish()).await?;
+        } else {
+            ids.push(run.run_id);
+        }
+    }
+    let listed: Vec<RunId> = store
+        .runs(&RunFilter::unfinished())
+        .await?
+        .iter()
+        .map(|r| r.run_id)
+        .collect();
+    assert_eq!(listed, ids);
+    let page = store
+        .runs(&RunFilter {
+            after: Some(ids[0]),
+            limit: 1,
+            ..RunFilter::unfinished()
+        })
+        .await?;
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].run_id, ids[1]);
+    Ok(())
+}
+
+/// W4's storage: a 100-superstep run with ~90-byte updates, its start and end, and a
+/// final compressed snapshot, measured as bytes of used pages per run.
+#[tokio::test]
+async fn a_hundred_superstep_run_is_compact() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = open(&dir.path().join("oris.db")).await;
+    let runs = 20;
+    let start = store.bytes_used().await?;
+    for r in 0..runs {
+        let mut run = Run::new(&format!("w4-{r}"), Seq::ZERO);
+        run.durability = Durability::Batched;
+        let c = run.start();
+        store.commit(c.clone()).await?;
+        run.advance(&c);
+        for i in 0..100 {
+            let mut c = run.step();
+            if i % 10 == 9 {
+                let mut at = run.clone();
+                at.advance(&c);
+                c.snapshot = Some(at.snapshot(state_after(i + 1)));
+            }
+            store.commit(c.clone()).await?;
+            run.advance(&c);
+        }
+        store.commit(run.finish()).await?;
+    }
+    let per_run = (store.bytes_used().await? - start) / runs;
+    println!("bytes per 100-superstep run: {per_run}");
+    assert!(per_run <= 15 * 1024, "{per_run} bytes per run");
+    Ok(())
+}
+
+/// Commit throughput on this machine's disk: one writer in a loop versus 32 concurrent
+/// runs. Not a pass/fail test; run with
+/// `cargo test --release -p oris-sqlite --test sqlite commit_rate -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn commit_rate() -> TestResult {
+    use std::time::{Duration, Instant};
+    for durability in [Durability::Sync, Durability::Batched] {
+        for concurrency in [1usize, 32] {
+            let dir = tempfile::tempdir()?;
+            let store = Arc::new(open(&dir.path().join("oris.db")).await);
+            let started = Instant::now();
+            let budget = Duration::from_secs(2);
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|i| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let mut run = Run::new(&format!("t{i}"), Seq::ZERO);
+                        run.durability = durability;
+                        let mut commits = 0u64;
+                        while started.elapsed() < budget {
+                            let c = if run.head == Seq::ZERO {
+                                run.start()
+                            } else {
+                                run.step()
+                            };
+                            store.commit(c.clone()).await.unwrap();
+                            run.advance(&c);
+                            commits += 1;
+                        }
+                        commits
+                    })
+                })
+                .collect();
+            let mut commits = 0;
+            for t in tasks {
+                commits += t.await?;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            let stats = store.stats();
+            println!(
+                "{durability:?} x{concurrency}: {:.0} commits/s, {:.1} commits per transaction",
+                commits as f64 / secs,
+                stats.commits as f64 / stats.transactions.max(1) as f64
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn events_view_shows_the_log_unpacked() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("oris.db");
+    let (store, run) = three_events(&path).await;
+    let events = store.events(&tid("t"), Seq::ZERO, 10).await?;
+    let conn = rusqlite::Connection::open(&path)?;
+    let mut stmt =
+        conn.prepare("SELECT thread_id, seq, run_id, at FROM events_view ORDER BY seq")?;
+    let rows: Vec<(String, i64, Vec<u8>, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    assert_eq!(rows.len(), events.len());
+    for (row, event) in rows.iter().zip(&events) {
+        assert_eq!(row.0, "t");
+        assert_eq!(row.1 as u64, event.seq.0);
+        assert_eq!(row.2.as_slice(), run.run_id.as_uuid().as_bytes());
+        assert_eq!(row.3, event.at.0);
+    }
+    Ok(())
+}
