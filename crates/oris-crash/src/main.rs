@@ -1,0 +1,538 @@
+//! `oris-crash`: the process the crash test (`tests/crash.rs`) kills with SIGKILL.
+//!
+//! It runs one of three graphs on a SQLite file, records every node execution in a marks
+//! file, and can stop at a named point — printing `PAUSED <point>` on stdout and then
+//! blocking forever — so the test can kill it at exactly that point. In `recover` mode it
+//! opens the same file, lets [`Engine::recover`] finish whatever was unfinished, and prints
+//! the thread's final state as one JSON line.
+//!
+//! ```text
+//! oris-crash --db PATH --marks PATH --graph linear|fanout|loop --thread T \
+//!     (start|recover) [--pause-at POINT] [--yields N] [--durability MODE] [--snapshot-every N]
+//! ```
+//!
+//! Graphs (`../shared/brief/WORKLOADS.md`):
+//! - `linear`: W1, `n0 → … → n9`; final `counter == 10`, `log == [n0 … n9]`.
+//! - `fanout`: W2, `fan → w0 … w7 → join`; final `counter == 9`, results `w0 … w7`. In
+//!   `start` mode worker `wi` waits until `i` worker completions are committed, so every
+//!   worker completion is its own commit, in order, while all eight still run in one
+//!   superstep — which makes "k workers durable, the rest not" a well-defined point.
+//! - `loop`: W4's shape with 30 iterations of `step`; final `counter == 30`, 30 items.
+//!
+//! Marks file lines (each written with one `write` on a file opened for append, so a
+//! SIGKILL never tears a line):
+//! - `exec <thread> <superstep> <task> <node> <attempt>`: a node body ran to its end (written
+//!   before the node returns its update);
+//! - `commit <n> <first-seq>..<last-seq>`: the n-th commit of this process was confirmed.
+//!   Informational only: the store's timeline is the ground truth of what committed.
+//!
+//! Pause points (`--pause-at`; in `recover` mode too, with commits counted from 1 in that
+//! process and fan-out workers not serialized):
+//! - `node:<name>[@<superstep>]`: inside the node body, before its exec mark;
+//! - `after-node:<name>[@<superstep>]`: after the exec mark, before the node returns (the
+//!   node finished, its completion is not committed);
+//! - `before-commit:<n>`: before the n-th commit reaches the store (1 = `RunStarted`);
+//! - `after-commit:<n>`: after the store confirmed the n-th commit, before the driver goes on;
+//! - `fanout-after:<k>`: before the commit that would make more than `k` worker
+//!   completions durable (counting the ones this process committed).
+
+use std::fmt;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use oris::event::EventBody;
+use oris::store::{Commit, SqliteOptions, SqliteStore};
+use oris::{
+    CompiledGraph, Context, Durability, END, Engine, EngineOptions, Error, GraphHandle, NodeError,
+    Observer, RecoveryReport, START, State, StateGraph,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+/// Iterations of the `loop` graph.
+const LOOP_STEPS: i64 = 30;
+/// Workers of the `fanout` graph.
+const WORKERS: u32 = 8;
+
+/// Runs a graph on a SQLite file and stops where the crash test wants to kill it.
+#[derive(Debug, Parser)]
+#[command(name = "oris-crash")]
+struct Cli {
+    /// The SQLite file.
+    #[arg(long)]
+    db: PathBuf,
+    /// The marks file (appended to).
+    #[arg(long)]
+    marks: PathBuf,
+    /// Which graph.
+    #[arg(long, value_enum)]
+    graph: GraphKind,
+    /// The thread to run.
+    #[arg(long)]
+    thread: String,
+    /// Start a run on the thread, or recover every unfinished run.
+    #[arg(value_enum)]
+    mode: Mode,
+    /// Where to stop and wait for the kill. Commits are counted from 1 in each process.
+    #[arg(long)]
+    pause_at: Option<Pause>,
+    /// How many times each node yields to the scheduler before it finishes.
+    #[arg(long, default_value_t = 0)]
+    yields: u32,
+    /// Durability of the runs: sync, batched or exit.
+    #[arg(long, default_value = "sync")]
+    durability: Durability,
+    /// Snapshot the state every this many supersteps (the engine's default if unset).
+    #[arg(long)]
+    snapshot_every: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum GraphKind {
+    Linear,
+    Fanout,
+    Loop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Start,
+    Recover,
+}
+
+/// A node, optionally only in one superstep (`step@15`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NodeAt {
+    name: String,
+    superstep: Option<u32>,
+}
+
+impl NodeAt {
+    fn matches(&self, ctx: &Context) -> bool {
+        self.name == ctx.node() && self.superstep.is_none_or(|s| s == ctx.superstep())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pause {
+    Node(NodeAt),
+    AfterNode(NodeAt),
+    BeforeCommit(u64),
+    AfterCommit(u64),
+    FanoutAfter(u32),
+}
+
+impl FromStr for Pause {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, arg) = s
+            .split_once(':')
+            .ok_or_else(|| format!("pause point `{s}` has no `:`"))?;
+        let node_at = || -> Result<NodeAt, String> {
+            let (name, superstep) = match arg.split_once('@') {
+                Some((n, at)) => (n, Some(at.parse().map_err(|e| format!("`{at}`: {e}"))?)),
+                None => (arg, None),
+            };
+            if name.is_empty() {
+                return Err(format!("pause point `{s}` names no node"));
+            }
+            Ok(NodeAt {
+                name: name.to_owned(),
+                superstep,
+            })
+        };
+        let number = |what: &str| format!("pause point `{s}`: `{arg}` is not {what}");
+        Ok(match kind {
+            "node" => Pause::Node(node_at()?),
+            "after-node" => Pause::AfterNode(node_at()?),
+            "before-commit" => {
+                Pause::BeforeCommit(arg.parse().map_err(|_| number("a commit number"))?)
+            }
+            "after-commit" => {
+                Pause::AfterCommit(arg.parse().map_err(|_| number("a commit number"))?)
+            }
+            "fanout-after" => {
+                Pause::FanoutAfter(arg.parse().map_err(|_| number("a worker count"))?)
+            }
+            other => return Err(format!("unknown pause point kind `{other}`")),
+        })
+    }
+}
+
+impl fmt::Display for Pause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let node = |f: &mut fmt::Formatter<'_>, kind: &str, n: &NodeAt| match n.superstep {
+            Some(s) => write!(f, "{kind}:{}@{s}", n.name),
+            None => write!(f, "{kind}:{}", n.name),
+        };
+        match self {
+            Pause::Node(n) => node(f, "node", n),
+            Pause::AfterNode(n) => node(f, "after-node", n),
+            Pause::BeforeCommit(n) => write!(f, "before-commit:{n}"),
+            Pause::AfterCommit(n) => write!(f, "after-commit:{n}"),
+            Pause::FanoutAfter(k) => write!(f, "fanout-after:{k}"),
+        }
+    }
+}
+
+/// What every node and the observer share.
+#[derive(Debug)]
+struct Env {
+    thread: String,
+    marks: PathBuf,
+    pause: Option<Pause>,
+    yields: u32,
+    /// Committed worker completions of the fan-out; `Some` when workers are serialized.
+    workers: Option<watch::Receiver<u32>>,
+}
+
+impl Env {
+    /// Appends one line to the marks file with a single write.
+    fn mark(&self, line: &str) -> std::io::Result<()> {
+        append_line(&self.marks, line)
+    }
+
+    /// Tells the parent where we stopped and waits for its SIGKILL.
+    fn pause_here(&self) -> ! {
+        let point = self
+            .pause
+            .as_ref()
+            .expect("invariant: pausing only at a configured pause point");
+        let mut out = std::io::stdout().lock();
+        // If the parent is gone there is nobody to kill us: exit rather than hang.
+        if writeln!(out, "PAUSED {point}")
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            std::process::exit(3);
+        }
+        drop(out);
+        loop {
+            std::thread::park();
+        }
+    }
+
+    /// The common body of every node: wait for its turn (fan-out workers), yield, pause
+    /// if asked to, record the execution, pause again if asked to.
+    async fn node(&self, ctx: &Context) -> Result<(), NodeError> {
+        if let (Some(rx), Some(i)) = (&self.workers, worker_index(ctx.node())) {
+            rx.clone()
+                .wait_for(|done| *done >= i)
+                .await
+                .map_err(|_| NodeError::permanent("worker gate closed"))?;
+        }
+        for _ in 0..self.yields {
+            tokio::task::yield_now().await;
+        }
+        if let Some(Pause::Node(at)) = &self.pause
+            && at.matches(ctx)
+        {
+            self.pause_here();
+        }
+        let line = format!(
+            "exec {} {} {} {} {}",
+            self.thread,
+            ctx.superstep(),
+            ctx.task(),
+            ctx.node(),
+            ctx.attempt()
+        );
+        self.mark(&line)
+            .map_err(|e| NodeError::permanent(format!("cannot write the marks file: {e}")))?;
+        if let Some(Pause::AfterNode(at)) = &self.pause
+            && at.matches(ctx)
+        {
+            self.pause_here();
+        }
+        Ok(())
+    }
+}
+
+fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
+    let mut buf = String::with_capacity(line.len() + 1);
+    buf.push_str(line);
+    buf.push('\n');
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    // One write call: O_APPEND makes it land whole at the end; a short write of a line
+    // this small does not happen on a local file, and would be an error here.
+    let n = f.write(buf.as_bytes())?;
+    if n != buf.len() {
+        return Err(std::io::Error::other(format!(
+            "short write to the marks file: {n} of {} bytes",
+            buf.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `wi` → `i` for fan-out workers.
+fn worker_index(node: &str) -> Option<u32> {
+    node.strip_prefix('w')?.parse().ok()
+}
+
+fn worker_completions(commit: &Commit) -> u32 {
+    commit
+        .events
+        .iter()
+        .filter(|e| {
+            matches!(&e.body, EventBody::NodeCompleted { node, .. } if worker_index(node).is_some())
+        })
+        .count() as u32
+}
+
+/// Counts commits, records them, releases fan-out workers, and pauses at commit points.
+struct Hooks {
+    env: Arc<Env>,
+    commits: AtomicU64,
+    workers: watch::Sender<u32>,
+}
+
+impl Observer for Hooks {
+    fn before_commit(&self, commit: &Commit) {
+        let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
+        match &self.env.pause {
+            Some(Pause::BeforeCommit(at)) if *at == n => self.env.pause_here(),
+            Some(Pause::FanoutAfter(k))
+                if *self.workers.borrow() + worker_completions(commit) > *k =>
+            {
+                self.env.pause_here()
+            }
+            _ => {}
+        }
+    }
+
+    fn after_commit(&self, commit: &Commit) {
+        let n = self.commits.load(Ordering::SeqCst);
+        let (first, last) = match (commit.events.first(), commit.events.last()) {
+            (Some(f), Some(l)) => (f.seq.0, l.seq.0),
+            _ => (0, 0),
+        };
+        if let Err(e) = self.env.mark(&format!("commit {n} {first}..{last}")) {
+            eprintln!("oris-crash: cannot write the marks file: {e}");
+        }
+        let w = worker_completions(commit);
+        if w > 0 {
+            self.workers.send_modify(|done| *done += w);
+        }
+        if self.env.pause == Some(Pause::AfterCommit(n)) {
+            self.env.pause_here();
+        }
+    }
+}
+
+/// W1 and W4's state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, State)]
+struct Doc {
+    counter: i64,
+    #[reducer(append)]
+    log: Vec<String>,
+}
+
+/// W2's state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, State)]
+struct Fan {
+    counter: i64,
+    #[reducer(append)]
+    results: Vec<String>,
+}
+
+fn linear_graph(env: &Arc<Env>) -> anyhow::Result<CompiledGraph<Doc>> {
+    let mut g = StateGraph::<Doc>::new("crash-linear", "1");
+    for i in 0..10 {
+        let env = env.clone();
+        g = g.node(format!("n{i}"), move |s: Doc, ctx: Context| {
+            let env = env.clone();
+            async move {
+                env.node(&ctx).await?;
+                Ok(DocUpdate::default()
+                    .counter(s.counter + 1)
+                    .log(vec![ctx.node().to_owned()]))
+            }
+        });
+    }
+    g = g.edge(START, "n0");
+    for i in 0..9 {
+        g = g.edge(format!("n{i}"), format!("n{}", i + 1));
+    }
+    Ok(g.edge("n9", END).compile()?)
+}
+
+fn fanout_graph(env: &Arc<Env>) -> anyhow::Result<CompiledGraph<Fan>> {
+    let e = env.clone();
+    let mut g =
+        StateGraph::<Fan>::new("crash-fanout", "1").node("fan", move |s: Fan, ctx: Context| {
+            let env = e.clone();
+            async move {
+                env.node(&ctx).await?;
+                Ok(FanUpdate::default().counter(s.counter + 1))
+            }
+        });
+    for i in 0..WORKERS {
+        let env = env.clone();
+        g = g.node(format!("w{i}"), move |_s: Fan, ctx: Context| {
+            let env = env.clone();
+            async move {
+                env.node(&ctx).await?;
+                Ok(FanUpdate::default().results(vec![ctx.node().to_owned()]))
+            }
+        });
+    }
+    let e = env.clone();
+    g = g
+        .node("join", move |s: Fan, ctx: Context| {
+            let env = e.clone();
+            async move {
+                env.node(&ctx).await?;
+                Ok(FanUpdate::default().counter(s.counter + s.results.len() as i64))
+            }
+        })
+        .edge(START, "fan");
+    for i in 0..WORKERS {
+        g = g.edge("fan", format!("w{i}"));
+    }
+    Ok(g.join((0..WORKERS).map(|i| format!("w{i}")), "join")
+        .edge("join", END)
+        .compile()?)
+}
+
+fn loop_graph(env: &Arc<Env>) -> anyhow::Result<CompiledGraph<Doc>> {
+    let env = env.clone();
+    Ok(StateGraph::<Doc>::new("crash-loop", "1")
+        .node("step", move |s: Doc, ctx: Context| {
+            let env = env.clone();
+            async move {
+                env.node(&ctx).await?;
+                let i = s.counter;
+                Ok(DocUpdate::default()
+                    .counter(i + 1)
+                    .log(vec![format!("{i:04}{}", "x".repeat(60))]))
+            }
+        })
+        .edge(START, "step")
+        .conditional_edge("step", ["step", END], |s: &Doc| {
+            if s.counter < LOOP_STEPS { "step" } else { END }
+        })
+        .compile()?)
+}
+
+/// The thread's final state, verification and latest run, as JSON.
+async fn final_state<S: State>(h: &GraphHandle<S>, thread: &str) -> anyhow::Result<Value> {
+    let st = match h.state(thread).await {
+        Ok(st) => st,
+        Err(Error::ThreadNotFound(_)) => {
+            return Ok(
+                json!({"exists": false, "state": null, "verify_consistent": null,
+                "hash": null, "run_status": null}),
+            );
+        }
+        Err(e) => return Err(e).context("reading the thread's state"),
+    };
+    let v = h.verify(thread).await.context("verifying the thread")?;
+    Ok(json!({
+        "exists": true,
+        "state": serde_json::to_value(&st.values)?,
+        "verify_consistent": v.is_consistent(),
+        "hash": v.replayed_hash,
+        "run_status": st.run.map(|r| r.status.kind().as_str()),
+    }))
+}
+
+fn report_json(r: &RecoveryReport) -> Value {
+    json!({
+        "resumed": r.resumed.iter().map(|(t, run, s)| json!({
+            "thread": t.to_string(), "run": run.to_string(), "status": s.as_str(),
+        })).collect::<Vec<_>>(),
+        "skipped": r.skipped.iter().map(|(t, run, e)| json!({
+            "thread": t.to_string(), "run": run.to_string(), "error": e.to_string(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let (workers_tx, workers_rx) = watch::channel(0u32);
+    let serialize_workers = cli.mode == Mode::Start && cli.graph == GraphKind::Fanout;
+    let env = Arc::new(Env {
+        thread: cli.thread.clone(),
+        marks: cli.marks.clone(),
+        pause: cli.pause_at.clone(),
+        yields: cli.yields,
+        workers: serialize_workers.then_some(workers_rx),
+    });
+    let hooks = Arc::new(Hooks {
+        env: env.clone(),
+        commits: AtomicU64::new(0),
+        workers: workers_tx,
+    });
+    let store = SqliteStore::open(&cli.db, SqliteOptions::default())
+        .await
+        .with_context(|| format!("opening {}", cli.db.display()))?;
+    let defaults = EngineOptions::default();
+    let engine = Engine::with_options(
+        Arc::new(store),
+        EngineOptions {
+            observer: Some(hooks),
+            durability: cli.durability,
+            snapshot_every: cli.snapshot_every.unwrap_or(defaults.snapshot_every),
+            ..defaults
+        },
+    );
+    // Every graph is registered so `recover` can continue any of them.
+    let linear = engine.register(linear_graph(&env)?);
+    let fanout = engine.register(fanout_graph(&env)?);
+    let looped = engine.register(loop_graph(&env)?);
+    let thread = cli.thread.as_str();
+
+    let (outcome, report) = match cli.mode {
+        Mode::Start => {
+            let outcome = match cli.graph {
+                GraphKind::Linear => linear.start(thread, Doc::default()).await?.run_id(),
+                GraphKind::Fanout => fanout.start(thread, Fan::default()).await?.run_id(),
+                GraphKind::Loop => looped.start(thread, Doc::default()).await?.run_id(),
+            };
+            (Some(outcome.to_string()), Value::Null)
+        }
+        Mode::Recover => {
+            let r = engine.recover().await.context("recovering")?;
+            (None, report_json(&r))
+        }
+    };
+    let mut line = match cli.graph {
+        GraphKind::Linear => final_state(&linear, thread).await?,
+        GraphKind::Fanout => final_state(&fanout, thread).await?,
+        GraphKind::Loop => final_state(&looped, thread).await?,
+    };
+    line["mode"] = json!(match cli.mode {
+        Mode::Start => "start",
+        Mode::Recover => "recover",
+    });
+    line["started_run"] = json!(outcome);
+    line["report"] = report;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    // One thread for everything: a pause that blocks it freezes the whole run (the SQLite
+    // writer thread has nothing queued at any pause point), so the kill lands exactly there.
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("oris-crash: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
