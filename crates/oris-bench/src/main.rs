@@ -1,1 +1,109 @@
-fn main() {}
+//! `oris-bench`: the benchmark harness of Oris.
+//!
+//! Runs the engine workloads of `WORKLOADS.md` (W1 linear, W2 fan-out/fan-in, W4 state
+//! growth, W5 concurrency) against the in-memory or the SQLite store and reports runs/s,
+//! per-run latency percentiles, commits, fsyncs and bytes stored per run:
+//!
+//! ```text
+//! cargo run --release -p oris-bench -- --workload W1,W4 --backend memory|sqlite|postgres \
+//!     [--durability sync|batched|exit] [--runs N | --seconds S] [--concurrency C] \
+//!     [--steps K] [--calibrate-seconds F] [--db-dir PATH] [--worker-threads T] --json
+//! ```
+//!
+//! It first measures the machine's durable commit rate with a raw SQLite loop (WAL,
+//! `synchronous=FULL`, one small insert per transaction), because the disk's fsync time here
+//! varies several-fold minute to minute; `limit_ratio` compares a workload with that bound.
+//! For SQLite the calibration is repeated (half as long) after each workload and reported
+//! as `durable_commits_per_sec_after`, so a drift of the disk during the workload shows.
+//! With `--json` every result is one JSON object per line, the calibration first.
+//!
+//! Numbers that matter for comparisons come from release builds on an otherwise idle
+//! machine; SQLite's byte counts grow by whole pages, so use enough runs (the defaults do).
+//!
+//! Every run's final state is checked; a wrong one is reported on stderr and makes the
+//! process exit with status 1 at the end. Workloads and backends that do not exist yet
+//! (W3 before interrupts, S1–S3 before the server, PostgreSQL) exit with status 2 and say so.
+//!
+//! # Layout
+//! - `cli`: the command line and the checks of what this build can run.
+//! - `calibrate`: the raw durable-commit loop.
+//! - `backend`: opening a fresh store per workload; commit, fsync and byte counters.
+//! - `workloads`: the states, graphs and final-state checks of W1, W2 and W4.
+//! - `harness`: drives N runs (or S seconds) with C in flight and collects latencies.
+//! - `report`: percentiles, the per-workload result, JSON lines and the readable table.
+
+mod backend;
+mod calibrate;
+mod cli;
+mod harness;
+mod report;
+mod workloads;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+
+use crate::cli::Cli;
+use crate::report::Printer;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(msg) = cli.check_available() {
+        eprintln!("oris-bench: {msg}");
+        return ExitCode::from(2);
+    }
+    match run(&cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("oris-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the calibration and every requested workload; `Ok(false)` if any run was wrong.
+fn run(cli: &Cli) -> anyhow::Result<bool> {
+    // Keeps the temporary directory alive until every workload is done.
+    let (_temp, dir): (Option<tempfile::TempDir>, PathBuf) = match &cli.db_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("cannot create --db-dir {}", d.display()))?;
+            (None, d.clone())
+        }
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("oris-bench-")
+                .tempdir()
+                .context("cannot create a temporary directory")?;
+            let p = t.path().to_owned();
+            (Some(t), p)
+        }
+    };
+    let mut out = Printer::new(cli.json);
+    let calibration = calibrate::run(&dir, cli.calibrate_seconds)?;
+    out.calibration(&calibration);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(cli.worker_threads))
+        .enable_all()
+        .build()
+        .context("cannot build the Tokio runtime")?;
+    let mut all_correct = true;
+    for &workload in &cli.workloads() {
+        let result = runtime.block_on(harness::bench(cli, workload, &dir, &calibration))?;
+        if result.wrong_runs > 0 {
+            all_correct = false;
+            eprintln!(
+                "oris-bench: {}: {} of {} runs ended with a wrong final state or an error",
+                workload.name(),
+                result.wrong_runs,
+                result.runs,
+            );
+        }
+        out.result(&result);
+    }
+    Ok(all_correct)
+}

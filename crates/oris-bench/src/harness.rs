@@ -1,0 +1,323 @@
+//! Drives a workload: N runs (or S seconds) with C runs in flight, each on a fresh thread,
+//! timing each `GraphHandle::start` and checking each final state.
+//!
+//! The loop does as little as possible per run (one id string, one `Instant` pair, one
+//! check) so that the engine's cost is what is measured; counters are read outside it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use oris::store::Commit;
+use oris::{Durability, Engine, EngineOptions, GraphHandle, Observer, RunOutcome, State};
+
+use crate::backend::{self, Counters};
+use crate::calibrate::{self, Calibration};
+use crate::cli::{Backend, Cli, Workload};
+use crate::report::{WorkloadResult, percentile, round};
+use crate::workloads;
+
+/// Counts the commits the engine makes (exact: called once per confirmed commit).
+#[derive(Debug, Default)]
+struct CommitCounter(AtomicU64);
+
+impl Observer for CommitCounter {
+    fn after_commit(&self, _commit: &Commit) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// When a workload stops starting runs.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    Runs(u64),
+    Seconds(Duration),
+}
+
+/// What the runs of one workload produced.
+#[derive(Debug, Default)]
+struct Samples {
+    /// Start→completion of every run, in nanoseconds, sorted at the end.
+    latencies_ns: Vec<u64>,
+    /// Runs made (thread ids `{prefix}0 … {prefix}{runs-1}`).
+    runs: u64,
+    /// Runs that ended wrong or with an error.
+    wrong: u64,
+    /// The first few problems, for stderr.
+    problems: Vec<String>,
+    /// Wall time from the first start to the last completion.
+    elapsed: Duration,
+}
+
+const MAX_PROBLEMS: usize = 5;
+
+type Check<S> = Arc<dyn Fn(&S) -> Result<(), String> + Send + Sync>;
+
+/// The default number of runs of `w` on `backend`: a few seconds each on this machine.
+fn default_runs(w: Workload, backend: Backend, durability: Durability, steps: u32) -> u64 {
+    let memory = backend == Backend::Memory;
+    let steps = u64::from(steps);
+    // Without an fsync per commit a durable store runs about ten times as many.
+    let scale = if memory || durability == Durability::Sync {
+        1
+    } else {
+        10
+    };
+    scale
+        * match w {
+            Workload::W1 | Workload::W5 if memory => 50_000,
+            Workload::W1 => 300,
+            Workload::W5 => 2_000,
+            Workload::W2 if memory => 20_000,
+            Workload::W2 => 200,
+            // The engine clones the whole state every superstep, so W4's CPU cost per run
+            // grows with steps²; the SQLite cost is fsync-bound, linear in steps.
+            Workload::W4 if memory => (20_000_000 / (steps * steps)).clamp(3, 50_000),
+            Workload::W4 => (5_000 / steps).max(3),
+            Workload::W3 | Workload::S1 | Workload::S2 | Workload::S3 => 0,
+        }
+}
+
+/// Runs workload `w` on a fresh store (SQLite: a fresh file in `dir`) and measures it.
+///
+/// # Errors
+/// If the store cannot be opened or measured; wrong runs are counted, not errors.
+pub async fn bench(
+    cli: &Cli,
+    w: Workload,
+    dir: &Path,
+    calibration: &Calibration,
+) -> anyhow::Result<WorkloadResult> {
+    let path = dir.join(format!("{}.db", w.name().to_ascii_lowercase()));
+    let opened = backend::open(cli.backend, &path).await?;
+    let before = opened.counters().await?;
+    let counter = Arc::new(CommitCounter::default());
+    let engine = Engine::with_options(
+        opened.store.clone(),
+        EngineOptions {
+            durability: cli.durability.into(),
+            // W4 with long loops must not hit the default limit of 10,000 supersteps.
+            superstep_limit: cli.steps.saturating_add(16).max(10_000),
+            observer: Some(counter.clone()),
+            ..EngineOptions::default()
+        },
+    );
+    let limit = match cli.seconds {
+        Some(s) => Limit::Seconds(Duration::from_secs_f64(s)),
+        None => Limit::Runs(
+            cli.runs
+                .unwrap_or_else(|| default_runs(w, cli.backend, cli.durability.into(), cli.steps)),
+        ),
+    };
+    let concurrency = cli.concurrency_for(w);
+    let prefix = format!("{}-", w.name().to_ascii_lowercase());
+    let samples = match w {
+        Workload::W1 | Workload::W5 => {
+            let h = engine.register(workloads::linear()?);
+            drive(
+                h,
+                &prefix,
+                limit,
+                concurrency,
+                Arc::new(workloads::check_linear),
+            )
+            .await
+        }
+        Workload::W2 => {
+            let h = engine.register(workloads::fan_out()?);
+            drive(
+                h,
+                &prefix,
+                limit,
+                concurrency,
+                Arc::new(workloads::check_fan_out),
+            )
+            .await
+        }
+        Workload::W4 => {
+            let steps = cli.steps;
+            let h = engine.register(workloads::growth(steps)?);
+            let check = Arc::new(move |s: &workloads::Linear| workloads::check_growth(s, steps));
+            drive(h, &prefix, limit, concurrency, check).await
+        }
+        Workload::W3 | Workload::S1 | Workload::S2 | Workload::S3 => {
+            anyhow::bail!("{} is not available", w.name())
+        }
+    };
+    for p in &samples.problems {
+        eprintln!("oris-bench: {}: {p}", w.name());
+    }
+    let after = opened.counters().await?;
+    let commits = counter.0.load(Ordering::Relaxed);
+    let memory_bytes = opened.memory_bytes(&prefix, samples.runs);
+    drop(engine);
+    drop(opened);
+    // The disk's fsync time drifts within minutes: measure it again right after a durable
+    // workload so that its `limit_ratio` can be judged against both ends.
+    let calibration_after = if cli.backend == Backend::Memory {
+        None
+    } else {
+        let (dir, secs) = (dir.to_owned(), (cli.calibrate_seconds / 2.0).max(0.05));
+        let c = tokio::task::spawn_blocking(move || calibrate::run(&dir, secs)).await??;
+        Some(c.durable_commits_per_sec)
+    };
+    let m = Measured {
+        samples,
+        commits,
+        before,
+        after,
+        memory_bytes,
+        calibration_after,
+    };
+    Ok(result(cli, w, concurrency, &m, calibration))
+}
+
+/// The raw measurements of one workload.
+#[derive(Debug)]
+struct Measured {
+    samples: Samples,
+    /// Commits the engine made (observer count).
+    commits: u64,
+    before: Counters,
+    after: Counters,
+    /// `MemoryStore::approx_bytes` summed over the workload's threads.
+    memory_bytes: Option<u64>,
+    /// Durable commits per second measured right after the workload.
+    calibration_after: Option<f64>,
+}
+
+/// Builds the reported numbers from the raw measurements.
+fn result(
+    cli: &Cli,
+    w: Workload,
+    concurrency: u32,
+    m: &Measured,
+    calibration: &Calibration,
+) -> WorkloadResult {
+    let (s, commits, before, after) = (&m.samples, m.commits, m.before, m.after);
+    let runs = s.runs.max(1) as f64;
+    let secs = s.elapsed.as_secs_f64().max(1e-9);
+    let correct = s.runs - s.wrong;
+    let runs_per_sec = correct as f64 / secs;
+    let commits_per_run = commits as f64 / runs;
+    let delta = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
+    let transactions = delta(before.transactions, after.transactions);
+    let fsyncs = delta(before.fsyncs, after.fsyncs);
+    let store_commits = delta(before.commits, after.commits);
+    let bytes = delta(before.bytes, after.bytes).or(m.memory_bytes);
+    let bytes_per_run = bytes.map(|b| b as f64 / runs);
+    let durable = cli.backend != Backend::Memory;
+    let limit_ratio = (durable && calibration.durable_commits_per_sec > 0.0)
+        .then(|| runs_per_sec * commits_per_run / calibration.durable_commits_per_sec);
+    let ms = |p: f64| percentile(&s.latencies_ns, p).map(|ns| round(ns as f64 / 1e6, 4));
+    let is_w4 = w == Workload::W4;
+    WorkloadResult {
+        workload: w.name(),
+        backend: cli.backend.name(),
+        durability: oris::Durability::from(cli.durability).as_str(),
+        concurrency,
+        runs: s.runs,
+        wrong_runs: s.wrong,
+        seconds: round(secs, 4),
+        runs_per_sec: round(runs_per_sec, 2),
+        p50_ms: ms(50.0),
+        p95_ms: ms(95.0),
+        p99_ms: ms(99.0),
+        commits_per_run: round(commits_per_run, 3),
+        commits_per_sec: round(commits as f64 / secs, 1),
+        bytes_per_run: bytes_per_run.map(|b| round(b, 1)),
+        limit_ratio: limit_ratio.map(|r| round(r, 4)),
+        durable_commits_per_sec_after: m.calibration_after.map(|c| round(c, 1)),
+        fsyncs_per_run: fsyncs.map(|t| round(t as f64 / runs, 3)),
+        commits_per_fsync: match (store_commits, fsyncs) {
+            (Some(c), Some(t)) if t > 0 => Some(round(c as f64 / t as f64, 3)),
+            _ => None,
+        },
+        transactions_per_run: transactions.map(|t| round(t as f64 / runs, 3)),
+        steps: is_w4.then_some(cli.steps),
+        bytes_per_step: bytes_per_run
+            .filter(|_| is_w4)
+            .map(|b| round(b / f64::from(cli.steps), 2)),
+    }
+}
+
+/// Runs the graph on fresh threads `{prefix}{i}` with `concurrency` runs in flight until
+/// `limit`, timing and checking each run.
+async fn drive<S: State>(
+    handle: GraphHandle<S>,
+    prefix: &str,
+    limit: Limit,
+    concurrency: u32,
+    check: Check<S>,
+) -> Samples {
+    let next = Arc::new(AtomicU64::new(0));
+    let prefix: Arc<str> = prefix.into();
+    let start = Instant::now();
+    let (max_runs, deadline) = match limit {
+        Limit::Runs(n) => (n, None),
+        Limit::Seconds(d) => (u64::MAX, Some(start + d)),
+    };
+    let per_worker = match limit {
+        Limit::Runs(n) => (n / u64::from(concurrency) + 1) as usize,
+        Limit::Seconds(_) => 1024,
+    };
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (handle, next, prefix, check) =
+            (handle.clone(), next.clone(), prefix.clone(), check.clone());
+        workers.spawn(async move {
+            let mut s = Samples {
+                latencies_ns: Vec::with_capacity(per_worker),
+                ..Samples::default()
+            };
+            let mut id = String::with_capacity(prefix.len() + 12);
+            loop {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= max_runs {
+                    break;
+                }
+                id.clear();
+                id.push_str(&prefix);
+                id.push_str(&i.to_string());
+                let t0 = Instant::now();
+                let outcome = handle.start(&id, S::default()).await;
+                s.latencies_ns.push(t0.elapsed().as_nanos() as u64);
+                s.runs += 1;
+                let verdict = match outcome {
+                    Ok(RunOutcome::Completed { state, .. }) => check(&state),
+                    Ok(RunOutcome::Failed { error, .. }) => Err(format!("run failed: {error}")),
+                    Ok(RunOutcome::Cancelled { reason, .. }) => {
+                        Err(format!("run cancelled: {reason}"))
+                    }
+                    Err(e) => Err(format!("start returned an error: {e}")),
+                };
+                if let Err(problem) = verdict {
+                    s.wrong += 1;
+                    if s.problems.len() < MAX_PROBLEMS {
+                        s.problems.push(format!("thread {id}: {problem}"));
+                    }
+                }
+            }
+            s
+        });
+    }
+    let mut all = Samples::default();
+    while let Some(joined) = workers.join_next().await {
+        let s = joined.expect("invariant: bench workers do not panic");
+        all.latencies_ns.extend(s.latencies_ns);
+        all.runs += s.runs;
+        all.wrong += s.wrong;
+        for p in s.problems {
+            if all.problems.len() < MAX_PROBLEMS {
+                all.problems.push(p);
+            }
+        }
+    }
+    all.elapsed = start.elapsed();
+    all.latencies_ns.sort_unstable();
+    all
+}

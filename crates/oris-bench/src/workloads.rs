@@ -1,0 +1,251 @@
+//! The engine workloads of WORKLOADS.md: their states, graphs, inputs and final-state checks.
+//!
+//! Each is written exactly as the document defines it so that results compare with other
+//! systems run on the same machine; the checks are cheap enough to run after every run.
+
+use oris::{CompiledGraph, Context, END, NodeError, START, State, StateGraph};
+use serde::{Deserialize, Serialize};
+
+/// W1, W4 and W5: `{counter: int (last-value), log: list[str] (append)}`.
+#[derive(Clone, Default, Debug, Serialize, Deserialize, State)]
+pub struct Linear {
+    /// Last-value.
+    pub counter: i64,
+    /// Append.
+    #[reducer(append)]
+    pub log: Vec<String>,
+}
+
+/// W2: `{counter: int (last-value), results: list[str] (append)}`.
+#[derive(Clone, Default, Debug, Serialize, Deserialize, State)]
+pub struct FanOut {
+    /// Last-value.
+    pub counter: i64,
+    /// Append.
+    #[reducer(append)]
+    pub results: Vec<String>,
+}
+
+/// Number of nodes of W1.
+const W1_NODES: usize = 10;
+/// Number of workers of W2.
+const W2_WORKERS: usize = 8;
+
+/// W1: `START→n0→…→n9→END`; `ni` returns `{counter: counter+1, log: ["ni"]}`.
+///
+/// # Errors
+/// Only if the graph does not validate (a bug).
+pub fn linear() -> anyhow::Result<CompiledGraph<Linear>> {
+    let mut g = StateGraph::<Linear>::new("bench-w1", "1").edge(START, "n0");
+    for i in 0..W1_NODES {
+        let name = format!("n{i}");
+        let entry = name.clone();
+        g = g.node(name.clone(), move |s: Linear, _ctx: Context| {
+            let entry = entry.clone();
+            async move {
+                Ok::<_, NodeError>(
+                    LinearUpdate::default()
+                        .counter(s.counter + 1)
+                        .log(vec![entry]),
+                )
+            }
+        });
+        let next = if i + 1 < W1_NODES {
+            format!("n{}", i + 1)
+        } else {
+            END.to_owned()
+        };
+        g = g.edge(name, next);
+    }
+    Ok(g.compile()?)
+}
+
+/// Checks W1's final state: `counter == 10`, `log == ["n0", …, "n9"]`.
+pub fn check_linear(s: &Linear) -> Result<(), String> {
+    let ok = s.counter == W1_NODES as i64
+        && s.log.len() == W1_NODES
+        && s.log.iter().enumerate().all(|(i, l)| {
+            l.len() >= 2 && l.as_bytes()[0] == b'n' && l[1..].parse::<usize>() == Ok(i)
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected counter 10 and log n0..n9, got counter {} and log {:?}",
+            s.counter, s.log
+        ))
+    }
+}
+
+/// W2: `START→fan`, `fan→w0 … fan→w7`, join `[w0…w7]→join`, `join→END`.
+///
+/// `fan` returns `{counter: counter+1}`, `wi` returns `{results: ["wi"]}`, `join` returns
+/// `{counter: counter + len(results)}`. A worker that finds itself outside superstep 1 fails
+/// the run permanently: the eight workers must share one superstep.
+///
+/// # Errors
+/// Only if the graph does not validate (a bug).
+pub fn fan_out() -> anyhow::Result<CompiledGraph<FanOut>> {
+    let workers: Vec<String> = (0..W2_WORKERS).map(|i| format!("w{i}")).collect();
+    let mut g = StateGraph::<FanOut>::new("bench-w2", "1")
+        .node("fan", |s: FanOut, _ctx: Context| async move {
+            Ok::<_, NodeError>(FanOutUpdate::default().counter(s.counter + 1))
+        })
+        .node("join", |s: FanOut, _ctx: Context| async move {
+            Ok::<_, NodeError>(FanOutUpdate::default().counter(s.counter + s.results.len() as i64))
+        })
+        .edge(START, "fan")
+        .edge("join", END);
+    for w in &workers {
+        let entry = w.clone();
+        g = g
+            .node(w.clone(), move |_s: FanOut, ctx: Context| {
+                let entry = entry.clone();
+                async move {
+                    if ctx.superstep() != 1 {
+                        return Err(NodeError::permanent(format!(
+                            "worker {entry} ran in superstep {}, not 1",
+                            ctx.superstep()
+                        )));
+                    }
+                    Ok(FanOutUpdate::default().results(vec![entry]))
+                }
+            })
+            .edge("fan", w.clone());
+    }
+    Ok(g.join(workers, "join").compile()?)
+}
+
+/// Checks W2's final state: `counter == 9`, sorted results `== ["w0", …, "w7"]`.
+pub fn check_fan_out(s: &FanOut) -> Result<(), String> {
+    let mut sorted: Vec<&str> = s.results.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    let ok = s.counter == W2_WORKERS as i64 + 1
+        && sorted.len() == W2_WORKERS
+        && sorted
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.len() >= 2 && r.as_bytes()[0] == b'w' && r[1..].parse() == Ok(i));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected counter 9 and results w0..w7, got counter {} and results {:?}",
+            s.counter, s.results
+        ))
+    }
+}
+
+/// W4's item for step `i`: `format!("{:04}", i)` followed by 60 `x` (64 bytes below 10,000).
+pub fn item(i: i64) -> String {
+    let mut s = format!("{i:04}");
+    s.push_str(&"x".repeat(60));
+    s
+}
+
+/// W4: one node `step`, `START→step`, then back to `step` while `counter < steps`, else END.
+/// With `i = counter`, `step` returns `{counter: i+1, log: [item(i)]}`.
+///
+/// # Errors
+/// Only if the graph does not validate (a bug).
+pub fn growth(steps: u32) -> anyhow::Result<CompiledGraph<Linear>> {
+    let steps = i64::from(steps);
+    Ok(StateGraph::<Linear>::new("bench-w4", "1")
+        .node("step", |s: Linear, _ctx: Context| async move {
+            let i = s.counter;
+            Ok::<_, NodeError>(LinearUpdate::default().counter(i + 1).log(vec![item(i)]))
+        })
+        .edge(START, "step")
+        .conditional_edge("step", ["step", END], move |s: &Linear| {
+            if s.counter < steps { "step" } else { END }
+        })
+        .compile()?)
+}
+
+/// Checks W4's final state: `counter == steps`, `steps` items, item `i` is [`item`]`(i)`
+/// (so the last starts with `"0099"` at 100 steps).
+pub fn check_growth(s: &Linear, steps: u32) -> Result<(), String> {
+    let n = steps as usize;
+    if s.counter != i64::from(steps) || s.log.len() != n {
+        return Err(format!(
+            "expected counter {steps} and {steps} items, got counter {} and {} items",
+            s.counter,
+            s.log.len()
+        ));
+    }
+    for (i, l) in s.log.iter().enumerate() {
+        let digits = l.len().saturating_sub(60);
+        let ok = l.len() >= 64
+            && l[..digits].parse::<usize>() == Ok(i)
+            && l.as_bytes()[digits..].iter().all(|&b| b == b'x');
+        if !ok {
+            return Err(format!("item {i} is {l:?}"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use oris::Engine;
+    use oris::store::MemoryStore;
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn items_are_64_bytes() {
+        assert_eq!(item(0).len(), 64);
+        assert!(item(99).starts_with("0099x"));
+        assert_eq!(item(9999).len(), 64);
+    }
+
+    #[test]
+    fn workloads_end_in_the_expected_state() {
+        rt().block_on(async {
+            let engine = Engine::new(Arc::new(MemoryStore::new()));
+            let w1 = engine.register(linear().unwrap());
+            let s = w1.start("w1", Linear::default()).await.unwrap();
+            check_linear(&s.expect_completed()).unwrap();
+
+            let w2 = engine.register(fan_out().unwrap());
+            let s = w2.start("w2", FanOut::default()).await.unwrap();
+            check_fan_out(&s.expect_completed()).unwrap();
+
+            let w4 = engine.register(growth(20).unwrap());
+            let s = w4.start("w4", Linear::default()).await.unwrap();
+            let s = s.expect_completed();
+            check_growth(&s, 20).unwrap();
+            assert!(s.log[19].starts_with("0019"));
+        });
+    }
+
+    #[test]
+    fn checks_reject_wrong_states() {
+        let mut s = Linear {
+            counter: 10,
+            log: (0..10).map(|i| format!("n{i}")).collect(),
+        };
+        check_linear(&s).unwrap();
+        s.log.swap(0, 1);
+        assert!(check_linear(&s).is_err());
+        let f = FanOut {
+            counter: 9,
+            results: (0..7).map(|i| format!("w{i}")).collect(),
+        };
+        assert!(check_fan_out(&f).is_err());
+        let g = Linear {
+            counter: 3,
+            log: vec![item(0), item(2), item(1)],
+        };
+        assert!(check_growth(&g, 3).is_err());
+    }
+}

@@ -1,0 +1,201 @@
+//! Runs the built `oris-bench` binary with tiny settings and checks its output and exit
+//! status: the calibration line, one well-formed line per workload, and the clear refusals
+//! (exit status 2) of what does not exist yet.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_oris-bench"))
+        .args(args)
+        .env_remove("ORIS_BENCH_PG_URL")
+        .output()
+        .expect("the oris-bench binary runs")
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn number(v: &Value, field: &str) -> f64 {
+    v[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("`{field}` is not a number in {v}"))
+}
+
+fn check_calibration(line: &Value) {
+    let c = &line["calibration"];
+    assert!(number(c, "durable_commits_per_sec") > 0.0, "{line}");
+    assert!(number(c, "seconds") >= 0.2, "{line}");
+    assert!(c["commits"].as_u64().unwrap() >= 1, "{line}");
+}
+
+fn check_workloads(backend: &str, extra_dir: Option<&std::path::Path>) {
+    let mut args = vec![
+        "--workload",
+        "W1,W2,W4,W5",
+        "--backend",
+        backend,
+        "--runs",
+        "3",
+        "--calibrate-seconds",
+        "0.2",
+        "--steps",
+        "20",
+        "--json",
+    ];
+    let dir_arg;
+    if let Some(d) = extra_dir {
+        dir_arg = d.display().to_string();
+        args.extend(["--db-dir", &dir_arg]);
+    }
+    let out = bench(&args);
+    assert_success(&out);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    check_calibration(&lines[0]);
+    let durable = backend != "memory";
+    for (line, workload) in lines[1..].iter().zip(["W1", "W2", "W4", "W5"]) {
+        assert_eq!(line["workload"], workload, "{line}");
+        assert_eq!(line["backend"], backend, "{line}");
+        assert_eq!(line["durability"], "sync", "{line}");
+        let concurrency = if workload == "W5" { 32 } else { 1 };
+        assert_eq!(line["concurrency"], concurrency, "{line}");
+        assert_eq!(line["runs"], 3, "{line}");
+        assert_eq!(line["wrong_runs"], 0, "{line}");
+        for field in [
+            "seconds",
+            "runs_per_sec",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "commits_per_run",
+        ] {
+            assert!(number(line, field) > 0.0, "`{field}` in {line}");
+        }
+        // SQLite grows by whole pages: three tiny runs may fit in the pages it has.
+        assert!(number(line, "bytes_per_run") >= 0.0, "{line}");
+        if !durable {
+            assert!(number(line, "bytes_per_run") > 0.0, "{line}");
+        }
+        assert!(number(line, "p50_ms") <= number(line, "p95_ms"), "{line}");
+        assert!(number(line, "p95_ms") <= number(line, "p99_ms"), "{line}");
+        for field in [
+            "limit_ratio",
+            "fsyncs_per_run",
+            "commits_per_fsync",
+            "transactions_per_run",
+            "durable_commits_per_sec_after",
+        ] {
+            if durable {
+                assert!(number(line, field) > 0.0, "`{field}` in {line}");
+            } else {
+                assert!(line[field].is_null(), "`{field}` in {line}");
+            }
+        }
+        if workload == "W4" {
+            assert_eq!(line["steps"], 20, "{line}");
+            assert!(number(line, "bytes_per_step") >= 0.0, "{line}");
+            // One commit per superstep plus the start.
+            assert!(number(line, "commits_per_run") >= 21.0, "{line}");
+        } else {
+            assert!(
+                line["steps"].is_null() && line["bytes_per_step"].is_null(),
+                "{line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn memory_workloads_report_every_field() {
+    check_workloads("memory", None);
+}
+
+#[test]
+fn sqlite_workloads_report_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    check_workloads("sqlite", Some(dir.path()));
+    for w in ["w1", "w2", "w4", "w5"] {
+        assert!(dir.path().join(format!("{w}.db")).exists(), "{w}.db");
+    }
+}
+
+#[test]
+fn seconds_mode_and_table_output() {
+    let out = bench(&[
+        "--workload",
+        "W1",
+        "--backend",
+        "memory",
+        "--seconds",
+        "0.2",
+        "--calibrate-seconds",
+        "0.2",
+        "--json",
+    ]);
+    assert_success(&out);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 2);
+    assert!(lines[1]["runs"].as_u64().unwrap() >= 1);
+
+    let out = bench(&[
+        "--workload",
+        "W2",
+        "--backend",
+        "memory",
+        "--runs",
+        "2",
+        "--calibrate-seconds",
+        "0.2",
+    ]);
+    assert_success(&out);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.starts_with("calibration:"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("W2 ")), "{stdout}");
+}
+
+#[test]
+fn unavailable_workloads_and_backends_exit_with_2() {
+    for (args, needle) in [
+        (
+            &["--workload", "W3", "--backend", "memory"][..],
+            "interrupts",
+        ),
+        (
+            &["--workload", "W1,S1", "--backend", "memory"],
+            "HTTP server",
+        ),
+        (&["--workload", "S3", "--backend", "sqlite"], "HTTP server"),
+        (&["--workload", "W1", "--backend", "postgres"], "PostgreSQL"),
+        (
+            &["--workload", "W7", "--backend", "memory"],
+            "invalid value",
+        ),
+        (
+            &["--workload", "W1", "--backend", "oracle"],
+            "invalid value",
+        ),
+    ] {
+        let out = bench(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing is measured");
+    }
+}
