@@ -1,8 +1,10 @@
 //! Drives a workload: N runs (or S seconds) with C runs in flight, each on a fresh thread,
-//! timing each `GraphHandle::start` and checking each final state.
+//! timing each `GraphHandle::start` (W3: each cycle's `start` and `resume`) and checking each
+//! final state.
 //!
-//! The loop does as little as possible per run (one id string, one `Instant` pair, one
-//! check) so that the engine's cost is what is measured; counters are read outside it.
+//! The loop does as little as possible per run (one id string, one `Instant` pair per engine
+//! call, one check) so that the engine's cost is what is measured; counters are read outside
+//! it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -38,8 +40,10 @@ enum Limit {
 /// What the runs of one workload produced.
 #[derive(Debug, Default)]
 struct Samples {
-    /// Start→completion of every run, in nanoseconds, sorted at the end.
+    /// Start→completion of every run (W3: start + resume), in nanoseconds, sorted at the end.
     latencies_ns: Vec<u64>,
+    /// W3: the resume call of every cycle, in nanoseconds, sorted at the end.
+    resume_ns: Vec<u64>,
     /// Runs made (thread ids `{prefix}0 … {prefix}{runs-1}`).
     runs: u64,
     /// Runs that ended wrong or with an error.
@@ -69,14 +73,30 @@ fn default_runs(w: Workload, backend: Backend, durability: Durability, steps: u3
             Workload::W1 | Workload::W5 if memory => 50_000,
             Workload::W1 => 300,
             Workload::W5 => 2_000,
-            Workload::W2 if memory => 20_000,
+            Workload::W2 | Workload::W3 if memory => 20_000,
             Workload::W2 => 200,
+            Workload::W3 => 300,
             // The engine clones the whole state every superstep, so W4's CPU cost per run
             // grows with steps²; the SQLite cost is fsync-bound, linear in steps.
             Workload::W4 if memory => (20_000_000 / (steps * steps)).clamp(3, 50_000),
             Workload::W4 => (5_000 / steps).max(3),
-            Workload::W3 | Workload::S1 | Workload::S2 | Workload::S3 => 0,
+            Workload::S1 | Workload::S2 | Workload::S3 => 0,
         }
+}
+
+/// Runs of a graph that completes in one `start` call, checked by `check`.
+async fn runs_of<S: State>(
+    handle: GraphHandle<S>,
+    prefix: &str,
+    limit: Limit,
+    concurrency: u32,
+    check: Check<S>,
+) -> Samples {
+    let run = move |id: String, _i: u64| {
+        let (h, check) = (handle.clone(), check.clone());
+        async move { one_run(&h, &id, &check).await }
+    };
+    drive(run, prefix, limit, concurrency).await
 }
 
 /// Runs workload `w` on a fresh store (SQLite: a fresh file in `dir`) and measures it.
@@ -115,7 +135,7 @@ pub async fn bench(
     let samples = match w {
         Workload::W1 | Workload::W5 => {
             let h = engine.register(workloads::linear()?);
-            drive(
+            runs_of(
                 h,
                 &prefix,
                 limit,
@@ -126,7 +146,7 @@ pub async fn bench(
         }
         Workload::W2 => {
             let h = engine.register(workloads::fan_out()?);
-            drive(
+            runs_of(
                 h,
                 &prefix,
                 limit,
@@ -135,13 +155,22 @@ pub async fn bench(
             )
             .await
         }
+        Workload::W3 => {
+            let a_runs = Arc::new(workloads::NodeRuns::default());
+            let h = engine.register(workloads::interrupt_resume(a_runs.clone())?);
+            let run = move |id: String, i: u64| {
+                let (h, a_runs) = (h.clone(), a_runs.clone());
+                async move { one_cycle(&h, &id, i, &a_runs).await }
+            };
+            drive(run, &prefix, limit, concurrency).await
+        }
         Workload::W4 => {
             let steps = cli.steps;
             let h = engine.register(workloads::growth(steps)?);
             let check = Arc::new(move |s: &workloads::Linear| workloads::check_growth(s, steps));
-            drive(h, &prefix, limit, concurrency, check).await
+            runs_of(h, &prefix, limit, concurrency, check).await
         }
-        Workload::W3 | Workload::S1 | Workload::S2 | Workload::S3 => {
+        Workload::S1 | Workload::S2 | Workload::S3 => {
             anyhow::bail!("{} is not available", w.name())
         }
     };
@@ -210,7 +239,9 @@ fn result(
     let durable = cli.backend != Backend::Memory;
     let limit_ratio = (durable && calibration.durable_commits_per_sec > 0.0)
         .then(|| runs_per_sec * commits_per_run / calibration.durable_commits_per_sec);
-    let ms = |p: f64| percentile(&s.latencies_ns, p).map(|ns| round(ns as f64 / 1e6, 4));
+    let ms_of = |v: &[u64], p: f64| percentile(v, p).map(|ns| round(ns as f64 / 1e6, 4));
+    let ms = |p: f64| ms_of(&s.latencies_ns, p);
+    let is_w3 = w == Workload::W3;
     let is_w4 = w == Workload::W4;
     WorkloadResult {
         workload: w.name(),
@@ -224,6 +255,8 @@ fn result(
         p50_ms: ms(50.0),
         p95_ms: ms(95.0),
         p99_ms: ms(99.0),
+        resume_p50_ms: ms_of(&s.resume_ns, 50.0).filter(|_| is_w3),
+        resume_p95_ms: ms_of(&s.resume_ns, 95.0).filter(|_| is_w3),
         commits_per_run: round(commits_per_run, 3),
         commits_per_sec: round(commits as f64 / secs, 1),
         bytes_per_run: bytes_per_run.map(|b| round(b, 1)),
@@ -242,15 +275,134 @@ fn result(
     }
 }
 
-/// Runs the graph on fresh threads `{prefix}{i}` with `concurrency` runs in flight until
-/// `limit`, timing and checking each run.
-async fn drive<S: State>(
-    handle: GraphHandle<S>,
-    prefix: &str,
-    limit: Limit,
-    concurrency: u32,
-    check: Check<S>,
-) -> Samples {
+/// What one run (W3: one cycle) produced.
+#[derive(Debug)]
+struct Ran {
+    /// Time of the engine calls of the run (W3: start + resume), in nanoseconds.
+    latency_ns: u64,
+    /// W3: time of the resume call alone.
+    resume_ns: Option<u64>,
+    /// Whether the run ended as the workload says.
+    verdict: Result<(), String>,
+}
+
+/// The verdict on a run that should have completed in a state `check` accepts.
+fn completed<S>(
+    outcome: Result<RunOutcome<S>, oris::Error>,
+    check: impl FnOnce(&S) -> Result<(), String>,
+) -> Result<(), String> {
+    match outcome {
+        Ok(RunOutcome::Completed { state, .. }) => check(&state),
+        Ok(RunOutcome::Failed { error, .. }) => Err(format!("run failed: {error}")),
+        Ok(RunOutcome::Cancelled { reason, .. }) => Err(format!("run cancelled: {reason}")),
+        Ok(other) => Err(format!(
+            "run {} paused unexpectedly: {:?}",
+            other.run_id(),
+            other.interrupts()
+        )),
+        Err(e) => Err(format!("the engine returned an error: {e}")),
+    }
+}
+
+/// One run of a graph that goes from START to END in one `start` call (W1, W2, W4, W5).
+async fn one_run<S: State>(handle: &GraphHandle<S>, id: &str, check: &Check<S>) -> Ran {
+    let t0 = Instant::now();
+    let outcome = handle.start(id, S::default()).await;
+    let latency_ns = t0.elapsed().as_nanos() as u64;
+    Ran {
+        latency_ns,
+        resume_ns: None,
+        verdict: completed(outcome, |s| check(s)),
+    }
+}
+
+/// Every this many W3 cycles, the thread's state is also read back while the run is paused
+/// (outside the timed calls, but inside the workload's wall time).
+const W3_STATE_READ_EVERY: u64 = 64;
+
+/// One W3 cycle: `start` (must stop at b's interrupt with the payload `"approve?"`), then
+/// `resume` with `"yes"` (must complete with `log == ["a", "b:yes", "c"]`); node `a` must
+/// have run exactly once.
+async fn one_cycle(
+    handle: &GraphHandle<workloads::Approval>,
+    id: &str,
+    i: u64,
+    a_runs: &workloads::NodeRuns,
+) -> Ran {
+    let t0 = Instant::now();
+    let first = handle.start(id, workloads::Approval::default()).await;
+    let start_ns = t0.elapsed().as_nanos() as u64;
+    let interrupt = match first {
+        Ok(RunOutcome::Interrupted { interrupts, .. }) => match interrupts.as_slice() {
+            [p] if p.node == "b" && p.payload == workloads::W3_PAYLOAD => Ok(p.interrupt_id),
+            _ => Err(format!(
+                "start paused at {interrupts:?}, not at one interrupt of b asking {:?}",
+                workloads::W3_PAYLOAD
+            )),
+        },
+        Ok(RunOutcome::Completed { state, .. }) => Err(format!(
+            "start completed without stopping at the interrupt, log {:?}",
+            state.log
+        )),
+        other => Err(format!(
+            "start did not stop at the interrupt: {}",
+            completed(other, |_| Ok(())).err().unwrap_or_default()
+        )),
+    };
+    let interrupt = match interrupt {
+        Ok(id) => id,
+        Err(problem) => {
+            a_runs.take(id);
+            return Ran {
+                latency_ns: start_ns,
+                resume_ns: None,
+                verdict: Err(problem),
+            };
+        }
+    };
+    if i.is_multiple_of(W3_STATE_READ_EVERY) {
+        let paused = match handle.state(id).await {
+            Ok(t) if t.values.log == ["a"] => Ok(()),
+            Ok(t) => Err(format!(
+                "while paused the thread's log is {:?}, not [a]",
+                t.values.log
+            )),
+            Err(e) => Err(format!("cannot read the paused thread: {e}")),
+        };
+        if let Err(problem) = paused {
+            a_runs.take(id);
+            return Ran {
+                latency_ns: start_ns,
+                resume_ns: None,
+                verdict: Err(problem),
+            };
+        }
+    }
+    let t1 = Instant::now();
+    let second = handle.resume(interrupt, &workloads::W3_ANSWER).await;
+    let resume_ns = t1.elapsed().as_nanos() as u64;
+    let a = a_runs.take(id);
+    let verdict = completed(second, workloads::check_approval).and_then(|()| {
+        if a == 1 {
+            Ok(())
+        } else {
+            Err(format!("node a ran {a} times in the cycle, not once"))
+        }
+    });
+    Ran {
+        latency_ns: start_ns + resume_ns,
+        resume_ns: Some(resume_ns),
+        verdict,
+    }
+}
+
+/// Makes runs `run(id, i)` on fresh threads `{prefix}{i}` with `concurrency` in flight until
+/// `limit`, collecting their timings and verdicts.
+async fn drive<F, Fut>(run: F, prefix: &str, limit: Limit, concurrency: u32) -> Samples
+where
+    F: Fn(String, u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Ran> + Send,
+{
     let next = Arc::new(AtomicU64::new(0));
     let prefix: Arc<str> = prefix.into();
     let start = Instant::now();
@@ -264,14 +416,12 @@ async fn drive<S: State>(
     };
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let (handle, next, prefix, check) =
-            (handle.clone(), next.clone(), prefix.clone(), check.clone());
+        let (run, next, prefix) = (run.clone(), next.clone(), prefix.clone());
         workers.spawn(async move {
             let mut s = Samples {
                 latencies_ns: Vec::with_capacity(per_worker),
                 ..Samples::default()
             };
-            let mut id = String::with_capacity(prefix.len() + 12);
             loop {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
@@ -280,25 +430,17 @@ async fn drive<S: State>(
                 if i >= max_runs {
                     break;
                 }
-                id.clear();
+                let mut id = String::with_capacity(prefix.len() + 12);
                 id.push_str(&prefix);
                 id.push_str(&i.to_string());
-                let t0 = Instant::now();
-                let outcome = handle.start(&id, S::default()).await;
-                s.latencies_ns.push(t0.elapsed().as_nanos() as u64);
+                let ran = run(id, i).await;
+                s.latencies_ns.push(ran.latency_ns);
+                s.resume_ns.extend(ran.resume_ns);
                 s.runs += 1;
-                let verdict = match outcome {
-                    Ok(RunOutcome::Completed { state, .. }) => check(&state),
-                    Ok(RunOutcome::Failed { error, .. }) => Err(format!("run failed: {error}")),
-                    Ok(RunOutcome::Cancelled { reason, .. }) => {
-                        Err(format!("run cancelled: {reason}"))
-                    }
-                    Err(e) => Err(format!("start returned an error: {e}")),
-                };
-                if let Err(problem) = verdict {
+                if let Err(problem) = ran.verdict {
                     s.wrong += 1;
                     if s.problems.len() < MAX_PROBLEMS {
-                        s.problems.push(format!("thread {id}: {problem}"));
+                        s.problems.push(format!("thread {prefix}{i}: {problem}"));
                     }
                 }
             }
@@ -309,6 +451,7 @@ async fn drive<S: State>(
     while let Some(joined) = workers.join_next().await {
         let s = joined.expect("invariant: bench workers do not panic");
         all.latencies_ns.extend(s.latencies_ns);
+        all.resume_ns.extend(s.resume_ns);
         all.runs += s.runs;
         all.wrong += s.wrong;
         for p in s.problems {
@@ -319,5 +462,6 @@ async fn drive<S: State>(
     }
     all.elapsed = start.elapsed();
     all.latencies_ns.sort_unstable();
+    all.resume_ns.sort_unstable();
     all
 }

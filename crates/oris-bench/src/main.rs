@@ -1,8 +1,9 @@
 //! `oris-bench`: the benchmark harness of Oris.
 //!
-//! Runs the engine workloads of `WORKLOADS.md` (W1 linear, W2 fan-out/fan-in, W4 state
-//! growth, W5 concurrency) against the in-memory or the SQLite store and reports runs/s,
-//! per-run latency percentiles, commits, fsyncs and bytes stored per run:
+//! Runs the engine workloads of `WORKLOADS.md` (W1 linear, W2 fan-out/fan-in, W3 interrupt +
+//! resume, W4 state growth, W5 concurrency) against the in-memory or the SQLite store and
+//! reports runs/s, per-run latency percentiles (W3: also of the resume call alone), commits,
+//! fsyncs and bytes stored per run:
 //!
 //! ```text
 //! cargo run --release -p oris-bench -- --workload W1,W4 --backend memory|sqlite|postgres \
@@ -22,14 +23,15 @@
 //!
 //! Every run's final state is checked; a wrong one is reported on stderr and makes the
 //! process exit with status 1 at the end. Workloads and backends that do not exist yet
-//! (W3 before interrupts, S1–S3 before the server, PostgreSQL) exit with status 2 and say so.
+//! (S1–S3 before the server, PostgreSQL) exit with status 2 and say so.
 //!
 //! # Layout
 //! - `cli`: the command line and the checks of what this build can run.
 //! - `calibrate`: the raw durable-commit loop.
 //! - `backend`: opening a fresh store per workload; commit, fsync and byte counters.
-//! - `workloads`: the states, graphs and final-state checks of W1, W2 and W4.
-//! - `harness`: drives N runs (or S seconds) with C in flight and collects latencies.
+//! - `workloads`: the states, graphs and final-state checks of W1, W2, W3 and W4.
+//! - `harness`: drives N runs or W3 cycles (or S seconds) with C in flight and collects
+//!   latencies.
 //! - `report`: percentiles, the per-workload result, JSON lines and the readable table.
 
 mod backend;

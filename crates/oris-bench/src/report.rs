@@ -11,7 +11,7 @@ use crate::calibrate::Calibration;
 /// Rates count only runs that ended in the expected state; `runs` counts every run made.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkloadResult {
-    /// `W1` … `W5`.
+    /// `W1` … `W5`. For W3 a "run" is one cycle: start to the interrupt, then resume to END.
     pub workload: &'static str,
     /// `memory` or `sqlite`.
     pub backend: &'static str,
@@ -27,12 +27,18 @@ pub struct WorkloadResult {
     pub seconds: f64,
     /// Correct runs per second.
     pub runs_per_sec: f64,
-    /// Median start→completion latency of a run, in milliseconds (nearest rank).
+    /// Median start→completion latency of a run, in milliseconds (nearest rank); for W3 the
+    /// time of the cycle's two calls, start and resume.
     pub p50_ms: Option<f64>,
     /// 95th percentile latency, in milliseconds.
     pub p95_ms: Option<f64>,
     /// 99th percentile latency, in milliseconds.
     pub p99_ms: Option<f64>,
+    /// W3: median latency of the resume call alone (the cycle's second half), in
+    /// milliseconds. `null` for other workloads.
+    pub resume_p50_ms: Option<f64>,
+    /// W3: 95th percentile latency of the resume call, in milliseconds.
+    pub resume_p95_ms: Option<f64>,
     /// Commits the engine made per run (counted by an observer).
     pub commits_per_run: f64,
     /// Commits the engine made per second.
@@ -155,6 +161,9 @@ impl Printer {
             opt(r.fsyncs_per_run, 2),
             opt(r.commits_per_fsync, 2),
         );
+        if let (Some(p50), Some(p95)) = (r.resume_p50_ms, r.resume_p95_ms) {
+            line.push_str(&format!("  (resume p50 {p50:.3} ms, p95 {p95:.3} ms)"));
+        }
         if let (Some(steps), Some(b)) = (r.steps, r.bytes_per_step) {
             line.push_str(&format!("  ({steps} steps, {b:.1} bytes/step)"));
         }

@@ -3,6 +3,9 @@
 //! Each is written exactly as the document defines it so that results compare with other
 //! systems run on the same machine; the checks are cheap enough to run after every run.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use oris::{CompiledGraph, Context, END, NodeError, START, State, StateGraph};
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +28,19 @@ pub struct FanOut {
     #[reducer(append)]
     pub results: Vec<String>,
 }
+
+/// W3: `{log: list[str] (append)}`.
+#[derive(Clone, Default, Debug, Serialize, Deserialize, State)]
+pub struct Approval {
+    /// Append.
+    #[reducer(append)]
+    pub log: Vec<String>,
+}
+
+/// W3's interrupt payload.
+pub const W3_PAYLOAD: &str = "approve?";
+/// W3's resume value.
+pub const W3_ANSWER: &str = "yes";
 
 /// Number of nodes of W1.
 const W1_NODES: usize = 10;
@@ -185,6 +201,68 @@ pub fn check_growth(s: &Linear, steps: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// How many times W3's node `a` ran, per thread: it must run exactly once per cycle, so a
+/// resume that ran it again shows here even if its update were dropped.
+#[derive(Debug, Default)]
+pub struct NodeRuns(Mutex<HashMap<String, u32>>);
+
+impl NodeRuns {
+    fn hit(&self, thread: &str) {
+        let mut m = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        *m.entry(thread.to_owned()).or_insert(0) += 1;
+    }
+
+    /// The executions counted for `thread`, forgetting them (keeps the map small).
+    pub fn take(&self, thread: &str) -> u32 {
+        let mut m = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        m.remove(thread).unwrap_or(0)
+    }
+}
+
+/// W3: `START→a→b→c→END`. `a` returns `{log: ["a"]}` (counted in `a_runs`); `b` interrupts
+/// with the payload `"approve?"` and, resumed with `v`, returns `{log: ["b:" + v]}`; `c`
+/// returns `{log: ["c"]}`.
+///
+/// `b` also checks that it sees `log == ["a"]` (the state the run stands at while paused)
+/// and fails the run permanently otherwise.
+///
+/// # Errors
+/// Only if the graph does not validate (a bug).
+pub fn interrupt_resume(a_runs: Arc<NodeRuns>) -> anyhow::Result<CompiledGraph<Approval>> {
+    Ok(StateGraph::<Approval>::new("bench-w3", "1")
+        .node("a", move |_s: Approval, ctx: Context| {
+            a_runs.hit(ctx.thread_id().as_str());
+            async move { Ok::<_, NodeError>(ApprovalUpdate::default().log(vec!["a".to_owned()])) }
+        })
+        .node("b", |s: Approval, ctx: Context| async move {
+            if s.log != ["a"] {
+                return Err(NodeError::permanent(format!(
+                    "b expected log [\"a\"], got {:?}",
+                    s.log
+                )));
+            }
+            let v: String = ctx.interrupt(&W3_PAYLOAD).await?;
+            Ok(ApprovalUpdate::default().log(vec![format!("b:{v}")]))
+        })
+        .node("c", |_s: Approval, _ctx: Context| async move {
+            Ok::<_, NodeError>(ApprovalUpdate::default().log(vec!["c".to_owned()]))
+        })
+        .edge(START, "a")
+        .edge("a", "b")
+        .edge("b", "c")
+        .edge("c", END)
+        .compile()?)
+}
+
+/// Checks W3's state after the resume: `log == ["a", "b:yes", "c"]`.
+pub fn check_approval(s: &Approval) -> Result<(), String> {
+    if s.log == ["a", "b:yes", "c"] {
+        Ok(())
+    } else {
+        Err(format!("expected log [a, b:yes, c], got {:?}", s.log))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use oris::Engine;
@@ -225,6 +303,20 @@ mod tests {
             let s = s.expect_completed();
             check_growth(&s, 20).unwrap();
             assert!(s.log[19].starts_with("0019"));
+
+            let a_runs = Arc::new(NodeRuns::default());
+            let w3 = engine.register(interrupt_resume(a_runs.clone()).unwrap());
+            let first = w3.start("w3", Approval::default()).await.unwrap();
+            let [pending] = first.interrupts() else {
+                panic!("expected one interrupt, got {first:?}");
+            };
+            assert_eq!(pending.node, "b");
+            assert_eq!(pending.payload, W3_PAYLOAD);
+            assert_eq!(w3.state("w3").await.unwrap().values.log, ["a"]);
+            let done = w3.resume(pending.interrupt_id, &W3_ANSWER).await.unwrap();
+            check_approval(&done.expect_completed()).unwrap();
+            assert_eq!(a_runs.take("w3"), 1);
+            assert_eq!(a_runs.take("w3"), 0);
         });
     }
 
@@ -247,5 +339,9 @@ mod tests {
             log: vec![item(0), item(2), item(1)],
         };
         assert!(check_growth(&g, 3).is_err());
+        let a = Approval {
+            log: vec!["a".into(), "b:no".into(), "c".into()],
+        };
+        assert!(check_approval(&a).is_err());
     }
 }

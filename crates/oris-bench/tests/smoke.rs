@@ -1,6 +1,7 @@
 //! Runs the built `oris-bench` binary with tiny settings and checks its output and exit
-//! status: the calibration line, one well-formed line per workload, and the clear refusals
-//! (exit status 2) of what does not exist yet.
+//! status: the calibration line, one well-formed line per workload (W1–W5 on memory and
+//! SQLite), and the clear refusals (exit status 2) of what does not exist yet (S1–S3,
+//! PostgreSQL).
 
 use std::process::{Command, Output};
 
@@ -48,7 +49,7 @@ fn check_calibration(line: &Value) {
 fn check_workloads(backend: &str, extra_dir: Option<&std::path::Path>) {
     let mut args = vec![
         "--workload",
-        "W1,W2,W4,W5",
+        "W1,W2,W3,W4,W5",
         "--backend",
         backend,
         "--runs",
@@ -67,10 +68,10 @@ fn check_workloads(backend: &str, extra_dir: Option<&std::path::Path>) {
     let out = bench(&args);
     assert_success(&out);
     let lines = json_lines(&out);
-    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert_eq!(lines.len(), 6, "{lines:?}");
     check_calibration(&lines[0]);
     let durable = backend != "memory";
-    for (line, workload) in lines[1..].iter().zip(["W1", "W2", "W4", "W5"]) {
+    for (line, workload) in lines[1..].iter().zip(["W1", "W2", "W3", "W4", "W5"]) {
         assert_eq!(line["workload"], workload, "{line}");
         assert_eq!(line["backend"], backend, "{line}");
         assert_eq!(line["durability"], "sync", "{line}");
@@ -108,6 +109,19 @@ fn check_workloads(backend: &str, extra_dir: Option<&std::path::Path>) {
                 assert!(line[field].is_null(), "`{field}` in {line}");
             }
         }
+        if workload == "W3" {
+            // A cycle: start to the interrupt, then resume to END.
+            let (r50, r95) = (number(line, "resume_p50_ms"), number(line, "resume_p95_ms"));
+            assert!(r50 > 0.0 && r50 <= r95, "{line}");
+            assert!(r50 < number(line, "p50_ms"), "{line}");
+            // Start, a's superstep, the interrupt, the resume value, b and c: well over 3.
+            assert!(number(line, "commits_per_run") >= 4.0, "{line}");
+        } else {
+            assert!(
+                line["resume_p50_ms"].is_null() && line["resume_p95_ms"].is_null(),
+                "{line}"
+            );
+        }
         if workload == "W4" {
             assert_eq!(line["steps"], 20, "{line}");
             assert!(number(line, "bytes_per_step") >= 0.0, "{line}");
@@ -131,7 +145,7 @@ fn memory_workloads_report_every_field() {
 fn sqlite_workloads_report_every_field() {
     let dir = tempfile::tempdir().unwrap();
     check_workloads("sqlite", Some(dir.path()));
-    for w in ["w1", "w2", "w4", "w5"] {
+    for w in ["w1", "w2", "w3", "w4", "w5"] {
         assert!(dir.path().join(format!("{w}.db")).exists(), "{w}.db");
     }
 }
@@ -174,13 +188,10 @@ fn seconds_mode_and_table_output() {
 fn unavailable_workloads_and_backends_exit_with_2() {
     for (args, needle) in [
         (
-            &["--workload", "W3", "--backend", "memory"][..],
-            "interrupts",
-        ),
-        (
-            &["--workload", "W1,S1", "--backend", "memory"],
+            &["--workload", "W1,S1", "--backend", "memory"][..],
             "HTTP server",
         ),
+        (&["--workload", "W3", "--backend", "postgres"], "PostgreSQL"),
         (&["--workload", "S3", "--backend", "sqlite"], "HTTP server"),
         (&["--workload", "W1", "--backend", "postgres"], "PostgreSQL"),
         (

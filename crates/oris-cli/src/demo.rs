@@ -74,10 +74,23 @@ pub fn register(engine: &Engine) -> anyhow::Result<Demos> {
                 .decision("approved")
                 .log(vec!["auto-approved".to_owned()]))
         })
-        .node("escalate", |_s: Expense, _ctx| async move {
+        .node("escalate", |s: Expense, ctx| async move {
+            // A recorded step: on re-execution after the resume it is not sent again.
+            let ticket: String = ctx
+                .step("notify_manager", async move {
+                    Ok(format!("ticket-{}", s.amount_cents))
+                })
+                .await?;
+            let answer: String = ctx
+                .interrupt(&serde_json::json!({
+                    "question": "approve this expense?",
+                    "amount_cents": s.amount_cents,
+                    "ticket": ticket,
+                }))
+                .await?;
             Ok(ExpenseUpdate::default()
-                .decision("escalated")
-                .log(vec!["escalated to a manager".to_owned()]))
+                .decision(answer.clone())
+                .log(vec![format!("manager answered `{answer}` on {ticket}")]))
         })
         .edge(START, "validate")
         .edge("validate", "score")
@@ -157,6 +170,23 @@ fn report<S: std::fmt::Debug>(thread: &str, outcome: &RunOutcome<S>) {
         RunOutcome::Cancelled { run_id, reason } => {
             println!("== {thread}: {run_id} cancelled: {reason}")
         }
+        RunOutcome::Interrupted { run_id, interrupts } => {
+            println!("== {thread}: {run_id} interrupted");
+            for i in interrupts {
+                println!(
+                    "   waiting on {} from `{}`: {}",
+                    i.interrupt_id, i.node, i.payload
+                );
+            }
+        }
+        RunOutcome::Waiting {
+            run_id,
+            until,
+            events,
+        } => {
+            println!("== {thread}: {run_id} waiting until {until:?} for {events:?}")
+        }
+        other => println!("== {thread}: {}", other.run_id()),
     }
 }
 
@@ -169,11 +199,22 @@ pub async fn run_all(engine: &Engine, demos: &Demos, prefix: &str) -> anyhow::Re
     for (thread, which) in runs {
         match which {
             0 => {
+                // Large enough to be escalated: the run pauses at the manager's interrupt,
+                // then the demo answers it as the manager would.
                 let input = Expense {
-                    amount_cents: 12_500,
+                    amount_cents: 72_500,
                     ..Default::default()
                 };
-                report(&thread, &demos.expense.start(&thread, input).await?);
+                let outcome = demos.expense.start(&thread, input).await?;
+                report(&thread, &outcome);
+                if let Some(pending) = outcome.interrupts().first() {
+                    println!("   resuming {} with \"approved\"", pending.interrupt_id);
+                    let done = demos
+                        .expense
+                        .resume(pending.interrupt_id, "approved")
+                        .await?;
+                    report(&thread, &done);
+                }
             }
             1 => {
                 let input = Research {
@@ -235,6 +276,22 @@ pub async fn print_timeline(
             }
             EventBody::RunFailed { error } => error.to_string(),
             EventBody::RunCancelled { reason } => reason.clone(),
+            EventBody::StepRecorded { name, result, .. } => match result {
+                oris::event::StepResult::Ok(v) => format!("step `{name}` → {}", v.json()),
+                oris::event::StepResult::Err(f) => format!("step `{name}` failed: {f}"),
+            },
+            EventBody::InterruptRaised {
+                interrupt_id,
+                payload,
+                ..
+            } => format!("{interrupt_id} asks {}", payload.json()),
+            EventBody::InterruptResumed {
+                interrupt_id,
+                value,
+            } => format!("{interrupt_id} answered {}", value.json()),
+            EventBody::RunSuspended { interrupts, .. } => {
+                format!("waiting on {} interrupt(s)", interrupts.len())
+            }
             _ => String::new(),
         };
         if json {

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::id::{RunId, Seq, Timestamp};
+use crate::id::{DeliveryId, InterruptId, RunId, Seq, Timestamp};
 
 /// A JSON document stored verbatim (a node update, a run input, a task input, a state).
 #[derive(Clone, Serialize, Deserialize)]
@@ -289,6 +289,11 @@ pub enum FailureKind {
     InvalidRoute,
     /// A stored value or a node's output could not be (de)serialized.
     Serialization,
+    /// A recorded step failed for good.
+    StepFailed,
+    /// A node's recorded calls no longer match its code (it was changed while runs were
+    /// in flight).
+    NonDeterminism,
 }
 
 impl FailureKind {
@@ -303,8 +308,40 @@ impl FailureKind {
             FailureKind::ReduceConflict => "reduce_conflict",
             FailureKind::InvalidRoute => "invalid_route",
             FailureKind::Serialization => "serialization",
+            FailureKind::StepFailed => "step_failed",
+            FailureKind::NonDeterminism => "non_determinism",
         }
     }
+}
+
+/// Where a replayed or forked run comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The thread the checkpoint belongs to.
+    #[serde(rename = "t")]
+    pub thread_id: crate::id::ThreadId,
+    /// The checkpoint the run starts from.
+    #[serde(rename = "c")]
+    pub checkpoint: crate::id::CheckpointId,
+    /// The run that wrote the checkpoint (whose recorded steps may be reused).
+    #[serde(rename = "r")]
+    pub run_id: RunId,
+    /// The superstep of that run the checkpoint precedes.
+    #[serde(rename = "s")]
+    pub superstep: u32,
+    /// Whether recorded steps of the original run are executed again (`true`) or their
+    /// results reused (`false`, the default).
+    #[serde(rename = "x", default, skip_serializing_if = "std::ops::Not::not")]
+    pub reexecute_steps: bool,
+}
+
+/// What a recorded step returned: its value, or its final error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepResult {
+    /// The step's value.
+    Ok(Payload),
+    /// The step's final error (after its own retries).
+    Err(Failure),
 }
 
 /// Settings fixed when a run starts, recorded in its `RunStarted` event so that a
@@ -320,6 +357,12 @@ pub struct RunSettings {
     /// Maximum supersteps.
     #[serde(rename = "l")]
     pub superstep_limit: u32,
+    /// Per-run static breakpoints: pause before these nodes run.
+    #[serde(rename = "ib", default, skip_serializing_if = "Vec::is_empty")]
+    pub interrupt_before: Vec<String>,
+    /// Per-run static breakpoints: pause after these nodes ran, before their update counts.
+    #[serde(rename = "ia", default, skip_serializing_if = "Vec::is_empty")]
+    pub interrupt_after: Vec<String>,
 }
 
 /// A recorded fact in a thread's log.
@@ -383,6 +426,87 @@ pub enum EventBody {
         /// When the next attempt is due; `None` when no retry follows.
         retry_at: Option<Timestamp>,
     },
+    /// A recorded step (`ctx.step`) finished: its result or final error, returned from
+    /// the log whenever the node runs again.
+    StepRecorded {
+        /// Superstep number within the run.
+        superstep: u32,
+        /// Index of the task in the superstep.
+        task: u32,
+        /// The node.
+        node: String,
+        /// Position of the call among the node's recorded calls (steps, interrupts), from 0.
+        index: u32,
+        /// The step's name, checked on re-execution (a mismatch is non-determinism).
+        name: String,
+        /// The result.
+        result: StepResult,
+    },
+    /// A node (or a breakpoint) paused the run for input from outside.
+    InterruptRaised {
+        /// Superstep number within the run.
+        superstep: u32,
+        /// Index of the task in the superstep.
+        task: u32,
+        /// The node.
+        node: String,
+        /// Position of the call among the node's recorded calls, from 0.
+        index: u32,
+        /// The interrupt's identity.
+        interrupt_id: InterruptId,
+        /// What the node asked (shown to whoever answers).
+        payload: Payload,
+    },
+    /// A resume value was applied: the interrupted node continues with it.
+    InterruptResumed {
+        /// The interrupt answered.
+        interrupt_id: InterruptId,
+        /// The value `ctx.interrupt` returns.
+        value: Payload,
+    },
+    /// The run stopped to wait: every task of the superstep finished or is paused.
+    RunSuspended {
+        /// Interrupts waiting for a resume value.
+        interrupts: Vec<InterruptId>,
+        /// When the earliest durable timer (`ctx.sleep`, a wait's timeout) is due.
+        until: Option<Timestamp>,
+        /// External events the paused tasks wait for (`ctx.wait_for_event`).
+        events: Vec<String>,
+    },
+    /// The run starts from a given state instead of the thread's current one: a replay of
+    /// a checkpoint, or the first run of a fork. Committed just before its `RunStarted`.
+    RunRebased {
+        /// The state the run starts from (the checkpoint's).
+        base: Payload,
+        /// Where it comes from.
+        origin: Origin,
+    },
+    /// An operator edit of the state, merged as if node `as_node` had returned it.
+    StateUpdated {
+        /// The node the update is attributed to.
+        as_node: String,
+        /// The update.
+        update: Payload,
+    },
+    /// A node's wait for an external event ended: with the event, or by timeout.
+    EventReceived {
+        /// Superstep number within the run.
+        superstep: u32,
+        /// Index of the task in the superstep.
+        task: u32,
+        /// The node.
+        node: String,
+        /// Position of the call among the node's recorded calls.
+        index: u32,
+        /// The event name waited for.
+        name: String,
+        /// The delivery consumed, or `None` when the wait timed out.
+        delivery: Option<DeliveryId>,
+        /// The event's payload, when one was received.
+        payload: Option<Payload>,
+    },
+    /// A suspended run continues.
+    RunResumed,
     /// The run reached END.
     RunCompleted,
     /// The run failed.
@@ -414,17 +538,41 @@ pub enum EventKind {
     RunFailed,
     /// See [`EventBody::RunCancelled`].
     RunCancelled,
+    /// See [`EventBody::StepRecorded`].
+    StepRecorded,
+    /// See [`EventBody::InterruptRaised`].
+    InterruptRaised,
+    /// See [`EventBody::InterruptResumed`].
+    InterruptResumed,
+    /// See [`EventBody::RunSuspended`].
+    RunSuspended,
+    /// See [`EventBody::RunResumed`].
+    RunResumed,
+    /// See [`EventBody::EventReceived`].
+    EventReceived,
+    /// See [`EventBody::RunRebased`].
+    RunRebased,
+    /// See [`EventBody::StateUpdated`].
+    StateUpdated,
 }
 
 impl EventKind {
     /// All kinds, for CHECK constraints and tests.
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::RunStarted,
         EventKind::NodeCompleted,
         EventKind::NodeFailed,
         EventKind::RunCompleted,
         EventKind::RunFailed,
         EventKind::RunCancelled,
+        EventKind::StepRecorded,
+        EventKind::InterruptRaised,
+        EventKind::InterruptResumed,
+        EventKind::RunSuspended,
+        EventKind::RunResumed,
+        EventKind::EventReceived,
+        EventKind::RunRebased,
+        EventKind::StateUpdated,
     ];
 
     /// The stable name.
@@ -436,6 +584,14 @@ impl EventKind {
             EventKind::RunCompleted => "run_completed",
             EventKind::RunFailed => "run_failed",
             EventKind::RunCancelled => "run_cancelled",
+            EventKind::StepRecorded => "step_recorded",
+            EventKind::InterruptRaised => "interrupt_raised",
+            EventKind::InterruptResumed => "interrupt_resumed",
+            EventKind::RunSuspended => "run_suspended",
+            EventKind::RunResumed => "run_resumed",
+            EventKind::EventReceived => "event_received",
+            EventKind::RunRebased => "run_rebased",
+            EventKind::StateUpdated => "state_updated",
         }
     }
 
@@ -455,15 +611,37 @@ impl EventBody {
             EventBody::RunCompleted => EventKind::RunCompleted,
             EventBody::RunFailed { .. } => EventKind::RunFailed,
             EventBody::RunCancelled { .. } => EventKind::RunCancelled,
+            EventBody::StepRecorded { .. } => EventKind::StepRecorded,
+            EventBody::InterruptRaised { .. } => EventKind::InterruptRaised,
+            EventBody::InterruptResumed { .. } => EventKind::InterruptResumed,
+            EventBody::RunSuspended { .. } => EventKind::RunSuspended,
+            EventBody::RunResumed => EventKind::RunResumed,
+            EventBody::EventReceived { .. } => EventKind::EventReceived,
+            EventBody::RunRebased { .. } => EventKind::RunRebased,
+            EventBody::StateUpdated { .. } => EventKind::StateUpdated,
         }
     }
 
     /// The node the event is about, if any.
     pub fn node(&self) -> Option<&str> {
         match self {
-            EventBody::NodeCompleted { node, .. } | EventBody::NodeFailed { node, .. } => {
-                Some(node)
-            }
+            EventBody::NodeCompleted { node, .. }
+            | EventBody::NodeFailed { node, .. }
+            | EventBody::StepRecorded { node, .. }
+            | EventBody::InterruptRaised { node, .. }
+            | EventBody::EventReceived { node, .. } => Some(node),
+            _ => None,
+        }
+    }
+
+    /// The task (index within its superstep) the event is about, if any.
+    pub fn task(&self) -> Option<u32> {
+        match self {
+            EventBody::NodeCompleted { task, .. }
+            | EventBody::NodeFailed { task, .. }
+            | EventBody::StepRecorded { task, .. }
+            | EventBody::InterruptRaised { task, .. }
+            | EventBody::EventReceived { task, .. } => Some(*task),
             _ => None,
         }
     }
@@ -482,7 +660,10 @@ impl EventBody {
     pub fn superstep(&self) -> Option<u32> {
         match self {
             EventBody::NodeCompleted { superstep, .. }
-            | EventBody::NodeFailed { superstep, .. } => Some(*superstep),
+            | EventBody::NodeFailed { superstep, .. }
+            | EventBody::StepRecorded { superstep, .. }
+            | EventBody::InterruptRaised { superstep, .. }
+            | EventBody::EventReceived { superstep, .. } => Some(*superstep),
             _ => None,
         }
     }
@@ -547,6 +728,38 @@ pub struct RowError {
 }
 
 #[derive(Serialize, Deserialize)]
+struct StepExtra {
+    i: u32,
+    n: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    e: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SuspendedExtra {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    i: Vec<InterruptId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    u: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    e: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReceivedExtra {
+    i: u32,
+    n: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    d: Option<DeliveryId>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct InterruptExtra {
+    i: u32,
+    id: InterruptId,
+}
+
+#[derive(Serialize, Deserialize)]
 struct StartedExtra {
     g: String,
     v: String,
@@ -608,6 +821,82 @@ impl EventRow {
                 row.data = Some(serde_json::to_string(error)?);
                 row.extra = retry_at.map(|t| t.0.to_string());
             }
+            EventBody::StepRecorded {
+                task,
+                index,
+                name,
+                result,
+                ..
+            } => {
+                row.task = Some(*task);
+                let (data, e) = match result {
+                    StepResult::Ok(v) => (v.json().to_owned(), false),
+                    StepResult::Err(f) => (serde_json::to_string(f)?, true),
+                };
+                row.data = Some(data);
+                row.extra = Some(serde_json::to_string(&StepExtra {
+                    i: *index,
+                    n: name.clone(),
+                    e,
+                })?);
+            }
+            EventBody::InterruptRaised {
+                task,
+                index,
+                interrupt_id,
+                payload,
+                ..
+            } => {
+                row.task = Some(*task);
+                row.data = Some(payload.json().to_owned());
+                row.extra = Some(serde_json::to_string(&InterruptExtra {
+                    i: *index,
+                    id: *interrupt_id,
+                })?);
+            }
+            EventBody::InterruptResumed {
+                interrupt_id,
+                value,
+            } => {
+                row.data = Some(value.json().to_owned());
+                row.extra = Some(serde_json::to_string(interrupt_id)?);
+            }
+            EventBody::RunSuspended {
+                interrupts,
+                until,
+                events,
+            } => {
+                row.extra = Some(serde_json::to_string(&SuspendedExtra {
+                    i: interrupts.clone(),
+                    u: *until,
+                    e: events.clone(),
+                })?);
+            }
+            EventBody::RunRebased { base, origin } => {
+                row.data = Some(base.json().to_owned());
+                row.extra = Some(serde_json::to_string(origin)?);
+            }
+            EventBody::StateUpdated { as_node, update } => {
+                row.node = Some(as_node.clone());
+                row.data = Some(update.json().to_owned());
+            }
+            EventBody::EventReceived {
+                task,
+                index,
+                name,
+                delivery,
+                payload,
+                ..
+            } => {
+                row.task = Some(*task);
+                row.data = payload.as_ref().map(|p| p.json().to_owned());
+                row.extra = Some(serde_json::to_string(&ReceivedExtra {
+                    i: *index,
+                    n: name.clone(),
+                    d: *delivery,
+                })?);
+            }
+            EventBody::RunResumed => {}
             EventBody::RunCompleted => {}
             EventBody::RunFailed { error } => row.data = Some(serde_json::to_string(error)?),
             EventBody::RunCancelled { reason } => row.data = Some(serde_json::to_string(reason)?),
@@ -671,6 +960,71 @@ impl EventRow {
                     }
                 },
             },
+            EventKind::StepRecorded => {
+                let x: StepExtra =
+                    parse(&json(text(self.extra, "extra")?, "extra")?, "extra").map_err(err)?;
+                let data = json(text(self.data, "data")?, "data")?;
+                EventBody::StepRecorded {
+                    superstep: need(self.superstep, "superstep")?,
+                    task: need(self.task, "task")?,
+                    node: text(self.node, "node")?,
+                    index: x.i,
+                    name: x.n,
+                    result: if x.e {
+                        StepResult::Err(parse(&data, "data").map_err(err)?)
+                    } else {
+                        StepResult::Ok(data)
+                    },
+                }
+            }
+            EventKind::InterruptRaised => {
+                let x: InterruptExtra =
+                    parse(&json(text(self.extra, "extra")?, "extra")?, "extra").map_err(err)?;
+                EventBody::InterruptRaised {
+                    superstep: need(self.superstep, "superstep")?,
+                    task: need(self.task, "task")?,
+                    node: text(self.node, "node")?,
+                    index: x.i,
+                    interrupt_id: x.id,
+                    payload: json(text(self.data, "data")?, "data")?,
+                }
+            }
+            EventKind::InterruptResumed => EventBody::InterruptResumed {
+                interrupt_id: parse(&json(text(self.extra, "extra")?, "extra")?, "extra")
+                    .map_err(err)?,
+                value: json(text(self.data, "data")?, "data")?,
+            },
+            EventKind::RunSuspended => {
+                let x: SuspendedExtra =
+                    parse(&json(text(self.extra, "extra")?, "extra")?, "extra").map_err(err)?;
+                EventBody::RunSuspended {
+                    interrupts: x.i,
+                    until: x.u,
+                    events: x.e,
+                }
+            }
+            EventKind::EventReceived => {
+                let x: ReceivedExtra =
+                    parse(&json(text(self.extra, "extra")?, "extra")?, "extra").map_err(err)?;
+                EventBody::EventReceived {
+                    superstep: need(self.superstep, "superstep")?,
+                    task: need(self.task, "task")?,
+                    node: text(self.node, "node")?,
+                    index: x.i,
+                    name: x.n,
+                    delivery: x.d,
+                    payload: self.data.map(|d| json(d, "data")).transpose()?,
+                }
+            }
+            EventKind::RunResumed => EventBody::RunResumed,
+            EventKind::RunRebased => EventBody::RunRebased {
+                base: json(text(self.data, "data")?, "data")?,
+                origin: parse(&json(text(self.extra, "extra")?, "extra")?, "extra").map_err(err)?,
+            },
+            EventKind::StateUpdated => EventBody::StateUpdated {
+                as_node: text(self.node, "node")?,
+                update: json(text(self.data, "data")?, "data")?,
+            },
             EventKind::RunCompleted => EventBody::RunCompleted,
             EventKind::RunFailed => EventBody::RunFailed {
                 error: parse(&json(text(self.data, "data")?, "data")?, "data").map_err(err)?,
@@ -706,6 +1060,8 @@ mod tests {
                     durability: Durability::Batched,
                     deadline: Some(Timestamp(5)),
                     superstep_limit: 10,
+                    interrupt_before: vec!["b".into()],
+                    interrupt_after: vec![],
                 },
                 boundary: Boundary {
                     next: vec![
@@ -741,6 +1097,77 @@ mod tests {
                 attempt: 1,
                 error: Failure::new(FailureKind::NodeTimeout, "slow").at_node("a"),
                 retry_at: Some(Timestamp(99)),
+            },
+            EventBody::StepRecorded {
+                superstep: 2,
+                task: 1,
+                node: "a".into(),
+                index: 0,
+                name: "charge".into(),
+                result: StepResult::Ok(p(r#"{"id":"ch_1"}"#)),
+            },
+            EventBody::StepRecorded {
+                superstep: 2,
+                task: 1,
+                node: "a".into(),
+                index: 1,
+                name: "refund".into(),
+                result: StepResult::Err(Failure::new(FailureKind::StepFailed, "declined")),
+            },
+            EventBody::InterruptRaised {
+                superstep: 0,
+                task: 0,
+                node: "b".into(),
+                index: 2,
+                interrupt_id: InterruptId::generate(),
+                payload: p(r#""approve?""#),
+            },
+            EventBody::InterruptResumed {
+                interrupt_id: InterruptId::generate(),
+                value: p(r#""yes""#),
+            },
+            EventBody::RunSuspended {
+                interrupts: vec![InterruptId::generate(), InterruptId::generate()],
+                until: Some(Timestamp(77)),
+                events: vec!["paid".into()],
+            },
+            EventBody::RunSuspended {
+                interrupts: vec![],
+                until: None,
+                events: vec![],
+            },
+            EventBody::EventReceived {
+                superstep: 1,
+                task: 0,
+                node: "w".into(),
+                index: 3,
+                name: "paid".into(),
+                delivery: Some(DeliveryId::generate()),
+                payload: Some(p(r#"{"amount":5}"#)),
+            },
+            EventBody::EventReceived {
+                superstep: 1,
+                task: 0,
+                node: "w".into(),
+                index: 4,
+                name: "paid".into(),
+                delivery: None,
+                payload: None,
+            },
+            EventBody::RunResumed,
+            EventBody::RunRebased {
+                base: p(r#"{"log":["a"]}"#),
+                origin: Origin {
+                    thread_id: crate::id::ThreadId::new("src").unwrap(),
+                    checkpoint: crate::id::CheckpointId(Seq(4)),
+                    run_id: RunId::generate(),
+                    superstep: 2,
+                    reexecute_steps: true,
+                },
+            },
+            EventBody::StateUpdated {
+                as_node: "b".into(),
+                update: p(r#"{"log":["edit"]}"#),
             },
             EventBody::RunCompleted,
             EventBody::RunFailed {

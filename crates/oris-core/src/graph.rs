@@ -90,6 +90,8 @@ pub struct Topology {
     pub branches: Vec<Branch>,
     /// Join edges; a join's index is its position here.
     pub joins: Vec<Join>,
+    /// Routing commands a node may issue at run time (`ctx.goto`): its possible targets.
+    pub gotos: Vec<Branch>,
 }
 
 /// A graph that does not compile.
@@ -194,7 +196,12 @@ impl Topology {
             .iter()
             .filter(move |j| j.sources.iter().any(|s| s == from))
             .map(|j| j.target.as_str());
-        plain.chain(cond).chain(joins)
+        let gotos = self
+            .gotos
+            .iter()
+            .filter(move |b| b.from == from)
+            .flat_map(|b| b.targets.iter().map(String::as_str));
+        plain.chain(cond).chain(joins).chain(gotos)
     }
 
     /// Checks the graph: names, edges, entry, reachability, and a path to END from every
@@ -255,6 +262,17 @@ impl Topology {
                         "{edge}: nothing can enter START"
                     )));
                 }
+                if t != END && !known(t) {
+                    return unknown(t, edge.clone());
+                }
+            }
+        }
+        for b in &self.gotos {
+            let edge = format!("goto targets of {}", b.from);
+            if !known(&b.from) {
+                return unknown(&b.from, edge);
+            }
+            for t in &b.targets {
                 if t != END && !known(t) {
                     return unknown(t, edge.clone());
                 }
@@ -346,6 +364,11 @@ impl Topology {
                 let _ = writeln!(out, "    {} -.-> {}", id(&b.from), id(t));
             }
         }
+        for b in &self.gotos {
+            for t in &b.targets {
+                let _ = writeln!(out, "    {} -. goto .-> {}", id(&b.from), id(t));
+            }
+        }
         for j in &self.joins {
             let sources: Vec<String> = j.sources.iter().map(|s| id(s)).collect();
             let _ = writeln!(out, "    {} --> {}", sources.join(" & "), id(&j.target));
@@ -371,9 +394,27 @@ impl Topology {
         &self,
         finished: &[&str],
         barriers: &mut Barriers,
+        route: impl FnMut(usize) -> Result<Vec<Target>, E>,
+    ) -> Result<Vec<Task>, E> {
+        self.plan_with(finished, &[], &[], barriers, route)
+    }
+
+    /// [`Topology::plan`] with routing commands: nodes in `overridden` finished but chose
+    /// their successors themselves (`goto`), so their plain and conditional edges are not
+    /// followed (joins still count them); `goto` are the nodes they chose (or [`END`]).
+    ///
+    /// # Errors
+    /// As [`Topology::plan`], and a [`RouteError`] for a `goto` naming an unknown node.
+    pub fn plan_with<E: From<RouteError>>(
+        &self,
+        finished: &[&str],
+        overridden: &[&str],
+        goto: &[&str],
+        barriers: &mut Barriers,
         mut route: impl FnMut(usize) -> Result<Vec<Target>, E>,
     ) -> Result<Vec<Task>, E> {
         let finished_set: BTreeSet<&str> = finished.iter().copied().collect();
+        let follows = |n: &str| finished_set.contains(n) && !overridden.contains(&n);
         let mut triggered = vec![false; self.nodes.len()];
         let mut sends = Vec::new();
         let trigger = |name: &str, triggered: &mut Vec<bool>| {
@@ -381,13 +422,27 @@ impl Topology {
                 triggered[i] = true;
             }
         };
+        for target in goto {
+            if *target == END {
+                continue;
+            }
+            if self.node_index(target).is_none() {
+                return Err(RouteError {
+                    from: "goto".to_owned(),
+                    target: (*target).to_owned(),
+                    allowed: self.nodes.clone(),
+                }
+                .into());
+            }
+            trigger(target, &mut triggered);
+        }
         for (from, to) in &self.edges {
-            if finished_set.contains(from.as_str()) {
+            if follows(from.as_str()) {
                 trigger(to, &mut triggered);
             }
         }
         for (i, b) in self.branches.iter().enumerate() {
-            if !finished_set.contains(b.from.as_str()) {
+            if !follows(b.from.as_str()) {
                 continue;
             }
             for t in route(i)? {
@@ -531,6 +586,7 @@ mod tests {
                 targets: vec!["step".into(), END.into()],
             }],
             joins: vec![],
+            gotos: vec![],
         };
         t.validate().unwrap();
         let mut b = Barriers::new();
@@ -561,6 +617,7 @@ mod tests {
                 sources: workers,
                 target: "join".into(),
             }],
+            gotos: vec![],
         }
     }
 
@@ -593,6 +650,7 @@ mod tests {
                 targets: vec!["w".into()],
             }],
             joins: vec![],
+            gotos: vec![],
         };
         t.validate().unwrap();
         let mut b = Barriers::new();

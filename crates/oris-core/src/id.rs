@@ -95,6 +95,12 @@ impl fmt::Debug for ThreadId {
     }
 }
 
+impl AsRef<str> for ThreadId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl FromStr for ThreadId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -189,6 +195,21 @@ uuid_id!(
     RunId,
     "run_",
     "run"
+);
+
+uuid_id!(
+    /// A pause raised by a node or a breakpoint, waiting for a resume value: `int_` + 32 hex
+    /// digits. Unique across threads; stable once recorded.
+    InterruptId,
+    "int_",
+    "interrupt"
+);
+
+uuid_id!(
+    /// An external event delivered to a thread (`send_event`): `evt_` + 32 hex digits.
+    DeliveryId,
+    "evt_",
+    "delivery"
 );
 
 /// Position of an event in a thread's log; the first event has seq 1, 0 means "empty".

@@ -2,9 +2,10 @@
 //!
 //! ```text
 //!   Queued ──► Running ──► Completed
-//!     │          │ ├─────► Failed
-//!     │          │ └─────► Cancelled
-//!     └──────────┴───────► Cancelled
+//!     │        ▲  │ ├────► Failed
+//!     │        │  ▼ └────► Cancelled
+//!     │      Interrupted / Waiting ─► Cancelled
+//!     └──────────────────► Cancelled
 //! ```
 //! Terminal statuses never change. Every status write goes through
 //! [`RunStatus::check_transition`], in every backend.
@@ -12,7 +13,18 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::Failure;
-use crate::id::CheckpointId;
+use crate::id::{CheckpointId, InterruptId, Timestamp};
+
+/// An interrupt a suspended run waits on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingInterrupt {
+    /// Its identity; answer it with a resume value.
+    pub interrupt_id: InterruptId,
+    /// The node that raised it.
+    pub node: String,
+    /// What the node asked.
+    pub payload: serde_json::Value,
+}
 
 /// Where a run is. Carries the data of its state (never a string plus optional fields).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +35,20 @@ pub enum RunStatus {
     Queued,
     /// Executing (or waiting to be recovered after a crash).
     Running,
+    /// Paused until its interrupts are answered.
+    Interrupted {
+        /// The interrupts raised in the paused superstep.
+        interrupts: Vec<PendingInterrupt>,
+    },
+    /// Paused on a durable timer or an external event; holds no task or thread.
+    Waiting {
+        /// When it wakes up (earliest timer or wait timeout).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<Timestamp>,
+        /// The external events it waits for.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        events: Vec<String>,
+    },
     /// Reached END; the output is the state at `checkpoint`.
     Completed {
         /// The checkpoint holding the final state.
@@ -49,6 +75,10 @@ pub enum StatusKind {
     Queued,
     /// See [`RunStatus::Running`].
     Running,
+    /// See [`RunStatus::Interrupted`].
+    Interrupted,
+    /// See [`RunStatus::Waiting`].
+    Waiting,
     /// See [`RunStatus::Completed`].
     Completed,
     /// See [`RunStatus::Failed`].
@@ -59,9 +89,11 @@ pub enum StatusKind {
 
 impl StatusKind {
     /// All kinds.
-    pub const ALL: [StatusKind; 5] = [
+    pub const ALL: [StatusKind; 7] = [
         StatusKind::Queued,
         StatusKind::Running,
+        StatusKind::Interrupted,
+        StatusKind::Waiting,
         StatusKind::Completed,
         StatusKind::Failed,
         StatusKind::Cancelled,
@@ -72,6 +104,8 @@ impl StatusKind {
         match self {
             StatusKind::Queued => "queued",
             StatusKind::Running => "running",
+            StatusKind::Interrupted => "interrupted",
+            StatusKind::Waiting => "waiting",
             StatusKind::Completed => "completed",
             StatusKind::Failed => "failed",
             StatusKind::Cancelled => "cancelled",
@@ -108,6 +142,8 @@ impl RunStatus {
         match self {
             RunStatus::Queued => StatusKind::Queued,
             RunStatus::Running => StatusKind::Running,
+            RunStatus::Interrupted { .. } => StatusKind::Interrupted,
+            RunStatus::Waiting { .. } => StatusKind::Waiting,
             RunStatus::Completed { .. } => StatusKind::Completed,
             RunStatus::Failed { .. } => StatusKind::Failed,
             RunStatus::Cancelled { .. } => StatusKind::Cancelled,
@@ -124,7 +160,12 @@ impl RunStatus {
         use StatusKind::*;
         matches!(
             (self.kind(), next.kind()),
-            (Queued, Running | Cancelled) | (Running, Completed | Failed | Cancelled)
+            (Queued, Running | Cancelled)
+                | (
+                    Running,
+                    Interrupted | Waiting | Completed | Failed | Cancelled
+                )
+                | (Interrupted | Waiting, Running | Cancelled)
         )
     }
 
@@ -155,6 +196,17 @@ mod tests {
         match k {
             StatusKind::Queued => RunStatus::Queued,
             StatusKind::Running => RunStatus::Running,
+            StatusKind::Interrupted => RunStatus::Interrupted {
+                interrupts: vec![PendingInterrupt {
+                    interrupt_id: InterruptId::generate(),
+                    node: "b".into(),
+                    payload: serde_json::json!("approve?"),
+                }],
+            },
+            StatusKind::Waiting => RunStatus::Waiting {
+                until: Some(Timestamp(5)),
+                events: vec!["paid".into()],
+            },
             StatusKind::Completed => RunStatus::Completed {
                 checkpoint: CheckpointId(Seq(3)),
             },
@@ -171,9 +223,15 @@ mod tests {
         let allowed = [
             (Queued, Running),
             (Queued, Cancelled),
+            (Running, Interrupted),
             (Running, Completed),
             (Running, Failed),
             (Running, Cancelled),
+            (Running, Waiting),
+            (Interrupted, Running),
+            (Interrupted, Cancelled),
+            (Waiting, Running),
+            (Waiting, Cancelled),
         ];
         for from in StatusKind::ALL {
             for to in StatusKind::ALL {
@@ -201,7 +259,7 @@ mod tests {
         /// Walking random requested transitions, the machine only ever takes allowed
         /// edges, never leaves a terminal status, and reaches a terminal status at most once.
         #[test]
-        fn random_walks_only_take_allowed_edges(steps in proptest::collection::vec(0usize..5, 0..40)) {
+        fn random_walks_only_take_allowed_edges(steps in proptest::collection::vec(0usize..7, 0..40)) {
             let mut current = RunStatus::Queued;
             let mut terminal_reached = 0;
             for i in steps {

@@ -1,14 +1,18 @@
 //! `oris-crash`: the process the crash test (`tests/crash.rs`) kills with SIGKILL.
 //!
-//! It runs one of three graphs on a SQLite file, records every node execution in a marks
-//! file, and can stop at a named point — printing `PAUSED <point>` on stdout and then
-//! blocking forever — so the test can kill it at exactly that point. In `recover` mode it
-//! opens the same file, lets [`Engine::recover`] finish whatever was unfinished, and prints
-//! the thread's final state as one JSON line.
+//! It runs one of five graphs on a SQLite file, records every node execution (and every
+//! execution of a recorded step's body) in a marks file, and can stop at a named point —
+//! printing `PAUSED <point>` on stdout and then blocking forever — so the test can kill it at
+//! exactly that point. In `recover` mode it opens the same file, lets [`Engine::recover`]
+//! finish whatever was unfinished, and prints the thread's final state as one JSON line; in
+//! `resume` mode it answers an interrupt ([`GraphHandle::resume`]) and drives the run on.
+//! In every mode, a run left `waiting` on a durable timer is then waited for (the engine wakes
+//! it in this process) until it ends or is interrupted, bounded by [`WAIT_LIMIT`].
 //!
 //! ```text
-//! oris-crash --db PATH --marks PATH --graph linear|fanout|loop --thread T \
-//!     (start|recover) [--pause-at POINT] [--yields N] [--durability MODE] [--snapshot-every N]
+//! oris-crash --db PATH --marks PATH --graph linear|fanout|loop|approval|sleeper --thread T \
+//!     (start|recover|resume) [--pause-at POINT] [--yields N] [--durability MODE] \
+//!     [--snapshot-every N] [--value V] [--interrupt ID] [--sleep-ms N]
 //! ```
 //!
 //! Graphs (`../shared/brief/WORKLOADS.md`):
@@ -18,11 +22,27 @@
 //!   worker completion is its own commit, in order, while all eight still run in one
 //!   superstep — which makes "k workers durable, the rest not" a well-defined point.
 //! - `loop`: W4's shape with 30 iterations of `step`; final `counter == 30`, 30 items.
+//! - `approval`: `a → b → c`, where `b` runs `step("charge")`, then `interrupt("approve?")`,
+//!   then `step("notify")`; final `log == [a, b, c]`, `steps == [charge, notify]` (the
+//!   recorded results: the tokens of the step body executions that were recorded) and
+//!   `answer` the resume value.
+//! - `sleeper`: `a → nap → c`, where `nap` runs `step("before-sleep")`, then
+//!   `ctx.sleep(--sleep-ms)` on the system clock, then `step("after-sleep")`; final
+//!   `log == [a, nap, c]`, `steps == [before-sleep, after-sleep]`.
+//!
+//! `resume` answers `--interrupt ID` (or the single pending interrupt of the thread's run)
+//! with the string `--value`; a refused answer (conflict, not pending, unknown) is printed
+//! as `"resume_error"`, not a failure.
 //!
 //! Marks file lines (each written with one `write` on a file opened for append, so a
 //! SIGKILL never tears a line):
 //! - `exec <thread> <superstep> <task> <node> <attempt>`: a node body ran to its end (written
 //!   before the node returns its update);
+//! - `enter <thread> <superstep> <task> <node> <attempt>`: a node body of the `approval` or
+//!   `sleeper` graph started (also executions that pause at an interrupt or a sleep);
+//! - `exec-step <thread> <superstep> <task> <node> <attempt> <step> <token>`: the body of a
+//!   recorded step ran (its side effect); it returns `<token>` (`<step>#<pid>.<n>`), unique to
+//!   this execution, so the recorded result names the execution that was recorded;
 //! - `commit <n> <first-seq>..<last-seq>`: the n-th commit of this process was confirmed.
 //!   Informational only: the store's timeline is the ground truth of what committed.
 //!
@@ -34,7 +54,15 @@
 //! - `before-commit:<n>`: before the n-th commit reaches the store (1 = `RunStarted`);
 //! - `after-commit:<n>`: after the store confirmed the n-th commit, before the driver goes on;
 //! - `fanout-after:<k>`: before the commit that would make more than `k` worker
-//!   completions durable (counting the ones this process committed).
+//!   completions durable (counting the ones this process committed);
+//! - `after-step-body:<step>[@<superstep>]`: inside a recorded step's body, after its
+//!   `exec-step` mark, before the body returns (the step ran, its record is not committed);
+//! - `returned`: after the mode's call (`start`, `recover`, `resume`) returned, before
+//!   waiting for a `waiting` run — e.g. with a durable timer pending in this process.
+//!
+//! In `resume` mode the value is stored (`Store::answer_interrupt`) before the first
+//! commit of the process, which carries `InterruptResumed`: `before-commit:1` there is "the
+//! value is durable, the run has not continued".
 
 use std::fmt;
 use std::io::Write as _;
@@ -43,14 +71,16 @@ use std::process::ExitCode;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use oris::event::EventBody;
 use oris::store::{Commit, SqliteOptions, SqliteStore};
 use oris::{
-    CompiledGraph, Context, Durability, END, Engine, EngineOptions, Error, GraphHandle, NodeError,
-    Observer, RecoveryReport, START, State, StateGraph,
+    CompiledGraph, Context, Durability, END, Engine, EngineOptions, Error, GraphHandle,
+    InterruptId, NodeError, Observer, RecoveryReport, RunOutcome, RunStatus, START, State,
+    StateGraph, ThreadId, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -60,6 +90,8 @@ use tokio::sync::watch;
 const LOOP_STEPS: i64 = 30;
 /// Workers of the `fanout` graph.
 const WORKERS: u32 = 8;
+/// How long a process waits for a `waiting` run to be woken and to end.
+const WAIT_LIMIT: Duration = Duration::from_secs(60);
 
 /// Runs a graph on a SQLite file and stops where the crash test wants to kill it.
 #[derive(Debug, Parser)]
@@ -92,6 +124,15 @@ struct Cli {
     /// Snapshot the state every this many supersteps (the engine's default if unset).
     #[arg(long)]
     snapshot_every: Option<u32>,
+    /// `resume`: the value (a JSON string) to answer the interrupt with.
+    #[arg(long)]
+    value: Option<String>,
+    /// `resume`: the interrupt to answer; default the single pending one of the thread.
+    #[arg(long)]
+    interrupt: Option<InterruptId>,
+    /// How long the `sleeper` graph's node sleeps (durably, on the system clock).
+    #[arg(long, default_value_t = 300)]
+    sleep_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,12 +140,15 @@ enum GraphKind {
     Linear,
     Fanout,
     Loop,
+    Approval,
+    Sleeper,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
     Start,
     Recover,
+    Resume,
 }
 
 /// A node, optionally only in one superstep (`step@15`).
@@ -118,6 +162,11 @@ impl NodeAt {
     fn matches(&self, ctx: &Context) -> bool {
         self.name == ctx.node() && self.superstep.is_none_or(|s| s == ctx.superstep())
     }
+
+    /// For a step: the name is the step's.
+    fn matches_step(&self, step: &str, ctx: &Context) -> bool {
+        self.name == step && self.superstep.is_none_or(|s| s == ctx.superstep())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,12 +176,17 @@ enum Pause {
     BeforeCommit(u64),
     AfterCommit(u64),
     FanoutAfter(u32),
+    AfterStepBody(NodeAt),
+    Returned,
 }
 
 impl FromStr for Pause {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "returned" {
+            return Ok(Pause::Returned);
+        }
         let (kind, arg) = s
             .split_once(':')
             .ok_or_else(|| format!("pause point `{s}` has no `:`"))?;
@@ -162,6 +216,7 @@ impl FromStr for Pause {
             "fanout-after" => {
                 Pause::FanoutAfter(arg.parse().map_err(|_| number("a worker count"))?)
             }
+            "after-step-body" => Pause::AfterStepBody(node_at()?),
             other => return Err(format!("unknown pause point kind `{other}`")),
         })
     }
@@ -179,6 +234,8 @@ impl fmt::Display for Pause {
             Pause::BeforeCommit(n) => write!(f, "before-commit:{n}"),
             Pause::AfterCommit(n) => write!(f, "after-commit:{n}"),
             Pause::FanoutAfter(k) => write!(f, "fanout-after:{k}"),
+            Pause::AfterStepBody(n) => node(f, "after-step-body", n),
+            Pause::Returned => f.write_str("returned"),
         }
     }
 }
@@ -192,6 +249,10 @@ struct Env {
     yields: u32,
     /// Committed worker completions of the fan-out; `Some` when workers are serialized.
     workers: Option<watch::Receiver<u32>>,
+    /// The `sleeper` graph's durable sleep.
+    sleep: Duration,
+    /// Step body executions of this process, for their tokens.
+    step_bodies: AtomicU64,
 }
 
 impl Env {
@@ -253,6 +314,53 @@ impl Env {
             self.pause_here();
         }
         Ok(())
+    }
+}
+
+impl Env {
+    /// Records that a node body started (`approval` and `sleeper` graphs).
+    fn enter(&self, ctx: &Context) -> Result<(), NodeError> {
+        let line = format!(
+            "enter {} {} {} {} {}",
+            self.thread,
+            ctx.superstep(),
+            ctx.task(),
+            ctx.node(),
+            ctx.attempt()
+        );
+        self.mark(&line)
+            .map_err(|e| NodeError::permanent(format!("cannot write the marks file: {e}")))
+    }
+
+    /// The body of recorded step `step`: its side effect is an `exec-step` mark; it returns
+    /// a token unique to this execution. Pauses after the mark at `after-step-body:<step>`.
+    fn step_body(
+        self: &Arc<Self>,
+        ctx: &Context,
+        step: &'static str,
+    ) -> impl Future<Output = Result<String, NodeError>> + Send + use<> {
+        let env = self.clone();
+        let ctx = ctx.clone();
+        async move {
+            let n = env.step_bodies.fetch_add(1, Ordering::SeqCst) + 1;
+            let token = format!("{step}#{}.{n}", std::process::id());
+            let line = format!(
+                "exec-step {} {} {} {} {} {step} {token}",
+                env.thread,
+                ctx.superstep(),
+                ctx.task(),
+                ctx.node(),
+                ctx.attempt()
+            );
+            env.mark(&line)
+                .map_err(|e| NodeError::permanent(format!("cannot write the marks file: {e}")))?;
+            if let Some(Pause::AfterStepBody(at)) = &env.pause
+                && at.matches_step(step, &ctx)
+            {
+                env.pause_here();
+            }
+            Ok(token)
+        }
     }
 }
 
@@ -345,6 +453,95 @@ struct Fan {
     counter: i64,
     #[reducer(append)]
     results: Vec<String>,
+}
+
+/// The `approval` and `sleeper` graphs' state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, State)]
+struct Flow {
+    /// The nodes that completed, in order.
+    #[reducer(append)]
+    log: Vec<String>,
+    /// The results of the recorded steps, in call order.
+    #[reducer(append)]
+    steps: Vec<String>,
+    /// The resume value (`approval`).
+    answer: String,
+}
+
+/// A node of the `approval` and `sleeper` graphs that only records itself.
+fn plain_node(
+    env: &Arc<Env>,
+) -> impl Fn(
+    Flow,
+    Context,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<FlowUpdate, NodeError>> + Send>>
++ Send
++ Sync
++ 'static {
+    let env = env.clone();
+    move |_s: Flow, ctx: Context| {
+        let env = env.clone();
+        Box::pin(async move {
+            env.enter(&ctx)?;
+            env.node(&ctx).await?;
+            Ok(FlowUpdate::default().log(vec![ctx.node().to_owned()]))
+        })
+    }
+}
+
+fn approval_graph(env: &Arc<Env>) -> anyhow::Result<CompiledGraph<Flow>> {
+    let e = env.clone();
+    Ok(StateGraph::<Flow>::new("crash-approval", "1")
+        .node("a", plain_node(env))
+        .node("b", move |_s: Flow, ctx: Context| {
+            let env = e.clone();
+            async move {
+                env.enter(&ctx)?;
+                let charge: String = ctx.step("charge", env.step_body(&ctx, "charge")).await?;
+                let answer: String = ctx.interrupt("approve?").await?;
+                let notify: String = ctx.step("notify", env.step_body(&ctx, "notify")).await?;
+                env.node(&ctx).await?;
+                Ok(FlowUpdate::default()
+                    .log(vec!["b".to_owned()])
+                    .steps(vec![charge, notify])
+                    .answer(answer))
+            }
+        })
+        .node("c", plain_node(env))
+        .edge(START, "a")
+        .edge("a", "b")
+        .edge("b", "c")
+        .edge("c", END)
+        .compile()?)
+}
+
+fn sleeper_graph(env: &Arc<Env>) -> anyhow::Result<CompiledGraph<Flow>> {
+    let e = env.clone();
+    Ok(StateGraph::<Flow>::new("crash-sleeper", "1")
+        .node("a", plain_node(env))
+        .node("nap", move |_s: Flow, ctx: Context| {
+            let env = e.clone();
+            async move {
+                env.enter(&ctx)?;
+                let before: String = ctx
+                    .step("before-sleep", env.step_body(&ctx, "before-sleep"))
+                    .await?;
+                ctx.sleep(env.sleep).await?;
+                let after: String = ctx
+                    .step("after-sleep", env.step_body(&ctx, "after-sleep"))
+                    .await?;
+                env.node(&ctx).await?;
+                Ok(FlowUpdate::default()
+                    .log(vec!["nap".to_owned()])
+                    .steps(vec![before, after]))
+            }
+        })
+        .node("c", plain_node(env))
+        .edge(START, "a")
+        .edge("a", "nap")
+        .edge("nap", "c")
+        .edge("c", END)
+        .compile()?)
 }
 
 fn linear_graph(env: &Arc<Env>) -> anyhow::Result<CompiledGraph<Doc>> {
@@ -459,6 +656,74 @@ fn report_json(r: &RecoveryReport) -> Value {
     })
 }
 
+fn outcome_kind<S>(o: &RunOutcome<S>) -> &'static str {
+    match o {
+        RunOutcome::Completed { .. } => "completed",
+        RunOutcome::Failed { .. } => "failed",
+        RunOutcome::Cancelled { .. } => "cancelled",
+        RunOutcome::Interrupted { .. } => "interrupted",
+        RunOutcome::Waiting { .. } => "waiting",
+        _ => "unknown",
+    }
+}
+
+/// `resume` mode: answers the interrupt and drives the run. Returns the outcome's kind, or
+/// the refusal (`resume_conflict`, `interrupt_not_pending`, `interrupt_not_found`).
+async fn resume(h: &GraphHandle<Flow>, cli: &Cli) -> anyhow::Result<Value> {
+    let value = cli
+        .value
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("`resume` needs --value"))?;
+    let id = match cli.interrupt {
+        Some(id) => id,
+        None => {
+            let st = h.state(&cli.thread).await.context("reading the thread")?;
+            match st.run.map(|r| r.status) {
+                Some(RunStatus::Interrupted { interrupts }) if interrupts.len() == 1 => {
+                    interrupts[0].interrupt_id
+                }
+                other => anyhow::bail!(
+                    "no single pending interrupt to resume; the run's status is {other:?}"
+                ),
+            }
+        }
+    };
+    Ok(match h.resume(id, value).await {
+        Ok(o) => json!({"interrupt": id.to_string(), "outcome": outcome_kind(&o)}),
+        Err(e) => {
+            let kind = match &e {
+                Error::ResumeConflict(_) => "resume_conflict",
+                Error::InterruptNotPending { .. } => "interrupt_not_pending",
+                Error::InterruptNotFound(_) => "interrupt_not_found",
+                _ => return Err(e).context("resuming"),
+            };
+            json!({"interrupt": id.to_string(), "resume_error": kind, "message": e.to_string()})
+        }
+    })
+}
+
+/// If the thread's latest run waits on a durable timer, waits (event-driven, bounded)
+/// until the engine of this process woke it and it ended or paused at an interrupt.
+async fn settle_waiting(engine: &Engine, thread: &str) -> anyhow::Result<bool> {
+    let thread = ThreadId::new(thread)?;
+    match engine.latest_run(&thread).await {
+        Ok(run) if matches!(run.status, RunStatus::Waiting { .. }) => {}
+        Ok(_) | Err(Error::ThreadNotFound(_)) => return Ok(false),
+        Err(e) => return Err(e).context("reading the latest run"),
+    }
+    let settled = |s: &RunStatus| {
+        !matches!(
+            s,
+            RunStatus::Waiting { .. } | RunStatus::Running | RunStatus::Queued
+        )
+    };
+    tokio::time::timeout(WAIT_LIMIT, engine.wait_for(&thread, settled))
+        .await
+        .map_err(|_| anyhow::anyhow!("the waiting run did not end within {WAIT_LIMIT:?}"))?
+        .context("waiting for the run")?;
+    Ok(true)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let (workers_tx, workers_rx) = watch::channel(0u32);
     let serialize_workers = cli.mode == Mode::Start && cli.graph == GraphKind::Fanout;
@@ -468,6 +733,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         pause: cli.pause_at.clone(),
         yields: cli.yields,
         workers: serialize_workers.then_some(workers_rx),
+        sleep: Duration::from_millis(cli.sleep_ms),
+        step_bodies: AtomicU64::new(0),
     });
     let hooks = Arc::new(Hooks {
         env: env.clone(),
@@ -491,33 +758,75 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let linear = engine.register(linear_graph(&env)?);
     let fanout = engine.register(fanout_graph(&env)?);
     let looped = engine.register(loop_graph(&env)?);
+    let approval = engine.register(approval_graph(&env)?);
+    let sleeper = engine.register(sleeper_graph(&env)?);
+    let flow = match cli.graph {
+        GraphKind::Approval => Some(&approval),
+        GraphKind::Sleeper => Some(&sleeper),
+        _ => None,
+    };
     let thread = cli.thread.as_str();
 
-    let (outcome, report) = match cli.mode {
+    let mut extra = serde_json::Map::new();
+    match cli.mode {
         Mode::Start => {
-            let outcome = match cli.graph {
-                GraphKind::Linear => linear.start(thread, Doc::default()).await?.run_id(),
-                GraphKind::Fanout => fanout.start(thread, Fan::default()).await?.run_id(),
-                GraphKind::Loop => looped.start(thread, Doc::default()).await?.run_id(),
+            let (run, kind) = match cli.graph {
+                GraphKind::Linear => {
+                    let o = linear.start(thread, Doc::default()).await?;
+                    (o.run_id(), outcome_kind(&o))
+                }
+                GraphKind::Fanout => {
+                    let o = fanout.start(thread, Fan::default()).await?;
+                    (o.run_id(), outcome_kind(&o))
+                }
+                GraphKind::Loop => {
+                    let o = looped.start(thread, Doc::default()).await?;
+                    (o.run_id(), outcome_kind(&o))
+                }
+                GraphKind::Approval | GraphKind::Sleeper => {
+                    let h = flow.expect("invariant: a flow graph");
+                    let o = h.start(thread, Flow::default()).await?;
+                    (o.run_id(), outcome_kind(&o))
+                }
             };
-            (Some(outcome.to_string()), Value::Null)
+            extra.insert("started_run".into(), json!(run.to_string()));
+            extra.insert("outcome".into(), json!(kind));
         }
         Mode::Recover => {
+            extra.insert(
+                "recover_started_at".into(),
+                json!(Timestamp::now().as_millis()),
+            );
             let r = engine.recover().await.context("recovering")?;
-            (None, report_json(&r))
+            extra.insert("report".into(), report_json(&r));
         }
-    };
+        Mode::Resume => {
+            let h = flow.ok_or_else(|| anyhow::anyhow!("`resume` needs --graph approval"))?;
+            extra.insert("resume".into(), resume(h, &cli).await?);
+        }
+    }
+    if env.pause == Some(Pause::Returned) {
+        env.pause_here();
+    }
+    let waited = settle_waiting(&engine, thread).await?;
     let mut line = match cli.graph {
         GraphKind::Linear => final_state(&linear, thread).await?,
         GraphKind::Fanout => final_state(&fanout, thread).await?,
         GraphKind::Loop => final_state(&looped, thread).await?,
+        GraphKind::Approval => final_state(&approval, thread).await?,
+        GraphKind::Sleeper => final_state(&sleeper, thread).await?,
     };
     line["mode"] = json!(match cli.mode {
         Mode::Start => "start",
         Mode::Recover => "recover",
+        Mode::Resume => "resume",
     });
-    line["started_run"] = json!(outcome);
-    line["report"] = report;
+    line["waited"] = json!(waited);
+    line["started_run"] = Value::Null;
+    line["report"] = Value::Null;
+    for (k, v) in extra {
+        line[k.as_str()] = v;
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")?;
     out.flush()?;

@@ -36,7 +36,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
-use oris::event::{Event, EventBody, Task};
+use oris::event::{Event, EventBody, StepResult, Task};
 use oris::store::{SqliteOptions, SqliteStore, Store};
 use oris::{Seq, ThreadId};
 use serde_json::{Value, json};
@@ -214,6 +214,9 @@ struct Log {
     run_status: Option<&'static str>,
     /// Seq of the latest snapshot.
     snapshot_at: Option<Seq>,
+    /// Interrupts whose resume value is stored but not yet applied to the run (no
+    /// `InterruptResumed` event yet).
+    unapplied_answers: usize,
 }
 
 fn read_log(db: &Path) -> anyhow::Result<Log> {
@@ -244,12 +247,19 @@ fn read_log(db: &Path) -> anyhow::Result<Log> {
             .snapshot(&thread, Seq(u64::MAX))
             .await?
             .map(|s| s.at_seq);
+        let unapplied_answers = store
+            .interrupts(&thread)
+            .await?
+            .iter()
+            .filter(|i| i.answer.is_some() && i.applied_seq.is_none())
+            .count();
         drop(store);
         Ok(Log {
             exists: true,
             events,
             run_status,
             snapshot_at,
+            unapplied_answers,
         })
     })
 }
@@ -308,9 +318,37 @@ fn describe(e: &Event) -> String {
             }
             s
         }
+        EventBody::StepRecorded {
+            superstep,
+            task,
+            node,
+            index,
+            name,
+            result,
+        } => format!(
+            "StepRecorded superstep={superstep} task={task} {node} #{index} `{name}` = {}",
+            match result {
+                StepResult::Ok(p) => p.json().to_owned(),
+                StepResult::Err(f) => format!("error {f}"),
+            }
+        ),
+        EventBody::InterruptRaised {
+            superstep,
+            task,
+            node,
+            index,
+            interrupt_id,
+            ..
+        } => format!(
+            "InterruptRaised superstep={superstep} task={task} {node} #{index} {interrupt_id}"
+        ),
+        EventBody::InterruptResumed {
+            interrupt_id,
+            value,
+        } => format!("InterruptResumed {interrupt_id} = {}", value.json()),
         other => format!("{other:?}"),
     };
-    format!("{:>4} {} {body}", e.seq, e.run_id)
+    format!("{:>4} {} {} {body}", e.seq, e.run_id, e.at.as_millis())
 }
 
 /// Invariant 3: one run, supersteps in order as planned, each task completed exactly once,
@@ -416,7 +454,7 @@ fn check_timeline(graph: Graph, events: &[Event]) -> anyhow::Result<()> {
 
 // --- marks ------------------------------------------------------------------------------
 
-/// One `exec` line.
+/// One `exec` line (a node body ran to its end) or `enter` line (a node body started).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Exec {
     superstep: u32,
@@ -425,39 +463,76 @@ struct Exec {
     attempt: u32,
 }
 
-/// The exec lines of each segment of the marks file: before the first separator (the
-/// first process), then after each separator (each recovery process).
-fn read_marks(path: &Path) -> anyhow::Result<Vec<Vec<Exec>>> {
+/// One `exec-step` line: the body of a recorded step ran and returned `token`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StepExec {
+    superstep: u32,
+    task: u32,
+    node: String,
+    step: String,
+    token: String,
+}
+
+/// The marks one process left.
+#[derive(Debug, Default)]
+struct Segment {
+    execs: Vec<Exec>,
+    enters: Vec<Exec>,
+    steps: Vec<StepExec>,
+}
+
+/// The marks of each process: before the first separator (the first process), then after
+/// each separator (each later process).
+fn read_segments(path: &Path) -> anyhow::Result<Vec<Segment>> {
     let text = fs::read_to_string(path).context("reading the marks file")?;
-    let mut segments = vec![Vec::new()];
+    let mut segments = vec![Segment::default()];
     for line in text.lines() {
         if line == SEPARATOR {
-            segments.push(Vec::new());
+            segments.push(Segment::default());
             continue;
         }
-        let Some(rest) = line.strip_prefix("exec ") else {
-            ensure!(
-                line.starts_with("commit "),
-                "unexpected marks line `{line}`"
-            );
-            continue;
-        };
+        let (kind, rest) = line
+            .split_once(' ')
+            .ok_or_else(|| anyhow!("malformed marks line `{line}`"))?;
         let f: Vec<&str> = rest.split(' ').collect();
-        let [thread, superstep, task, node, attempt] = f.as_slice() else {
-            bail!("malformed exec line `{line}`");
-        };
-        ensure!(*thread == THREAD, "exec line of another thread: `{line}`");
-        segments
+        let seg = segments
             .last_mut()
-            .expect("invariant: at least one segment")
-            .push(Exec {
-                superstep: superstep.parse()?,
-                task: task.parse()?,
-                node: (*node).to_owned(),
-                attempt: attempt.parse()?,
-            });
+            .expect("invariant: at least one segment");
+        match (kind, f.as_slice()) {
+            ("commit", _) => {}
+            ("exec" | "enter", [thread, superstep, task, node, attempt]) => {
+                ensure!(*thread == THREAD, "marks line of another thread: `{line}`");
+                let x = Exec {
+                    superstep: superstep.parse()?,
+                    task: task.parse()?,
+                    node: (*node).to_owned(),
+                    attempt: attempt.parse()?,
+                };
+                if kind == "exec" {
+                    seg.execs.push(x);
+                } else {
+                    seg.enters.push(x);
+                }
+            }
+            ("exec-step", [thread, superstep, task, node, _attempt, step, token]) => {
+                ensure!(*thread == THREAD, "marks line of another thread: `{line}`");
+                seg.steps.push(StepExec {
+                    superstep: superstep.parse()?,
+                    task: task.parse()?,
+                    node: (*node).to_owned(),
+                    step: (*step).to_owned(),
+                    token: (*token).to_owned(),
+                });
+            }
+            _ => bail!("unexpected marks line `{line}`"),
+        }
     }
     Ok(segments)
+}
+
+/// The `exec` lines of each process.
+fn read_marks(path: &Path) -> anyhow::Result<Vec<Vec<Exec>>> {
+    Ok(read_segments(path)?.into_iter().map(|s| s.execs).collect())
 }
 
 // --- one case ---------------------------------------------------------------------------
@@ -1091,4 +1166,1324 @@ fn runs_survive_kills_during_recovery() {
             &[P("after-commit:18", C(17)), P("after-commit:1", C(18))],
         ],
     );
+}
+
+// --- recorded steps, interrupts and durable timers --------------------------------------
+//
+// The `approval` graph (`a → b → c`; `b` = `step("charge")`, `interrupt("approve?")`,
+// `step("notify")`) and the `sleeper` graph (`a → nap → c`; `nap` = `step("before-sleep")`,
+// `ctx.sleep`, `step("after-sleep")`) are killed between a step's body and its record, after
+// an interrupt is recorded, after a resume value is stored but before the run continues, and
+// while sleeping. Every process of a case runs to its end or is killed at a pause point
+// whose durable events are checked exactly; after the last process:
+//
+// 1. the final state is exactly the expected one (its `steps` are the recorded results,
+//    its `answer` the value applied), `verify` is consistent, and the run completed;
+// 2. the timeline: one run, each node completed exactly once in order, every recorded call
+//    of the middle node (StepRecorded, InterruptRaised) exactly once per (superstep, task,
+//    index) with the expected name at each index, InterruptResumed exactly once for the
+//    interrupt and with the expected value, suspends and resumes alternating, a woken node
+//    completing no earlier than its recorded wake-up time;
+// 3. the events durable at every kill are an unchanged prefix of every later log, and a
+//    refused or repeated resume changes nothing;
+// 4. marks: no node whose completion was durable ran again; every completion was executed
+//    by the process that made it durable; `a` and `c` ran once; the middle node started
+//    exactly the expected number of times;
+// 5. step bodies: a step whose record was durable never ran again; a body ran in a process
+//    at most once, and again later only when that process was killed between the body and
+//    its record; the recorded result is the token of the execution in the process that
+//    recorded it; the total number of executions is exactly the one the case states.
+
+/// The graphs with recorded calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Approval,
+    Sleeper,
+}
+
+impl Flow {
+    fn arg(self) -> &'static str {
+        match self {
+            Flow::Approval => "approval",
+            Flow::Sleeper => "sleeper",
+        }
+    }
+
+    /// The node of each superstep.
+    fn nodes(self) -> [&'static str; 3] {
+        match self {
+            Flow::Approval => ["a", "b", "c"],
+            Flow::Sleeper => ["a", "nap", "c"],
+        }
+    }
+
+    /// The node with the recorded calls (superstep 1).
+    fn middle(self) -> &'static str {
+        self.nodes()[1]
+    }
+
+    /// The middle node's recorded calls, by index: `step NAME` or `interrupt`.
+    fn calls(self) -> [&'static str; 3] {
+        match self {
+            Flow::Approval => ["step charge", "interrupt", "step notify"],
+            Flow::Sleeper => ["step before-sleep", "step oris.sleep", "step after-sleep"],
+        }
+    }
+
+    /// The steps whose bodies leave `exec-step` marks, in call order.
+    fn bodies(self) -> [&'static str; 2] {
+        match self {
+            Flow::Approval => ["charge", "notify"],
+            Flow::Sleeper => ["before-sleep", "after-sleep"],
+        }
+    }
+}
+
+/// What a process does.
+#[derive(Debug, Clone, Copy)]
+enum Act {
+    Start,
+    Recover,
+    /// Resume the interrupt (its id read from the log and passed explicitly) with a value.
+    Resume(&'static str),
+    /// Resume with a value, letting the target find the single pending interrupt.
+    ResumePending(&'static str),
+}
+
+/// One process of a case.
+#[derive(Debug, Clone, Copy)]
+enum Proc {
+    /// Runs to its end; the run's status afterwards.
+    Run(Act, &'static str),
+    /// Killed at a pause point: (act, point, the events durable then as [`summary`] gives
+    /// them, the run's stored status then).
+    Kill(Act, &'static str, &'static str, &'static str),
+    /// Runs to its end without changing the store (a refused or repeated resume): the
+    /// resume's outcome or refusal.
+    Idle(Act, &'static str),
+}
+
+/// One scenario.
+#[derive(Debug)]
+struct FlowCase {
+    name: &'static str,
+    flow: Flow,
+    /// The `sleeper` node's durable sleep.
+    sleep_ms: u64,
+    procs: &'static [Proc],
+    /// Executions of each body step (`Flow::bodies`) over all processes.
+    bodies: [usize; 2],
+    /// Executions of the middle node that started, over all processes.
+    enters: usize,
+    /// The value the interrupt must have been resumed with (`approval`).
+    answer: &'static str,
+    /// Whether a recovery must find the run waiting on its timer and reschedule it (checked
+    /// when the recovery was spawned more than `RESCHEDULE_MARGIN` before the wake-up).
+    must_reschedule: bool,
+}
+
+/// See [`FlowCase::must_reschedule`].
+const RESCHEDULE_MARGIN_MS: i64 = 1000;
+
+/// The durable log in short: one word per event (`start`, a node name for its completion, a
+/// step name for its record, `raise`, `resumed`, `suspend`, `continue`, `end`), and
+/// `+answered` when a resume value is stored but not applied yet.
+fn summary(log: &Log) -> String {
+    let mut words: Vec<String> = log
+        .events
+        .iter()
+        .map(|e| match &e.body {
+            EventBody::RunStarted { .. } => "start".to_owned(),
+            EventBody::NodeCompleted { node, .. } => node.clone(),
+            EventBody::StepRecorded { name, .. } => name.clone(),
+            EventBody::InterruptRaised { .. } => "raise".to_owned(),
+            EventBody::InterruptResumed { .. } => "resumed".to_owned(),
+            EventBody::RunSuspended { .. } => "suspend".to_owned(),
+            EventBody::RunResumed => "continue".to_owned(),
+            EventBody::RunCompleted => "end".to_owned(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    if log.unapplied_answers > 0 {
+        words.push("+answered".to_owned());
+    }
+    words.join(" ")
+}
+
+/// The string result of a recorded step.
+fn step_value(result: &StepResult) -> anyhow::Result<String> {
+    match result {
+        StepResult::Ok(p) => Ok(p.decode()?),
+        StepResult::Err(f) => bail!("the step failed: {f}"),
+    }
+}
+
+/// The recorded result of step `name` of the run in `events`, if durable.
+fn recorded_step(events: &[Event], name: &str) -> anyhow::Result<Option<String>> {
+    let mut found = None;
+    for e in events {
+        if let EventBody::StepRecorded {
+            name: n, result, ..
+        } = &e.body
+            && n == name
+        {
+            ensure!(found.is_none(), "step `{name}` is recorded twice");
+            found = Some(step_value(result)?);
+        }
+    }
+    Ok(found)
+}
+
+/// The wake-up time the sleep step recorded, if durable.
+fn recorded_wake(events: &[Event]) -> anyhow::Result<Option<i64>> {
+    for e in events {
+        if let EventBody::StepRecorded {
+            name,
+            result: StepResult::Ok(p),
+            ..
+        } = &e.body
+            && name == "oris.sleep"
+        {
+            return Ok(Some(p.decode::<i64>()?));
+        }
+    }
+    Ok(None)
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Invariant 2 for the graphs with recorded calls.
+fn check_flow_timeline(flow: Flow, answer: &str, events: &[Event]) -> anyhow::Result<()> {
+    for (i, e) in events.iter().enumerate() {
+        ensure!(
+            e.seq == Seq(i as u64 + 1),
+            "seqs are not contiguous from 1 at position {i}: {}",
+            e.seq
+        );
+    }
+    let first = events
+        .first()
+        .ok_or_else(|| anyhow!("the final timeline is empty"))?;
+    ensure!(
+        matches!(first.body, EventBody::RunStarted { .. }),
+        "the timeline does not open with RunStarted"
+    );
+    ensure!(
+        events.iter().all(|e| e.run_id == first.run_id),
+        "events of more than one run"
+    );
+    let nodes = flow.nodes();
+    let mut superstep = 0u32;
+    let mut calls: BTreeMap<u32, (Seq, String)> = BTreeMap::new();
+    let mut raised: Option<oris::InterruptId> = None;
+    let mut resumed = 0;
+    let mut suspended = false;
+    let mut ended = false;
+    for e in &events[1..] {
+        ensure!(!ended, "seq {}: an event after RunCompleted", e.seq);
+        match &e.body {
+            EventBody::NodeCompleted {
+                superstep: s,
+                task,
+                node,
+                boundary,
+                ..
+            } => {
+                ensure!(
+                    *s == superstep && *task == 0 && node == nodes[superstep as usize],
+                    "seq {}: completion of superstep {s} task {task} `{node}`, expected superstep {superstep} task 0 `{}` (a node completed twice or out of order)",
+                    e.seq,
+                    nodes[superstep as usize]
+                );
+                let next: Vec<&str> = boundary
+                    .as_ref()
+                    .map(|b| task_nodes(&b.next))
+                    .ok_or_else(|| anyhow!("seq {}: a completion without boundary", e.seq))?;
+                let want: Vec<&str> = nodes
+                    .get(superstep as usize + 1)
+                    .into_iter()
+                    .copied()
+                    .collect();
+                ensure!(
+                    next == want,
+                    "seq {}: boundary plans {next:?}, expected {want:?}",
+                    e.seq
+                );
+                ensure!(
+                    !suspended,
+                    "seq {}: a node completed while the run was suspended",
+                    e.seq
+                );
+                superstep += 1;
+            }
+            EventBody::StepRecorded {
+                superstep: s,
+                task,
+                node,
+                index,
+                name,
+                ..
+            } => {
+                ensure!(
+                    *s == 1 && *s == superstep && *task == 0 && node == flow.middle(),
+                    "seq {}: step `{name}` recorded for superstep {s} task {task} `{node}` while superstep {superstep} is open",
+                    e.seq
+                );
+                let call = format!("step {name}");
+                if let Some((seq, prev)) = calls.insert(*index, (e.seq, call.clone())) {
+                    bail!(
+                        "seq {}: call #{index} ({call}) of superstep {s} task {task} recorded twice (first at seq {seq}: {prev})",
+                        e.seq
+                    );
+                }
+            }
+            EventBody::InterruptRaised {
+                superstep: s,
+                task,
+                node,
+                index,
+                interrupt_id,
+                ..
+            } => {
+                ensure!(
+                    *s == 1 && *s == superstep && *task == 0 && node == flow.middle(),
+                    "seq {}: interrupt raised by superstep {s} task {task} `{node}` while superstep {superstep} is open",
+                    e.seq
+                );
+                if let Some((seq, prev)) = calls.insert(*index, (e.seq, "interrupt".to_owned())) {
+                    bail!(
+                        "seq {}: call #{index} (interrupt) of superstep {s} task {task} recorded twice (first at seq {seq}: {prev})",
+                        e.seq
+                    );
+                }
+                ensure!(raised.is_none(), "seq {}: a second interrupt", e.seq);
+                raised = Some(*interrupt_id);
+            }
+            EventBody::InterruptResumed {
+                interrupt_id,
+                value,
+            } => {
+                ensure!(
+                    raised == Some(*interrupt_id),
+                    "seq {}: InterruptResumed for {interrupt_id}, raised {raised:?}",
+                    e.seq
+                );
+                resumed += 1;
+                ensure!(
+                    resumed == 1,
+                    "seq {}: interrupt {interrupt_id} resumed {resumed} times",
+                    e.seq
+                );
+                let v: String = value.decode()?;
+                ensure!(
+                    v == answer,
+                    "seq {}: resumed with `{v}`, expected `{answer}`",
+                    e.seq
+                );
+            }
+            EventBody::RunSuspended { .. } => {
+                ensure!(!suspended, "seq {}: suspended twice in a row", e.seq);
+                suspended = true;
+            }
+            EventBody::RunResumed => {
+                ensure!(suspended, "seq {}: RunResumed without RunSuspended", e.seq);
+                suspended = false;
+            }
+            EventBody::RunCompleted => {
+                ensure!(
+                    superstep == 3,
+                    "seq {}: RunCompleted after {superstep} supersteps",
+                    e.seq
+                );
+                ended = true;
+            }
+            _ => bail!("seq {}: unexpected event {}", e.seq, describe(e)),
+        }
+    }
+    ensure!(ended, "the run did not complete");
+    let got: Vec<&str> = calls.values().map(|(_, c)| c.as_str()).collect();
+    ensure!(
+        calls.keys().copied().eq(0..3) && got == flow.calls(),
+        "the middle node's recorded calls by index are {calls:?}, expected {:?}",
+        flow.calls()
+    );
+    if flow == Flow::Approval {
+        ensure!(resumed == 1, "the interrupt was never resumed");
+    } else {
+        // The woken node ran its later step and completed no earlier than the wake-up.
+        let wake = recorded_wake(events)?.ok_or_else(|| anyhow!("no recorded sleep"))?;
+        for e in events {
+            let late = match &e.body {
+                EventBody::StepRecorded { name, .. } => name == "after-sleep",
+                EventBody::NodeCompleted { node, .. } => node == "nap",
+                _ => false,
+            };
+            ensure!(
+                !late || e.at.as_millis() >= wake,
+                "seq {}: {} at {} ms, before the recorded wake-up {wake} ms",
+                e.seq,
+                describe(e),
+                e.at.as_millis()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One case with recorded calls, in its own directory.
+struct FlowScene {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    case: &'static FlowCase,
+    notes: Vec<String>,
+    children: usize,
+    /// The store after each process (read from a copy after a kill).
+    logs: Vec<Log>,
+    /// Whether each process was killed.
+    killed: Vec<bool>,
+    /// Recoveries that found the run waiting and rescheduled it / found the timer due.
+    rescheduled: usize,
+    due: usize,
+}
+
+impl FlowScene {
+    fn new(case: &'static FlowCase) -> anyhow::Result<FlowScene> {
+        let dir = tempfile::tempdir()?;
+        Ok(FlowScene {
+            path: dir.path().to_owned(),
+            _dir: dir,
+            case,
+            notes: Vec::new(),
+            children: 0,
+            logs: Vec::new(),
+            killed: Vec::new(),
+            rescheduled: 0,
+            due: 0,
+        })
+    }
+
+    fn db(&self) -> PathBuf {
+        self.path.join("oris.db")
+    }
+
+    fn marks(&self) -> PathBuf {
+        self.path.join("marks.txt")
+    }
+
+    fn spawn(&mut self, act: Act, pause: Option<&str>) -> anyhow::Result<Running> {
+        self.children += 1;
+        let mut args: Vec<String> = vec![
+            "--graph".into(),
+            self.case.flow.arg().into(),
+            "--thread".into(),
+            THREAD.into(),
+            "--sleep-ms".into(),
+            self.case.sleep_ms.to_string(),
+        ];
+        if let Some(p) = pause {
+            args.extend(["--pause-at".into(), p.into()]);
+        }
+        let mode = match act {
+            Act::Start => "start",
+            Act::Recover => "recover",
+            Act::Resume(value) | Act::ResumePending(value) => {
+                args.extend(["--value".into(), value.into()]);
+                if matches!(act, Act::Resume(_)) {
+                    let id = self
+                        .logs
+                        .last()
+                        .into_iter()
+                        .flat_map(|l| &l.events)
+                        .find_map(|e| match &e.body {
+                            EventBody::InterruptRaised { interrupt_id, .. } => Some(*interrupt_id),
+                            _ => None,
+                        })
+                        .ok_or_else(|| anyhow!("no interrupt to resume in the log"))?;
+                    args.extend(["--interrupt".into(), id.to_string()]);
+                }
+                "resume"
+            }
+        };
+        args.push(mode.into());
+        let stderr = self
+            .path
+            .join(format!("child-{}-{mode}.stderr", self.children));
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--db")
+            .arg(self.db())
+            .arg("--marks")
+            .arg(self.marks())
+            .args(&args);
+        self.notes.push(format!("spawn {args:?}"));
+        Running::spawn(cmd, &stderr)
+    }
+
+    fn append_separator(&self) -> anyhow::Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.marks())?;
+        f.write_all(format!("{SEPARATOR}\n").as_bytes())?;
+        Ok(())
+    }
+
+    /// Reads the store as a killed process left it, from a copy of its files.
+    fn read_killed(&self) -> anyhow::Result<Log> {
+        let copy = self.path.join(format!("copy-{}", self.logs.len() + 1));
+        fs::create_dir_all(&copy)?;
+        for suffix in ["", "-wal"] {
+            let src = PathBuf::from(format!("{}{suffix}", self.db().display()));
+            if src.exists() {
+                fs::copy(&src, copy.join(format!("oris.db{suffix}")))?;
+            }
+        }
+        read_log(&copy.join("oris.db"))
+    }
+
+    /// Checks a finished process's printed line against what it was to do.
+    fn check_output(&mut self, act: Act, out: &Value, spawned_at: i64) -> anyhow::Result<()> {
+        let before = self.logs.last();
+        match act {
+            Act::Recover => {
+                let report = &out["report"];
+                ensure!(
+                    report["skipped"].as_array().is_some_and(Vec::is_empty),
+                    "recovery skipped runs: {}",
+                    report["skipped"]
+                );
+                let resumed = report["resumed"]
+                    .as_array()
+                    .ok_or_else(|| anyhow!("no resumed list in {out}"))?;
+                let unfinished = before.is_some_and(|l| {
+                    l.run_status
+                        .is_some_and(|s| !matches!(s, "completed" | "failed" | "cancelled"))
+                });
+                ensure!(
+                    resumed.len() == usize::from(unfinished),
+                    "recovery resumed {} runs, {} unfinished: {resumed:?}",
+                    resumed.len(),
+                    usize::from(unfinished)
+                );
+                if let Some(r) = resumed.first() {
+                    let status = r["status"].as_str().unwrap_or_default();
+                    if status == "waiting" {
+                        ensure!(
+                            out["waited"] == json!(true),
+                            "recovery left the run waiting but did not wait for it: {out}"
+                        );
+                        self.rescheduled += 1;
+                    } else {
+                        ensure!(
+                            status == out["run_status"],
+                            "recovery reported {status}, the run is {}",
+                            out["run_status"]
+                        );
+                        if let Some(wake) = before
+                            .map(|l| recorded_wake(&l.events))
+                            .transpose()?
+                            .flatten()
+                            && self.case.flow == Flow::Sleeper
+                        {
+                            self.due += 1;
+                            if self.case.must_reschedule && spawned_at + RESCHEDULE_MARGIN_MS < wake
+                            {
+                                bail!(
+                                    "the recovery was spawned {} ms before the recorded wake-up, yet it did not find the run waiting ({status})",
+                                    wake - spawned_at
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            Act::Resume(_) | Act::ResumePending(_) => {
+                let r = &out["resume"];
+                ensure!(
+                    r["outcome"] == out["run_status"],
+                    "resume returned {}, the run is {}",
+                    r,
+                    out["run_status"]
+                );
+            }
+            Act::Start => ensure!(
+                out["outcome"] == out["run_status"]
+                    || (out["outcome"] == json!("waiting") && out["waited"] == json!(true)),
+                "start returned {}, the run is {}",
+                out["outcome"],
+                out["run_status"]
+            ),
+        }
+        Ok(())
+    }
+
+    fn run(&mut self) -> anyhow::Result<()> {
+        let case = self.case;
+        let mut output = None;
+        for (j, proc) in case.procs.iter().enumerate() {
+            if j > 0 {
+                self.append_separator()?;
+            }
+            match *proc {
+                Proc::Run(act, status) => {
+                    let spawned_at = wall_ms();
+                    let out = self.spawn(act, None)?.finish()?;
+                    self.notes.push(format!("printed {out}"));
+                    ensure!(
+                        out["run_status"] == json!(status),
+                        "process {}: the run is {}, expected {status}",
+                        j + 1,
+                        out["run_status"]
+                    );
+                    self.check_output(act, &out, spawned_at)
+                        .with_context(|| format!("process {}", j + 1))?;
+                    let log = read_log(&self.db())?;
+                    ensure!(
+                        log.run_status == Some(status),
+                        "process {}: the stored run is {:?}, expected {status}",
+                        j + 1,
+                        log.run_status
+                    );
+                    self.notes
+                        .push(format!("after process {}: {}", j + 1, summary(&log)));
+                    self.logs.push(log);
+                    self.killed.push(false);
+                    output = Some(out);
+                }
+                Proc::Kill(act, point, durable, status) => {
+                    self.spawn(act, Some(point))?.kill_at_pause(point)?;
+                    let log = self.read_killed()?;
+                    let got = summary(&log);
+                    self.notes
+                        .push(format!("durable at the kill of process {}: {got}", j + 1));
+                    ensure!(
+                        got == durable && log.run_status == Some(status),
+                        "killed at `{point}`: durable `{got}` with the run {:?}, expected `{durable}` with the run {status}",
+                        log.run_status
+                    );
+                    self.logs.push(log);
+                    self.killed.push(true);
+                    output = None;
+                }
+                Proc::Idle(act, result) => {
+                    let out = self.spawn(act, None)?.finish()?;
+                    self.notes.push(format!("printed {out}"));
+                    let r = &out["resume"];
+                    ensure!(
+                        r["outcome"] == json!(result) || r["resume_error"] == json!(result),
+                        "process {}: resume gave {r}, expected {result}",
+                        j + 1
+                    );
+                    let log = read_log(&self.db())?;
+                    let prev = self.logs.last().ok_or_else(|| anyhow!("idle first"))?;
+                    ensure!(
+                        log.events == prev.events
+                            && log.run_status == prev.run_status
+                            && log.unapplied_answers == prev.unapplied_answers,
+                        "process {}: `{result}` changed the store: `{}` → `{}`",
+                        j + 1,
+                        summary(prev),
+                        summary(&log)
+                    );
+                    self.logs.push(log);
+                    self.killed.push(false);
+                    output = Some(out);
+                }
+            }
+        }
+        let output = output.ok_or_else(|| anyhow!("the last process was killed"))?;
+        let last = self.logs.last().expect("invariant: one log per process");
+        let events = &last.events;
+
+        // 1. The final state.
+        let flow = case.flow;
+        let steps: Vec<String> = flow
+            .bodies()
+            .iter()
+            .map(|s| recorded_step(events, s)?.ok_or_else(|| anyhow!("step `{s}` not recorded")))
+            .collect::<anyhow::Result<_>>()?;
+        let expected = json!({
+            "log": flow.nodes(),
+            "steps": steps,
+            "answer": case.answer,
+        });
+        ensure!(
+            output["state"] == expected,
+            "final state {} != expected {expected}",
+            output["state"]
+        );
+        ensure!(
+            output["verify_consistent"] == json!(true),
+            "verify: replaying the whole log does not give the current state: {output}"
+        );
+        let hash = oris::state::state_hash(&expected)?;
+        ensure!(
+            output["hash"] == json!(hash),
+            "state hash {} != hash of the expected state {hash}",
+            output["hash"]
+        );
+        ensure!(
+            output["run_status"] == json!("completed") && last.run_status == Some("completed"),
+            "run status {}",
+            output["run_status"]
+        );
+        ensure!(
+            last.unapplied_answers == 0,
+            "a stored resume value was never applied"
+        );
+
+        // 2. The timeline.
+        check_flow_timeline(flow, case.answer, events)?;
+
+        // 3. Durable events are kept.
+        for (i, pair) in self.logs.windows(2).enumerate() {
+            let (a, b) = (&pair[0].events, &pair[1].events);
+            ensure!(
+                b.len() >= a.len() && b[..a.len()] == a[..],
+                "the events durable after process {} are not an unchanged prefix of the next log",
+                i + 1
+            );
+        }
+
+        // 4. Node executions.
+        let segments = read_segments(&self.marks())?;
+        ensure!(
+            segments.len() == self.logs.len(),
+            "{} marks segments for {} processes",
+            segments.len(),
+            self.logs.len()
+        );
+        let empty = Log::default();
+        let starts: Vec<&Log> = [&empty].into_iter().chain(&self.logs).collect();
+        for (j, seg) in segments.iter().enumerate() {
+            let known: BTreeSet<(u32, u32)> = completions(&starts[j].events)
+                .iter()
+                .map(|c| (c.superstep, c.task))
+                .collect();
+            let mut runs: BTreeMap<(u32, u32), usize> = BTreeMap::new();
+            for x in &seg.execs {
+                let k = (x.superstep, x.task);
+                ensure!(
+                    !known.contains(&k),
+                    "process {}: {x:?} ran although its completion was durable before (a completed node re-executed)",
+                    j + 1
+                );
+                *runs.entry(k).or_default() += 1;
+            }
+            if let Some(((s, t), n)) = runs.iter().find(|(_, n)| **n > 1) {
+                bail!("process {}: superstep {s} task {t} ran {n} times", j + 1);
+            }
+            for c in completions(&starts[j + 1].events)
+                .iter()
+                .filter(|c| !known.contains(&(c.superstep, c.task)))
+            {
+                ensure!(
+                    seg.execs
+                        .iter()
+                        .any(|x| (x.superstep, x.task, &x.node, x.attempt)
+                            == (c.superstep, c.task, &c.node, c.attempt)),
+                    "process {}: {c:?} became durable but has no exec mark in that process",
+                    j + 1
+                );
+            }
+        }
+        let count = |node: &str, f: fn(&Segment) -> &Vec<Exec>| {
+            segments
+                .iter()
+                .flat_map(f)
+                .filter(|x| x.node == node)
+                .count()
+        };
+        for node in flow.nodes() {
+            ensure!(
+                count(node, |s| &s.execs) == 1,
+                "node `{node}` ran to its end {} times, expected once",
+                count(node, |s| &s.execs)
+            );
+        }
+        for node in [flow.nodes()[0], flow.nodes()[2]] {
+            ensure!(
+                count(node, |s| &s.enters) == 1,
+                "node `{node}` started {} times, expected once",
+                count(node, |s| &s.enters)
+            );
+        }
+        let enters = count(flow.middle(), |s| &s.enters);
+        ensure!(
+            enters == case.enters,
+            "node `{}` started {enters} times, expected {}",
+            flow.middle(),
+            case.enters
+        );
+
+        // 5. Step bodies: at-least-once executed, exactly-once recorded.
+        for (k, step) in flow.bodies().iter().enumerate() {
+            let mut total = 0;
+            let mut lost = 0;
+            for (j, seg) in segments.iter().enumerate() {
+                let ran: Vec<&StepExec> = seg.steps.iter().filter(|x| x.step == *step).collect();
+                ensure!(
+                    ran.len() <= 1,
+                    "process {}: the body of step `{step}` ran {} times",
+                    j + 1,
+                    ran.len()
+                );
+                ensure!(
+                    ran.iter()
+                        .all(|x| (x.superstep, x.task, x.node.as_str()) == (1, 0, flow.middle())),
+                    "process {}: step `{step}` ran in the wrong task: {ran:?}",
+                    j + 1
+                );
+                total += ran.len();
+                let before = recorded_step(&starts[j].events, step)?;
+                let after = recorded_step(&starts[j + 1].events, step)?;
+                match (ran.first(), &before, &after) {
+                    (Some(x), Some(v), _) => bail!(
+                        "process {}: the body of step `{step}` ran again ({}) although its result `{v}` was recorded",
+                        j + 1,
+                        x.token
+                    ),
+                    (Some(x), None, Some(v)) => ensure!(
+                        x.token == *v,
+                        "process {}: step `{step}` recorded `{v}`, its body returned `{}`",
+                        j + 1,
+                        x.token
+                    ),
+                    (Some(x), None, None) => {
+                        ensure!(
+                            self.killed[j],
+                            "process {}: the body of step `{step}` ran ({}) but its result was never recorded",
+                            j + 1,
+                            x.token
+                        );
+                        // Killed between the body and its record: the documented
+                        // at-least-once execution.
+                        lost += 1;
+                    }
+                    (None, None, Some(v)) => bail!(
+                        "process {}: step `{step}` recorded `{v}` without its body running",
+                        j + 1
+                    ),
+                    (None, _, _) => {}
+                }
+            }
+            ensure!(
+                total == lost + 1,
+                "the body of step `{step}` ran {total} times, {lost} of them lost to a kill before the record"
+            );
+            ensure!(
+                total == case.bodies[k],
+                "the body of step `{step}` ran {total} times, the case expects {}",
+                case.bodies[k]
+            );
+        }
+        Ok(())
+    }
+
+    fn diagnostics(&self, err: &anyhow::Error) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "=== {} / {} FAILED: {err:#}",
+            self.case.flow.arg(),
+            self.case.name
+        );
+        let _ = writeln!(s, "--- steps:");
+        for n in &self.notes {
+            let _ = writeln!(s, "  {n}");
+        }
+        let _ = writeln!(s, "--- marks file:");
+        match fs::read_to_string(self.marks()) {
+            Ok(m) => s.push_str(&m),
+            Err(e) => {
+                let _ = writeln!(s, "(unreadable: {e})");
+            }
+        }
+        for (i, l) in self.logs.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "--- timeline after process {}{}:",
+                i + 1,
+                if self.killed[i] { " (killed)" } else { "" }
+            );
+            for e in &l.events {
+                let _ = writeln!(s, "{}", describe(e));
+            }
+            let _ = writeln!(
+                s,
+                "run status: {:?}, unapplied answers: {}",
+                l.run_status, l.unapplied_answers
+            );
+        }
+        if let Ok(dir) = fs::read_dir(&self.path) {
+            let mut files: Vec<PathBuf> = dir
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "stderr"))
+                .collect();
+            files.sort();
+            for f in files {
+                let text = fs::read_to_string(&f).unwrap_or_default();
+                if !text.is_empty() {
+                    let _ = writeln!(s, "--- {}:\n{text}", f.display());
+                }
+            }
+        }
+        s
+    }
+}
+
+fn run_flow_cases(cases: &'static [FlowCase]) {
+    let mut failures = Vec::new();
+    let (mut rescheduled, mut due) = (0, 0);
+    for case in cases {
+        let label = format!("{} / {}", case.flow.arg(), case.name);
+        let mut scene = FlowScene::new(case).expect("temp dir");
+        let started = Instant::now();
+        match scene.run() {
+            Ok(()) => eprintln!("ok   {label} ({:?})", started.elapsed()),
+            Err(e) => {
+                eprintln!("FAIL {label}: {e:#}");
+                failures.push(scene.diagnostics(&e));
+            }
+        }
+        rescheduled += scene.rescheduled;
+        due += scene.due;
+    }
+    if rescheduled + due > 0 {
+        eprintln!(
+            "recoveries of a sleeping run: {rescheduled} found it waiting and rescheduled its wake-up, {due} found the timer due"
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+use Act::{Recover, Resume, ResumePending, Start};
+use Proc::{Idle, Kill, Run};
+
+/// `approval`'s first process commits: 1 RunStarted, 2 `a`, 3 `charge`, 4 the interrupt,
+/// 5 the suspension. A resuming process: 1 InterruptResumed + RunResumed, 2 `notify`,
+/// 3 `b`, 4 `c` + RunCompleted.
+const APPROVAL: &[FlowCase] = &[
+    FlowCase {
+        name: "reference: interrupted, then resumed",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Run(Start, "interrupted"),
+            Run(ResumePending("yes"), "completed"),
+        ],
+        bodies: [1, 1],
+        enters: 2,
+        answer: "yes",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed between the charge body and its record",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Kill(Start, "after-step-body:charge", "start a", "running"),
+            Run(Recover, "interrupted"),
+            Run(Resume("yes"), "completed"),
+        ],
+        bodies: [2, 1],
+        enters: 3,
+        answer: "yes",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed just before the charge's record commit",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Kill(Start, "before-commit:3", "start a", "running"),
+            Run(Recover, "interrupted"),
+            Run(Resume("yes"), "completed"),
+        ],
+        bodies: [2, 1],
+        enters: 3,
+        answer: "yes",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed twice between the charge body and its record",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Kill(Start, "after-step-body:charge", "start a", "running"),
+            Kill(Recover, "after-step-body:charge", "start a", "running"),
+            Run(Recover, "interrupted"),
+            Run(Resume("yes"), "completed"),
+        ],
+        bodies: [3, 1],
+        enters: 4,
+        answer: "yes",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed after the charge was recorded, before the interrupt",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Kill(Start, "after-commit:3", "start a charge", "running"),
+            Run(Recover, "interrupted"),
+            Run(Resume("yes"), "completed"),
+        ],
+        bodies: [1, 1],
+        enters: 3,
+        answer: "yes",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed after the interrupt was recorded, before the suspension",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Kill(Start, "after-commit:4", "start a charge raise", "running"),
+            Run(Recover, "interrupted"),
+            Run(Resume("yes"), "completed"),
+        ],
+        bodies: [1, 1],
+        enters: 2,
+        answer: "yes",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed while interrupted",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Kill(
+                Start,
+                "returned",
+                "start a charge raise suspend",
+                "interrupted",
+            ),
+            Run(Recover, "interrupted"),
+            Run(ResumePending("yes"), "completed"),
+        ],
+        bodies: [1, 1],
+        enters: 2,
+        answer: "yes",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed after the resume value was stored, before the run continued; recovered",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Run(Start, "interrupted"),
+            Kill(
+                Resume("yes"),
+                "before-commit:1",
+                "start a charge raise suspend +answered",
+                "interrupted",
+            ),
+            Run(Recover, "completed"),
+            Idle(Resume("yes"), "completed"),
+        ],
+        bodies: [1, 1],
+        enters: 2,
+        answer: "yes",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed after the resume value was stored; resumed again with the same value",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Run(Start, "interrupted"),
+            Kill(
+                Resume("yes"),
+                "before-commit:1",
+                "start a charge raise suspend +answered",
+                "interrupted",
+            ),
+            Run(Resume("yes"), "completed"),
+        ],
+        bodies: [1, 1],
+        enters: 2,
+        answer: "yes",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed after the resume value was stored; another value refused, then recovered",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Run(Start, "interrupted"),
+            Kill(
+                Resume("yes"),
+                "before-commit:1",
+                "start a charge raise suspend +answered",
+                "interrupted",
+            ),
+            Idle(Resume("no"), "resume_conflict"),
+            Run(Recover, "completed"),
+            Idle(Resume("no"), "resume_conflict"),
+        ],
+        bodies: [1, 1],
+        enters: 2,
+        answer: "yes",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed after the resume value was stored, and its recovery killed there too",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Run(Start, "interrupted"),
+            Kill(
+                Resume("yes"),
+                "before-commit:1",
+                "start a charge raise suspend +answered",
+                "interrupted",
+            ),
+            Kill(
+                Recover,
+                "before-commit:1",
+                "start a charge raise suspend +answered",
+                "interrupted",
+            ),
+            Run(Recover, "completed"),
+        ],
+        bodies: [1, 1],
+        enters: 2,
+        answer: "yes",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed after the resume was applied, before the node ran again",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Run(Start, "interrupted"),
+            Kill(
+                Resume("yes"),
+                "after-commit:1",
+                "start a charge raise suspend resumed continue",
+                "running",
+            ),
+            Run(Recover, "completed"),
+        ],
+        bodies: [1, 1],
+        enters: 2,
+        answer: "yes",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed between the notify body and its record",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Run(Start, "interrupted"),
+            Kill(
+                Resume("yes"),
+                "after-step-body:notify",
+                "start a charge raise suspend resumed continue",
+                "running",
+            ),
+            Run(Recover, "completed"),
+        ],
+        bodies: [1, 2],
+        enters: 3,
+        answer: "yes",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed after b finished, before its completion was committed",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Run(Start, "interrupted"),
+            Kill(
+                Resume("yes"),
+                "after-node:b",
+                "start a charge raise suspend resumed continue notify",
+                "running",
+            ),
+            Run(Recover, "completed"),
+        ],
+        bodies: [1, 1],
+        enters: 3,
+        answer: "yes",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "resumed again after completion, with the same and another value",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Run(Start, "interrupted"),
+            Run(Resume("yes"), "completed"),
+            Idle(Resume("yes"), "completed"),
+            Idle(Resume("no"), "resume_conflict"),
+        ],
+        bodies: [1, 1],
+        enters: 2,
+        answer: "yes",
+        must_reschedule: false,
+    },
+];
+
+/// `sleeper`'s first process commits: 1 RunStarted, 2 `a`, 3 `before-sleep`, 4 the sleep,
+/// 5 the suspension (`waiting`); once woken in the same process: 6 RunResumed,
+/// 7 `after-sleep`, 8 `nap`, 9 `c` + RunCompleted.
+const SLEEPER: &[FlowCase] = &[
+    FlowCase {
+        name: "reference: sleeps and wakes in one process",
+        flow: Flow::Sleeper,
+        sleep_ms: 300,
+        procs: &[Run(Start, "completed")],
+        bodies: [1, 1],
+        enters: 2,
+        answer: "",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed while sleeping",
+        flow: Flow::Sleeper,
+        sleep_ms: 300,
+        procs: &[
+            Kill(
+                Start,
+                "returned",
+                "start a before-sleep oris.sleep suspend",
+                "waiting",
+            ),
+            Run(Recover, "completed"),
+        ],
+        bodies: [1, 1],
+        enters: 2,
+        answer: "",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed while sleeping long: the recovery reschedules the wake-up",
+        flow: Flow::Sleeper,
+        sleep_ms: 2000,
+        procs: &[
+            Kill(
+                Start,
+                "returned",
+                "start a before-sleep oris.sleep suspend",
+                "waiting",
+            ),
+            Run(Recover, "completed"),
+        ],
+        bodies: [1, 1],
+        enters: 2,
+        answer: "",
+        must_reschedule: true,
+    },
+    FlowCase {
+        name: "killed while sleeping, and its recovery killed while sleeping too",
+        flow: Flow::Sleeper,
+        sleep_ms: 2000,
+        procs: &[
+            Kill(
+                Start,
+                "returned",
+                "start a before-sleep oris.sleep suspend",
+                "waiting",
+            ),
+            Kill(
+                Recover,
+                "returned",
+                "start a before-sleep oris.sleep suspend",
+                "waiting",
+            ),
+            Run(Recover, "completed"),
+        ],
+        bodies: [1, 1],
+        enters: 2,
+        answer: "",
+        must_reschedule: true,
+    },
+    FlowCase {
+        name: "killed after the sleep was recorded, before the run was marked waiting",
+        flow: Flow::Sleeper,
+        sleep_ms: 300,
+        procs: &[
+            Kill(
+                Start,
+                "after-commit:4",
+                "start a before-sleep oris.sleep",
+                "running",
+            ),
+            Run(Recover, "completed"),
+        ],
+        bodies: [1, 1],
+        enters: 2,
+        answer: "",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed between the before-sleep body and its record",
+        flow: Flow::Sleeper,
+        sleep_ms: 300,
+        procs: &[
+            Kill(Start, "after-step-body:before-sleep", "start a", "running"),
+            Run(Recover, "completed"),
+        ],
+        bodies: [2, 1],
+        enters: 3,
+        answer: "",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed after waking, before the node ran again",
+        flow: Flow::Sleeper,
+        sleep_ms: 300,
+        procs: &[
+            Kill(
+                Start,
+                "after-commit:6",
+                "start a before-sleep oris.sleep suspend continue",
+                "running",
+            ),
+            Run(Recover, "completed"),
+        ],
+        bodies: [1, 1],
+        enters: 2,
+        answer: "",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed between the after-sleep body and its record",
+        flow: Flow::Sleeper,
+        sleep_ms: 300,
+        procs: &[
+            Kill(
+                Start,
+                "after-step-body:after-sleep",
+                "start a before-sleep oris.sleep suspend continue",
+                "running",
+            ),
+            Run(Recover, "completed"),
+        ],
+        bodies: [1, 2],
+        enters: 3,
+        answer: "",
+        must_reschedule: false,
+    },
+];
+
+#[test]
+fn steps_and_interrupts_survive_kills() {
+    run_flow_cases(APPROVAL);
+}
+
+#[test]
+fn durable_sleeps_survive_kills() {
+    run_flow_cases(SLEEPER);
 }

@@ -26,10 +26,11 @@ use oris_core::event::{
     Task,
 };
 use oris_core::graph::{RouteError, START, Target};
-use oris_core::id::{CheckpointId, RunId, Seq, ThreadId, Timestamp};
+use oris_core::id::{CheckpointId, InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::state::State;
-use oris_core::status::RunStatus;
+use oris_core::status::{PendingInterrupt, RunStatus};
 use oris_core::store::{self, Commit, RunWrite, Snapshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -38,6 +39,10 @@ use crate::error::Error;
 use crate::graph::GraphInner;
 use crate::node::{BoxFuture, Context, ContextInner, NodeError, NodeOutput};
 use crate::outcome::RunOutcome;
+use crate::record::{
+    BREAKPOINT_AFTER, BREAKPOINT_BEFORE, Block, Record, RecordRequest, Recorder, Records,
+    apply_record, blocked_on,
+};
 use crate::replay::Progress;
 
 type AttemptResult<S> = (u32, u32, Result<NodeOutput<S>, NodeError>);
@@ -70,6 +75,21 @@ pub(crate) struct Driver<S: State> {
     pub since_snapshot: u32,
     pub cancel: CancellationToken,
     pub cancel_slot: Arc<CancelSlot>,
+    /// Recorded calls of the current superstep's tasks.
+    pub records: Records,
+    /// Nodes' requests to record calls.
+    requests: mpsc::UnboundedReceiver<RecordRequest>,
+    request_tx: mpsc::UnboundedSender<RecordRequest>,
+    /// Whether the stored status is `interrupted` or `waiting` (the run was suspended).
+    suspended: bool,
+    /// Paused tasks whose timer is due, event arrived or wait timed out: run them again.
+    wake: std::collections::BTreeSet<u32>,
+    /// Deliveries consumed by this driver (their commit may still be buffered).
+    claimed: std::collections::HashSet<oris_core::id::DeliveryId>,
+    /// When the run must be woken up if it suspends (earliest timer or wait deadline).
+    pub wake_at: Option<Timestamp>,
+    /// Recorded steps of the run a replay comes from.
+    prior: crate::engine::PriorSteps,
 }
 
 /// Where a run stands when a driver takes it over.
@@ -79,6 +99,10 @@ pub(crate) struct Position<S: State> {
     pub last_boundary: Seq,
     pub since_snapshot: u32,
     pub progress: Progress<S::Update>,
+    /// Whether the run's stored status is `interrupted` or `waiting`.
+    pub suspended: bool,
+    /// Recorded steps of the run a replay comes from.
+    pub prior: crate::engine::PriorSteps,
 }
 
 enum Step<S: State> {
@@ -105,8 +129,20 @@ pub(crate) fn plan<S: State>(
     finished: &[&str],
     barriers: &mut Barriers,
 ) -> Result<Vec<Task>, Failure> {
+    plan_with(g, state, finished, &[], &[], barriers)
+}
+
+/// [`plan`] with the routing commands (`ctx.goto`) of the finished tasks.
+pub(crate) fn plan_with<S: State>(
+    g: &GraphInner<S>,
+    state: &S,
+    finished: &[&str],
+    overridden: &[&str],
+    goto: &[&str],
+    barriers: &mut Barriers,
+) -> Result<Vec<Task>, Failure> {
     g.topology
-        .plan(finished, barriers, |i| {
+        .plan_with(finished, overridden, goto, barriers, |i| {
             let router = &g.routers[i];
             let route = std::panic::catch_unwind(AssertUnwindSafe(|| router(state)))
                 .map_err(|p| PlanFail::Router(format!("router panicked: {}", panic_message(&p))))?;
@@ -126,6 +162,17 @@ pub(crate) fn first_tasks<S: State>(g: &GraphInner<S>, state: &S) -> Result<Boun
     let mut barriers = Barriers::new();
     let next = plan(g, state, &[START], &mut barriers)?;
     Ok(Boundary { next, barriers })
+}
+
+/// The targets a task chose with `ctx.goto`, from its records.
+fn goto_of(records: &std::collections::BTreeMap<u32, Record>) -> Option<Vec<String>> {
+    records.values().rev().find_map(|r| match r {
+        Record::Step {
+            name,
+            result: oris_core::event::StepResult::Ok(p),
+        } if name == crate::record::GOTO_STEP => p.decode().ok(),
+        _ => None,
+    })
 }
 
 pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
@@ -152,7 +199,10 @@ impl<S: State> Driver<S> {
             last_boundary,
             since_snapshot,
             progress: p,
+            suspended,
+            prior,
         } = at;
+        let (request_tx, requests) = mpsc::unbounded_channel();
         Driver {
             g,
             shared,
@@ -173,15 +223,36 @@ impl<S: State> Driver<S> {
             since_snapshot,
             cancel: cancel_slot.token.clone(),
             cancel_slot,
+            records: p.records,
+            requests,
+            request_tx,
+            suspended,
+            wake: Default::default(),
+            claimed: Default::default(),
+            wake_at: None,
+            prior,
         }
     }
 
     /// Drives the run to its end.
-    pub(crate) async fn run(mut self) -> Result<RunOutcome<S>, Error> {
+    pub(crate) async fn run(&mut self) -> Result<RunOutcome<S>, Error> {
         let deadline = self.settings.deadline.map(|d| {
             let left = d.0.saturating_sub(Timestamp::now().0).max(0) as u64;
             tokio::time::Instant::now() + Duration::from_millis(left)
         });
+        if self.suspended {
+            // A suspended run continues only when something it waits on is ready: a resume
+            // value, a due timer, an arrived event, a passed deadline.
+            let (resumed, ready) = self.wakeable().await?;
+            if !ready {
+                return Ok(self.paused_outcome());
+            }
+            let mut events = resumed;
+            events.push(EventBody::RunResumed);
+            self.commit(events, Some(RunStatus::Running), false).await?;
+            self.suspended = false;
+            tracing::info!(thread_id = %self.thread_id, run_id = %self.run_id, "run resumed");
+        }
         loop {
             if self.tasks.is_empty() {
                 return self.complete().await;
@@ -230,6 +301,20 @@ impl<S: State> Driver<S> {
                 attempt,
                 input: t.input().cloned(),
                 cancel: self.cancel.child_token(),
+                recorder: Recorder {
+                    records: std::sync::Mutex::new(
+                        self.records.get(&task).cloned().unwrap_or_default(),
+                    ),
+                    next: std::sync::Mutex::new(0),
+                    tx: self.request_tx.clone(),
+                    prior: self
+                        .prior
+                        .get(&(self.superstep, task))
+                        .filter(|(node, _)| node == t.node())
+                        .map(|(_, r)| r.clone())
+                        .unwrap_or_default(),
+                },
+                clock: self.shared.options.clock.clone(),
             }),
         };
         let state = self.state.clone();
@@ -270,24 +355,257 @@ impl<S: State> Driver<S> {
         }
     }
 
+    /// Whether a static breakpoint applies to `node` at `index`.
+    fn breakpoint(&self, node: &str, index: u32) -> bool {
+        let (graph, run) = match index {
+            BREAKPOINT_BEFORE => (&self.g.interrupt_before, &self.settings.interrupt_before),
+            _ => (&self.g.interrupt_after, &self.settings.interrupt_after),
+        };
+        graph.iter().chain(run).any(|n| n == node)
+    }
+
+    /// The breakpoint interrupt at `index` that blocks `task`: `Some(None)` if it must be
+    /// raised, `Some(Some(id))` if raised and unanswered, `None` if it does not block.
+    fn breakpoint_blocks(&self, task: u32, index: u32) -> Option<Option<InterruptId>> {
+        if !self.breakpoint(self.tasks[task as usize].node(), index) {
+            return None;
+        }
+        match self.records.get(&task).and_then(|r| r.get(&index)) {
+            None => Some(None),
+            Some(Record::Interrupt {
+                id, resumed: None, ..
+            }) => Some(Some(*id)),
+            Some(_) => None,
+        }
+    }
+
+    /// Raises a breakpoint interrupt for `task` (driver-generated, recorded like a node's).
+    fn raise_breakpoint(&mut self, task: u32, index: u32) -> EventBody {
+        let node = self.tasks[task as usize].node().to_owned();
+        let payload = serde_json::json!({
+            "breakpoint": if index == BREAKPOINT_BEFORE { "before" } else { "after" },
+            "node": node,
+        });
+        let body = EventBody::InterruptRaised {
+            superstep: self.superstep,
+            task,
+            node,
+            index,
+            interrupt_id: InterruptId::generate(),
+            payload: Payload::encode(&payload).expect("invariant: a JSON value serializes"),
+        };
+        apply_record(&mut self.records, &body);
+        body
+    }
+
+    /// Starts every task of the superstep that is not done and not waiting on an
+    /// interrupt. Returns breakpoint interrupts raised on the way (to be committed).
+    fn start_tasks(&mut self, set: &mut Running<S>) -> Vec<EventBody> {
+        let mut raised = Vec::new();
+        let wake = std::mem::take(&mut self.wake);
+        let runnable: Vec<u32> = (0..self.tasks.len() as u32)
+            .filter(|i| {
+                !self.done.contains_key(i)
+                    && (wake.contains(i) || blocked_on(&self.records, *i).is_none())
+            })
+            .collect();
+        let parallel = runnable.len() > 1;
+        for i in runnable {
+            match self.breakpoint_blocks(i, BREAKPOINT_BEFORE) {
+                Some(None) => {
+                    raised.push(self.raise_breakpoint(i, BREAKPOINT_BEFORE));
+                    continue;
+                }
+                Some(Some(_)) => continue,
+                None => {}
+            }
+            let attempt = self.failed.get(&i).copied().unwrap_or(0) + 1;
+            // A retry recorded before a crash keeps its due time.
+            let delay = self.retry_at.remove(&i).map(|at| {
+                Duration::from_millis(at.0.saturating_sub(Timestamp::now().0).max(0) as u64)
+            });
+            self.spawn_attempt(set, i, attempt, delay, parallel);
+        }
+        raised
+    }
+
+    /// Checks what paused tasks wait on. Resume values waiting in the store become
+    /// `InterruptResumed` events (returned, already applied to the records); tasks whose
+    /// timer is due, whose event arrived or whose wait timed out are marked to run again.
+    /// Returns the events and whether any paused task can run.
+    async fn wakeable(&mut self) -> Result<(Vec<EventBody>, bool), Error> {
+        let now = self.shared.options.clock.now();
+        let mut events = Vec::new();
+        let mut ready = false;
+        let mut deliveries = None;
+        for task in 0..self.tasks.len() as u32 {
+            if self.done.contains_key(&task) {
+                continue;
+            }
+            let due = match blocked_on(&self.records, task) {
+                None => true,
+                Some(Block::Interrupt(id)) => match self.shared.store.interrupt(id).await? {
+                    Some(record) => match record.answer {
+                        Some((value, _)) => {
+                            let body = EventBody::InterruptResumed {
+                                interrupt_id: id,
+                                value,
+                            };
+                            apply_record(&mut self.records, &body);
+                            events.push(body);
+                            blocked_on(&self.records, task).is_none()
+                        }
+                        None => false,
+                    },
+                    None => false,
+                },
+                Some(Block::Timer(at)) => at <= now,
+                Some(Block::Event { name, deadline }) => {
+                    if deadline <= now {
+                        true
+                    } else {
+                        if deliveries.is_none() {
+                            deliveries =
+                                Some(self.shared.store.deliveries(&self.thread_id, true).await?);
+                        }
+                        deliveries.as_ref().is_some_and(|ds| {
+                            ds.iter()
+                                .any(|d| d.name == name && !self.claimed.contains(&d.delivery_id))
+                        })
+                    }
+                }
+            };
+            if due {
+                self.wake.insert(task);
+                ready = true;
+            }
+        }
+        Ok((events, ready))
+    }
+
+    /// The earliest timer or deadline and the events paused tasks wait on.
+    fn waits(&self) -> (Option<Timestamp>, Vec<String>) {
+        let mut until: Option<Timestamp> = None;
+        let mut names = Vec::new();
+        for task in 0..self.tasks.len() as u32 {
+            if self.done.contains_key(&task) {
+                continue;
+            }
+            match blocked_on(&self.records, task) {
+                Some(Block::Timer(at)) => until = Some(until.map_or(at, |u| u.min(at))),
+                Some(Block::Event { name, deadline }) => {
+                    until = Some(until.map_or(deadline, |u| u.min(deadline)));
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+                _ => {}
+            }
+        }
+        (until, names)
+    }
+
+    /// The interrupts the run waits on, for its status and outcome.
+    fn pending_interrupts(&self) -> Vec<PendingInterrupt> {
+        let mut out = Vec::new();
+        for (task, records) in &self.records {
+            if self.done.contains_key(task) {
+                continue;
+            }
+            for r in records.values() {
+                if let Record::Interrupt {
+                    id,
+                    payload,
+                    resumed: None,
+                } = r
+                {
+                    out.push(PendingInterrupt {
+                        interrupt_id: *id,
+                        node: self.tasks[*task as usize].node().to_owned(),
+                        payload: serde_json::from_str(payload.json())
+                            .unwrap_or(serde_json::Value::Null),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The status of the run while its remaining tasks are paused.
+    fn paused_status(&self) -> RunStatus {
+        let interrupts = self.pending_interrupts();
+        if interrupts.is_empty() {
+            let (until, events) = self.waits();
+            RunStatus::Waiting { until, events }
+        } else {
+            RunStatus::Interrupted { interrupts }
+        }
+    }
+
+    fn paused_outcome(&mut self) -> RunOutcome<S> {
+        self.wake_at = self.waits().0;
+        match self.paused_status() {
+            RunStatus::Interrupted { interrupts } => RunOutcome::Interrupted {
+                run_id: self.run_id,
+                interrupts,
+            },
+            RunStatus::Waiting { until, events } => RunOutcome::Waiting {
+                run_id: self.run_id,
+                until,
+                events,
+            },
+            _ => unreachable!("invariant: paused_status is interrupted or waiting"),
+        }
+    }
+
+    /// Every task is done or paused: apply what already arrived (resume values, due timers,
+    /// events) and go on, or suspend the run.
+    async fn settle(
+        &mut self,
+        set: &mut Running<S>,
+        mut events: Vec<EventBody>,
+    ) -> Result<Option<RunOutcome<S>>, Error> {
+        let (resumed, ready) = self.wakeable().await?;
+        if ready {
+            events.extend(resumed);
+            events.extend(self.start_tasks(set));
+            if !events.is_empty() {
+                self.commit(events, None, false).await?;
+            }
+            return Ok(None);
+        }
+        events.extend(resumed);
+        let (until, waiting_for) = self.waits();
+        events.push(EventBody::RunSuspended {
+            interrupts: self
+                .pending_interrupts()
+                .iter()
+                .map(|p| p.interrupt_id)
+                .collect(),
+            until,
+            events: waiting_for,
+        });
+        let status = self.paused_status();
+        self.commit(events, Some(status), false).await?;
+        tracing::info!(thread_id = %self.thread_id, run_id = %self.run_id, "run suspended");
+        Ok(Some(self.paused_outcome()))
+    }
+
     async fn superstep(
         &mut self,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Step<S>, Error> {
         let mut set = Running::<S>::new();
-        let pending = self.tasks.len() - self.done.len();
-        let parallel = pending > 1;
-        for i in 0..self.tasks.len() as u32 {
-            if !self.done.contains_key(&i) {
-                let attempt = self.failed.get(&i).copied().unwrap_or(0) + 1;
-                // A retry recorded before a crash keeps its due time.
-                let delay = self.retry_at.remove(&i).map(|at| {
-                    Duration::from_millis(at.0.saturating_sub(Timestamp::now().0).max(0) as u64)
-                });
-                self.spawn_attempt(&mut set, i, attempt, delay, parallel);
-            }
-        }
+        let mut carried = self.start_tasks(&mut set);
         loop {
+            if set.is_empty() && self.done.len() < self.tasks.len() {
+                // Nothing runs and the superstep is not complete: every remaining task waits
+                // on an interrupt.
+                match self.settle(&mut set, std::mem::take(&mut carried)).await? {
+                    Some(outcome) => return Ok(Step::Ended(outcome)),
+                    None => continue,
+                }
+            }
             let first = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => {
@@ -300,7 +618,11 @@ impl<S: State> Driver<S> {
                     let f = Failure::new(FailureKind::RunTimeout, "the run exceeded its timeout");
                     return self.end_failed(Vec::new(), f).await.map(Step::Ended);
                 }
-                r = set.next() => r,
+                Some(req) = self.requests.recv() => {
+                    self.record_requests(req, std::mem::take(&mut carried)).await?;
+                    continue;
+                }
+                r = set.next(), if !set.is_empty() => r,
             };
             let Some(first) = first else {
                 unreachable!("invariant: a superstep with pending tasks has running attempts")
@@ -309,7 +631,7 @@ impl<S: State> Driver<S> {
             while let Some(Some(r)) = set.next().now_or_never() {
                 finished.push(r);
             }
-            let mut events = Vec::new();
+            let mut events = std::mem::take(&mut carried);
             let mut fatal = None;
             for joined in finished {
                 // Attempts catch their own panics; `None` means a spawned attempt was aborted.
@@ -318,6 +640,13 @@ impl<S: State> Driver<S> {
                 };
                 let node = self.tasks[task as usize].node().to_owned();
                 match result {
+                    Ok(_) if self.breakpoint_blocks(task, BREAKPOINT_AFTER).is_some() => {
+                        // The node ran; a breakpoint after it pauses the run before its update
+                        // counts. On resume it runs again (its steps return their records).
+                        if let Some(None) = self.breakpoint_blocks(task, BREAKPOINT_AFTER) {
+                            events.push(self.raise_breakpoint(task, BREAKPOINT_AFTER));
+                        }
+                    }
                     Ok(out) => {
                         // The driver merges the update *as recorded*: encoded, then decoded
                         // again, exactly what a replay of the log will merge. An update that
@@ -350,6 +679,8 @@ impl<S: State> Driver<S> {
                         });
                         self.done.insert(task, decoded);
                     }
+                    // The node paused at an interrupt it recorded: not a failure.
+                    Err(err) if err.is_pause() => {}
                     Err(err) => {
                         let policy = &self.g.nodes[self
                             .g
@@ -371,6 +702,7 @@ impl<S: State> Driver<S> {
                         self.failed.insert(task, attempt);
                         match delay {
                             Some(d) => {
+                                let parallel = self.tasks.len() > 1;
                                 self.spawn_attempt(&mut set, task, attempt + 1, Some(d), parallel)
                             }
                             None => {
@@ -393,7 +725,9 @@ impl<S: State> Driver<S> {
                 return self.end_failed(events, f).await.map(Step::Ended);
             }
             if self.done.len() < self.tasks.len() {
-                if !events.is_empty() {
+                if set.is_empty() {
+                    carried = events;
+                } else if !events.is_empty() {
                     self.commit(events, None, false).await?;
                 }
                 continue;
@@ -402,17 +736,147 @@ impl<S: State> Driver<S> {
         }
     }
 
+    /// Commits the calls nodes asked to record (this request and any others waiting), then
+    /// lets the nodes continue.
+    async fn record_requests(
+        &mut self,
+        first: RecordRequest,
+        mut events: Vec<EventBody>,
+    ) -> Result<(), Error> {
+        enum Ack {
+            Recorded(tokio::sync::oneshot::Sender<Result<(), String>>),
+            Received(
+                tokio::sync::oneshot::Sender<Result<Option<Record>, String>>,
+                Option<Record>,
+            ),
+        }
+        let mut acks = Vec::new();
+        let mut next = Some(first);
+        while let Some(req) = next {
+            match req {
+                RecordRequest::Record { body, ack } => {
+                    apply_record(&mut self.records, &body);
+                    events.push(body);
+                    acks.push(Ack::Recorded(ack));
+                }
+                RecordRequest::Receive {
+                    superstep,
+                    task,
+                    node,
+                    index,
+                    name,
+                    deadline,
+                    ack,
+                } => {
+                    let pending = self.shared.store.deliveries(&self.thread_id, true).await?;
+                    let found = pending
+                        .into_iter()
+                        .find(|d| d.name == name && !self.claimed.contains(&d.delivery_id));
+                    let body = match found {
+                        Some(d) => {
+                            self.claimed.insert(d.delivery_id);
+                            Some((Some(d.delivery_id), Some(d.payload)))
+                        }
+                        None if self.shared.options.clock.now() >= deadline => Some((None, None)),
+                        None => None,
+                    };
+                    match body {
+                        Some((delivery, payload)) => {
+                            let body = EventBody::EventReceived {
+                                superstep,
+                                task,
+                                node,
+                                index,
+                                name: name.clone(),
+                                delivery,
+                                payload: payload.clone(),
+                            };
+                            apply_record(&mut self.records, &body);
+                            events.push(body);
+                            acks.push(Ack::Received(ack, Some(Record::Received { name, payload })));
+                        }
+                        None => acks.push(Ack::Received(ack, None)),
+                    }
+                }
+            }
+            next = self.requests.try_recv().ok();
+        }
+        let result = if events.is_empty() {
+            Ok(())
+        } else {
+            self.commit(events, None, false).await
+        };
+        let failure = result.as_ref().err().map(ToString::to_string);
+        for ack in acks {
+            match (ack, &failure) {
+                (Ack::Recorded(a), None) => {
+                    let _ = a.send(Ok(()));
+                }
+                (Ack::Received(a, r), None) => {
+                    let _ = a.send(Ok(r));
+                }
+                (Ack::Recorded(a), Some(e)) => {
+                    let _ = a.send(Err(e.clone()));
+                }
+                (Ack::Received(a, _), Some(e)) => {
+                    let _ = a.send(Err(e.clone()));
+                }
+            }
+        }
+        result
+    }
+
     /// Merges the superstep, plans the next one, and commits both with the last results.
     async fn close_superstep(&mut self, mut events: Vec<EventBody>) -> Result<Step<S>, Error> {
         let done = std::mem::take(&mut self.done);
-        let mut merged = self.state.clone();
-        if let Err(e) = crate::replay::merge(&mut merged, &self.tasks, done) {
+        // Merged in place: if the run fails below, its in-memory state is abandoned.
+        let merged = &mut self.state;
+        if let Err(e) = crate::replay::merge(merged, &self.tasks, done) {
             let f = Failure::new(FailureKind::ReduceConflict, e);
             return self.end_failed(events, f).await.map(Step::Ended);
         }
         let finished: Vec<&str> = self.tasks.iter().map(Task::node).collect();
+        // Routing commands: a task that called `ctx.goto` replaces its node's edges.
+        let mut overridden: Vec<&str> = Vec::new();
+        let mut goto: Vec<String> = Vec::new();
+        for (i, t) in self.tasks.iter().enumerate() {
+            if let Some(targets) = self.records.get(&(i as u32)).and_then(goto_of) {
+                overridden.push(t.node());
+                goto.extend(targets);
+            }
+        }
+        // A node with several tasks keeps its edges if any of its tasks did not `goto`.
+        overridden.retain(|n| {
+            self.tasks.iter().enumerate().all(|(i, t)| {
+                t.node() != *n || self.records.get(&(i as u32)).and_then(goto_of).is_some()
+            })
+        });
+        let goto: Vec<&str> = goto.iter().map(String::as_str).collect();
+        if let Some((task, bad)) = self.tasks.iter().enumerate().find_map(|(i, t)| {
+            let declared = self.g.topology.gotos.iter().filter(|b| b.from == t.node());
+            let chosen = self.records.get(&(i as u32)).and_then(goto_of)?;
+            let allowed: Vec<&String> = declared.flat_map(|b| &b.targets).collect();
+            chosen
+                .into_iter()
+                .find(|c| !allowed.contains(&c))
+                .map(|c| (t.node().to_owned(), c))
+        }) {
+            let f = Failure::new(
+                FailureKind::InvalidRoute,
+                format!("node `{task}` routed to `{bad}` with goto, which is not among its declared goto targets (StateGraph::goto_targets)"),
+            )
+            .at_node(&task);
+            return self.end_failed(events, f).await.map(Step::Ended);
+        }
         let mut barriers = self.barriers.clone();
-        let next = match plan(&self.g, &merged, &finished, &mut barriers) {
+        let next = match plan_with(
+            &self.g,
+            &self.state,
+            &finished,
+            &overridden,
+            &goto,
+            &mut barriers,
+        ) {
             Ok(n) => n,
             Err(f) => return self.end_failed(events, f).await.map(Step::Ended),
         };
@@ -429,12 +893,12 @@ impl<S: State> Driver<S> {
                 "invariant: the commit that closes a superstep records its last completion"
             ),
         }
-        self.state = merged;
         self.superstep += 1;
         self.tasks = next;
         self.barriers = barriers;
         self.failed.clear();
         self.retry_at.clear();
+        self.records.clear();
         self.since_snapshot += 1;
         // The boundary event's seq: the last NodeCompleted in `events`.
         let boundary_pos = events
@@ -536,7 +1000,8 @@ impl<S: State> Driver<S> {
             });
         }
         let ends = status.as_ref().is_some_and(RunStatus::is_terminal);
-        if self.settings.durability == Durability::Exit && !ends {
+        // `exit` durability writes only at status changes: the end and interrupts.
+        if self.settings.durability == Durability::Exit && status.is_none() {
             return Ok(());
         }
         let snapshot = if snapshot

@@ -1,23 +1,28 @@
 //! The engine: registered graphs, a store, and the runs this process drives.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use oris_core::event::{Durability, Event, EventBody, Payload, RunSettings};
-use oris_core::id::{CheckpointId, RunId, Seq, ThreadId, Timestamp};
+use oris_core::event::{Boundary, Durability, Event, EventBody, Origin, Payload, RunSettings};
+use oris_core::id::{CheckpointId, InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::state::{INPUT_WRITER, State, state_hash};
 use oris_core::status::{RunStatus, StatusKind};
-use oris_core::store::{self, Commit, Receipt, RunFilter, RunRecord, RunWrite, Store};
+use oris_core::store::{
+    self, Commit, Delivery, InterruptRecord, Receipt, RunFilter, RunRecord, RunWrite, Store,
+};
+use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{Clock, SystemClock};
 use crate::driver::{Driver, Position, first_tasks};
 use crate::error::Error;
 use crate::graph::{CompiledGraph, GraphInner};
 use crate::node::BoxFuture;
 use crate::outcome::{CheckpointInfo, RunOutcome, ThreadState, Verification};
+use crate::record::Record;
 use crate::replay::{Progress, fold};
 
 /// Engine-wide settings. Every field has a default; see each.
@@ -34,6 +39,9 @@ pub struct EngineOptions {
     pub run_timeout: Option<Duration>,
     /// Called around every commit (tests, metrics, streaming). Default none.
     pub observer: Option<Arc<dyn Observer>>,
+    /// The clock of durable timers. Default [`SystemClock`]; tests use a
+    /// [`ManualClock`](crate::ManualClock).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for EngineOptions {
@@ -44,6 +52,7 @@ impl Default for EngineOptions {
             superstep_limit: 10_000,
             run_timeout: None,
             observer: None,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -56,6 +65,7 @@ impl fmt::Debug for EngineOptions {
             .field("superstep_limit", &self.superstep_limit)
             .field("run_timeout", &self.run_timeout)
             .field("observer", &self.observer.is_some())
+            .field("clock", &self.clock)
             .finish()
     }
 }
@@ -69,6 +79,35 @@ pub struct RunOptions {
     pub timeout: Option<Duration>,
     /// Superstep limit of this run.
     pub superstep_limit: Option<u32>,
+    /// Pause before these nodes run (in addition to the graph's own breakpoints).
+    pub interrupt_before: Vec<String>,
+    /// Pause after these nodes ran, before their update counts.
+    pub interrupt_after: Vec<String>,
+}
+
+/// How a run starts.
+enum Start<S> {
+    /// From the thread's current state plus an input.
+    Input(S),
+    /// From a checkpoint's state and tasks (replay on the same thread, or a fork).
+    Checkpoint {
+        state: S,
+        boundary: Boundary,
+        origin: Origin,
+        fork: bool,
+    },
+}
+
+/// Recorded steps of an original run: (replay superstep, task) → (node, index → record).
+pub(crate) type PriorSteps = BTreeMap<(u32, u32), (String, BTreeMap<u32, Record>)>;
+
+/// Options of a replay or fork.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// Execute the step bodies again instead of returning their recorded results.
+    pub reexecute_steps: bool,
+    /// Options of the new run.
+    pub run: RunOptions,
 }
 
 /// Sees every commit the engine makes, synchronously, around the store write.
@@ -122,6 +161,8 @@ impl<S: State> ErasedGraph for CompiledGraph<S> {
                 RunOutcome::Completed { .. } => StatusKind::Completed,
                 RunOutcome::Failed { .. } => StatusKind::Failed,
                 RunOutcome::Cancelled { .. } => StatusKind::Cancelled,
+                RunOutcome::Interrupted { .. } => StatusKind::Interrupted,
+                RunOutcome::Waiting { .. } => StatusKind::Waiting,
             })
         })
     }
@@ -132,19 +173,30 @@ pub(crate) struct Shared {
     pub options: EngineOptions,
     graphs: RwLock<HashMap<(String, String), Arc<dyn ErasedGraph>>>,
     live: Mutex<HashMap<ThreadId, Live>>,
+    /// Bumped after every commit and every finished driver: what `wait_for` watches.
+    changes: watch::Sender<u64>,
 }
 
 impl Shared {
     pub async fn write(&self, commit: Commit) -> Result<Receipt, store::Error> {
-        match &self.options.observer {
-            None => self.store.commit(commit).await,
+        let r = match &self.options.observer {
+            None => self.store.commit(commit).await?,
             Some(o) => {
                 o.before_commit(&commit);
                 let copy = commit.clone();
                 let r = self.store.commit(commit).await?;
                 o.after_commit(&copy);
-                Ok(r)
+                r
             }
+        };
+        self.changed();
+        Ok(r)
+    }
+
+    fn changed(&self) {
+        // Only tasks inside `Engine::wait_for` subscribe; without them this is one atomic.
+        if self.changes.receiver_count() > 0 {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 }
@@ -167,6 +219,7 @@ impl Drop for LiveGuard {
         }
         drop(live);
         self.slot.finished.send_replace(true);
+        self.shared.changed();
     }
 }
 
@@ -211,6 +264,7 @@ impl Engine {
                 options,
                 graphs: RwLock::new(HashMap::new()),
                 live: Mutex::new(HashMap::new()),
+                changes: watch::channel(0).0,
             }),
         }
     }
@@ -271,12 +325,24 @@ impl Engine {
         input: S,
         options: RunOptions,
     ) -> Result<RunOutcome<S>, Error> {
+        self.start_run(graph, thread_id, Start::Input(input), options)
+            .await
+    }
+
+    /// Starts a run: from the thread's state plus an input, or from a checkpoint's state.
+    async fn start_run<S: State>(
+        &self,
+        graph: &CompiledGraph<S>,
+        thread_id: ThreadId,
+        start: Start<S>,
+        options: RunOptions,
+    ) -> Result<RunOutcome<S>, Error> {
         let g: &Arc<GraphInner<S>> = &graph.inner;
         let run_id = RunId::generate();
         let guard = self.claim(&thread_id, run_id)?;
         let store = &*self.shared.store;
         let existing = store.thread(&thread_id).await?;
-        let (mut state, head, since_snapshot) = match &existing {
+        let (current, head, since_snapshot) = match &existing {
             None => (S::default(), Seq::ZERO, 0),
             Some(t) => {
                 if t.graph != g.name {
@@ -292,41 +358,88 @@ impl Engine {
                         run_id: active,
                     });
                 }
-                let f = fold::<S>(store, &thread_id, Seq(u64::MAX), false).await?;
-                (f.state, f.head, f.since_snapshot)
+                if matches!(start, Start::Checkpoint { fork: true, .. }) {
+                    return Err(Error::ThreadExists(thread_id));
+                }
+                match &start {
+                    // A rebased run replaces the state: no need to fold the current one.
+                    Start::Checkpoint { .. } => (S::default(), t.head, 0),
+                    Start::Input(_) => {
+                        let f = fold::<S>(store, &thread_id, Seq(u64::MAX), false).await?;
+                        (f.state, f.head, f.since_snapshot)
+                    }
+                }
             }
         };
-        let update = input.into_update();
+        let now = Timestamp::now();
+        let mut events = Vec::new();
+        let (mut state, update, boundary, origin) = match start {
+            Start::Input(input) => (current, input.into_update(), None, None),
+            Start::Checkpoint {
+                state,
+                boundary,
+                origin,
+                ..
+            } => {
+                let base = Payload::encode(&state)
+                    .map_err(|e| Error::InvalidInput(format!("state does not serialize: {e}")))?;
+                events.push(EventBody::RunRebased {
+                    base,
+                    origin: origin.clone(),
+                });
+                (state, S::Update::default(), Some(boundary), Some(origin))
+            }
+        };
         let payload = Payload::encode(&update)
             .map_err(|e| Error::InvalidInput(format!("input does not serialize: {e}")))?;
         state
             .apply(vec![(INPUT_WRITER, update)])
             .map_err(|e| Error::InvalidInput(e.to_string()))?;
-        let boundary = first_tasks(g, &state)
-            .map_err(|f| Error::InvalidInput(format!("routing from START failed: {f}")))?;
-        let now = Timestamp::now();
+        let boundary = match boundary {
+            Some(b) => b,
+            None => first_tasks(g, &state)
+                .map_err(|f| Error::InvalidInput(format!("routing from START failed: {f}")))?,
+        };
         let o = &self.shared.options;
         let settings = RunSettings {
             durability: options.durability.unwrap_or(o.durability),
             deadline: options.timeout.or(o.run_timeout).map(|d| now.plus(d)),
             superstep_limit: options.superstep_limit.unwrap_or(o.superstep_limit),
+            interrupt_before: options.interrupt_before,
+            interrupt_after: options.interrupt_after,
         };
+        if let Some(n) = settings
+            .interrupt_before
+            .iter()
+            .chain(&settings.interrupt_after)
+            .find(|n| g.topology.node_index(n).is_none())
+        {
+            return Err(Error::InvalidInput(format!(
+                "breakpoint names unknown node `{n}`"
+            )));
+        }
+        events.push(EventBody::RunStarted {
+            graph: g.name.clone(),
+            graph_version: g.version.clone(),
+            input: payload,
+            settings: settings.clone(),
+            boundary: boundary.clone(),
+        });
         let first_seq = head.next();
+        let started_seq = Seq(head.0 + events.len() as u64);
         let commit = Commit {
             thread_id: thread_id.clone(),
             expected_head: head,
-            events: vec![Event {
-                seq: first_seq,
-                run_id,
-                at: now,
-                body: EventBody::RunStarted {
-                    graph: g.name.clone(),
-                    graph_version: g.version.clone(),
-                    input: payload,
-                    settings: settings.clone(),
-                    boundary: boundary.clone(),
-                },
-            }],
+            events: events
+                .into_iter()
+                .enumerate()
+                .map(|(i, body)| Event {
+                    seq: Seq(first_seq.0 + i as u64),
+                    run_id,
+                    at: now,
+                    body,
+                })
+                .collect(),
             run: Some(RunWrite::Create(RunRecord {
                 run_id,
                 thread_id: thread_id.clone(),
@@ -342,6 +455,10 @@ impl Engine {
         };
         self.shared.write(commit).await?;
         tracing::info!(thread_id = %thread_id, run_id = %run_id, graph = %g.name, "run started");
+        let prior = match &origin {
+            Some(o) => self.prior_steps(o).await?,
+            None => Default::default(),
+        };
         let progress = Progress {
             run_id,
             settings,
@@ -352,24 +469,169 @@ impl Engine {
             done: Default::default(),
             failed: Default::default(),
             retry_at: Default::default(),
+            records: Default::default(),
+            origin,
         };
         let at = Position {
             state,
-            head: first_seq,
-            last_boundary: first_seq,
+            head: started_seq,
+            last_boundary: started_seq,
             since_snapshot,
             progress,
+            suspended: false,
+            prior,
         };
-        let driver = Driver::new(
+        let mut driver = Driver::new(
             g.clone(),
             self.shared.clone(),
             thread_id,
             at,
             guard.slot.clone(),
         );
-        let outcome = driver.run().await;
+        let outcome = self.drive(&mut driver).await;
         drop(guard);
         outcome
+    }
+
+    /// The recorded steps of the run a replay or fork comes from, by the replay's superstep
+    /// and task, so the replay can return them instead of executing step bodies again.
+    async fn prior_steps(&self, origin: &Origin) -> Result<PriorSteps, Error> {
+        let mut prior = PriorSteps::new();
+        if origin.reexecute_steps {
+            return Ok(prior);
+        }
+        let store = &*self.shared.store;
+        let mut after = origin.checkpoint.at_seq();
+        loop {
+            let page = store.events(&origin.thread_id, after, 1024).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for e in page {
+                if e.run_id != origin.run_id {
+                    return Ok(prior);
+                }
+                if let EventBody::StepRecorded {
+                    superstep,
+                    task,
+                    node,
+                    index,
+                    name,
+                    result,
+                } = e.body
+                    && superstep >= origin.superstep
+                {
+                    let entry = prior
+                        .entry((superstep - origin.superstep, task))
+                        .or_insert_with(|| (node.clone(), Default::default()));
+                    if entry.0 == node {
+                        entry.1.insert(index, Record::Step { name, result });
+                    }
+                }
+            }
+        }
+        Ok(prior)
+    }
+
+    /// The state and boundary at a checkpoint of a thread, and where it stands in its run.
+    async fn checkpoint_of<S: State>(
+        &self,
+        graph: &CompiledGraph<S>,
+        thread_id: &ThreadId,
+        checkpoint: CheckpointId,
+        reexecute_steps: bool,
+    ) -> Result<(S, Boundary, Origin), Error> {
+        let store = &*self.shared.store;
+        let t = store
+            .thread(thread_id)
+            .await?
+            .ok_or_else(|| Error::ThreadNotFound(thread_id.clone()))?;
+        if t.graph != graph.name() {
+            return Err(Error::GraphMismatch {
+                thread_id: thread_id.clone(),
+                existing: t.graph,
+                requested: graph.name().to_owned(),
+            });
+        }
+        let not_found = || Error::CheckpointNotFound {
+            thread_id: thread_id.clone(),
+            checkpoint,
+        };
+        let seq = checkpoint.at_seq();
+        if seq == Seq::ZERO {
+            return Err(not_found());
+        }
+        let e = store
+            .events(thread_id, Seq(seq.0 - 1), 1)
+            .await?
+            .into_iter()
+            .next()
+            .filter(|e| e.seq == seq)
+            .ok_or_else(not_found)?;
+        let (superstep, boundary) = match e.body {
+            EventBody::RunStarted { boundary, .. } => (0, boundary),
+            EventBody::NodeCompleted {
+                superstep,
+                boundary: Some(b),
+                ..
+            } => (superstep + 1, b),
+            _ => return Err(not_found()),
+        };
+        let state = fold::<S>(store, thread_id, seq, false).await?.state;
+        Ok((
+            state,
+            boundary,
+            Origin {
+                thread_id: thread_id.clone(),
+                checkpoint,
+                run_id: e.run_id,
+                superstep,
+                reexecute_steps,
+            },
+        ))
+    }
+
+    /// Runs a driver; when the run ends up waiting on a timer, schedules its wake-up.
+    async fn drive<S: State>(&self, driver: &mut Driver<S>) -> Result<RunOutcome<S>, Error> {
+        let outcome = driver.run().await?;
+        if let Some(at) = driver.wake_at {
+            self.schedule_wake(
+                driver.thread_id.clone(),
+                (driver.g.name.clone(), driver.g.version.clone()),
+                at,
+            );
+        }
+        Ok(outcome)
+    }
+
+    /// At `at`, continues the thread's run (if it still waits and its graph is registered).
+    /// The task holds only a weak reference: dropping the engine cancels pending wake-ups;
+    /// after a restart, [`Engine::recover`] schedules them again.
+    fn schedule_wake(&self, thread_id: ThreadId, graph: (String, String), at: Timestamp) {
+        let weak = Arc::downgrade(&self.shared);
+        let sleep = self.shared.options.clock.sleep_until(at);
+        tokio::spawn(async move {
+            sleep.await;
+            let Some(shared) = weak.upgrade() else { return };
+            let engine = Engine { shared };
+            let erased = engine
+                .shared
+                .graphs
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&graph)
+                .cloned();
+            if let Some(g) = erased {
+                engine.wait_live(&thread_id).await;
+                match g.resume(engine, thread_id.clone()).await {
+                    Ok(status) => {
+                        tracing::debug!(thread_id = %thread_id, status = status.as_str(), "woke waiting run")
+                    }
+                    Err(e) => {
+                        tracing::debug!(thread_id = %thread_id, error = %e, "wake-up found nothing to do")
+                    }
+                }
+            }
+        });
     }
 
     pub(crate) async fn resume_typed<S: State>(
@@ -394,6 +656,10 @@ impl Engine {
             .active_run
             .ok_or_else(|| Error::NoActiveRun(thread_id.clone()))?;
         let guard = self.claim(&thread_id, run_id)?;
+        let suspended = matches!(
+            store.run(run_id).await?.map(|r| r.status),
+            Some(RunStatus::Interrupted { .. } | RunStatus::Waiting { .. })
+        );
         let f = fold::<S>(store, &thread_id, Seq(u64::MAX), false).await?;
         let progress = f
             .progress
@@ -407,21 +673,27 @@ impl Engine {
             });
         }
         tracing::info!(thread_id = %thread_id, run_id = %run_id, superstep = progress.superstep, done = progress.done.len(), "resuming run");
+        let prior = match &progress.origin {
+            Some(o) => self.prior_steps(o).await?,
+            None => Default::default(),
+        };
         let at = Position {
             state: f.state,
             head: f.head,
             last_boundary: f.last_boundary.unwrap_or(f.head),
             since_snapshot: f.since_snapshot,
             progress,
+            suspended,
+            prior,
         };
-        let driver = Driver::new(
+        let mut driver = Driver::new(
             g.clone(),
             self.shared.clone(),
             thread_id,
             at,
             guard.slot.clone(),
         );
-        let outcome = driver.run().await;
+        let outcome = self.drive(&mut driver).await;
         drop(guard);
         outcome
     }
@@ -557,6 +829,258 @@ impl Engine {
             .run(run_id)
             .await?
             .ok_or_else(|| Error::NoActiveRun(thread_id.clone()))
+    }
+
+    pub(crate) async fn resume_typed_answers<S: State>(
+        &self,
+        graph: &CompiledGraph<S>,
+        answers: Vec<(InterruptId, Payload)>,
+    ) -> Result<RunOutcome<S>, Error> {
+        let store = &*self.shared.store;
+        let mut target: Option<(ThreadId, RunId)> = None;
+        for (id, _) in &answers {
+            let rec = store
+                .interrupt(*id)
+                .await?
+                .ok_or(Error::InterruptNotFound(*id))?;
+            match &target {
+                Some((t, _)) if *t != rec.thread_id => {
+                    return Err(Error::InvalidInput(
+                        "interrupts resumed together must belong to one thread".into(),
+                    ));
+                }
+                _ => target = Some((rec.thread_id.clone(), rec.run_id)),
+            }
+        }
+        let Some((thread_id, run_id)) = target else {
+            return Err(Error::InvalidInput("no interrupt to resume".into()));
+        };
+        let t = store
+            .thread(&thread_id)
+            .await?
+            .ok_or_else(|| Error::ThreadNotFound(thread_id.clone()))?;
+        if t.graph != graph.name() {
+            return Err(Error::GraphMismatch {
+                thread_id,
+                existing: t.graph,
+                requested: graph.name().to_owned(),
+            });
+        }
+        // Check every answer before recording any, so that a batch with one bad answer
+        // records nothing. (Each `answer_interrupt` is atomic on its own; a concurrent
+        // answer landing between this check and the writes is caught there.)
+        for (id, value) in &answers {
+            let rec = store
+                .interrupt(*id)
+                .await?
+                .ok_or(Error::InterruptNotFound(*id))?;
+            let run =
+                store
+                    .run(rec.run_id)
+                    .await?
+                    .ok_or(Error::Store(store::Error::RunNotFound {
+                        run_id: rec.run_id,
+                    }))?;
+            store::plan_answer(&rec, &run.status, value, Timestamp::now())?;
+        }
+        // Durable first: each value is in the store before anything acts on it.
+        for (id, value) in answers {
+            store.answer_interrupt(id, value, Timestamp::now()).await?;
+        }
+        loop {
+            match self.resume_typed(graph, thread_id.clone()).await {
+                Err(Error::RunActive { .. }) => self.wait_live(&thread_id).await,
+                Err(Error::NoActiveRun(_)) => return self.outcome_of::<S>(graph, run_id).await,
+                Ok(outcome) if outcome.run_id() != run_id => {
+                    return self.outcome_of::<S>(graph, run_id).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits until no driver of this engine holds the thread.
+    async fn wait_live(&self, thread_id: &ThreadId) {
+        let slot = self
+            .shared
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(thread_id)
+            .map(|l| l.slot.clone());
+        if let Some(slot) = slot {
+            let mut finished = slot.finished.subscribe();
+            let _ = finished.wait_for(|f| *f).await;
+        }
+    }
+
+    /// The outcome of a run that is not running here, from its record.
+    async fn outcome_of<S: State>(
+        &self,
+        graph: &CompiledGraph<S>,
+        run_id: RunId,
+    ) -> Result<RunOutcome<S>, Error> {
+        let store = &*self.shared.store;
+        let run = store
+            .run(run_id)
+            .await?
+            .ok_or(Error::Store(store::Error::RunNotFound { run_id }))?;
+        Ok(match run.status {
+            RunStatus::Completed { checkpoint } => RunOutcome::Completed {
+                run_id,
+                state: GraphHandle {
+                    engine: self.clone(),
+                    graph: graph.clone(),
+                }
+                .state_at(&run.thread_id, checkpoint)
+                .await?,
+            },
+            RunStatus::Failed { error } => RunOutcome::Failed { run_id, error },
+            RunStatus::Cancelled { reason } => RunOutcome::Cancelled { run_id, reason },
+            RunStatus::Interrupted { interrupts } => RunOutcome::Interrupted { run_id, interrupts },
+            _ => {
+                return Err(Error::RunActive {
+                    thread_id: run.thread_id,
+                    run_id,
+                });
+            }
+        })
+    }
+
+    /// Sends an external event to a thread: buffered durably until a node waiting for
+    /// `name` (`ctx.wait_for_event`) consumes it — also if it arrives before the wait
+    /// starts. A run waiting for it is continued in the background. With an idempotency
+    /// `key`, sending the same event again records nothing new.
+    ///
+    /// # Errors
+    /// [`Error::ThreadNotFound`], [`Error::InvalidInput`] (payload does not serialize),
+    /// `Store(IdempotencyConflict)` when the key was used for a different event.
+    pub async fn send_event(
+        &self,
+        thread_id: &ThreadId,
+        name: &str,
+        payload: &(impl Serialize + ?Sized),
+        key: Option<String>,
+    ) -> Result<Delivery, Error> {
+        let payload = Payload::encode(payload)
+            .map_err(|e| Error::InvalidInput(format!("event payload does not serialize: {e}")))?;
+        let (delivery, _new) = self
+            .shared
+            .store
+            .deliver(thread_id, name, payload, key, Timestamp::now())
+            .await?;
+        self.kick(thread_id.clone());
+        Ok(delivery)
+    }
+
+    /// In the background: once no driver of this engine holds the thread, continues its run
+    /// if it is waiting (an event it waits for may have arrived).
+    fn kick(&self, thread_id: ThreadId) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            engine.wait_live(&thread_id).await;
+            let Ok(run) = engine.latest_run(&thread_id).await else {
+                return;
+            };
+            if !matches!(run.status, RunStatus::Waiting { .. }) {
+                return;
+            }
+            let erased = engine
+                .shared
+                .graphs
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&(run.graph.clone(), run.graph_version.clone()))
+                .cloned();
+            if let Some(g) = erased
+                && let Err(e) = g.resume(engine, thread_id.clone()).await
+            {
+                tracing::debug!(thread_id = %thread_id, error = %e, "event delivery woke nothing");
+            }
+        });
+    }
+
+    /// Waits until the thread's latest run satisfies `done` (e.g. `RunStatus::is_terminal`)
+    /// and no driver of this engine holds it, and returns the run.
+    ///
+    /// # Errors
+    /// [`Error::ThreadNotFound`], storage errors.
+    pub async fn wait_for(
+        &self,
+        thread_id: &ThreadId,
+        done: impl Fn(&RunStatus) -> bool,
+    ) -> Result<RunRecord, Error> {
+        let mut changes = self.shared.changes.subscribe();
+        loop {
+            let live = self
+                .shared
+                .live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(thread_id);
+            if !live {
+                let run = self.latest_run(thread_id).await?;
+                if done(&run.status) {
+                    return Ok(run);
+                }
+            }
+            if changes.changed().await.is_err() {
+                return self.latest_run(thread_id).await;
+            }
+        }
+    }
+
+    /// Rejects an interrupt: its run is cancelled, durably, with `reason`.
+    ///
+    /// # Errors
+    /// [`Error::InterruptNotFound`]; [`Error::InterruptNotPending`] if it was already resumed
+    /// or its run ended.
+    pub async fn reject(
+        &self,
+        interrupt_id: InterruptId,
+        reason: impl Into<String>,
+    ) -> Result<RunRecord, Error> {
+        let store = &*self.shared.store;
+        let rec = store
+            .interrupt(interrupt_id)
+            .await?
+            .ok_or(Error::InterruptNotFound(interrupt_id))?;
+        let run = store
+            .run(rec.run_id)
+            .await?
+            .ok_or(Error::Store(store::Error::RunNotFound {
+                run_id: rec.run_id,
+            }))?;
+        if rec.answer.is_some() || run.status.is_terminal() {
+            return Err(Error::InterruptNotPending {
+                interrupt_id,
+                status: if rec.answer.is_some() {
+                    "resumed"
+                } else {
+                    run.status.kind().as_str()
+                },
+            });
+        }
+        self.cancel(&rec.thread_id, reason).await
+    }
+
+    /// An interrupt.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn interrupt(
+        &self,
+        interrupt_id: InterruptId,
+    ) -> Result<Option<InterruptRecord>, Error> {
+        Ok(self.shared.store.interrupt(interrupt_id).await?)
+    }
+
+    /// Every interrupt of a thread, oldest first (answered or not).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn interrupts(&self, thread_id: &ThreadId) -> Result<Vec<InterruptRecord>, Error> {
+        Ok(self.shared.store.interrupts(thread_id).await?)
     }
 
     /// The thread's latest run.
@@ -697,14 +1221,220 @@ impl<S: State> GraphHandle<S> {
             .await
     }
 
-    /// Continues the thread's unfinished run (after a crash) from its last durable point.
+    /// Continues the thread's unfinished run (after a crash) from its last durable point. A
+    /// run paused at interrupts continues only if resume values are waiting.
     ///
     /// # Errors
     /// [`Error::NoActiveRun`], [`Error::RunActive`] if this engine already drives it,
     /// [`Error::GraphNotRegistered`] if the run is pinned to another version.
-    pub async fn resume(&self, thread_id: impl AsRef<str>) -> Result<RunOutcome<S>, Error> {
+    pub async fn recover_thread(&self, thread_id: impl AsRef<str>) -> Result<RunOutcome<S>, Error> {
         let thread_id = ThreadId::new(thread_id)?;
         self.engine.resume_typed(&self.graph, thread_id).await
+    }
+
+    /// Resumes an interrupt with `value` and drives the run until it ends or pauses again.
+    ///
+    /// The value is recorded durably first (it is never lost, even if this process dies
+    /// right after), then the interrupted node runs again from its first line — recorded steps
+    /// return their results, and its `ctx.interrupt` returns `value`. Completed nodes and
+    /// earlier supersteps do not run again. Idempotent: the same id with the same value
+    /// returns the run's outcome again without applying anything twice. When a superstep
+    /// paused at several interrupts, the run continues once each has a value (answer them
+    /// one at a time, or all at once with [`GraphHandle::resume_many`]).
+    ///
+    /// # Errors
+    /// [`Error::InterruptNotFound`]; [`Error::ResumeConflict`] if it was resumed with another
+    /// value; [`Error::InterruptNotPending`] if its run ended; [`Error::GraphMismatch`] if
+    /// the interrupt belongs to another graph's thread; [`Error::InvalidInput`] if `value`
+    /// does not serialize.
+    pub async fn resume(
+        &self,
+        interrupt_id: InterruptId,
+        value: &(impl Serialize + ?Sized),
+    ) -> Result<RunOutcome<S>, Error> {
+        let value = Payload::encode(value)
+            .map_err(|e| Error::InvalidInput(format!("resume value does not serialize: {e}")))?;
+        self.engine
+            .resume_typed_answers(&self.graph, vec![(interrupt_id, value)])
+            .await
+    }
+
+    /// Resumes several interrupts of one thread at once, then drives the run.
+    ///
+    /// # Errors
+    /// As [`GraphHandle::resume`]; [`Error::InvalidInput`] if the interrupts belong to
+    /// different threads.
+    pub async fn resume_many(
+        &self,
+        answers: impl IntoIterator<Item = (InterruptId, serde_json::Value)>,
+    ) -> Result<RunOutcome<S>, Error> {
+        let answers = answers
+            .into_iter()
+            .map(|(id, v)| {
+                Payload::encode(&v).map(|p| (id, p)).map_err(|e| {
+                    Error::InvalidInput(format!("resume value does not serialize: {e}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.engine.resume_typed_answers(&self.graph, answers).await
+    }
+
+    /// Runs the thread again from `checkpoint`: a new run on the same thread starts from the
+    /// checkpoint's state and tasks (the thread's later history stays in the log). Recorded
+    /// steps of the original run return their results without executing their bodies,
+    /// unless `options.reexecute_steps`.
+    ///
+    /// # Errors
+    /// [`Error::CheckpointNotFound`], [`Error::RunActive`], [`Error::ThreadNotFound`].
+    pub async fn replay(
+        &self,
+        thread_id: impl AsRef<str>,
+        checkpoint: CheckpointId,
+        options: ReplayOptions,
+    ) -> Result<RunOutcome<S>, Error> {
+        let thread_id = ThreadId::new(thread_id)?;
+        self.start_at_checkpoint(thread_id.clone(), checkpoint, thread_id, false, options)
+            .await
+    }
+
+    /// Forks `thread_id` at `checkpoint` into the new thread `new_thread_id`, which starts
+    /// from the checkpoint's state and tasks and continues independently (its first event
+    /// records where it came from; the source's history stays readable on the source).
+    ///
+    /// # Errors
+    /// [`Error::ThreadExists`] if `new_thread_id` exists, and as [`GraphHandle::replay`].
+    pub async fn fork(
+        &self,
+        thread_id: impl AsRef<str>,
+        checkpoint: CheckpointId,
+        new_thread_id: impl AsRef<str>,
+        options: ReplayOptions,
+    ) -> Result<RunOutcome<S>, Error> {
+        let thread_id = ThreadId::new(thread_id)?;
+        let new_thread_id = ThreadId::new(new_thread_id)?;
+        self.start_at_checkpoint(thread_id, checkpoint, new_thread_id, true, options)
+            .await
+    }
+
+    /// Starts a run on `target` from `checkpoint` of `source`.
+    async fn start_at_checkpoint(
+        &self,
+        source: ThreadId,
+        checkpoint: CheckpointId,
+        target: ThreadId,
+        fork: bool,
+        options: ReplayOptions,
+    ) -> Result<RunOutcome<S>, Error> {
+        let (state, boundary, origin) = self
+            .engine
+            .checkpoint_of(&self.graph, &source, checkpoint, options.reexecute_steps)
+            .await?;
+        let start = Start::Checkpoint {
+            state,
+            boundary,
+            origin,
+            fork,
+        };
+        self.engine
+            .start_run(&self.graph, target, start, options.run)
+            .await
+    }
+
+    /// Edits the thread's state as if node `as_node` had returned `update` (an operator
+    /// action, recorded as a `state_updated` event and merged through the reducers). Allowed
+    /// while the thread is idle, interrupted or waiting — not while a run executes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an unknown node, [`Error::RunActive`] while a run
+    /// executes, [`Error::ThreadNotFound`].
+    pub async fn update_state(
+        &self,
+        thread_id: impl AsRef<str>,
+        update: S::Update,
+        as_node: &str,
+    ) -> Result<ThreadState<S>, Error> {
+        let thread_id = ThreadId::new(thread_id)?;
+        if self.graph.topology().node_index(as_node).is_none() {
+            return Err(Error::InvalidInput(format!("unknown node `{as_node}`")));
+        }
+        let store = &*self.engine.shared.store;
+        let t = store
+            .thread(&thread_id)
+            .await?
+            .ok_or_else(|| Error::ThreadNotFound(thread_id.clone()))?;
+        if t.graph != self.graph.name() {
+            return Err(Error::GraphMismatch {
+                thread_id,
+                existing: t.graph,
+                requested: self.graph.name().to_owned(),
+            });
+        }
+        let writer = t
+            .active_run
+            .or(t.last_run)
+            .ok_or_else(|| Error::ThreadNotFound(thread_id.clone()))?;
+        let guard = self.engine.claim(&thread_id, writer)?;
+        if let Some(active) = t.active_run {
+            let run = store.run(active).await?;
+            if matches!(
+                run.map(|r| r.status),
+                Some(RunStatus::Running | RunStatus::Queued)
+            ) {
+                return Err(Error::RunActive {
+                    thread_id,
+                    run_id: active,
+                });
+            }
+        }
+        // Check the edit applies before recording it.
+        let mut probe = fold::<S>(store, &thread_id, Seq(u64::MAX), false)
+            .await?
+            .state;
+        let payload = Payload::encode(&update)
+            .map_err(|e| Error::InvalidInput(format!("update does not serialize: {e}")))?;
+        probe
+            .apply(vec![(as_node, update)])
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let commit = Commit {
+            thread_id: thread_id.clone(),
+            expected_head: t.head,
+            events: vec![Event {
+                seq: t.head.next(),
+                run_id: writer,
+                at: Timestamp::now(),
+                body: EventBody::StateUpdated {
+                    as_node: as_node.to_owned(),
+                    update: payload,
+                },
+            }],
+            run: None,
+            snapshot: None,
+            durability: Durability::Sync,
+        };
+        self.engine.shared.write(commit).await?;
+        drop(guard);
+        self.state(thread_id).await
+    }
+
+    /// Checkpoints of the thread, newest first: at most `limit` (0 = all), older than
+    /// `before` if given.
+    ///
+    /// # Errors
+    /// [`Error::ThreadNotFound`].
+    pub async fn history(
+        &self,
+        thread_id: impl AsRef<str>,
+        limit: usize,
+        before: Option<CheckpointId>,
+    ) -> Result<Vec<CheckpointInfo>, Error> {
+        let thread_id = ThreadId::new(thread_id)?;
+        let mut all = self.engine.checkpoints(&thread_id).await?;
+        all.reverse();
+        Ok(all
+            .into_iter()
+            .filter(|c| before.is_none_or(|b| c.id < b))
+            .take(if limit == 0 { usize::MAX } else { limit })
+            .collect())
     }
 
     /// The thread's current state.

@@ -1,6 +1,6 @@
 //! The runtime's error type.
 
-use oris_core::id::{CheckpointId, IdError, RunId, Seq, ThreadId};
+use oris_core::id::{CheckpointId, IdError, InterruptId, RunId, Seq, ThreadId};
 use oris_core::store;
 
 /// Why an engine operation failed. A run that *ran* and failed is not an error: it is a
@@ -32,6 +32,9 @@ pub enum Error {
     /// No such thread.
     #[error("thread `{0}` does not exist")]
     ThreadNotFound(ThreadId),
+    /// The thread exists already (a fork needs a new thread id).
+    #[error("thread `{0}` already exists")]
+    ThreadExists(ThreadId),
     /// The thread has no queued or running run to continue or cancel.
     #[error("thread `{0}` has no unfinished run")]
     NoActiveRun(ThreadId),
@@ -81,6 +84,20 @@ pub enum Error {
         /// The run.
         run_id: RunId,
     },
+    /// No interrupt has this id.
+    #[error("interrupt {0} does not exist")]
+    InterruptNotFound(InterruptId),
+    /// The interrupt cannot be resumed or rejected: its run ended without it.
+    #[error("interrupt {interrupt_id} is not pending: its run is {status}")]
+    InterruptNotPending {
+        /// The interrupt.
+        interrupt_id: InterruptId,
+        /// The run's status.
+        status: &'static str,
+    },
+    /// The interrupt was already resumed with a different value.
+    #[error("interrupt {0} was already resumed with a different value")]
+    ResumeConflict(InterruptId),
     /// Any other storage error.
     #[error(transparent)]
     Store(store::Error),
@@ -109,6 +126,17 @@ impl From<store::Error> for Error {
                 seq,
                 detail,
             },
+            store::Error::InterruptNotFound { interrupt_id } => {
+                Error::InterruptNotFound(interrupt_id)
+            }
+            store::Error::InterruptNotPending {
+                interrupt_id,
+                status,
+            } => Error::InterruptNotPending {
+                interrupt_id,
+                status,
+            },
+            store::Error::ResumeConflict { interrupt_id } => Error::ResumeConflict(interrupt_id),
             other => Error::Store(other),
         }
     }

@@ -115,6 +115,8 @@ pub struct StateGraph<S: State> {
     routers: Vec<RouterFn<S>>,
     default_policy: NodePolicy,
     errors: Vec<GraphError>,
+    interrupt_before: Vec<String>,
+    interrupt_after: Vec<String>,
 }
 
 impl<S: State> fmt::Debug for StateGraph<S> {
@@ -138,6 +140,8 @@ impl<S: State> StateGraph<S> {
             routers: Vec::new(),
             default_policy: NodePolicy::default(),
             errors: Vec::new(),
+            interrupt_before: Vec::new(),
+            interrupt_after: Vec::new(),
         }
     }
 
@@ -206,6 +210,21 @@ impl<S: State> StateGraph<S> {
         self
     }
 
+    /// Declares where `from` may route with `ctx.goto` (nodes or END): used to validate
+    /// the graph (reachability, paths to END) and to draw it. A `goto` elsewhere fails the
+    /// run with `invalid_route`.
+    pub fn goto_targets<I>(mut self, from: impl Into<String>, targets: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.topology.gotos.push(Branch {
+            from: from.into(),
+            targets: targets.into_iter().map(Into::into).collect(),
+        });
+        self
+    }
+
     /// A join edge: `to` runs once, in the superstep after every node of `sources` has
     /// finished (they may finish in different supersteps).
     pub fn join<I>(mut self, sources: I, to: impl Into<String>) -> Self
@@ -220,6 +239,32 @@ impl<S: State> StateGraph<S> {
         self
     }
 
+    /// Static breakpoints: every run pauses before these nodes run, with an interrupt whose
+    /// payload is `{"breakpoint": "before", "node": …}`; resuming it (any value) lets the node
+    /// run. Per-run breakpoints: [`RunOptions`](crate::RunOptions).
+    pub fn interrupt_before<I>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.interrupt_before
+            .extend(nodes.into_iter().map(Into::into));
+        self
+    }
+
+    /// Static breakpoints: every run pauses after these nodes ran and before their update
+    /// counts; on resume the node runs again (its recorded steps return their results) and
+    /// its update is merged.
+    pub fn interrupt_after<I>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.interrupt_after
+            .extend(nodes.into_iter().map(Into::into));
+        self
+    }
+
     /// Validates the graph.
     ///
     /// # Errors
@@ -230,6 +275,17 @@ impl<S: State> StateGraph<S> {
             return Err(e);
         }
         self.topology.validate()?;
+        if let Some(n) = self
+            .interrupt_before
+            .iter()
+            .chain(&self.interrupt_after)
+            .find(|n| self.topology.node_index(n).is_none())
+        {
+            return Err(GraphError::UnknownNode {
+                node: n.clone(),
+                edge: "breakpoint".into(),
+            });
+        }
         if self.name.is_empty() || self.version.is_empty() {
             return Err(GraphError::InvalidNodeName {
                 name: format!("{}@{}", self.name, self.version),
@@ -253,6 +309,8 @@ impl<S: State> StateGraph<S> {
                     .map(|(run, policy)| NodeSpec { run, policy })
                     .collect(),
                 routers: self.routers,
+                interrupt_before: self.interrupt_before,
+                interrupt_after: self.interrupt_after,
             }),
         })
     }
@@ -266,6 +324,9 @@ pub(crate) struct GraphInner<S: State> {
     pub nodes: Vec<NodeSpec<S>>,
     /// Indexed like `topology.branches`.
     pub routers: Vec<RouterFn<S>>,
+    /// Static breakpoints.
+    pub interrupt_before: Vec<String>,
+    pub interrupt_after: Vec<String>,
 }
 
 /// A validated graph, ready to run. Cheap to clone.

@@ -41,16 +41,21 @@
 //! # });
 //! ```
 
+mod clock;
 mod driver;
 mod engine;
 mod error;
 mod graph;
 mod node;
 mod outcome;
+mod record;
 mod replay;
 mod retry;
 
-pub use engine::{Engine, EngineOptions, GraphHandle, Observer, RecoveryReport, RunOptions};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use engine::{
+    Engine, EngineOptions, GraphHandle, Observer, RecoveryReport, ReplayOptions, RunOptions,
+};
 pub use error::Error;
 pub use graph::{CompiledGraph, NodePolicy, Route, StateGraph};
 pub use node::{BoxFuture, Context, NodeError, NodeOutput};

@@ -2,11 +2,13 @@
 
 use oris_core::event::{Failure, Task};
 use oris_core::id::{CheckpointId, RunId, Seq, Timestamp};
+use oris_core::status::PendingInterrupt;
 use oris_core::store::RunRecord;
 
-/// How a run ended.
+/// How a run ended — or paused.
 #[derive(Debug, Clone, PartialEq)]
 #[must_use]
+#[non_exhaustive]
 pub enum RunOutcome<S> {
     /// The run reached END with this state.
     Completed {
@@ -29,6 +31,23 @@ pub enum RunOutcome<S> {
         /// Why.
         reason: String,
     },
+    /// The run paused: it continues when its interrupts are resumed.
+    Interrupted {
+        /// The run.
+        run_id: RunId,
+        /// What it waits on.
+        interrupts: Vec<PendingInterrupt>,
+    },
+    /// The run waits on durable timers or external events; the engine continues it when
+    /// one is due or arrives.
+    Waiting {
+        /// The run.
+        run_id: RunId,
+        /// When the earliest timer or wait deadline is due.
+        until: Option<Timestamp>,
+        /// Events it waits for.
+        events: Vec<String>,
+    },
 }
 
 impl<S> RunOutcome<S> {
@@ -37,7 +56,9 @@ impl<S> RunOutcome<S> {
         match self {
             RunOutcome::Completed { run_id, .. }
             | RunOutcome::Failed { run_id, .. }
-            | RunOutcome::Cancelled { run_id, .. } => *run_id,
+            | RunOutcome::Cancelled { run_id, .. }
+            | RunOutcome::Interrupted { run_id, .. }
+            | RunOutcome::Waiting { run_id, .. } => *run_id,
         }
     }
 
@@ -59,6 +80,20 @@ impl<S> RunOutcome<S> {
             RunOutcome::Completed { state, .. } => state,
             RunOutcome::Failed { error, .. } => panic!("run failed: {error}"),
             RunOutcome::Cancelled { reason, .. } => panic!("run cancelled: {reason}"),
+            RunOutcome::Interrupted { interrupts, .. } => {
+                panic!("run interrupted, waiting on {interrupts:?}")
+            }
+            RunOutcome::Waiting { until, events, .. } => {
+                panic!("run waiting until {until:?} for {events:?}")
+            }
+        }
+    }
+
+    /// The interrupts the run waits on, if it paused.
+    pub fn interrupts(&self) -> &[PendingInterrupt] {
+        match self {
+            RunOutcome::Interrupted { interrupts, .. } => interrupts,
+            _ => &[],
         }
     }
 

@@ -7,13 +7,14 @@
 use std::collections::BTreeMap;
 
 use oris_core::event::{
-    Barriers, Boundary, DecodeError, Event, EventBody, Payload, RunSettings, Task,
+    Barriers, Boundary, DecodeError, Event, EventBody, Origin, Payload, RunSettings, Task,
 };
 use oris_core::id::{RunId, Seq, ThreadId, Timestamp};
 use oris_core::state::{INPUT_WRITER, State};
 use oris_core::store::{Snapshot, Store};
 
 use crate::error::Error;
+use crate::record::{Records, apply_record};
 
 const PAGE: usize = 1024;
 
@@ -33,6 +34,10 @@ pub(crate) struct Progress<U> {
     /// When the next attempt of a failed task is due (its last `NodeFailed.retry_at`), so
     /// that a resumed run keeps the backoff instead of retrying at once.
     pub retry_at: BTreeMap<u32, Timestamp>,
+    /// Recorded calls (steps, interrupts) of the current superstep's tasks.
+    pub records: Records,
+    /// Where the run comes from, if it replays a checkpoint or starts a fork.
+    pub origin: Option<Origin>,
 }
 
 /// A thread rebuilt from snapshot + events.
@@ -46,6 +51,8 @@ pub(crate) struct Folded<S: State> {
     pub since_snapshot: u32,
     /// The run in progress at `head`, if any.
     pub progress: Option<Progress<S::Update>>,
+    /// Origin of a `RunRebased` waiting for its `RunStarted`.
+    rebased: Option<Origin>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(
@@ -70,13 +77,14 @@ impl<S: State> Folded<S> {
             last_boundary: None,
             since_snapshot: 0,
             progress: None,
+            rebased: None,
         }
     }
 
     fn from_snapshot(
         thread_id: &ThreadId,
         snap: Snapshot,
-        active: Option<(RunSettings, String)>,
+        active: Option<(RunSettings, String, Option<Origin>)>,
     ) -> Result<Self, Error> {
         let state = decode(thread_id, snap.at_seq, "snapshot state", &snap.state)?;
         Ok(Folded {
@@ -84,7 +92,7 @@ impl<S: State> Folded<S> {
             head: snap.at_seq,
             last_boundary: Some(snap.at_seq),
             since_snapshot: 0,
-            progress: active.map(|(settings, graph_version)| Progress {
+            progress: active.map(|(settings, graph_version, origin)| Progress {
                 run_id: snap.run_id,
                 settings,
                 graph_version,
@@ -94,7 +102,10 @@ impl<S: State> Folded<S> {
                 done: BTreeMap::new(),
                 failed: BTreeMap::new(),
                 retry_at: BTreeMap::new(),
+                records: Records::new(),
+                origin,
             }),
+            rebased: None,
         })
     }
 
@@ -127,6 +138,8 @@ impl<S: State> Folded<S> {
                     done: BTreeMap::new(),
                     failed: BTreeMap::new(),
                     retry_at: BTreeMap::new(),
+                    records: Records::new(),
+                    origin: self.rebased.take(),
                 });
                 self.last_boundary = Some(e.seq);
             }
@@ -162,6 +175,27 @@ impl<S: State> Folded<S> {
                     };
                 }
             }
+            EventBody::StepRecorded { .. }
+            | EventBody::InterruptRaised { .. }
+            | EventBody::InterruptResumed { .. }
+            | EventBody::EventReceived { .. } => {
+                let p = self
+                    .progress
+                    .as_mut()
+                    .ok_or_else(|| corrupt("a recorded call outside a run".into()))?;
+                apply_record(&mut p.records, &e.body);
+            }
+            EventBody::RunSuspended { .. } | EventBody::RunResumed => {}
+            EventBody::RunRebased { base, origin } => {
+                self.state = decode(thread_id, e.seq, "rebased state", base)?;
+                self.rebased = Some(origin.clone());
+            }
+            EventBody::StateUpdated { as_node, update } => {
+                let update: S::Update = decode(thread_id, e.seq, "state edit", update)?;
+                self.state
+                    .apply(vec![(as_node.as_str(), update)])
+                    .map_err(|err| corrupt(format!("state edit does not apply: {err}")))?;
+            }
             EventBody::RunCompleted
             | EventBody::RunFailed { .. }
             | EventBody::RunCancelled { .. } => {
@@ -190,6 +224,7 @@ fn close_superstep<S: State>(
     p.barriers = boundary.barriers.clone();
     p.failed.clear();
     p.retry_at.clear();
+    p.records.clear();
     Ok(())
 }
 
@@ -213,17 +248,22 @@ pub(crate) async fn fold<S: State>(
             // event. Events after the snapshot (including the run's end) settle the rest.
             let active = match store.run(snap.run_id).await? {
                 Some(run) => {
-                    let start = store
-                        .events(thread_id, Seq(run.first_seq.0 - 1), 1)
+                    // A rebased run opens with `RunRebased`, then `RunStarted`.
+                    let mut first = store
+                        .events(thread_id, Seq(run.first_seq.0 - 1), 2)
                         .await?
                         .into_iter()
-                        .next();
-                    match start.map(|e| e.body) {
+                        .map(|e| e.body);
+                    let (origin, start) = match first.next() {
+                        Some(EventBody::RunRebased { origin, .. }) => (Some(origin), first.next()),
+                        other => (None, other),
+                    };
+                    match start {
                         Some(EventBody::RunStarted {
                             settings,
                             graph_version,
                             ..
-                        }) => Some((settings, graph_version)),
+                        }) => Some((settings, graph_version, origin)),
                         _ => {
                             return Err(Error::Corrupt {
                                 thread_id: thread_id.clone(),
@@ -265,7 +305,7 @@ pub(crate) async fn fold<S: State>(
 ///
 /// Writers are named by node, and fan-out tasks additionally by their task index
 /// (`worker[3]`), so a conflict between two tasks of one node names both. A reducer that
-/// panics is reported as an error; `state` is unchanged on error.
+/// panics is reported as an error.
 pub(crate) fn merge<S: State>(
     state: &mut S,
     tasks: &[Task],
@@ -286,12 +326,10 @@ pub(crate) fn merge<S: State>(
         .map(String::as_str)
         .zip(done.into_values())
         .collect();
-    let mut merged = state.clone();
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| merged.apply(updates))) {
-        Ok(Ok(())) => {
-            *state = merged;
-            Ok(())
-        }
+    // `State::apply` leaves the state unchanged on error; after a panicking reducer the
+    // state is unspecified, and both callers abandon it (the run fails, the fold errors).
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.apply(updates))) {
+        Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(p) => Err(format!(
             "a reducer panicked: {}",

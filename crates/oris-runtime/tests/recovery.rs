@@ -139,11 +139,11 @@ async fn recovery_finishes_the_run_without_re_executing_completed_nodes() {
     let again = second.recover().await.unwrap();
     assert!(again.resumed.is_empty() && again.skipped.is_empty());
     assert_eq!(
-        h.resume("crash").await.unwrap_err(),
+        h.recover_thread("crash").await.unwrap_err(),
         Error::NoActiveRun(tid("crash"))
     );
     assert_eq!(
-        h.resume("never-ran").await.unwrap_err(),
+        h.recover_thread("never-ran").await.unwrap_err(),
         Error::ThreadNotFound(tid("never-ran"))
     );
 }
@@ -171,7 +171,7 @@ async fn recovery_skips_runs_whose_graph_version_is_not_registered() {
         }
     );
     // Resuming with the other version is refused too, and changes nothing.
-    let err = v2.resume("pinned").await.unwrap_err();
+    let err = v2.recover_thread("pinned").await.unwrap_err();
     assert!(
         matches!(&err, Error::GraphNotRegistered { version, .. } if version == "1"),
         "{err:?}"
@@ -184,7 +184,11 @@ async fn recovery_skips_runs_whose_graph_version_is_not_registered() {
 
     // With v1 registered, the run continues.
     let v1 = second.register(crashy("1", runs.clone(), None).compile().unwrap());
-    let s = v1.resume("pinned").await.unwrap().expect_completed();
+    let s = v1
+        .recover_thread("pinned")
+        .await
+        .unwrap()
+        .expect_completed();
     assert_eq!(s.log, ["fan", "a", "b", "c", "after"]);
     assert_eq!(
         ["fan", "a", "b", "c", "after"].map(|n| runs.count(n)),
@@ -355,6 +359,8 @@ async fn write_by_hand(
                     durability: Durability::Sync,
                     deadline: None,
                     superstep_limit: 10,
+                    interrupt_before: vec![],
+                    interrupt_after: vec![],
                 },
                 boundary: Boundary {
                     next: vec![Task::Node("n0".into())],
@@ -625,7 +631,11 @@ async fn a_retry_scheduled_before_a_crash_waits_for_its_retry_at_after_recovery(
     let t0 = tokio::time::Instant::now();
     let second = Engine::new(store.clone());
     let h = second.register(graph(runs.clone()));
-    let s = h.resume("backoff").await.unwrap().expect_completed();
+    let s = h
+        .recover_thread("backoff")
+        .await
+        .unwrap()
+        .expect_completed();
     assert_eq!(s.counter, 2, "attempt numbering survives the crash");
     assert_eq!(runs.count("n"), 2);
     let waited = t0.elapsed();
@@ -745,7 +755,11 @@ async fn recovery_keeps_fan_out_tasks_paired_with_their_inputs() {
 
     let second = Engine::new(store.clone());
     let h = second.register(build(runs.clone(), None));
-    let s = h.resume("send-crash").await.unwrap().expect_completed();
+    let s = h
+        .recover_thread("send-crash")
+        .await
+        .unwrap()
+        .expect_completed();
     assert_eq!(s.out, ["0:10", "1:20", "2:30", "3:40"]);
     assert_eq!(
         [10, 20, 30, 40].map(|i| runs.count(&format!("work-{i}"))),

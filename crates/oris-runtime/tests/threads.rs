@@ -164,7 +164,7 @@ async fn cancel_of_a_run_nobody_drives_is_durable() {
         }
     );
     assert_eq!(
-        h.resume("orphan").await.unwrap_err(),
+        h.recover_thread("orphan").await.unwrap_err(),
         Error::NoActiveRun(tid("orphan"))
     );
     // The thread takes a new run afterwards.
@@ -250,7 +250,10 @@ async fn invalid_thread_ids_are_rejected_and_nothing_is_stored() {
             "{id:?}"
         );
         assert!(matches!(h.state(id).await, Err(Error::InvalidThreadId(_))));
-        assert!(matches!(h.resume(id).await, Err(Error::InvalidThreadId(_))));
+        assert!(matches!(
+            h.recover_thread(id).await,
+            Err(Error::InvalidThreadId(_))
+        ));
     }
     assert_eq!(runs.count("hold"), 0);
     assert!(store.runs(&RunFilter::default()).await.unwrap().is_empty());
@@ -374,7 +377,7 @@ async fn another_graph_cannot_start_on_the_thread() {
         }
     );
     assert_eq!(
-        other.resume("mine").await.unwrap_err(),
+        other.recover_thread("mine").await.unwrap_err(),
         Error::GraphMismatch {
             thread_id: tid("mine"),
             existing: "w1".into(),

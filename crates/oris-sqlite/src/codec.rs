@@ -5,7 +5,7 @@
 //! into [`Error::Corrupt`] naming the thread and seq. Nothing read back is defaulted.
 
 use oris_core::event::{Boundary, EventKind, Payload};
-use oris_core::id::{RunId, Seq, ThreadId, Timestamp};
+use oris_core::id::{DeliveryId, InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::status::{RunStatus, StatusKind};
 use oris_core::store::Error;
 use rusqlite::Row;
@@ -96,6 +96,14 @@ pub(crate) fn kind_code(kind: EventKind) -> Option<i64> {
         EventKind::RunCompleted => Some(3),
         EventKind::RunFailed => Some(4),
         EventKind::RunCancelled => Some(5),
+        EventKind::StepRecorded => Some(6),
+        EventKind::InterruptRaised => Some(7),
+        EventKind::InterruptResumed => Some(8),
+        EventKind::RunSuspended => Some(9),
+        EventKind::RunResumed => Some(10),
+        EventKind::EventReceived => Some(11),
+        EventKind::RunRebased => Some(12),
+        EventKind::StateUpdated => Some(13),
         _ => None,
     }
 }
@@ -109,6 +117,14 @@ pub(crate) fn kind_from_code(code: i64) -> Option<EventKind> {
         3 => Some(EventKind::RunCompleted),
         4 => Some(EventKind::RunFailed),
         5 => Some(EventKind::RunCancelled),
+        6 => Some(EventKind::StepRecorded),
+        7 => Some(EventKind::InterruptRaised),
+        8 => Some(EventKind::InterruptResumed),
+        9 => Some(EventKind::RunSuspended),
+        10 => Some(EventKind::RunResumed),
+        11 => Some(EventKind::EventReceived),
+        12 => Some(EventKind::RunRebased),
+        13 => Some(EventKind::StateUpdated),
         _ => None,
     }
 }
@@ -276,10 +292,7 @@ pub(crate) fn u32_col(row: &Row<'_>, i: usize, col: &str) -> Result<u32, Fault> 
 
 /// A NOT NULL INTEGER column holding a seq.
 pub(crate) fn seq_col(row: &Row<'_>, i: usize, col: &str) -> Result<Seq, Fault> {
-    let v = int(row, i, col)?;
-    u64::try_from(v)
-        .map(Seq)
-        .map_err(|_| Fault::Bad(format!("column `{col}`: {v} is not a seq")))
+    opt_seq(row, i, col)?.ok_or_else(|| Fault::Bad(format!("column `{col}` is null")))
 }
 
 /// A TEXT column that may be null.
@@ -306,15 +319,61 @@ pub(crate) fn blob(row: &Row<'_>, i: usize, col: &str) -> Result<Vec<u8>, Fault>
     }
 }
 
-/// A run id column (16-byte blob) that may be null.
-pub(crate) fn opt_run_id(row: &Row<'_>, i: usize, col: &str) -> Result<Option<RunId>, Fault> {
+/// A UUID column (16-byte blob) that may be null.
+fn opt_uuid(row: &Row<'_>, i: usize, col: &str) -> Result<Option<uuid::Uuid>, Fault> {
     match row.get_ref(i)? {
         ValueRef::Null => Ok(None),
         ValueRef::Blob(b) => uuid::Uuid::from_slice(b)
-            .map(|u| Some(RunId::from_uuid(u)))
+            .map(Some)
             .map_err(|_| Fault::Bad(format!("column `{col}`: {} bytes, not 16", b.len()))),
         other => Err(wrong(col, "a blob", other)),
     }
+}
+
+/// A NOT NULL UUID column.
+fn uuid_col(row: &Row<'_>, i: usize, col: &str) -> Result<uuid::Uuid, Fault> {
+    opt_uuid(row, i, col)?.ok_or_else(|| Fault::Bad(format!("column `{col}` is null")))
+}
+
+/// A run id column (16-byte blob) that may be null.
+pub(crate) fn opt_run_id(row: &Row<'_>, i: usize, col: &str) -> Result<Option<RunId>, Fault> {
+    Ok(opt_uuid(row, i, col)?.map(RunId::from_uuid))
+}
+
+/// A NOT NULL interrupt id column (16-byte blob).
+pub(crate) fn interrupt_id(row: &Row<'_>, i: usize, col: &str) -> Result<InterruptId, Fault> {
+    uuid_col(row, i, col).map(InterruptId::from_uuid)
+}
+
+/// A NOT NULL delivery id column (16-byte blob).
+pub(crate) fn delivery_id(row: &Row<'_>, i: usize, col: &str) -> Result<DeliveryId, Fault> {
+    uuid_col(row, i, col).map(DeliveryId::from_uuid)
+}
+
+/// An INTEGER column holding a seq, or null.
+pub(crate) fn opt_seq(row: &Row<'_>, i: usize, col: &str) -> Result<Option<Seq>, Fault> {
+    opt_int(row, i, col)?
+        .map(|v| {
+            u64::try_from(v)
+                .map(Seq)
+                .map_err(|_| Fault::Bad(format!("column `{col}`: {v} is not a seq")))
+        })
+        .transpose()
+}
+
+/// A TEXT column holding a JSON payload, or null.
+pub(crate) fn opt_payload(row: &Row<'_>, i: usize, col: &str) -> Result<Option<Payload>, Fault> {
+    opt_text(row, i, col)?
+        .map(|t| {
+            Payload::from_json(t)
+                .map_err(|e| Fault::Bad(format!("column `{col}` is not JSON: {e}")))
+        })
+        .transpose()
+}
+
+/// A NOT NULL TEXT column holding a JSON payload.
+pub(crate) fn payload(row: &Row<'_>, i: usize, col: &str) -> Result<Payload, Fault> {
+    opt_payload(row, i, col)?.ok_or_else(|| Fault::Bad(format!("column `{col}` is null")))
 }
 
 /// A NOT NULL run id column.
@@ -338,6 +397,21 @@ pub(crate) fn run_id_blob(id: RunId) -> [u8; 16] {
     *id.as_uuid().as_bytes()
 }
 
+/// The blob form of an interrupt id.
+pub(crate) fn interrupt_id_blob(id: InterruptId) -> [u8; 16] {
+    *id.as_uuid().as_bytes()
+}
+
+/// The blob form of a delivery id.
+pub(crate) fn delivery_id_blob(id: DeliveryId) -> [u8; 16] {
+    *id.as_uuid().as_bytes()
+}
+
+/// A seq as an INTEGER column value.
+pub(crate) fn seq_value(seq: Seq) -> Option<i64> {
+    i64::try_from(seq.0).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,7 +427,7 @@ mod tests {
                 assert_eq!(kind_code(kind), Some(code));
             }
         }
-        assert_eq!(kind_from_code(6), None);
+        assert_eq!(kind_from_code(14), None);
         assert_eq!(kind_from_code(-1), None);
         // The codes are on disk: pin them.
         assert_eq!(kind_code(EventKind::NodeCompleted), Some(0));
@@ -362,6 +436,14 @@ mod tests {
         assert_eq!(kind_code(EventKind::RunCompleted), Some(3));
         assert_eq!(kind_code(EventKind::RunFailed), Some(4));
         assert_eq!(kind_code(EventKind::RunCancelled), Some(5));
+        assert_eq!(kind_code(EventKind::StepRecorded), Some(6));
+        assert_eq!(kind_code(EventKind::InterruptRaised), Some(7));
+        assert_eq!(kind_code(EventKind::InterruptResumed), Some(8));
+        assert_eq!(kind_code(EventKind::RunSuspended), Some(9));
+        assert_eq!(kind_code(EventKind::RunResumed), Some(10));
+        assert_eq!(kind_code(EventKind::EventReceived), Some(11));
+        assert_eq!(kind_code(EventKind::RunRebased), Some(12));
+        assert_eq!(kind_code(EventKind::StateUpdated), Some(13));
     }
 
     #[test]

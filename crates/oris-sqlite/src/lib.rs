@@ -3,12 +3,27 @@
 //!
 //! [`SqliteStore`] implements [`oris_core::store::Store`]. The database runs in WAL mode
 //! with a busy timeout, so readers never block the writer nor each other, and several
-//! processes may open the same file. Inside a process all writes go through **one writer
-//! thread** that applies commits in groups: it takes every commit queued while the previous
-//! group was being written and applies them in one transaction, each in its own savepoint,
-//! so many concurrent runs share one fsync and a commit that fails validation (a conflict,
-//! a refused status change) is rolled back alone. Reads use a small pool of read-only
-//! connections on Tokio's blocking threads; nothing blocks an async worker thread.
+//! processes may open the same file.
+//!
+//! # Writes: group commit, served by the callers themselves
+//! Inside a process all writes go through **one write connection**, fed by one queue and
+//! applied in groups: whoever serves the queue takes every request queued (up to
+//! [`SqliteOptions::max_group`]) and applies them in one transaction, each in its own
+//! savepoint, so many concurrent runs share one fsync and a commit that fails validation (a
+//! conflict, a refused status change) is rolled back alone.
+//!
+//! Who serves: on a multi-thread Tokio runtime, a caller that finds nobody serving becomes
+//! the *leader* and writes the group — its own commit first, plus whatever else is queued
+//! — on its own thread, inside [`tokio::task::block_in_place`] (which hands the worker's
+//! other tasks to another thread meanwhile). Callers arriving while a group is being
+//! written queue their request and wait; when the leader is done and requests are left,
+//! it hands them to the store's **writer thread**, which serves the queue until it is empty.
+//! So a sequential caller — one run committing superstep after superstep — pays no hop
+//! between threads per commit, while concurrent callers are grouped as before. On a
+//! current-thread runtime (where `block_in_place` is not allowed) every request is served by
+//! the writer thread. Reads likewise run inline inside `block_in_place` on a multi-thread
+//! runtime when a read connection is free, and on Tokio's blocking pool otherwise: nothing
+//! blocks an async worker thread outside `block_in_place`.
 //!
 //! # Durability
 //! Per commit, by [`Durability`](oris_core::event::Durability):
@@ -18,23 +33,37 @@
 //!   (`synchronous=NORMAL`). Survives a process crash; a power loss or an OS crash can lose
 //!   the last commits (never half of one: the WAL is checksummed).
 //!
-//! A group holding at least one `Sync`/`Exit` commit is fsynced as a whole. A failure of the
-//! database itself (I/O error, disk full, lock timeout) refuses every commit of the group
-//! with [`Error::Unavailable`], and none is applied.
+//! A group holding at least one `Sync`/`Exit` commit is fsynced as a whole, and every
+//! caller in it — leader or not — is answered only after that group's `COMMIT` (and so its
+//! fsync) returned: no caller hears of its commit before the fsync that contains it. A
+//! failure of the database itself (I/O error, disk full, lock timeout) refuses every
+//! commit of the group with [`Error::Unavailable`], and none is applied.
 //!
 //! # Layout
 //! - `schema`: the tables, as versioned migrations applied on open (`PRAGMA user_version`).
 //! - `queries`: every SQL statement.
 //! - `codec`: event kind codes, snapshot state encoding, column decoding with validation.
-//! - `read`: reading threads, runs, events and snapshots back.
-//! - `writer`: the writer thread and group commit.
+//! - `read`: reading threads, runs, events, snapshots, interrupts and deliveries back.
+//! - `writer`: the queue, group commit, the leader and the writer thread.
 //!
 //! Stored per thread: a `threads` row, its `runs`, the `events` log (one row per event,
-//! about 25 bytes beyond its JSON: a 100-superstep run of 90-byte updates takes ~14 KB) and at most one `snapshots` row (the latest replaces the
-//! previous one; state over [`SqliteOptions::compress_snapshots_over`] bytes is
-//! LZ4-compressed). Everything read back is validated: a row that does not decode is
-//! [`Error::Corrupt`] naming the thread, the seq and the
-//! column, never a default.
+//! about 25 bytes beyond its JSON: a 100-superstep run of 90-byte updates takes ~14 KB), at
+//! most one `snapshots` row (the latest replaces the previous one; state over
+//! [`SqliteOptions::compress_snapshots_over`] bytes is LZ4-compressed), its `interrupts`
+//! and its `deliveries`. Everything read back is validated: a row that does not decode is
+//! [`Error::Corrupt`] naming the thread, the seq and the column, never a default.
+//!
+//! # Interrupts and deliveries
+//! Interrupt rows are written by the commits that raise and apply them
+//! ([`interrupt_effects`](oris_core::store::interrupt_effects)), and deliveries are marked
+//! consumed by the commits that receive them
+//! ([`consumed_deliveries`](oris_core::store::consumed_deliveries)), in the commit's own
+//! transaction. [`Store::answer_interrupt`] and [`Store::deliver`] are writes too: they go
+//! through the same queue and write connection as commits, read and decide
+//! ([`plan_answer`](oris_core::store::plan_answer),
+//! [`check_redelivery`](oris_core::store::check_redelivery)) inside the group transaction,
+//! so they are atomic and serialized with commits — of concurrent answers to one interrupt
+//! exactly one is `Recorded` — and they are fsynced before they return.
 //!
 //! # Example
 //! ```
@@ -61,7 +90,7 @@
 //!         graph: "orders".into(),
 //!         graph_version: "1".into(),
 //!         input: Payload::from_json(r#"{"items":3}"#.into())?,
-//!         settings: RunSettings { durability: Durability::Sync, deadline: None, superstep_limit: 25 },
+//!         settings: RunSettings { durability: Durability::Sync, deadline: None, superstep_limit: 25, interrupt_before: vec![], interrupt_after: vec![] },
 //!         boundary: Boundary { next: vec![Task::Node("check".into())], ..Default::default() },
 //!     },
 //! };
@@ -99,22 +128,24 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use oris_core::event::Event;
-use oris_core::id::{RunId, Seq, ThreadId};
+use oris_core::event::{Event, Payload};
+use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::store::{
-    Commit, Error, Receipt, Result, RunFilter, RunRecord, Snapshot, Store, ThreadRecord,
+    Answer, Commit, Delivery, Error, InterruptRecord, Receipt, Result, RunFilter, RunRecord,
+    Snapshot, Store, ThreadRecord,
 };
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::codec::Fault;
-use crate::writer::{Counters, Request, Write, Writer};
+use crate::writer::{Counters, Request, Role, Shared, Write, Writer};
 
 pub use crate::schema::LATEST as SCHEMA_VERSION;
 
@@ -158,19 +189,21 @@ pub struct Stats {
     pub commits: u64,
     /// Requests sent to the writer and not yet taken into a group (a gauge).
     pub queue_depth: u64,
+    /// Requests taken into the group being written and not yet answered (a gauge).
+    pub in_group: u64,
 }
 
 /// A [`Store`] in one SQLite file. See the [crate documentation](crate).
 ///
 /// Dropping it closes the read connections, lets the writer thread finish the requests
-/// already queued, and waits for it to close the last connection — which checkpoints the
+/// still queued (possible only if a waiting caller's future was dropped), and waits for it
+/// to close the last connection — which checkpoints the
 /// WAL into the database file and removes it (typically a few milliseconds).
 pub struct SqliteStore {
     path: PathBuf,
+    shared: Arc<Shared>,
     /// `None` only while dropping.
-    requests: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
-    counters: Arc<Counters>,
     readers: Arc<ReadPool>,
 }
 
@@ -240,26 +273,23 @@ impl SqliteStore {
             readers.put(reader);
         }
 
-        let counters = Arc::new(Counters::default());
-        let (requests, receiver) = mpsc::channel();
         let writer = Writer {
             conn,
-            requests: receiver,
-            counters: counters.clone(),
-            max_group: options.max_group.max(1),
+            counters: Arc::new(Counters::default()),
             compress_over: options.compress_snapshots_over,
             full_sync: Some(true),
         };
+        let shared = Arc::new(Shared::new(writer, options.max_group));
+        let thread_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("oris-sqlite-writer".into())
-            .spawn(move || writer.run())
+            .spawn(move || thread_shared.run_writer_thread())
             .map_err(|e| Error::Unavailable(format!("cannot start the writer thread: {e}")))?;
         tracing::debug!(path = %path.display(), "sqlite store opened");
         Ok(SqliteStore {
             path,
-            requests: Some(requests),
+            shared,
             writer: Some(handle),
-            counters,
             readers,
         })
     }
@@ -271,11 +301,13 @@ impl SqliteStore {
 
     /// The writer's counters.
     pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
         Stats {
-            transactions: self.counters.transactions.load(Ordering::Relaxed),
-            synced_transactions: self.counters.synced_transactions.load(Ordering::Relaxed),
-            commits: self.counters.commits.load(Ordering::Relaxed),
-            queue_depth: self.counters.queued.load(Ordering::Relaxed),
+            transactions: c.transactions.load(Ordering::Relaxed),
+            synced_transactions: c.synced_transactions.load(Ordering::Relaxed),
+            commits: c.commits.load(Ordering::Relaxed),
+            queue_depth: c.queued.load(Ordering::Relaxed),
+            in_group: c.in_group.load(Ordering::Relaxed),
         }
     }
 
@@ -289,30 +321,45 @@ impl SqliteStore {
         self.send(|reply| Request::BytesUsed { reply }).await
     }
 
-    /// Sends a request to the writer and waits for its reply.
+    /// Queues a request for the write connection and waits for its reply.
     ///
-    /// Cancel safety: once sent, the request is carried out even if the future is dropped.
+    /// On a multi-thread runtime, a caller that finds nobody serving the queue serves it
+    /// itself, on its own thread inside [`tokio::task::block_in_place`] (one group: its
+    /// request and whatever else is queued), so a lone caller's commit costs no hand-off
+    /// between threads. Otherwise the request waits for the serving caller or the writer
+    /// thread to reply.
+    ///
+    /// Cancel safety: once queued, the request is carried out even if the future is
+    /// dropped.
     async fn send<T>(
         &self,
         request: impl FnOnce(oneshot::Sender<Result<T>>) -> Request,
     ) -> Result<T> {
-        let stopped = || Error::Unavailable("the sqlite writer thread has stopped".into());
+        let stopped = || Error::Unavailable("the sqlite writer stopped without answering".into());
         let (reply, response) = oneshot::channel();
-        let requests = self.requests.as_ref().ok_or_else(stopped)?;
-        self.counters.queued.fetch_add(1, Ordering::Relaxed);
-        if requests.send(request(reply)).is_err() {
-            self.counters.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(stopped());
+        match self.shared.submit(request(reply), can_block_in_place()) {
+            Ok(Role::Lead) => tokio::task::block_in_place(|| self.shared.lead()),
+            Ok(Role::Wait) => {}
+            Err(_) => return Err(stopped()),
         }
         response.await.map_err(|_| stopped())?
     }
 
-    /// Runs `f` on a pooled read connection on Tokio's blocking pool.
+    /// Runs `f` on a pooled read connection: on a multi-thread runtime with a connection
+    /// free, on the caller's thread inside [`tokio::task::block_in_place`] (a read takes
+    /// microseconds; a hop to another thread and back costs more); otherwise on Tokio's
+    /// blocking pool.
     async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, Fault> + Send + 'static,
     {
+        if can_block_in_place()
+            && let Ok(_permit) = self.readers.permits.try_acquire()
+        {
+            return tokio::task::block_in_place(|| self.readers.with_connection(f))
+                .map_err(Fault::into_error);
+        }
         let permit = self
             .readers
             .permits
@@ -323,14 +370,7 @@ impl SqliteStore {
         let pool = self.readers.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            // A connection lost to a panic is replaced here.
-            let conn = match pool.take() {
-                Some(conn) => conn,
-                None => pool.connect()?,
-            };
-            let out = f(&conn);
-            pool.put(conn);
-            out
+            pool.with_connection(f)
         })
         .await
         .map_err(|e| Error::Unavailable(format!("read task failed: {e}")))?
@@ -348,14 +388,20 @@ impl Drop for SqliteStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        // Closing the channel ends the writer's loop once the queue is drained.
-        drop(self.requests.take());
+        // The writer thread serves what is still queued, closes the connection and stops.
+        self.shared.close();
         if let Some(handle) = self.writer.take()
             && handle.join().is_err()
         {
             tracing::error!("the sqlite writer thread panicked");
         }
     }
+}
+
+/// Whether the current task may block its thread in [`tokio::task::block_in_place`]:
+/// only on a multi-thread runtime (it panics on a current-thread one).
+fn can_block_in_place() -> bool {
+    Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
 }
 
 /// Settings shared by the writer and the readers.
@@ -389,6 +435,21 @@ impl ReadPool {
         Ok(conn)
     }
 
+    /// Runs `f` on an idle connection (the caller holds a permit, so there is one, unless
+    /// one was lost to a panic: then a new one is opened).
+    fn with_connection<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, Fault>,
+    ) -> Result<T, Fault> {
+        let conn = match self.take() {
+            Some(conn) => conn,
+            None => self.connect()?,
+        };
+        let out = f(&conn);
+        self.put(conn);
+        out
+    }
+
     fn take(&self) -> Option<Connection> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
@@ -403,8 +464,9 @@ impl ReadPool {
 
 #[async_trait]
 impl Store for SqliteStore {
-    /// Queues the commit for the writer thread and waits for its group to be written
-    /// (and fsynced, for `Sync`/`Exit`).
+    /// Queues the commit and waits for its group to be written (and fsynced, for
+    /// `Sync`/`Exit`) — by this caller itself when nobody else is writing and the runtime is
+    /// multi-threaded (see the [crate documentation](crate)).
     ///
     /// Cancel safety: dropping the future does not withdraw the commit; it may still land.
     async fn commit(&self, commit: Commit) -> Result<Receipt> {
@@ -448,6 +510,66 @@ impl Store for SqliteStore {
     async fn delete_snapshots(&self, thread_id: &ThreadId) -> Result<u64> {
         let thread_id = thread_id.clone();
         self.send(|reply| Request::Write(Write::DeleteSnapshots { thread_id, reply }))
+            .await
+    }
+
+    async fn interrupt(&self, interrupt_id: InterruptId) -> Result<Option<InterruptRecord>> {
+        self.read(move |conn| Ok(read::interrupt(conn, interrupt_id, false)?.map(|i| i.record)))
+            .await
+    }
+
+    async fn interrupts(&self, thread_id: &ThreadId) -> Result<Vec<InterruptRecord>> {
+        let thread_id = thread_id.clone();
+        self.read(move |conn| read::interrupts(conn, &thread_id))
+            .await
+    }
+
+    /// A write like a commit: decided and recorded on the write connection, in a group
+    /// transaction that is fsynced before this returns.
+    async fn answer_interrupt(
+        &self,
+        interrupt_id: InterruptId,
+        value: Payload,
+        at: Timestamp,
+    ) -> Result<(Answer, InterruptRecord)> {
+        self.send(|reply| {
+            Request::Write(Write::AnswerInterrupt {
+                interrupt_id,
+                value,
+                at,
+                reply,
+            })
+        })
+        .await
+    }
+
+    /// A write like a commit: decided and recorded on the write connection, in a group
+    /// transaction that is fsynced before this returns.
+    async fn deliver(
+        &self,
+        thread_id: &ThreadId,
+        name: &str,
+        payload: Payload,
+        key: Option<String>,
+        at: Timestamp,
+    ) -> Result<(Delivery, bool)> {
+        let (thread_id, name) = (thread_id.clone(), name.to_owned());
+        self.send(|reply| {
+            Request::Write(Write::Deliver {
+                thread_id,
+                name,
+                payload,
+                key,
+                at,
+                reply,
+            })
+        })
+        .await
+    }
+
+    async fn deliveries(&self, thread_id: &ThreadId, pending_only: bool) -> Result<Vec<Delivery>> {
+        let thread_id = thread_id.clone();
+        self.read(move |conn| read::deliveries(conn, &thread_id, pending_only))
             .await
     }
 }

@@ -118,6 +118,89 @@ WHERE s.thread_key = ?1 AND s.at_seq <= ?2";
 /// Deletes a thread's snapshot.
 pub(crate) const DELETE_SNAPSHOTS: &str = "DELETE FROM snapshots WHERE thread_key = ?1";
 
+/// Whether an interrupt id is taken.
+pub(crate) const INTERRUPT_EXISTS: &str = "SELECT 1 FROM interrupts WHERE interrupt_id = ?1";
+
+/// Records a raised interrupt.
+pub(crate) const INSERT_INTERRUPT: &str = "\
+INSERT INTO interrupts (interrupt_id, thread_key, run_key, node, payload, raised_seq, raised_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+/// Marks an interrupt applied by the `InterruptResumed` event at seq `?2`, taking that
+/// event's value `?3` (at time `?4`) as its answer when none was recorded.
+pub(crate) const APPLY_INTERRUPT: &str = "\
+UPDATE interrupts SET applied_seq = ?2, answer = coalesce(answer, ?3),
+                      answered_at = coalesce(answered_at, ?4)
+WHERE interrupt_id = ?1";
+
+/// Records an interrupt's answer.
+pub(crate) const ANSWER_INTERRUPT: &str =
+    "UPDATE interrupts SET answer = ?2, answered_at = ?3 WHERE key = ?1";
+
+/// The columns of an interrupt record with its thread and its run's status, as a literal
+/// for `concat!`. Columns: 0 key, 1 interrupt_id, 2 thread_key, 3 thread_id, 4 run_key,
+/// 5 run_id, 6 node, 7 payload, 8 raised_seq, 9 raised_at, 10 answer, 11 answered_at,
+/// 12 applied_seq, 13 run status, 14 run status_data.
+macro_rules! interrupt_select {
+    () => {
+        "\
+SELECT i.key, i.interrupt_id, i.thread_key, t.thread_id, i.run_key, r.run_id, i.node,
+       i.payload, i.raised_seq, i.raised_at, i.answer, i.answered_at, i.applied_seq,
+       r.status, r.status_data
+FROM interrupts i
+LEFT JOIN threads t ON t.key = i.thread_key
+LEFT JOIN runs r ON r.key = i.run_key"
+    };
+}
+
+/// An interrupt by id (columns of `interrupt_select!`).
+pub(crate) const INTERRUPT_BY_ID: &str =
+    concat!(interrupt_select!(), "\nWHERE i.interrupt_id = ?1");
+
+/// A thread's interrupts by its key, in raised order (columns of `interrupt_select!`).
+pub(crate) const INTERRUPTS_OF_THREAD: &str = concat!(
+    interrupt_select!(),
+    "\nWHERE i.thread_key = ?1\nORDER BY i.raised_seq"
+);
+
+/// The columns of a delivery, as a literal for `concat!`. Columns: 0 key, 1 delivery_id,
+/// 2 name, 3 payload, 4 idem_key, 5 sent_at, 6 consumed_seq.
+macro_rules! delivery_select {
+    () => {
+        "\
+SELECT d.key, d.delivery_id, d.name, d.payload, d.idem_key, d.sent_at, d.consumed_seq
+FROM deliveries d"
+    };
+}
+
+/// A thread's deliveries by its key, in arrival order (columns of `delivery_select!`).
+pub(crate) const DELIVERIES_OF_THREAD: &str = concat!(
+    delivery_select!(),
+    "\nWHERE d.thread_key = ?1\nORDER BY d.key"
+);
+
+/// A thread's unconsumed deliveries by its key, in arrival order (the predicate is that of
+/// the partial index `deliveries_pending`).
+pub(crate) const PENDING_DELIVERIES_OF_THREAD: &str = concat!(
+    delivery_select!(),
+    "\nWHERE d.thread_key = ?1 AND d.consumed_seq IS NULL\nORDER BY d.key"
+);
+
+/// A thread's delivery with idempotency key `?2` (columns of `delivery_select!`).
+pub(crate) const DELIVERY_BY_IDEM_KEY: &str = concat!(
+    delivery_select!(),
+    "\nWHERE d.thread_key = ?1 AND d.idem_key = ?2"
+);
+
+/// Buffers a delivery.
+pub(crate) const INSERT_DELIVERY: &str = "\
+INSERT INTO deliveries (delivery_id, thread_key, name, payload, idem_key, sent_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// Marks a thread's delivery consumed by the `EventReceived` event at seq `?3`.
+pub(crate) const CONSUME_DELIVERY: &str =
+    "UPDATE deliveries SET consumed_seq = ?3 WHERE delivery_id = ?1 AND thread_key = ?2";
+
 /// The run listing for `filter`, oldest first, and its parameters.
 ///
 /// Statuses are inlined as literals (they are `StatusKind::as_str` constants, not input).
@@ -169,7 +252,7 @@ pub(crate) fn runs(filter: &RunFilter) -> (String, Vec<Value>) {
     (sql, params)
 }
 
-/// `r.status IN ('queued', 'running')`: the predicate of the partial index
+/// `r.status IN ('queued', 'running', 'interrupted', 'waiting')`: the predicate of the partial index
 /// `runs_unfinished`, word for word (modulo the table alias, which the planner ignores).
 fn unfinished_predicate() -> String {
     let list: Vec<String> = StatusKind::ALL
@@ -225,6 +308,12 @@ mod tests {
             RUN_REF_BY_ID,
             UPDATE_RUN_STATUS,
             EVENTS_RANGE,
+            INTERRUPT_BY_ID,
+            INTERRUPTS_OF_THREAD,
+            APPLY_INTERRUPT,
+            DELIVERY_BY_IDEM_KEY,
+            PENDING_DELIVERIES_OF_THREAD,
+            CONSUME_DELIVERY,
         ] {
             let mut stmt = conn.prepare(sql).unwrap();
             for i in 0..5i64 {
@@ -259,6 +348,37 @@ mod tests {
             ..RunFilter::default()
         });
         assert!(p.contains("runs_by_thread"), "{p}");
+    }
+
+    fn plan_of(sql: &str) -> String {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::configure(&conn, std::time::Duration::from_secs(1)).unwrap();
+        crate::schema::migrate(&mut conn, std::path::Path::new(":memory:")).unwrap();
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let n = stmt.parameter_count();
+        let values: Vec<Value> = (0..n).map(|_| Value::Integer(1)).collect();
+        let rows = stmt
+            .query_map(params_from_iter(values), |r| r.get::<_, String>(3))
+            .unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    }
+
+    #[test]
+    fn interrupt_and_delivery_reads_use_their_indexes() {
+        for (sql, index) in [
+            (INTERRUPT_BY_ID, "sqlite_autoindex_interrupts_1"),
+            (INTERRUPT_EXISTS, "sqlite_autoindex_interrupts_1"),
+            (INTERRUPTS_OF_THREAD, "interrupts_by_thread"),
+            (DELIVERIES_OF_THREAD, "deliveries_by_thread"),
+            (PENDING_DELIVERIES_OF_THREAD, "deliveries_pending"),
+            (DELIVERY_BY_IDEM_KEY, "deliveries_by_idem_key"),
+            (CONSUME_DELIVERY, "sqlite_autoindex_deliveries_1"),
+            (APPLY_INTERRUPT, "sqlite_autoindex_interrupts_1"),
+        ] {
+            let p = plan_of(sql);
+            assert!(p.contains(index), "{sql}\n{p}");
+            assert!(!p.contains("TEMP B-TREE"), "{sql}\n{p}");
+        }
     }
 
     #[test]

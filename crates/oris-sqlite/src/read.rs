@@ -2,14 +2,16 @@
 //! thread and run inside its transaction before deciding a commit).
 
 use oris_core::event::{Event, EventRow};
-use oris_core::id::{RunId, Seq, ThreadId, Timestamp};
-use oris_core::store::{RunFilter, RunRecord, Snapshot, ThreadRecord};
+use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
+use oris_core::status::RunStatus;
+use oris_core::store::{Delivery, InterruptRecord, RunFilter, RunRecord, Snapshot, ThreadRecord};
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
 use crate::codec::{
-    Fault, MAX_SEQ, decode_boundary, decode_state, decode_status, event_id, int, kind_from_code,
-    opt_int, opt_run_id, opt_text, opt_u32, run_id, run_id_blob, seq_col, split_event_id, text,
-    thread_id as thread_id_col, time, u32_col, unknown_thread,
+    Fault, MAX_SEQ, decode_boundary, decode_state, decode_status, delivery_id, event_id, int,
+    interrupt_id as interrupt_id_col, interrupt_id_blob, kind_from_code, opt_int, opt_payload,
+    opt_run_id, opt_seq, opt_text, opt_u32, payload, run_id, run_id_blob, seq_col, split_event_id,
+    text, thread_id as thread_id_col, time, u32_col, unknown_thread,
 };
 use crate::queries;
 
@@ -272,4 +274,184 @@ pub(crate) fn snapshot(
     decode()
         .map(Some)
         .map_err(|f| within(format!("snapshot at seq {at_seq}"))(f).at(thread_id, None))
+}
+
+/// An interrupt record with its key and, when asked for, its run's status.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredInterrupt {
+    pub key: i64,
+    pub record: InterruptRecord,
+    /// The status of the run that raised it (read only by the writer, which decides
+    /// answers with it).
+    pub run_status: Option<RunStatus>,
+}
+
+/// Whether an interrupt with this id exists.
+pub(crate) fn interrupt_exists(conn: &Connection, id: InterruptId) -> Result<bool, Fault> {
+    Ok(conn
+        .prepare_cached(queries::INTERRUPT_EXISTS)?
+        .exists(params![interrupt_id_blob(id)])?)
+}
+
+/// Reads an interrupt by id; with `with_status`, its run's status too.
+pub(crate) fn interrupt(
+    conn: &Connection,
+    id: InterruptId,
+    with_status: bool,
+) -> Result<Option<StoredInterrupt>, Fault> {
+    let mut stmt = conn.prepare_cached(queries::INTERRUPT_BY_ID)?;
+    let mut rows = stmt.query(params![interrupt_id_blob(id)])?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let thread_key = int(row, 2, "thread_key")
+        .map_err(|f| within(format!("interrupt {id}"))(f).at(&unknown_thread(), None))?;
+    let thread_id = opt_text(row, 3, "thread_id")
+        .and_then(|t| {
+            t.ok_or_else(|| {
+                Fault::Bad(format!(
+                    "column `thread_key`: thread key {thread_key} does not exist"
+                ))
+            })
+        })
+        .and_then(|raw| {
+            ThreadId::new(&raw)
+                .map_err(|e| Fault::Bad(format!("column `thread_id` holds {raw:?}: {e}")))
+        })
+        .map_err(|f| within(format!("interrupt {id}"))(f).at(&unknown_thread(), None))?;
+    decode_interrupt(row, &thread_id, with_status).map(Some)
+}
+
+/// Reads a thread's interrupts, in raised order.
+pub(crate) fn interrupts(
+    conn: &Connection,
+    thread_id: &ThreadId,
+) -> Result<Vec<InterruptRecord>, Fault> {
+    let Some(key) = thread_key(conn, thread_id)? else {
+        return Ok(Vec::new());
+    };
+    let mut stmt = conn.prepare_cached(queries::INTERRUPTS_OF_THREAD)?;
+    let mut rows = stmt.query(params![key])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(decode_interrupt(row, thread_id, false)?.record);
+    }
+    Ok(out)
+}
+
+/// Decodes a row of `interrupt_select!` of thread `thread_id`; errors are
+/// [`Fault::Store`] naming the thread.
+fn decode_interrupt(
+    row: &Row<'_>,
+    thread_id: &ThreadId,
+    with_status: bool,
+) -> Result<StoredInterrupt, Fault> {
+    let id = interrupt_id_col(row, 1, "interrupt_id")
+        .map_err(|f| within("interrupt record")(f).at(thread_id, None))?;
+    let decode = || -> Result<StoredInterrupt, Fault> {
+        let run_key = int(row, 4, "run_key")?;
+        let run_id = opt_run_id(row, 5, "run_id")?.ok_or_else(|| {
+            Fault::Bad(format!(
+                "column `run_key`: run key {run_key} does not exist"
+            ))
+        })?;
+        let answer = match (
+            opt_payload(row, 10, "answer")?,
+            opt_int(row, 11, "answered_at")?,
+        ) {
+            (Some(value), Some(at)) => Some((value, Timestamp(at))),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(Fault::Bad(
+                    "column `answered_at` is null but `answer` is not".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Fault::Bad(
+                    "column `answer` is null but `answered_at` is not".into(),
+                ));
+            }
+        };
+        let run_status = if with_status {
+            Some(
+                decode_status(&text(row, 13, "status")?, text(row, 14, "status_data")?)
+                    .map_err(within(format!("run {run_id}")))?,
+            )
+        } else {
+            None
+        };
+        Ok(StoredInterrupt {
+            key: int(row, 0, "key")?,
+            record: InterruptRecord {
+                interrupt_id: id,
+                thread_id: thread_id.clone(),
+                run_id,
+                node: text(row, 6, "node")?,
+                payload: payload(row, 7, "payload")?,
+                raised_seq: seq_col(row, 8, "raised_seq")?,
+                raised_at: time(row, 9, "raised_at")?,
+                answer,
+                applied_seq: opt_seq(row, 12, "applied_seq")?,
+            },
+            run_status,
+        })
+    };
+    decode().map_err(|f| within(format!("interrupt {id}"))(f).at(thread_id, None))
+}
+
+/// Reads a thread's deliveries in arrival order; only unconsumed ones if `pending_only`.
+pub(crate) fn deliveries(
+    conn: &Connection,
+    thread_id: &ThreadId,
+    pending_only: bool,
+) -> Result<Vec<Delivery>, Fault> {
+    let Some(key) = thread_key(conn, thread_id)? else {
+        return Ok(Vec::new());
+    };
+    let sql = if pending_only {
+        queries::PENDING_DELIVERIES_OF_THREAD
+    } else {
+        queries::DELIVERIES_OF_THREAD
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params![key])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(decode_delivery(row, thread_id)?);
+    }
+    Ok(out)
+}
+
+/// Reads the delivery of the thread (by key) with idempotency key `idem_key`.
+pub(crate) fn delivery_by_idem_key(
+    conn: &Connection,
+    thread_key: i64,
+    thread_id: &ThreadId,
+    idem_key: &str,
+) -> Result<Option<Delivery>, Fault> {
+    let mut stmt = conn.prepare_cached(queries::DELIVERY_BY_IDEM_KEY)?;
+    let mut rows = stmt.query(params![thread_key, idem_key])?;
+    match rows.next()? {
+        None => Ok(None),
+        Some(row) => decode_delivery(row, thread_id).map(Some),
+    }
+}
+
+/// Decodes a row of `delivery_select!` of thread `thread_id`; errors are [`Fault::Store`]
+/// naming the thread.
+fn decode_delivery(row: &Row<'_>, thread_id: &ThreadId) -> Result<Delivery, Fault> {
+    let id = delivery_id(row, 1, "delivery_id")
+        .map_err(|f| within("delivery record")(f).at(thread_id, None))?;
+    let decode = || -> Result<Delivery, Fault> {
+        Ok(Delivery {
+            delivery_id: id,
+            thread_id: thread_id.clone(),
+            name: text(row, 2, "name")?,
+            payload: payload(row, 3, "payload")?,
+            key: opt_text(row, 4, "idem_key")?,
+            sent_at: time(row, 5, "sent_at")?,
+            consumed_seq: opt_seq(row, 6, "consumed_seq")?,
+        })
+    };
+    decode().map_err(|f| within(format!("delivery {id}"))(f).at(thread_id, None))
 }

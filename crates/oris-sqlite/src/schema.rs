@@ -19,7 +19,8 @@ use std::path::Path;
 use oris_core::store::Error;
 use rusqlite::{Connection, TransactionBehavior};
 
-/// Version 1: threads, runs, the event log and one snapshot per thread.
+/// Version 1: threads, runs, the event log, one snapshot per thread, interrupts and
+/// deliveries.
 ///
 /// Keep the `CHECK` lists in sync with `StatusKind::ALL` and the event kind codes in
 /// `codec.rs`; unit tests compare them.
@@ -42,7 +43,7 @@ CREATE TABLE runs (
     graph         TEXT    NOT NULL,
     graph_version TEXT    NOT NULL,
     status        TEXT    NOT NULL
-                  CHECK (status IN ('queued', 'running', 'completed', 'failed', 'cancelled')),
+                  CHECK (status IN ('queued', 'running', 'interrupted', 'waiting', 'completed', 'failed', 'cancelled')),
     status_data   TEXT    NOT NULL,
     first_seq     INTEGER NOT NULL,
     created_at    INTEGER NOT NULL,
@@ -52,16 +53,17 @@ CREATE TABLE runs (
 CREATE INDEX runs_by_thread ON runs (thread_key, run_id);
 
 -- Only unfinished runs are in it, so finished runs cost nothing here; recovery lists it.
-CREATE INDEX runs_unfinished ON runs (run_id) WHERE status IN ('queued', 'running');
+CREATE INDEX runs_unfinished ON runs (run_id) WHERE status IN ('queued', 'running', 'interrupted', 'waiting');
 
 -- id = (thread_key << 32) | seq. `at` is milliseconds after the run's created_at.
 -- kind codes: 0 node_completed, 1 run_started, 2 node_failed, 3 run_completed,
--- 4 run_failed, 5 run_cancelled.
+-- 4 run_failed, 5 run_cancelled, 6 step_recorded, 7 interrupt_raised, 8 interrupt_resumed,
+-- 9 run_suspended, 10 run_resumed, 11 event_received, 12 run_rebased, 13 state_updated.
 CREATE TABLE events (
     id        INTEGER PRIMARY KEY,
     run_key   INTEGER NOT NULL REFERENCES runs (key),
     at        INTEGER NOT NULL,
-    kind      INTEGER NOT NULL CHECK (kind IN (0, 1, 2, 3, 4, 5)),
+    kind      INTEGER NOT NULL CHECK (kind IN (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13)),
     superstep INTEGER,
     task      INTEGER,
     node      TEXT,
@@ -90,6 +92,49 @@ CREATE TABLE snapshots (
     boundary       TEXT    NOT NULL,
     created_at     INTEGER NOT NULL
 );
+
+-- Interrupts raised by runs (`InterruptRaised` events), with the resume value once one is
+-- recorded (`answer_interrupt`, or the value of the `InterruptResumed` event that applied
+-- it) and the seq of that `InterruptResumed` event. Times are absolute milliseconds.
+CREATE TABLE interrupts (
+    key          INTEGER PRIMARY KEY,
+    interrupt_id BLOB    NOT NULL UNIQUE CHECK (length(interrupt_id) = 16),
+    thread_key   INTEGER NOT NULL REFERENCES threads (key),
+    run_key      INTEGER NOT NULL REFERENCES runs (key),
+    node         TEXT    NOT NULL,
+    payload      TEXT    NOT NULL,
+    raised_seq   INTEGER NOT NULL,
+    raised_at    INTEGER NOT NULL,
+    answer       TEXT,
+    answered_at  INTEGER,
+    applied_seq  INTEGER,
+    CHECK ((answer IS NULL) = (answered_at IS NULL))
+);
+
+CREATE INDEX interrupts_by_thread ON interrupts (thread_key, raised_seq);
+
+-- External events sent to threads, in arrival order (`key`), until an `EventReceived`
+-- event consumes them (`consumed_seq`). `idem_key` is the sender's idempotency key.
+CREATE TABLE deliveries (
+    key          INTEGER PRIMARY KEY,
+    delivery_id  BLOB    NOT NULL UNIQUE CHECK (length(delivery_id) = 16),
+    thread_key   INTEGER NOT NULL REFERENCES threads (key),
+    name         TEXT    NOT NULL,
+    payload      TEXT    NOT NULL,
+    idem_key     TEXT,
+    sent_at      INTEGER NOT NULL,
+    consumed_seq INTEGER
+);
+
+-- Every delivery of a thread, in arrival order (the rowid is the last column of an index).
+CREATE INDEX deliveries_by_thread ON deliveries (thread_key);
+
+-- The pending ones only: consumed deliveries cost nothing here.
+CREATE INDEX deliveries_pending ON deliveries (thread_key) WHERE consumed_seq IS NULL;
+
+-- One delivery per idempotency key and thread.
+CREATE UNIQUE INDEX deliveries_by_idem_key ON deliveries (thread_key, idem_key)
+    WHERE idem_key IS NOT NULL;
 "#;
 
 /// The migrations, in order; `MIGRATIONS[i]` upgrades version `i` to `i + 1`.

@@ -1,30 +1,51 @@
-//! The writer: one OS thread owning the only write connection, applying commits in groups.
+//! Group commit on the one write connection: the queue, the leader and the writer thread.
 //!
-//! It blocks for the first request, drains whatever else is queued (up to `max_group`), and
-//! applies them all in one `BEGIN IMMEDIATE … COMMIT`, so N concurrent runs share one fsync.
-//! Each request runs inside its own `SAVEPOINT`: one that fails validation (a conflict, a
-//! refused transition) is rolled back alone and the others still land. A driver error
+//! Requests (commits, snapshot deletions, interrupt answers, deliveries, size measures) go
+//! into one queue. Whoever serves it takes everything queued (up to `max_group`) and
+//! applies the writes in one `BEGIN IMMEDIATE … COMMIT`, so N concurrent runs share one
+//! fsync. Each write runs inside
+//! its own `SAVEPOINT`: one that fails validation (a conflict, a refused transition) is
+//! rolled back alone and the others still land. A write alone in its group needs no
+//! savepoint: if refused, the whole transaction is rolled back instead. A driver error
 //! (I/O, disk full, lock timeout) aborts the whole group: every request in it gets
 //! [`Error::Unavailable`] and nothing of the group is applied.
+//!
+//! Who serves ([`Queue`]'s invariant: a non-empty queue always has a server):
+//! - A caller that queues a request while nobody serves, on a multi-thread runtime,
+//!   becomes the **leader** ([`Role::Lead`]): it writes one group on its own thread (inside
+//!   `block_in_place`, see `SqliteStore::send`). Its request is first in that group, since
+//!   the queue was empty when it was queued. Then, if requests arrived meanwhile, it hands
+//!   the queue to the writer thread; otherwise it releases it.
+//! - A caller that finds a server at work, or cannot block its thread (current-thread
+//!   runtime; the writer thread is woken then), waits for its reply ([`Role::Wait`]).
+//! - The **writer thread** serves the queue until it is empty whenever it is handed over;
+//!   at close it serves what is left and closes the connection.
+//!
+//! Replies are sent after the group's `COMMIT` returned, so a caller hears of its commit
+//! only once it is durable at the level it asked for.
 //!
 //! Durability: a group that contains a `Sync` or `Exit` commit runs with
 //! `synchronous=FULL` (the WAL is fsynced at `COMMIT`); a group of `Batched` commits only
 //! runs with `synchronous=NORMAL` (the WAL is written, not fsynced: it survives a process
 //! crash, not a power loss).
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use oris_core::event::{Durability, EventRow};
-use oris_core::id::{RunId, Seq, ThreadId, Timestamp};
-use oris_core::store::{Commit, Error, Receipt, RunWrite, plan_commit};
+use oris_core::event::{Durability, EventRow, Payload};
+use oris_core::id::{DeliveryId, InterruptId, RunId, Seq, ThreadId, Timestamp};
+use oris_core::store::{
+    Answer, Commit, Delivery, Error, InterruptRecord, Receipt, RunWrite, check_redelivery,
+    consumed_deliveries, interrupt_effects, plan_answer, plan_commit,
+};
 use rusqlite::{Connection, ErrorCode, params};
 use tokio::sync::oneshot;
 
 use crate::codec::{
-    Fault, encode_state, encode_status, event_id, invalid, kind_code, run_id_blob, unavailable,
+    Fault, delivery_id_blob, encode_state, encode_status, event_id, interrupt_id_blob, invalid,
+    kind_code, run_id_blob, seq_value, unavailable, unknown_thread,
 };
 use crate::queries;
 use crate::read::{self, RunRef, StoredThread};
@@ -40,7 +61,7 @@ pub(crate) enum Request {
     },
 }
 
-/// A write to one thread.
+/// A write, applied in a group transaction.
 #[derive(Debug)]
 pub(crate) enum Write {
     /// Apply a commit.
@@ -54,17 +75,52 @@ pub(crate) enum Write {
         thread_id: ThreadId,
         reply: oneshot::Sender<Result<u64, Error>>,
     },
+    /// Record a resume value for an interrupt (decided with [`plan_answer`] on the rows
+    /// read in the same transaction).
+    AnswerInterrupt {
+        interrupt_id: InterruptId,
+        value: Payload,
+        at: Timestamp,
+        reply: oneshot::Sender<Result<(Answer, InterruptRecord), Error>>,
+    },
+    /// Buffer an external event for a thread.
+    Deliver {
+        thread_id: ThreadId,
+        name: String,
+        payload: Payload,
+        key: Option<String>,
+        at: Timestamp,
+        reply: oneshot::Sender<Result<(Delivery, bool), Error>>,
+    },
+}
+
+/// What a write did, before it is sent to its caller.
+#[derive(Debug)]
+enum Done {
+    /// A commit's new head.
+    Head(Seq),
+    /// Snapshots deleted.
+    Deleted(u64),
+    /// An answer's outcome.
+    Answered(Answer, InterruptRecord),
+    /// A delivery, and whether it is new.
+    Delivered(Delivery, bool),
 }
 
 impl Write {
-    fn thread_id(&self) -> &ThreadId {
+    /// The thread named in the error of a write the schema refused, if the write names one.
+    fn thread_id(&self) -> Option<&ThreadId> {
         match self {
-            Write::Commit { commit, .. } => &commit.thread_id,
-            Write::DeleteSnapshots { thread_id, .. } => thread_id,
+            Write::Commit { commit, .. } => Some(&commit.thread_id),
+            Write::DeleteSnapshots { thread_id, .. } | Write::Deliver { thread_id, .. } => {
+                Some(thread_id)
+            }
+            Write::AnswerInterrupt { .. } => None,
         }
     }
 
-    /// Whether the group holding this write must be fsynced at commit.
+    /// Whether the group holding this write must be fsynced at commit. Answers and
+    /// deliveries are durable before their callers hear of them: something acts on them.
     fn needs_fsync(&self) -> bool {
         match self {
             Write::Commit { commit, .. } => match commit.durability {
@@ -72,18 +128,44 @@ impl Write {
                 Durability::Batched => false,
             },
             Write::DeleteSnapshots { .. } => false,
+            Write::AnswerInterrupt { .. } | Write::Deliver { .. } => true,
         }
     }
 
-    /// Sends the outcome (the new head, or the number deleted).
-    fn reply(self, outcome: Result<u64, Error>) {
+    /// Sends the outcome to the caller.
+    fn reply(self, outcome: Result<Done, Error>) {
+        // The outcome always comes from applying this very write, so its kind matches; a
+        // mismatch would be a bug in this module, answered as an error rather than a panic.
+        fn mismatch<T>(o: Done) -> Result<T, Error> {
+            Err(Error::Unavailable(format!(
+                "internal error in oris-sqlite: unexpected outcome {o:?}"
+            )))
+        }
         // A caller that stopped waiting (its future was dropped) is not an error here.
         match self {
             Write::Commit { reply, .. } => {
-                let _ = reply.send(outcome.map(|head| Receipt { head: Seq(head) }));
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    Done::Head(head) => Ok(Receipt { head }),
+                    o => mismatch(o),
+                }));
             }
             Write::DeleteSnapshots { reply, .. } => {
-                let _ = reply.send(outcome);
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    Done::Deleted(n) => Ok(n),
+                    o => mismatch(o),
+                }));
+            }
+            Write::AnswerInterrupt { reply, .. } => {
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    Done::Answered(a, r) => Ok((a, r)),
+                    o => mismatch(o),
+                }));
+            }
+            Write::Deliver { reply, .. } => {
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    Done::Delivered(d, new) => Ok((d, new)),
+                    o => mismatch(o),
+                }));
             }
         }
     }
@@ -96,50 +178,197 @@ pub(crate) struct Counters {
     pub synced_transactions: AtomicU64,
     pub commits: AtomicU64,
     pub queued: AtomicU64,
+    pub in_group: AtomicU64,
 }
 
-/// The writer thread's state.
+/// The queue of requests and who serves it.
+///
+/// Invariant: while `requests` is not empty, `busy` is set, and the server holding it (a
+/// leading caller or the writer thread) serves the queue until it is empty or hands it to
+/// the writer thread (`handoff`). So no request is ever left in the queue unserved.
+#[derive(Debug, Default)]
+struct Queue {
+    requests: VecDeque<Request>,
+    /// A server owns the write connection and will serve (or hand off) the queue.
+    busy: bool,
+    /// The writer thread is asked to serve the queue until it is empty.
+    handoff: bool,
+    /// The store is closing: the writer thread serves what is left and stops.
+    closed: bool,
+}
+
+/// What the store, its callers and the writer thread share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the writer thread (`handoff` or `closed` was set).
+    wake: Condvar,
+    /// The write connection. Only the holder of `Queue::busy` locks it, so it is never
+    /// contended; `None` once the writer thread has closed it.
+    writer: Mutex<Option<Writer>>,
+    pub counters: Arc<Counters>,
+    max_group: usize,
+}
+
+/// How [`Shared::submit`] wants the caller to go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Serve the first group yourself ([`Shared::lead`]): it holds your request.
+    Lead,
+    /// Wait for the reply: a leader or the writer thread will send it.
+    Wait,
+}
+
+impl Shared {
+    pub(crate) fn new(writer: Writer, max_group: usize) -> Shared {
+        Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            counters: writer.counters.clone(),
+            writer: Mutex::new(Some(writer)),
+            max_group: max_group.max(1),
+        }
+    }
+
+    fn lock_queue(&self) -> MutexGuard<'_, Queue> {
+        // The queue's state is consistent at every unlock; a panic cannot tear it.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a request. With `may_lead` (the caller can block its thread) and nobody
+    /// serving, the caller becomes the leader; otherwise it waits, and if nobody was serving
+    /// the writer thread is woken.
+    pub(crate) fn submit(&self, request: Request, may_lead: bool) -> Result<Role, Request> {
+        let mut q = self.lock_queue();
+        if q.closed {
+            return Err(request);
+        }
+        q.requests.push_back(request);
+        self.counters.queued.fetch_add(1, Ordering::Relaxed);
+        if q.busy {
+            return Ok(Role::Wait);
+        }
+        q.busy = true;
+        if may_lead {
+            Ok(Role::Lead)
+        } else {
+            q.handoff = true;
+            self.wake.notify_one();
+            Ok(Role::Wait)
+        }
+    }
+
+    /// Serves one group on the calling thread — the leader's own request is first in the
+    /// queue, since nobody was serving when it was queued — then either releases the
+    /// connection or, if more requests arrived meanwhile, hands them to the writer thread.
+    /// Blocks for the whole group (its fsync included).
+    pub(crate) fn lead(&self) {
+        if let Some(batch) = self.take_batch() {
+            self.serve(batch);
+            let mut q = self.lock_queue();
+            if q.requests.is_empty() {
+                q.busy = false;
+            } else {
+                q.handoff = true;
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// Takes up to `max_group` requests; `None` (and `busy` cleared) when the queue is empty.
+    fn take_batch(&self) -> Option<Vec<Request>> {
+        let mut q = self.lock_queue();
+        if q.requests.is_empty() {
+            q.busy = false;
+            return None;
+        }
+        let n = q.requests.len().min(self.max_group);
+        let batch: Vec<Request> = q.requests.drain(..n).collect();
+        drop(q);
+        self.counters.queued.fetch_sub(n as u64, Ordering::Relaxed);
+        self.counters.in_group.store(n as u64, Ordering::Relaxed);
+        Some(batch)
+    }
+
+    /// Serves one batch on the write connection. A panic is contained here: the batch's
+    /// reply channels are dropped (their callers get [`Error::Unavailable`]) and the
+    /// connection serves the next batch.
+    fn serve(&self, batch: Vec<Request>) {
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // `None` once closed: dropping the batch answers every caller with "stopped".
+        if let Some(writer) = writer.as_mut() {
+            let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                writer.serve(batch);
+            }));
+            if served.is_err() {
+                tracing::error!("the sqlite writer panicked; its group's commits were refused");
+            }
+        }
+        self.counters.in_group.store(0, Ordering::Relaxed);
+    }
+
+    /// The writer thread's loop: serves the queue whenever a caller that cannot block hands
+    /// it over or a leader leaves requests behind; on close, serves what is left, then
+    /// closes the connection (which checkpoints the WAL into the file).
+    pub(crate) fn run_writer_thread(&self) {
+        loop {
+            {
+                let mut q = self.lock_queue();
+                while !q.handoff && !q.closed {
+                    q = self.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+                if q.handoff {
+                    q.handoff = false;
+                } else if q.requests.is_empty() {
+                    // Closed, with nothing left and (the store being dropped) no leader.
+                    break;
+                } else {
+                    q.busy = true;
+                }
+            }
+            while let Some(batch) = self.take_batch() {
+                self.serve(batch);
+            }
+        }
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(writer);
+        tracing::debug!("sqlite writer stopped");
+    }
+
+    /// Tells the writer thread to finish the queue and stop.
+    pub(crate) fn close(&self) {
+        self.lock_queue().closed = true;
+        self.wake.notify_one();
+    }
+}
+
+/// The write connection and its settings.
 #[derive(Debug)]
 pub(crate) struct Writer {
     pub conn: Connection,
-    pub requests: mpsc::Receiver<Request>,
-    pub counters: Arc<Counters>,
-    pub max_group: usize,
     pub compress_over: usize,
     /// The `synchronous` setting in force: `Some(true)` for FULL, `Some(false)` for NORMAL.
     pub full_sync: Option<bool>,
+    pub counters: Arc<Counters>,
 }
 
 impl Writer {
-    /// Serves requests until every sender is dropped (the store was dropped).
-    pub(crate) fn run(mut self) {
-        while let Ok(first) = self.requests.recv() {
-            let mut batch = vec![first];
-            while batch.len() < self.max_group {
-                match self.requests.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
-                }
-            }
-            self.counters
-                .queued
-                .fetch_sub(batch.len() as u64, Ordering::Relaxed);
-            let mut writes = Vec::with_capacity(batch.len());
-            let mut measures = Vec::new();
-            for request in batch {
-                match request {
-                    Request::Write(w) => writes.push(w),
-                    Request::BytesUsed { reply } => measures.push(reply),
-                }
-            }
-            if !writes.is_empty() {
-                self.group(writes);
-            }
-            for reply in measures {
-                let _ = reply.send(self.bytes_used());
+    /// Serves one batch: its writes as one group transaction, then its measures.
+    fn serve(&mut self, batch: Vec<Request>) {
+        let mut writes = Vec::with_capacity(batch.len());
+        let mut measures = Vec::new();
+        for request in batch {
+            match request {
+                Request::Write(w) => writes.push(w),
+                Request::BytesUsed { reply } => measures.push(reply),
             }
         }
-        tracing::debug!("sqlite writer stopped");
+        if !writes.is_empty() {
+            self.group(writes);
+        }
+        for reply in measures {
+            let _ = reply.send(self.bytes_used());
+        }
     }
 
     /// Applies a group of write requests in one transaction and replies to each.
@@ -195,7 +424,11 @@ impl Writer {
         &mut self,
         batch: &[Write],
         full: bool,
-    ) -> rusqlite::Result<Vec<Result<u64, Error>>> {
+    ) -> rusqlite::Result<Vec<Result<Done, Error>>> {
+        if !self.conn.is_autocommit() {
+            // Left open by a panic in an earlier group.
+            self.conn.execute_batch(queries::ROLLBACK)?;
+        }
         if self.full_sync != Some(full) {
             // Cannot change inside a transaction; it applies to the next COMMIT.
             self.conn.execute_batch(if full {
@@ -207,7 +440,10 @@ impl Writer {
         }
         self.exec(queries::BEGIN)?;
         let outcome = self.apply_all(batch).and_then(|o| {
-            self.exec(queries::COMMIT)?;
+            // A lone write that was refused rolled the whole transaction back already.
+            if !self.conn.is_autocommit() {
+                self.exec(queries::COMMIT)?;
+            }
             Ok(o)
         });
         if outcome.is_err()
@@ -219,28 +455,62 @@ impl Writer {
         outcome
     }
 
-    fn apply_all(&mut self, batch: &[Write]) -> rusqlite::Result<Vec<Result<u64, Error>>> {
+    /// Applies each write in its own savepoint — except a lone write, the usual case of a
+    /// sequential caller, which needs none: if it is refused, the whole transaction is
+    /// rolled back instead (two statements fewer per commit).
+    fn apply_all(&mut self, batch: &[Write]) -> rusqlite::Result<Vec<Result<Done, Error>>> {
+        let alone = batch.len() == 1;
         let mut outcomes = Vec::with_capacity(batch.len());
         for write in batch {
-            self.exec(queries::SAVEPOINT)?;
+            if !alone {
+                self.exec(queries::SAVEPOINT)?;
+            }
             let result = match write {
-                Write::Commit { commit, .. } => self.apply_commit(commit).map(|r| r.head.0),
-                Write::DeleteSnapshots { thread_id, .. } => self.delete_snapshots(thread_id),
+                Write::Commit { commit, .. } => {
+                    self.apply_commit(commit).map(|r| Done::Head(r.head))
+                }
+                Write::DeleteSnapshots { thread_id, .. } => {
+                    self.delete_snapshots(thread_id).map(Done::Deleted)
+                }
+                Write::AnswerInterrupt {
+                    interrupt_id,
+                    value,
+                    at,
+                    ..
+                } => self
+                    .answer_interrupt(*interrupt_id, value, *at)
+                    .map(|(a, r)| Done::Answered(a, r)),
+                Write::Deliver {
+                    thread_id,
+                    name,
+                    payload,
+                    key,
+                    at,
+                    ..
+                } => self
+                    .deliver(thread_id, name, payload, key.as_deref(), *at)
+                    .map(|(d, new)| Done::Delivered(d, new)),
             };
             match result {
                 Ok(value) => {
-                    self.exec(queries::RELEASE)?;
+                    if !alone {
+                        self.exec(queries::RELEASE)?;
+                    }
                     outcomes.push(Ok(value));
                 }
                 // A constraint failure is about this write's data, not the database:
                 // refuse it alone.
                 Err(Fault::Sql(e)) if !is_data_error(&e) => return Err(e),
                 Err(fault) => {
-                    self.exec(queries::ROLLBACK_TO)?;
-                    self.exec(queries::RELEASE)?;
+                    if alone {
+                        self.exec(queries::ROLLBACK)?;
+                    } else {
+                        self.exec(queries::ROLLBACK_TO)?;
+                        self.exec(queries::RELEASE)?;
+                    }
                     let error = match fault {
                         Fault::Sql(e) => Error::InvalidCommit {
-                            thread_id: write.thread_id().clone(),
+                            thread_id: write.thread_id().cloned().unwrap_or_else(unknown_thread),
                             detail: format!("refused by the schema: {e}"),
                         },
                         other => other.into_error(),
@@ -289,6 +559,22 @@ impl Writer {
             .map_err(|e| invalid(tid, format!("the run status does not serialize: {e}")))?;
         let head = i64::try_from(plan.thread.head.0)
             .map_err(|_| invalid(tid, format!("head {} is out of range", plan.thread.head)))?;
+        let seq =
+            |s: Seq| seq_value(s).ok_or_else(|| invalid(tid, format!("seq {s} is out of range")));
+
+        // The interrupts it raises and applies, the deliveries it consumes. An interrupt id
+        // is unique across threads: raising one that is stored refuses the commit
+        // (`plan_commit` refused one raised twice in the commit).
+        let effects = interrupt_effects(c);
+        let consumed = consumed_deliveries(c);
+        for r in &effects.raised {
+            if read::interrupt_exists(conn, r.interrupt_id)? {
+                return Err(invalid(
+                    tid,
+                    format!("interrupt {} already exists", r.interrupt_id),
+                ));
+            }
+        }
 
         let thread_key = match &stored {
             Some(s) => s.key,
@@ -341,7 +627,21 @@ impl Writer {
                     created_at: run.created_at,
                 })
             }
-            _ => stored.as_ref().and_then(|s| s.active),
+            _ => match (stored.as_ref().and_then(|s| s.active), c.events.first()) {
+                (Some(active), _) => Some(active),
+                // An operator edit of an idle thread, written by its last run (which
+                // `plan_commit` checked every event names).
+                (None, Some(e)) => match read::run_ref(conn, e.run_id)? {
+                    Some((run, key)) if key == thread_key => Some(run),
+                    _ => {
+                        return Err(invalid(
+                            tid,
+                            format!("run {} of the edit is not the thread's", e.run_id),
+                        ));
+                    }
+                },
+                (None, None) => None,
+            },
         };
 
         let active_key = plan
@@ -400,6 +700,33 @@ impl Writer {
             }
         }
 
+        for r in &effects.raised {
+            let run = run_key(conn, tid, r.run_id, writer, stored.as_ref(), thread_key)?;
+            conn.prepare_cached(queries::INSERT_INTERRUPT)?
+                .execute(params![
+                    interrupt_id_blob(r.interrupt_id),
+                    thread_key,
+                    run,
+                    r.node,
+                    r.payload.json(),
+                    seq(r.raised_seq)?,
+                    r.raised_at.0
+                ])?;
+        }
+        for (id, at_seq, value) in &effects.applied {
+            conn.prepare_cached(queries::APPLY_INTERRUPT)?
+                .execute(params![
+                    interrupt_id_blob(*id),
+                    seq(*at_seq)?,
+                    value.json(),
+                    now.0
+                ])?;
+        }
+        for (id, at_seq) in consumed {
+            conn.prepare_cached(queries::CONSUME_DELIVERY)?
+                .execute(params![delivery_id_blob(id), thread_key, seq(at_seq)?])?;
+        }
+
         if let Some(s) = &c.snapshot {
             let key = run_key(conn, tid, s.run_id, writer, stored.as_ref(), thread_key)?;
             let boundary = serde_json::to_string(&s.boundary).map_err(|e| {
@@ -437,6 +764,76 @@ impl Writer {
             .prepare_cached(queries::DELETE_SNAPSHOTS)?
             .execute(params![key])?;
         Ok(deleted as u64)
+    }
+
+    /// Decides an answer with [`plan_answer`] on the interrupt and run status read in this
+    /// transaction, and records it: of concurrent answers, exactly one is `Recorded`.
+    fn answer_interrupt(
+        &mut self,
+        interrupt_id: InterruptId,
+        value: &Payload,
+        at: Timestamp,
+    ) -> Result<(Answer, InterruptRecord), Fault> {
+        let conn = &self.conn;
+        let stored = read::interrupt(conn, interrupt_id, true)?
+            .ok_or(Error::InterruptNotFound { interrupt_id })?;
+        let tid = &stored.record.thread_id;
+        let status = stored.run_status.as_ref().ok_or_else(|| Error::Corrupt {
+            thread_id: tid.clone(),
+            seq: None,
+            detail: format!("interrupt {interrupt_id}: its run's status was not read"),
+        })?;
+        match plan_answer(&stored.record, status, value, at)? {
+            None => Ok((Answer::AlreadyAnswered, stored.record)),
+            Some(updated) => {
+                conn.prepare_cached(queries::ANSWER_INTERRUPT)?
+                    .execute(params![stored.key, value.json(), at.0])
+                    .map_err(|e| refused(e, tid))?;
+                Ok((Answer::Recorded, updated))
+            }
+        }
+    }
+
+    /// Buffers a delivery, or returns the one recorded earlier with the same idempotency
+    /// key (read in this transaction, so concurrent senders of one key record it once).
+    fn deliver(
+        &mut self,
+        thread_id: &ThreadId,
+        name: &str,
+        payload: &Payload,
+        key: Option<&str>,
+        at: Timestamp,
+    ) -> Result<(Delivery, bool), Fault> {
+        let conn = &self.conn;
+        let thread_key =
+            read::thread_key(conn, thread_id)?.ok_or_else(|| Error::ThreadNotFound {
+                thread_id: thread_id.clone(),
+            })?;
+        if let Some(k) = key
+            && let Some(existing) = read::delivery_by_idem_key(conn, thread_key, thread_id, k)?
+        {
+            check_redelivery(&existing, name, payload)?;
+            return Ok((existing, false));
+        }
+        let delivery = Delivery {
+            delivery_id: DeliveryId::generate(),
+            thread_id: thread_id.clone(),
+            name: name.to_owned(),
+            payload: payload.clone(),
+            key: key.map(str::to_owned),
+            sent_at: at,
+            consumed_seq: None,
+        };
+        conn.prepare_cached(queries::INSERT_DELIVERY)?
+            .execute(params![
+                delivery_id_blob(delivery.delivery_id),
+                thread_key,
+                name,
+                payload.json(),
+                key,
+                at.0
+            ])?;
+        Ok((delivery, true))
     }
 
     fn bytes_used(&mut self) -> Result<u64, Error> {
@@ -480,6 +877,16 @@ fn run_key(
         Some((run, key)) if key == thread_key => Ok(run.key),
         Some(_) => Err(invalid(tid, format!("run {id} belongs to another thread"))),
         None => Err(invalid(tid, format!("run {id} does not exist"))),
+    }
+}
+
+/// A driver error of a write to `thread_id`: a refusal by the schema names the thread, any
+/// other error stays a driver error (it fails the group).
+fn refused(e: rusqlite::Error, thread_id: &ThreadId) -> Fault {
+    if is_data_error(&e) {
+        invalid(thread_id, format!("refused by the schema: {e}"))
+    } else {
+        Fault::Sql(e)
     }
 }
 

@@ -7,8 +7,8 @@ mod support;
 use std::sync::Arc;
 
 use oris_core::event::{Durability, EventKind};
-use oris_core::id::{RunId, Seq};
-use oris_core::store::{Error, RunFilter, Store};
+use oris_core::id::{InterruptId, RunId, Seq, Timestamp};
+use oris_core::store::{Answer, Error, RunFilter, Store};
 use oris_sqlite::{SCHEMA_VERSION, SqliteOptions, SqliteStore};
 use support::{Run, WriteLock, drive, json, open, poll_once, state_after, tid, wait_until};
 
@@ -276,15 +276,15 @@ async fn concurrent_commits_share_group_transactions() -> TestResult {
     let path = dir.path().join("oris.db");
     let store = Arc::new(open(&path).await);
 
-    // Hold the write lock so the writer stalls on its first group while the others queue.
+    // Hold the write lock so the first group stalls while the others queue. The primer's
+    // task serves its own group (it found nobody serving) and blocks in it.
     let lock = WriteLock::take(&path);
     let primer = Run::new("primer", Seq::ZERO);
-    let mut first = Box::pin(store.commit(primer.start()));
-    assert!(poll_once(first.as_mut()).is_pending());
-    wait_until("the writer took the primer", || {
-        store.stats().queue_depth == 0
-    })
-    .await;
+    let first = tokio::spawn({
+        let store = store.clone();
+        async move { store.commit(primer.start()).await }
+    });
+    wait_until("the primer's group started", || store.stats().in_group == 1).await;
 
     let tasks: Vec<_> = (0..64)
         .map(|i| {
@@ -298,7 +298,7 @@ async fn concurrent_commits_share_group_transactions() -> TestResult {
     wait_until("64 commits are queued", || store.stats().queue_depth == 64).await;
     lock.release();
 
-    assert_eq!(first.await?.head, Seq(1));
+    assert_eq!(first.await??.head, Seq(1));
     for task in tasks {
         let (run, receipt) = task.await??;
         assert_eq!(receipt.head, Seq(1));
@@ -308,7 +308,7 @@ async fn concurrent_commits_share_group_transactions() -> TestResult {
     }
     let stats = store.stats();
     assert_eq!(stats.commits, 65);
-    // The primer alone, then the 64 together.
+    // The primer alone, then the 64 together (handed to the writer thread).
     assert_eq!(stats.transactions, 2, "{stats:?}");
     assert_eq!(stats.synced_transactions, 2, "{stats:?}");
     Ok(())
@@ -318,7 +318,7 @@ async fn concurrent_commits_share_group_transactions() -> TestResult {
 async fn failing_commits_in_a_group_do_not_affect_the_others() -> TestResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("oris.db");
-    let store = open(&path).await;
+    let store = Arc::new(open(&path).await);
     let mut x = Run::new("x", Seq::ZERO);
     let c = x.start();
     store.commit(c.clone()).await?;
@@ -329,12 +329,11 @@ async fn failing_commits_in_a_group_do_not_affect_the_others() -> TestResult {
 
     let lock = WriteLock::take(&path);
     let primer = Run::new("primer", Seq::ZERO);
-    let mut first = Box::pin(store.commit(primer.start()));
-    assert!(poll_once(first.as_mut()).is_pending());
-    wait_until("the writer took the primer", || {
-        store.stats().queue_depth == 0
-    })
-    .await;
+    let first = tokio::spawn({
+        let store = store.clone();
+        async move { store.commit(primer.start()).await }
+    });
+    wait_until("the primer's group started", || store.stats().in_group == 1).await;
 
     // In queue order: two valid steps on x, a stale one (conflict), a run id that exists
     // on another thread, an invalid transition, and valid commits on other threads.
@@ -370,7 +369,7 @@ async fn failing_commits_in_a_group_do_not_affect_the_others() -> TestResult {
     }
     assert_eq!(store.stats().queue_depth, 10);
     lock.release();
-    first.await?;
+    first.await??;
 
     let mut results = Vec::new();
     for f in futures {
@@ -418,24 +417,24 @@ async fn reads_work_while_the_writer_is_busy() -> TestResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("oris.db");
     let (store, run) = three_events(&path).await;
+    let store = Arc::new(store);
 
     let lock = WriteLock::take(&path);
-    let mut pending = Box::pin(store.commit(run.step()));
-    assert!(poll_once(pending.as_mut()).is_pending());
-    wait_until("the writer took the commit", || {
-        store.stats().queue_depth == 0
-    })
-    .await;
+    let pending = tokio::spawn({
+        let store = store.clone();
+        async move { store.commit(run.step()).await }
+    });
+    wait_until("the commit's group started", || store.stats().in_group == 1).await;
 
     // The writer is stuck in its busy timeout; reads see the last committed state.
     assert_eq!(store.thread(&tid("t")).await?.unwrap().head, Seq(3));
     assert_eq!(store.events(&tid("t"), Seq::ZERO, 100).await?.len(), 3);
     assert_eq!(store.runs(&RunFilter::unfinished()).await?.len(), 1);
     assert!(store.snapshot(&tid("t"), Seq(3)).await?.is_some());
-    assert!(poll_once(pending.as_mut()).is_pending());
+    assert!(!pending.is_finished());
 
     lock.release();
-    assert_eq!(pending.await?.head, Seq(4));
+    assert_eq!(pending.await??.head, Seq(4));
     assert_eq!(store.events(&tid("t"), Seq::ZERO, 100).await?.len(), 4);
     Ok(())
 }
@@ -674,5 +673,399 @@ async fn events_view_shows_the_log_unpacked() -> TestResult {
         assert_eq!(row.2.as_slice(), run.run_id.as_uuid().as_bytes());
         assert_eq!(row.3, event.at.0);
     }
+    Ok(())
+}
+
+/// On a current-thread runtime callers cannot block their thread, so the writer thread
+/// serves every commit; concurrent commits still share group transactions.
+#[tokio::test]
+async fn current_thread_runtime_commits_through_the_writer_thread_in_groups() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("oris.db");
+    let store = Arc::new(open(&path).await);
+
+    let lock = WriteLock::take(&path);
+    let spawn = |name: String| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let run = Run::new(&name, Seq::ZERO);
+            store.commit(run.start()).await
+        })
+    };
+    let first = spawn("primer".into());
+    wait_until("the writer took the primer", || store.stats().in_group == 1).await;
+    let tasks: Vec<_> = (0..10).map(|i| spawn(format!("t{i}"))).collect();
+    wait_until("10 commits are queued", || store.stats().queue_depth == 10).await;
+    lock.release();
+
+    assert_eq!(first.await??.head, Seq(1));
+    for task in tasks {
+        assert_eq!(task.await??.head, Seq(1));
+    }
+    let stats = store.stats();
+    assert_eq!((stats.commits, stats.transactions), (11, 2), "{stats:?}");
+    Ok(())
+}
+
+/// A commit alone in its group runs without a savepoint; refused, it must still leave
+/// nothing behind, and the next commit must land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_lone_commit_leaves_nothing_behind() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = open(&dir.path().join("oris.db")).await;
+    let taken = Run::new("taken", Seq::ZERO);
+    store.commit(taken.start()).await?;
+    let before = store.stats();
+
+    let mut dup = Run::new("dup", Seq::ZERO);
+    dup.run_id = taken.run_id;
+    let err = store.commit(dup.start()).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidCommit { detail, .. } if detail.contains("already exists")),
+        "{err:?}"
+    );
+    assert_eq!(store.thread(&tid("dup")).await?, None);
+    assert_eq!(store.stats().transactions, before.transactions);
+
+    let ok = Run::new("ok", Seq::ZERO);
+    assert_eq!(store.commit(ok.start()).await?.head, Seq(1));
+    assert_eq!(store.thread(&tid("ok")).await?.unwrap().head, Seq(1));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Interrupts and deliveries
+
+/// Everything the store holds about a thread's interrupts and deliveries.
+async fn dump_waits(store: &SqliteStore, thread: &str, ids: &[InterruptId]) -> String {
+    let t = tid(thread);
+    let mut out = format!("{:?}\n", store.interrupts(&t).await.unwrap());
+    for id in ids {
+        out += &format!("{:?}\n", store.interrupt(*id).await.unwrap());
+    }
+    out += &format!("{:?}\n", store.deliveries(&t, false).await.unwrap());
+    out += &format!("{:?}\n", store.deliveries(&t, true).await.unwrap());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupts_and_deliveries_survive_close_and_reopen() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("oris.db");
+    let store = open(&path).await;
+    let (i1, i2, i3) = (
+        InterruptId::generate(),
+        InterruptId::generate(),
+        InterruptId::generate(),
+    );
+
+    // Thread a: i1 answered then applied, i2 answered only, i3 neither.
+    let mut a = Run::new("a", Seq::ZERO);
+    drive(&store, &mut a, &[Run::start, Run::step]).await;
+    let c = a.suspend(&[i1, i2, i3]);
+    store.commit(c.clone()).await?;
+    a.advance(&c);
+    let v1 = json(r#"{"approved": true, "by":"ana"}"#);
+    let (answer, _) = store
+        .answer_interrupt(i1, v1.clone(), Timestamp(1_700_000_000_001))
+        .await?;
+    assert_eq!(answer, Answer::Recorded);
+    let c = a.resume(i1, v1.clone());
+    store.commit(c.clone()).await?;
+    a.advance(&c);
+    let (answer, _) = store
+        .answer_interrupt(i2, json("[1, 2.50]"), Timestamp(1_700_000_000_002))
+        .await?;
+    assert_eq!(answer, Answer::Recorded);
+
+    // Deliveries: d2 consumed, d1 and d3 pending; d1 and d3 keyed.
+    let (d1, new) = store
+        .deliver(
+            &a.thread_id,
+            "paid",
+            json(r#"{"amount": 5}"#),
+            Some("k1".into()),
+            Timestamp(10),
+        )
+        .await?;
+    assert!(new);
+    let (d2, _) = store
+        .deliver(&a.thread_id, "shipped", json("null"), None, Timestamp(11))
+        .await?;
+    let (d3, _) = store
+        .deliver(
+            &a.thread_id,
+            "paid",
+            json("7"),
+            Some("k3".into()),
+            Timestamp(12),
+        )
+        .await?;
+    let c = a.receive(&d2);
+    store.commit(c.clone()).await?;
+    a.advance(&c);
+
+    let ids = [i1, i2, i3];
+    let before = dump_waits(&store, "a", &ids).await;
+    let stored = store.interrupt(i1).await?.unwrap();
+    assert_eq!(
+        stored.answer,
+        Some((v1.clone(), Timestamp(1_700_000_000_001)))
+    );
+    assert_eq!(stored.applied_seq, Some(Seq(7)));
+    let pending = store.deliveries(&a.thread_id, true).await?;
+    assert_eq!(pending, vec![d1.clone(), d3.clone()]);
+    drop(store);
+
+    let store = open(&path).await;
+    assert_eq!(dump_waits(&store, "a", &ids).await, before);
+    // And the rules still hold against what was read back.
+    let (answer, record) = store
+        .answer_interrupt(i2, json("[1,2.5]"), Timestamp(20))
+        .await?;
+    assert_eq!(answer, Answer::AlreadyAnswered);
+    assert_eq!(
+        record.answer,
+        Some((json("[1, 2.50]"), Timestamp(1_700_000_000_002)))
+    );
+    let err = store
+        .answer_interrupt(i1, json("false"), Timestamp(21))
+        .await
+        .unwrap_err();
+    assert_eq!(err, Error::ResumeConflict { interrupt_id: i1 });
+    let (answer, _) = store.answer_interrupt(i3, json("3"), Timestamp(22)).await?;
+    assert_eq!(answer, Answer::Recorded);
+    assert_eq!(
+        store
+            .deliver(
+                &a.thread_id,
+                "paid",
+                json(r#"{ "amount" : 5 }"#),
+                Some("k1".into()),
+                Timestamp(23)
+            )
+            .await?,
+        (d1.clone(), false)
+    );
+    let err = store
+        .deliver(
+            &a.thread_id,
+            "paid",
+            json("8"),
+            Some("k3".into()),
+            Timestamp(24),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err, Error::IdempotencyConflict { key: "k3".into() });
+    let (d4, new) = store
+        .deliver(
+            &a.thread_id,
+            "paid",
+            json("9"),
+            Some("k4".into()),
+            Timestamp(25),
+        )
+        .await?;
+    assert!(new);
+    assert_eq!(
+        store.deliveries(&a.thread_id, true).await?,
+        vec![d1, d3, d4]
+    );
+    // A raised id stays taken across reopening.
+    let mut b = Run::new("b", Seq::ZERO);
+    drive(&store, &mut b, &[Run::start]).await;
+    let err = store.commit(b.suspend(&[i1])).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidCommit { .. }), "{err:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_answers_from_32_tasks_record_exactly_one() -> TestResult {
+    const TASKS: usize = 32;
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(open(&dir.path().join("oris.db")).await);
+    let ids = [InterruptId::generate(), InterruptId::generate()];
+    let mut run = Run::new("race", Seq::ZERO);
+    drive(&store, &mut run, &[Run::start]).await;
+    let c = run.suspend(&ids);
+    store.commit(c.clone()).await?;
+    run.advance(&c);
+
+    // ids[0]: 32 different values; ids[1]: one value, spelt two ways.
+    for (round, id) in ids.into_iter().enumerate() {
+        let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|k| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                let value = match (round, k % 2) {
+                    (0, _) => json(&format!(r#"{{"caller":{k}}}"#)),
+                    (_, 0) => json(r#"{"a":1,"b":2}"#),
+                    _ => json(r#"{ "b" : 2, "a" : 1 }"#),
+                };
+                let at = Timestamp(1_000 + k as i64);
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let result = store.answer_interrupt(id, value.clone(), at).await;
+                    (value, at, result)
+                })
+            })
+            .collect();
+        let mut recorded = Vec::new();
+        let mut returned = Vec::new();
+        for task in tasks {
+            let (value, at, result) = task.await?;
+            match result {
+                Ok((Answer::Recorded, record)) => {
+                    recorded.push((value, at));
+                    returned.push(record);
+                }
+                Ok((Answer::AlreadyAnswered, record)) => {
+                    assert_eq!(round, 1, "AlreadyAnswered for a different value");
+                    returned.push(record);
+                }
+                Err(e) => {
+                    assert_eq!(round, 0, "the same value failed: {e:?}");
+                    assert_eq!(e, Error::ResumeConflict { interrupt_id: id });
+                }
+            }
+        }
+        assert_eq!(recorded.len(), 1, "round {round}: {recorded:?}");
+        let stored = store.interrupt(id).await?.unwrap();
+        assert_eq!(stored.answer, Some(recorded[0].clone()), "round {round}");
+        for record in returned {
+            assert_eq!(record, stored, "round {round}");
+        }
+    }
+    // Answers are writes like commits: each was fsynced before it returned.
+    let stats = store.stats();
+    assert_eq!(stats.queue_depth, 0);
+    assert!(stats.synced_transactions >= 3, "{stats:?}");
+    Ok(())
+}
+
+/// A store with thread `t` whose run raised interrupt `id` and has delivery `k` pending.
+async fn one_interrupt_one_delivery(path: &std::path::Path, id: InterruptId) -> SqliteStore {
+    let store = open(path).await;
+    let mut run = Run::new("t", Seq::ZERO);
+    drive(&store, &mut run, &[Run::start]).await;
+    let c = run.suspend(&[id]);
+    store.commit(c.clone()).await.unwrap();
+    store
+        .deliver(
+            &tid("t"),
+            "paid",
+            json("{}"),
+            Some("k".into()),
+            Timestamp(1),
+        )
+        .await
+        .unwrap();
+    store
+}
+
+#[tokio::test]
+async fn damaged_interrupt_and_delivery_rows_are_corrupt() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("oris.db");
+    let id = InterruptId::generate();
+    let store = one_interrupt_one_delivery(&path, id).await;
+    let good = store.interrupt(id).await?.unwrap();
+
+    raw(&path, "UPDATE interrupts SET payload = '{\"q\": '");
+    let (thread, seq, detail) = corrupt(store.interrupt(id).await.unwrap_err());
+    assert_eq!((thread.as_str(), seq), ("t", None));
+    assert!(
+        detail.contains("`payload`") && detail.contains(&id.to_string()),
+        "{detail}"
+    );
+    let (thread, _, detail) = corrupt(store.interrupts(&tid("t")).await.unwrap_err());
+    assert_eq!(thread, "t");
+    assert!(detail.contains("`payload`"), "{detail}");
+    // The writer validates what it reads: an answer is refused as corrupt, and the store
+    // goes on.
+    let (thread, ..) = corrupt(
+        store
+            .answer_interrupt(id, json("1"), Timestamp(2))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(thread, "t");
+    let other = Run::new("other", Seq::ZERO);
+    assert_eq!(store.commit(other.start()).await?.head, Seq(1));
+
+    raw(
+        &path,
+        "UPDATE interrupts SET payload = '{\"q\": 0}', raised_seq = 'two'",
+    );
+    let (_, _, detail) = corrupt(store.interrupt(id).await.unwrap_err());
+    assert!(
+        detail.contains("`raised_seq`") && detail.contains("text"),
+        "{detail}"
+    );
+
+    raw(
+        &path,
+        "UPDATE interrupts SET raised_seq = 2, answer = '1', answered_at = NULL",
+    );
+    let (_, _, detail) = corrupt(store.interrupt(id).await.unwrap_err());
+    assert!(detail.contains("`answered_at`"), "{detail}");
+
+    raw(&path, "UPDATE interrupts SET answer = NULL");
+    assert_eq!(store.interrupt(id).await?.unwrap(), good, "repaired");
+
+    raw(
+        &path,
+        "UPDATE runs SET status_data = '{\"status\":\"paused\"}'",
+    );
+    // Reading an interrupt does not need its run's status; answering one does.
+    assert_eq!(store.interrupt(id).await?.unwrap(), good);
+    let (thread, _, detail) = corrupt(
+        store
+            .answer_interrupt(id, json("1"), Timestamp(3))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(thread, "t");
+    assert!(detail.contains("`status_data`"), "{detail}");
+
+    raw(&path, "UPDATE interrupts SET interrupt_id = X'0102'");
+    let (thread, _, detail) = corrupt(store.interrupts(&tid("t")).await.unwrap_err());
+    assert_eq!(thread, "t");
+    assert!(
+        detail.contains("`interrupt_id`") && detail.contains("2 bytes"),
+        "{detail}"
+    );
+
+    raw(&path, "UPDATE deliveries SET payload = 'not json'");
+    let (thread, _, detail) = corrupt(store.deliveries(&tid("t"), true).await.unwrap_err());
+    assert_eq!(thread, "t");
+    assert!(detail.contains("`payload`"), "{detail}");
+    let (thread, ..) = corrupt(
+        store
+            .deliver(
+                &tid("t"),
+                "paid",
+                json("{}"),
+                Some("k".into()),
+                Timestamp(4),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(thread, "t");
+    // A delivery without that key does not read the damaged row.
+    assert!(
+        store
+            .deliver(&tid("t"), "paid", json("{}"), None, Timestamp(5))
+            .await?
+            .1
+    );
+    raw(
+        &path,
+        "UPDATE deliveries SET payload = '{}', consumed_seq = -1",
+    );
+    let (_, _, detail) = corrupt(store.deliveries(&tid("t"), false).await.unwrap_err());
+    assert!(detail.contains("`consumed_seq`"), "{detail}");
     Ok(())
 }

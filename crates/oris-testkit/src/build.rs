@@ -9,8 +9,8 @@ use oris_core::event::{
     Barriers, Boundary, Durability, Event, EventBody, Failure, FailureKind, Payload, RunSettings,
     Task,
 };
-use oris_core::id::{CheckpointId, RunId, Seq, ThreadId, Timestamp};
-use oris_core::status::RunStatus;
+use oris_core::id::{CheckpointId, DeliveryId, InterruptId, RunId, Seq, ThreadId, Timestamp};
+use oris_core::status::{PendingInterrupt, RunStatus};
 use oris_core::store::{Commit, RunRecord, RunWrite, Snapshot};
 
 /// The graph name the builders use unless told otherwise.
@@ -80,6 +80,8 @@ pub fn started(run: &RunRecord, seq: u64) -> Event {
                 durability: Durability::Sync,
                 deadline: None,
                 superstep_limit: 25,
+                interrupt_before: vec![],
+                interrupt_after: vec![],
             },
             boundary: boundary(&["a"]),
         },
@@ -308,5 +310,138 @@ pub fn set_status(
             status,
         }),
         ..append(thread, head, events)
+    }
+}
+
+/// An event of `run` at `seq` (time [`at`]`(seq)`) with `body`.
+pub fn event(run: RunId, seq: u64, body: EventBody) -> Event {
+    Event {
+        seq: Seq(seq),
+        run_id: run,
+        at: at(seq),
+        body,
+    }
+}
+
+/// An `InterruptRaised` event (superstep 0, task 0, index 0) of `node` asking `payload_json`.
+pub fn interrupt_raised(
+    run: RunId,
+    seq: u64,
+    node: &str,
+    interrupt_id: InterruptId,
+    payload_json: &str,
+) -> Event {
+    event(
+        run,
+        seq,
+        EventBody::InterruptRaised {
+            superstep: 0,
+            task: 0,
+            node: node.to_owned(),
+            index: 0,
+            interrupt_id,
+            payload: payload(payload_json),
+        },
+    )
+}
+
+/// An `InterruptResumed` event applying `value_json` to `interrupt_id`.
+pub fn interrupt_resumed(
+    run: RunId,
+    seq: u64,
+    interrupt_id: InterruptId,
+    value_json: &str,
+) -> Event {
+    event(
+        run,
+        seq,
+        EventBody::InterruptResumed {
+            interrupt_id,
+            value: payload(value_json),
+        },
+    )
+}
+
+/// A `RunSuspended` event.
+pub fn run_suspended(
+    run: RunId,
+    seq: u64,
+    interrupts: &[InterruptId],
+    until: Option<Timestamp>,
+    events: &[&str],
+) -> Event {
+    event(
+        run,
+        seq,
+        EventBody::RunSuspended {
+            interrupts: interrupts.to_vec(),
+            until,
+            events: events.iter().map(|e| (*e).to_owned()).collect(),
+        },
+    )
+}
+
+/// A `RunResumed` event.
+pub fn run_resumed(run: RunId, seq: u64) -> Event {
+    event(run, seq, EventBody::RunResumed)
+}
+
+/// An `EventReceived` event (superstep 0, task 0, node `w`, index 0) for the event `name`:
+/// with a delivery and its payload, or neither (the wait timed out).
+pub fn event_received(
+    run: RunId,
+    seq: u64,
+    name: &str,
+    delivery: Option<DeliveryId>,
+    payload_json: Option<&str>,
+) -> Event {
+    event(
+        run,
+        seq,
+        EventBody::EventReceived {
+            superstep: 0,
+            task: 0,
+            node: "w".to_owned(),
+            index: 0,
+            name: name.to_owned(),
+            delivery,
+            payload: payload_json.map(payload),
+        },
+    )
+}
+
+/// A `StateUpdated` event: an operator edit attributed to `as_node`.
+pub fn state_updated(run: RunId, seq: u64, as_node: &str, update_json: &str) -> Event {
+    event(
+        run,
+        seq,
+        EventBody::StateUpdated {
+            as_node: as_node.to_owned(),
+            update: payload(update_json),
+        },
+    )
+}
+
+/// A pending interrupt as an `Interrupted` status lists it; panics if `payload_json` is not
+/// JSON.
+pub fn pending(interrupt_id: InterruptId, node: &str, payload_json: &str) -> PendingInterrupt {
+    PendingInterrupt {
+        interrupt_id,
+        node: node.to_owned(),
+        payload: serde_json::from_str(payload_json)
+            .unwrap_or_else(|e| panic!("test payload is not JSON ({e}): {payload_json:.80}")),
+    }
+}
+
+/// `Interrupted`, waiting on `interrupts`.
+pub fn status_interrupted(interrupts: Vec<PendingInterrupt>) -> RunStatus {
+    RunStatus::Interrupted { interrupts }
+}
+
+/// `Waiting`, until `until` or for `events`.
+pub fn status_waiting(until: Option<Timestamp>, events: &[&str]) -> RunStatus {
+    RunStatus::Waiting {
+        until,
+        events: events.iter().map(|e| (*e).to_owned()).collect(),
     }
 }

@@ -1,8 +1,10 @@
 //! Assertions over a store, with failure messages that say what was expected.
 
 use oris_core::event::Event;
-use oris_core::id::{RunId, Seq, ThreadId};
-use oris_core::store::{Error, Result, RunFilter, RunRecord, Snapshot, Store, ThreadRecord};
+use oris_core::id::{InterruptId, RunId, Seq, ThreadId};
+use oris_core::store::{
+    Delivery, Error, InterruptRecord, Result, RunFilter, RunRecord, Snapshot, Store, ThreadRecord,
+};
 
 /// A read limit larger than any log the suite writes. The reads of the suite's own
 /// bookkeeping use it rather than `usize::MAX`, so that a backend mishandling extreme bounds
@@ -153,4 +155,72 @@ pub async fn assert_no_thread(store: &dyn Store, thread: &ThreadId, what: &str) 
         },
         "{what}: thread `{thread}` should not exist"
     );
+}
+
+/// The interrupt record, which must exist.
+pub async fn interrupt_record(store: &dyn Store, id: InterruptId) -> InterruptRecord {
+    ok(store.interrupt(id).await, &format!("interrupt({id})"))
+        .unwrap_or_else(|| panic!("interrupt {id} should exist, but interrupt() returned None"))
+}
+
+/// The interrupts of `thread`, as `interrupts` lists them.
+pub async fn interrupts_of(store: &dyn Store, thread: &ThreadId) -> Vec<InterruptRecord> {
+    ok(
+        store.interrupts(thread).await,
+        &format!("interrupts({thread})"),
+    )
+}
+
+/// The deliveries of `thread` (only unconsumed ones if `pending_only`), as listed.
+pub async fn deliveries_of(
+    store: &dyn Store,
+    thread: &ThreadId,
+    pending_only: bool,
+) -> Vec<Delivery> {
+    ok(
+        store.deliveries(thread, pending_only).await,
+        &format!("deliveries({thread}, pending_only: {pending_only})"),
+    )
+}
+
+/// A [`ThreadView`] plus the thread's interrupts and deliveries: taken before and after a
+/// rejected commit, answer or delivery to prove it changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FullView {
+    /// Records, log, snapshot and runs.
+    pub base: ThreadView,
+    /// Every interrupt of the thread, in raised order.
+    pub interrupts: Vec<InterruptRecord>,
+    /// Every delivery of the thread, in arrival order.
+    pub deliveries: Vec<Delivery>,
+}
+
+impl FullView {
+    /// Reads the view of `thread`, which must exist.
+    pub async fn read(store: &dyn Store, thread: &ThreadId) -> Self {
+        FullView {
+            base: ThreadView::read(store, thread).await,
+            interrupts: interrupts_of(store, thread).await,
+            deliveries: deliveries_of(store, thread, false).await,
+        }
+    }
+
+    /// Asserts that the thread still reads exactly as this view, after `what`.
+    pub async fn assert_unchanged(&self, store: &dyn Store, what: &str) {
+        self.base.assert_unchanged(store, what).await;
+        let thread = match &self.base.thread {
+            Some(t) => t.thread_id.clone(),
+            None => panic!("assert_unchanged needs a view of an existing thread"),
+        };
+        assert_eq!(
+            interrupts_of(store, &thread).await,
+            self.interrupts,
+            "{what}: the interrupts of thread `{thread}` changed"
+        );
+        assert_eq!(
+            deliveries_of(store, &thread, false).await,
+            self.deliveries,
+            "{what}: the deliveries of thread `{thread}` changed"
+        );
+    }
 }

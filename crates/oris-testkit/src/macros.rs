@@ -90,6 +90,7 @@ macro_rules! __conformance_cases {
             every_event_body_round_trips,
             large_payloads_round_trip,
             json_is_stored_verbatim,
+            workflow_event_bodies_round_trip,
             // edges
             thread_id_edge_cases,
             all_durabilities_are_accepted,
@@ -102,6 +103,23 @@ macro_rules! __conformance_cases {
             status_change_races_append_exactly_one_wins,
             many_threads_commit_concurrently,
             reads_during_writes_see_committed_prefixes,
+            // suspension
+            suspended_statuses_round_trip,
+            suspended_statuses_refuse_other_edges,
+            runs_unfinished_lists_suspended_runs,
+            // interrupts
+            raised_interrupts_are_recorded,
+            answer_interrupt_records_once,
+            resumed_interrupts_are_marked_applied,
+            interrupt_of_ended_run_is_not_pending,
+            duplicate_interrupt_id_is_invalid,
+            concurrent_answers_exactly_one_wins,
+            // deliveries
+            deliveries_are_buffered_in_order,
+            delivery_keys_are_idempotent,
+            concurrent_deliveries_with_one_key_record_one,
+            // edits
+            idle_thread_accepts_edits_by_last_run,
         }
     };
 }

@@ -12,10 +12,11 @@ mod guarded {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use async_trait::async_trait;
-    use oris_core::event::Event;
-    use oris_core::id::{RunId, Seq, ThreadId};
+    use oris_core::event::{Event, Payload};
+    use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
     use oris_core::store::{
-        Commit, MemoryStore, Receipt, Result, RunFilter, RunRecord, Snapshot, Store, ThreadRecord,
+        Answer, Commit, Delivery, InterruptRecord, MemoryStore, Receipt, Result, RunFilter,
+        RunRecord, Snapshot, Store, ThreadRecord,
     };
 
     /// Stands for a temporary directory or schema: marks itself dropped.
@@ -66,6 +67,33 @@ mod guarded {
         }
         async fn delete_snapshots(&self, thread_id: &ThreadId) -> Result<u64> {
             self.inner.delete_snapshots(thread_id).await
+        }
+        async fn interrupt(&self, id: InterruptId) -> Result<Option<InterruptRecord>> {
+            self.inner.interrupt(id).await
+        }
+        async fn interrupts(&self, thread_id: &ThreadId) -> Result<Vec<InterruptRecord>> {
+            self.inner.interrupts(thread_id).await
+        }
+        async fn answer_interrupt(
+            &self,
+            id: InterruptId,
+            value: Payload,
+            at: Timestamp,
+        ) -> Result<(Answer, InterruptRecord)> {
+            self.inner.answer_interrupt(id, value, at).await
+        }
+        async fn deliver(
+            &self,
+            t: &ThreadId,
+            name: &str,
+            payload: Payload,
+            key: Option<String>,
+            at: Timestamp,
+        ) -> Result<(Delivery, bool)> {
+            self.inner.deliver(t, name, payload, key, at).await
+        }
+        async fn deliveries(&self, t: &ThreadId, pending_only: bool) -> Result<Vec<Delivery>> {
+            self.inner.deliveries(t, pending_only).await
         }
     }
 

@@ -6,14 +6,17 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use oris_core::event::{Event, EventBody, Payload};
-use oris_core::id::{RunId, Seq, ThreadId, Timestamp};
+use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
+use oris_core::status::{RunStatus, StatusKind};
 use oris_core::store::{
-    Commit, Error, MemoryStore, Receipt, Result, RunFilter, RunRecord, RunWrite, Snapshot, Store,
-    ThreadRecord,
+    Answer, Commit, Delivery, Error, InterruptRecord, MemoryStore, Receipt, Result, RunFilter,
+    RunRecord, RunWrite, Snapshot, Store, ThreadRecord,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
+    /// No fault: the wrapper itself must pass (so a mutant fails for its fault alone).
+    Nothing,
     /// A conflict is reported as success.
     SwallowsConflicts,
     /// A conflict is reported as a storage failure.
@@ -38,6 +41,32 @@ enum Fault {
     DeleteCountsZero,
     /// Thread ids are compared case-insensitively (a NOCASE collation).
     CaseInsensitiveThreads,
+    /// The data of a `Waiting` status is lost (only its kind is stored).
+    DropsWaitingData,
+    /// Interrupted and waiting runs are not selected by a status filter.
+    FilterMissesSuspended,
+    /// `interrupts` lists by id instead of raised order.
+    InterruptsById,
+    /// `answer_interrupt` checks and sets in two steps: concurrent callers all "record".
+    AnswerCheckThenSet,
+    /// Another value replaces the answer instead of conflicting.
+    AnswerOverwrites,
+    /// Answers are compared byte for byte, not as JSON values.
+    AnswerComparesBytes,
+    /// An interrupt of an ended run still takes an answer.
+    AnswersEndedRuns,
+    /// `InterruptResumed` does not mark the interrupt applied.
+    NeverApplied,
+    /// `deliveries` returns newest first.
+    DeliveriesNewestFirst,
+    /// `deliveries` ignores `pending_only`.
+    PendingIgnored,
+    /// A re-delivery with a used key is recorded again.
+    RedeliveryRecorded,
+    /// A used key with another event is accepted as a new delivery.
+    KeyConflictIgnored,
+    /// A commit of `StateUpdated` events on an idle thread is refused.
+    RefusesEdits,
 }
 
 #[derive(Debug)]
@@ -60,6 +89,23 @@ impl Faulty {
         }
     }
 
+    fn read_run(&self, mut r: RunRecord) -> RunRecord {
+        if self.fault == Fault::DropsWaitingData
+            && let RunStatus::Waiting { until, events } = &mut r.status
+        {
+            *until = None;
+            events.clear();
+        }
+        r
+    }
+
+    fn read_interrupt(&self, mut r: InterruptRecord) -> InterruptRecord {
+        if self.fault == Fault::NeverApplied {
+            r.applied_seq = None;
+        }
+        r
+    }
+
     fn read_event(&self, mut e: Event) -> Event {
         match (&mut e.body, self.fault) {
             (EventBody::NodeCompleted { update, .. }, Fault::NormalisesJson) => {
@@ -78,6 +124,17 @@ impl Store for Faulty {
         commit.thread_id = self.tid(&commit.thread_id);
         if let Some(RunWrite::Create(run)) = &mut commit.run {
             run.thread_id = self.tid(&run.thread_id);
+        }
+        let edit_only = !commit.events.is_empty()
+            && commit
+                .events
+                .iter()
+                .all(|e| matches!(e.body, EventBody::StateUpdated { .. }));
+        if self.fault == Fault::RefusesEdits && edit_only && commit.run.is_none() {
+            return Err(Error::InvalidCommit {
+                thread_id: commit.thread_id,
+                detail: "edits refused".into(),
+            });
         }
         let attempt = commit.clone();
         match (self.inner.commit(commit).await, self.fault) {
@@ -105,13 +162,16 @@ impl Store for Faulty {
     }
 
     async fn run(&self, run_id: RunId) -> Result<Option<RunRecord>> {
-        self.inner.run(run_id).await
+        Ok(self.inner.run(run_id).await?.map(|r| self.read_run(r)))
     }
 
     async fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
         let mut filter = filter.clone();
         filter.thread_id = filter.thread_id.map(|t| self.tid(&t));
         match self.fault {
+            Fault::FilterMissesSuspended => filter
+                .statuses
+                .retain(|k| !matches!(k, StatusKind::Interrupted | StatusKind::Waiting)),
             Fault::RunsIgnoreCursor => filter.after = None,
             Fault::RunsNewestFirst => {
                 let mut all = self.inner.runs(&filter).await?;
@@ -120,7 +180,8 @@ impl Store for Faulty {
             }
             _ => {}
         }
-        self.inner.runs(&filter).await
+        let runs = self.inner.runs(&filter).await?;
+        Ok(runs.into_iter().map(|r| self.read_run(r)).collect())
     }
 
     async fn events(&self, thread_id: &ThreadId, after: Seq, limit: usize) -> Result<Vec<Event>> {
@@ -151,6 +212,98 @@ impl Store for Faulty {
         } else {
             n
         })
+    }
+
+    async fn interrupt(&self, id: InterruptId) -> Result<Option<InterruptRecord>> {
+        Ok(self
+            .inner
+            .interrupt(id)
+            .await?
+            .map(|r| self.read_interrupt(r)))
+    }
+
+    async fn interrupts(&self, thread_id: &ThreadId) -> Result<Vec<InterruptRecord>> {
+        let mut all: Vec<InterruptRecord> = self
+            .inner
+            .interrupts(&self.tid(thread_id))
+            .await?
+            .into_iter()
+            .map(|r| self.read_interrupt(r))
+            .collect();
+        if self.fault == Fault::InterruptsById {
+            all.sort_by_key(|r| r.interrupt_id);
+        }
+        Ok(all)
+    }
+
+    async fn answer_interrupt(
+        &self,
+        id: InterruptId,
+        value: Payload,
+        at: Timestamp,
+    ) -> Result<(Answer, InterruptRecord)> {
+        let stored = self.inner.interrupt(id).await?;
+        if self.fault == Fault::AnswerCheckThenSet {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let result = self.inner.answer_interrupt(id, value.clone(), at).await;
+        let unanswered = stored.as_ref().is_some_and(|r| r.answer.is_none());
+        let pretend = |r: &InterruptRecord| {
+            let mut r = r.clone();
+            r.answer = Some((value.clone(), at));
+            Ok((Answer::Recorded, r))
+        };
+        match (result, self.fault, stored) {
+            (Ok((Answer::AlreadyAnswered, _)), Fault::AnswerCheckThenSet, Some(r))
+            | (Err(Error::ResumeConflict { .. }), Fault::AnswerCheckThenSet, Some(r))
+                if unanswered =>
+            {
+                pretend(&r)
+            }
+            (Err(Error::ResumeConflict { .. }), Fault::AnswerOverwrites, Some(r)) => pretend(&r),
+            (Err(Error::InterruptNotPending { .. }), Fault::AnswersEndedRuns, Some(r)) => {
+                pretend(&r)
+            }
+            (Ok((Answer::AlreadyAnswered, r)), Fault::AnswerComparesBytes, _)
+                if r.answer.as_ref().is_some_and(|(v, _)| v != &value) =>
+            {
+                Err(Error::ResumeConflict { interrupt_id: id })
+            }
+            (result, _, _) => result,
+        }
+    }
+
+    async fn deliver(
+        &self,
+        thread_id: &ThreadId,
+        name: &str,
+        payload: Payload,
+        key: Option<String>,
+        at: Timestamp,
+    ) -> Result<(Delivery, bool)> {
+        let t = self.tid(thread_id);
+        let result = self
+            .inner
+            .deliver(&t, name, payload.clone(), key.clone(), at)
+            .await;
+        match (result, self.fault) {
+            (Ok((_, false)), Fault::RedeliveryRecorded)
+            | (Err(Error::IdempotencyConflict { .. }), Fault::KeyConflictIgnored) => {
+                let (d, _) = self.inner.deliver(&t, name, payload, None, at).await?;
+                Ok((Delivery { key, ..d }, true))
+            }
+            (result, _) => result,
+        }
+    }
+
+    async fn deliveries(&self, thread_id: &ThreadId, pending_only: bool) -> Result<Vec<Delivery>> {
+        let t = self.tid(thread_id);
+        let pending_only = pending_only && self.fault != Fault::PendingIgnored;
+        let mut all = self.inner.deliveries(&t, pending_only).await?;
+        if self.fault == Fault::DeliveriesNewestFirst {
+            all.reverse();
+        }
+        Ok(all)
     }
 }
 
@@ -228,4 +381,60 @@ detects! {
     runs_newest_first: RunsNewestFirst => runs_filter_by_thread_graph_status;
     delete_count_zero: DeleteCountsZero => delete_snapshots_counts;
     case_insensitive_ids: CaseInsensitiveThreads => thread_id_edge_cases;
+    truncated_times_new_events: TruncatesTimes => workflow_event_bodies_round_trip;
+    waiting_data_dropped: DropsWaitingData => suspended_statuses_round_trip;
+    unfinished_misses_suspended: FilterMissesSuspended => runs_unfinished_lists_suspended_runs;
+    interrupts_by_id: InterruptsById => raised_interrupts_are_recorded;
+    answer_check_then_set: AnswerCheckThenSet => concurrent_answers_exactly_one_wins;
+    answer_overwrites: AnswerOverwrites => answer_interrupt_records_once;
+    answer_overwrites_in_race: AnswerOverwrites => concurrent_answers_exactly_one_wins;
+    answer_compares_bytes: AnswerComparesBytes => answer_interrupt_records_once;
+    answers_ended_runs: AnswersEndedRuns => interrupt_of_ended_run_is_not_pending;
+    never_applied: NeverApplied => resumed_interrupts_are_marked_applied;
+    deliveries_newest_first: DeliveriesNewestFirst => deliveries_are_buffered_in_order;
+    pending_ignored: PendingIgnored => deliveries_are_buffered_in_order;
+    redelivery_recorded: RedeliveryRecorded => delivery_keys_are_idempotent;
+    redelivery_recorded_in_race: RedeliveryRecorded => concurrent_deliveries_with_one_key_record_one;
+    key_conflict_ignored: KeyConflictIgnored => delivery_keys_are_idempotent;
+    edits_refused: RefusesEdits => idle_thread_accepts_edits_by_last_run;
+}
+
+/// With no fault planted, the wrapper passes the cases above: their mutants fail because of
+/// the fault, not because of the wrapper.
+macro_rules! sound {
+    ($($case:ident),* $(,)?) => {
+        mod sound {
+            use super::*;
+            $(
+                #[test]
+                fn $case() {
+                    oris_testkit::__private::run_case(
+                        stringify!($case),
+                        || async {
+                            Faulty {
+                                inner: MemoryStore::new(),
+                                fault: Fault::Nothing,
+                            }
+                        },
+                        oris_testkit::conformance::$case,
+                    );
+                }
+            )*
+        }
+    };
+}
+
+sound! {
+    workflow_event_bodies_round_trip,
+    suspended_statuses_round_trip,
+    runs_unfinished_lists_suspended_runs,
+    raised_interrupts_are_recorded,
+    concurrent_answers_exactly_one_wins,
+    answer_interrupt_records_once,
+    interrupt_of_ended_run_is_not_pending,
+    resumed_interrupts_are_marked_applied,
+    deliveries_are_buffered_in_order,
+    delivery_keys_are_idempotent,
+    concurrent_deliveries_with_one_key_record_one,
+    idle_thread_accepts_edits_by_last_run,
 }

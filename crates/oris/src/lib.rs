@@ -48,15 +48,15 @@ use std::sync::Arc;
 
 pub use oris_core::event::{Durability, Failure, FailureKind};
 pub use oris_core::graph::{END, START};
-pub use oris_core::id::{CheckpointId, RunId, Seq, ThreadId};
+pub use oris_core::id::{CheckpointId, DeliveryId, InterruptId, RunId, Seq, ThreadId, Timestamp};
 pub use oris_core::state::State;
-pub use oris_core::status::{RunStatus, StatusKind};
+pub use oris_core::status::{PendingInterrupt, RunStatus, StatusKind};
 pub use oris_core::{event, graph, id, state, status};
 pub use oris_derive::State;
 pub use oris_runtime::{
-    CheckpointInfo, CompiledGraph, Context, Engine, EngineOptions, Error, GraphHandle, NodeError,
-    NodePolicy, Observer, RecoveryReport, RetryPolicy, Route, RunOptions, RunOutcome, StateGraph,
-    ThreadState, Verification,
+    CheckpointInfo, Clock, CompiledGraph, Context, Engine, EngineOptions, Error, GraphHandle,
+    ManualClock, NodeError, NodePolicy, Observer, RecoveryReport, ReplayOptions, RetryPolicy,
+    Route, RunOptions, RunOutcome, StateGraph, SystemClock, ThreadState, Verification,
 };
 
 /// Storage: the traits, the in-memory store, and (feature `sqlite`) the SQLite store.
@@ -65,6 +65,11 @@ pub mod store {
     #[cfg(feature = "sqlite")]
     pub use oris_sqlite::{SqliteOptions, SqliteStore};
 }
+
+/// The guarantees of each durability mode, steps, interrupts, timers, events and time
+/// travel — `docs/durable-execution.md`, whose examples are compiled and run as doc tests.
+#[doc = include_str!("../../../docs/durable-execution.md")]
+pub mod durable_execution {}
 
 #[doc(hidden)]
 pub mod __private {

@@ -7,11 +7,12 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    Commit, Error, Receipt, Result, RunFilter, RunRecord, RunWrite, Snapshot, Store, ThreadRecord,
-    plan_commit,
+    Answer, Commit, Delivery, Error, InterruptRecord, Receipt, Result, RunFilter, RunRecord,
+    RunWrite, Snapshot, Store, ThreadRecord, check_redelivery, consumed_deliveries,
+    interrupt_effects, plan_answer, plan_commit,
 };
-use crate::event::Event;
-use crate::id::{RunId, Seq, ThreadId, Timestamp};
+use crate::event::{Event, Payload};
+use crate::id::{DeliveryId, InterruptId, RunId, Seq, ThreadId, Timestamp};
 
 #[derive(Debug, Default)]
 struct Thread {
@@ -24,6 +25,9 @@ struct Thread {
 struct Inner {
     threads: HashMap<ThreadId, Thread>,
     runs: BTreeMap<RunId, RunRecord>,
+    interrupts: HashMap<InterruptId, InterruptRecord>,
+    /// Per thread, in arrival order.
+    deliveries: HashMap<ThreadId, Vec<Delivery>>,
 }
 
 /// A [`Store`] in process memory. Commits are linearized by one mutex.
@@ -90,8 +94,42 @@ impl Store for MemoryStore {
             stored_run.as_ref(),
             Timestamp::now(),
         )?;
+        let effects = interrupt_effects(&commit);
+        if let Some(r) = effects
+            .raised
+            .iter()
+            .find(|r| inner.interrupts.contains_key(&r.interrupt_id))
+        {
+            return Err(Error::InvalidCommit {
+                thread_id: commit.thread_id.clone(),
+                detail: format!("interrupt {} already exists", r.interrupt_id),
+            });
+        }
         if let Some(run) = plan.run {
             inner.runs.insert(run.run_id, run);
+        }
+        for r in effects.raised {
+            inner.interrupts.insert(r.interrupt_id, r);
+        }
+        let consumed = consumed_deliveries(&commit);
+        if !consumed.is_empty() {
+            let list = inner
+                .deliveries
+                .entry(commit.thread_id.clone())
+                .or_default();
+            for (id, seq) in consumed {
+                if let Some(d) = list.iter_mut().find(|d| d.delivery_id == id) {
+                    d.consumed_seq = Some(seq);
+                }
+            }
+        }
+        for (id, seq, value) in effects.applied {
+            if let Some(r) = inner.interrupts.get_mut(&id) {
+                r.applied_seq = Some(seq);
+                if r.answer.is_none() {
+                    r.answer = Some((value, Timestamp::now()));
+                }
+            }
         }
         let head = plan.thread.head;
         let t = inner.threads.entry(commit.thread_id).or_default();
@@ -155,6 +193,98 @@ impl Store for MemoryStore {
             .get(thread_id)
             .and_then(|t| t.snapshot.clone())
             .filter(|s| s.at_seq <= at_or_before))
+    }
+
+    async fn interrupt(&self, interrupt_id: InterruptId) -> Result<Option<InterruptRecord>> {
+        Ok(self.lock().interrupts.get(&interrupt_id).cloned())
+    }
+
+    async fn interrupts(&self, thread_id: &ThreadId) -> Result<Vec<InterruptRecord>> {
+        let mut out: Vec<InterruptRecord> = self
+            .lock()
+            .interrupts
+            .values()
+            .filter(|r| r.thread_id == *thread_id)
+            .cloned()
+            .collect();
+        out.sort_by_key(|r| r.raised_seq);
+        Ok(out)
+    }
+
+    async fn answer_interrupt(
+        &self,
+        interrupt_id: InterruptId,
+        value: Payload,
+        at: Timestamp,
+    ) -> Result<(Answer, InterruptRecord)> {
+        let mut inner = self.lock();
+        let stored = inner
+            .interrupts
+            .get(&interrupt_id)
+            .cloned()
+            .ok_or(Error::InterruptNotFound { interrupt_id })?;
+        let status = inner
+            .runs
+            .get(&stored.run_id)
+            .map(|r| r.status.clone())
+            .ok_or(Error::RunNotFound {
+                run_id: stored.run_id,
+            })?;
+        match plan_answer(&stored, &status, &value, at)? {
+            None => Ok((Answer::AlreadyAnswered, stored)),
+            Some(updated) => {
+                inner.interrupts.insert(interrupt_id, updated.clone());
+                Ok((Answer::Recorded, updated))
+            }
+        }
+    }
+
+    async fn deliver(
+        &self,
+        thread_id: &ThreadId,
+        name: &str,
+        payload: Payload,
+        key: Option<String>,
+        at: Timestamp,
+    ) -> Result<(Delivery, bool)> {
+        let mut inner = self.lock();
+        if !inner.threads.contains_key(thread_id) {
+            return Err(Error::ThreadNotFound {
+                thread_id: thread_id.clone(),
+            });
+        }
+        let list = inner.deliveries.entry(thread_id.clone()).or_default();
+        if let Some(k) = &key
+            && let Some(existing) = list.iter().find(|d| d.key.as_ref() == Some(k))
+        {
+            check_redelivery(existing, name, &payload)?;
+            return Ok((existing.clone(), false));
+        }
+        let d = Delivery {
+            delivery_id: DeliveryId::generate(),
+            thread_id: thread_id.clone(),
+            name: name.to_owned(),
+            payload,
+            key,
+            sent_at: at,
+            consumed_seq: None,
+        };
+        list.push(d.clone());
+        Ok((d, true))
+    }
+
+    async fn deliveries(&self, thread_id: &ThreadId, pending_only: bool) -> Result<Vec<Delivery>> {
+        Ok(self
+            .lock()
+            .deliveries
+            .get(thread_id)
+            .map(|l| {
+                l.iter()
+                    .filter(|d| !pending_only || d.consumed_seq.is_none())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     async fn delete_snapshots(&self, thread_id: &ThreadId) -> Result<u64> {

@@ -16,7 +16,7 @@ pub use memory::MemoryStore;
 use async_trait::async_trait;
 
 use crate::event::{Boundary, Durability, Event, EventBody, Payload};
-use crate::id::{RunId, Seq, ThreadId, Timestamp};
+use crate::id::{DeliveryId, InterruptId, RunId, Seq, ThreadId, Timestamp};
 use crate::status::{RunStatus, StatusKind, TransitionError};
 
 /// The record of a thread.
@@ -136,7 +136,12 @@ impl RunFilter {
     /// Runs that are queued or running: what recovery must continue.
     pub fn unfinished() -> Self {
         RunFilter {
-            statuses: vec![StatusKind::Queued, StatusKind::Running],
+            statuses: vec![
+                StatusKind::Queued,
+                StatusKind::Running,
+                StatusKind::Interrupted,
+                StatusKind::Waiting,
+            ],
             ..Default::default()
         }
     }
@@ -230,6 +235,32 @@ pub enum Error {
     /// knows, or the file is not a database); retrying will not help.
     #[error("storage incompatible: {0}")]
     Incompatible(String),
+    /// No interrupt has this id.
+    #[error("interrupt {interrupt_id} does not exist")]
+    InterruptNotFound {
+        /// The interrupt.
+        interrupt_id: InterruptId,
+    },
+    /// The interrupt cannot take a resume value: its run ended without it.
+    #[error("interrupt {interrupt_id} is not pending: its run is {status}")]
+    InterruptNotPending {
+        /// The interrupt.
+        interrupt_id: InterruptId,
+        /// The run's status.
+        status: &'static str,
+    },
+    /// The idempotency key was used before with a different request.
+    #[error("idempotency key `{key}` was already used with a different request")]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
+    },
+    /// The interrupt was already answered with a different value.
+    #[error("interrupt {interrupt_id} was already resumed with a different value")]
+    ResumeConflict {
+        /// The interrupt.
+        interrupt_id: InterruptId,
+    },
 }
 
 impl Error {
@@ -278,6 +309,214 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// [`Error::ThreadNotFound`] when the thread does not exist, [`Error::Unavailable`] on
     /// I/O failure.
     async fn delete_snapshots(&self, thread_id: &ThreadId) -> Result<u64>;
+
+    /// Reads an interrupt. Interrupts are created by commits carrying
+    /// [`EventBody::InterruptRaised`] and marked applied by [`EventBody::InterruptResumed`]
+    /// (see [`interrupt_effects`]).
+    async fn interrupt(&self, interrupt_id: InterruptId) -> Result<Option<InterruptRecord>>;
+
+    /// Every interrupt of a thread, in the order they were raised.
+    async fn interrupts(&self, thread_id: &ThreadId) -> Result<Vec<InterruptRecord>>;
+
+    /// Records a resume value for an interrupt, durably, before anything acts on it. The
+    /// value waits in the store until the run applies it, so a resume never gets lost, even
+    /// when it arrives while the run is still suspending or the process dies right after.
+    ///
+    /// Idempotent: the same value again returns [`Answer::AlreadyAnswered`]; the decision is
+    /// made atomically with the check, so of many concurrent callers exactly one gets
+    /// [`Answer::Recorded`].
+    ///
+    /// # Errors
+    /// [`Error::InterruptNotFound`]; [`Error::ResumeConflict`] if answered with another
+    /// value (JSON compared by value); [`Error::InterruptNotPending`] if its run ended.
+    async fn answer_interrupt(
+        &self,
+        interrupt_id: InterruptId,
+        value: Payload,
+        at: Timestamp,
+    ) -> Result<(Answer, InterruptRecord)>;
+
+    /// Buffers an external event for a thread, durably. With an idempotency `key`, the same
+    /// event sent again is not recorded twice (the earlier delivery is returned with
+    /// `false`); the same key with a different event is refused.
+    ///
+    /// # Errors
+    /// [`Error::ThreadNotFound`], [`Error::IdempotencyConflict`].
+    async fn deliver(
+        &self,
+        thread_id: &ThreadId,
+        name: &str,
+        payload: Payload,
+        key: Option<String>,
+        at: Timestamp,
+    ) -> Result<(Delivery, bool)>;
+
+    /// A thread's deliveries in arrival order; only unconsumed ones if `pending_only`.
+    async fn deliveries(&self, thread_id: &ThreadId, pending_only: bool) -> Result<Vec<Delivery>>;
+}
+
+/// An external event sent to a thread, buffered until a node waiting for its name
+/// consumes it (`ctx.wait_for_event`). Deliveries are consumed in the order they arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Identity.
+    pub delivery_id: DeliveryId,
+    /// The thread it was sent to.
+    pub thread_id: ThreadId,
+    /// The event's name.
+    pub name: String,
+    /// The event's payload.
+    pub payload: Payload,
+    /// The sender's idempotency key, if any: the same key with the same event is recorded once.
+    pub key: Option<String>,
+    /// When it arrived.
+    pub sent_at: Timestamp,
+    /// Seq of the `EventReceived` event that consumed it.
+    pub consumed_seq: Option<Seq>,
+}
+
+/// Deliveries a commit consumes: id and seq of the `EventReceived` event.
+pub fn consumed_deliveries(commit: &Commit) -> Vec<(DeliveryId, Seq)> {
+    commit
+        .events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::EventReceived {
+                delivery: Some(d), ..
+            } => Some((*d, e.seq)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Decides a delivery against an earlier one with the same idempotency key: `Ok(())` if it
+/// is the same event (nothing to record), [`Error::IdempotencyConflict`] otherwise.
+///
+/// # Errors
+/// [`Error::IdempotencyConflict`].
+pub fn check_redelivery(existing: &Delivery, name: &str, payload: &Payload) -> Result<()> {
+    if existing.name == name && same_json(&existing.payload, payload) {
+        Ok(())
+    } else {
+        Err(Error::IdempotencyConflict {
+            key: existing.key.clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// An interrupt as stored: raised by a run, answered at most once, applied at most once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterruptRecord {
+    /// Identity.
+    pub interrupt_id: InterruptId,
+    /// Its thread.
+    pub thread_id: ThreadId,
+    /// The run that raised it.
+    pub run_id: RunId,
+    /// The node that raised it.
+    pub node: String,
+    /// What the node asked.
+    pub payload: Payload,
+    /// Seq of the `InterruptRaised` event.
+    pub raised_seq: Seq,
+    /// When it was raised.
+    pub raised_at: Timestamp,
+    /// The resume value and when it arrived, once answered.
+    pub answer: Option<(Payload, Timestamp)>,
+    /// Seq of the `InterruptResumed` event that applied the answer to the run.
+    pub applied_seq: Option<Seq>,
+}
+
+/// What [`Store::answer_interrupt`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// This call recorded the value.
+    Recorded,
+    /// The same value had been recorded before; nothing changed.
+    AlreadyAnswered,
+}
+
+/// Whether two JSON payloads are the same value (object key order and whitespace aside).
+pub fn same_json(a: &Payload, b: &Payload) -> bool {
+    a == b
+        || matches!(
+            (
+                serde_json::from_str::<serde_json::Value>(a.json()),
+                serde_json::from_str::<serde_json::Value>(b.json()),
+            ),
+            (Ok(x), Ok(y)) if x == y
+        )
+}
+
+/// The interrupt rows a commit creates and applies, derived from its events; every backend
+/// writes these in the commit's transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InterruptEffects {
+    /// Interrupts raised by the commit.
+    pub raised: Vec<InterruptRecord>,
+    /// Interrupts applied by the commit: id, seq of the `InterruptResumed` event, value.
+    pub applied: Vec<(InterruptId, Seq, Payload)>,
+}
+
+/// Derives the interrupt rows of a commit.
+pub fn interrupt_effects(commit: &Commit) -> InterruptEffects {
+    let mut out = InterruptEffects::default();
+    for e in &commit.events {
+        match &e.body {
+            EventBody::InterruptRaised {
+                node,
+                interrupt_id,
+                payload,
+                ..
+            } => out.raised.push(InterruptRecord {
+                interrupt_id: *interrupt_id,
+                thread_id: commit.thread_id.clone(),
+                run_id: e.run_id,
+                node: node.clone(),
+                payload: payload.clone(),
+                raised_seq: e.seq,
+                raised_at: e.at,
+                answer: None,
+                applied_seq: None,
+            }),
+            EventBody::InterruptResumed {
+                interrupt_id,
+                value,
+            } => out.applied.push((*interrupt_id, e.seq, value.clone())),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Decides an answer to an interrupt: `stored` is its record, `run_status` its run's
+/// status. Returns the updated record, or `None` when nothing changes (same value again).
+///
+/// # Errors
+/// As [`Store::answer_interrupt`].
+pub fn plan_answer(
+    stored: &InterruptRecord,
+    run_status: &RunStatus,
+    value: &Payload,
+    at: Timestamp,
+) -> Result<Option<InterruptRecord>> {
+    match &stored.answer {
+        Some((existing, _)) if same_json(existing, value) => Ok(None),
+        Some(_) => Err(Error::ResumeConflict {
+            interrupt_id: stored.interrupt_id,
+        }),
+        None if run_status.is_terminal() || stored.applied_seq.is_some() => {
+            Err(Error::InterruptNotPending {
+                interrupt_id: stored.interrupt_id,
+                status: run_status.kind().as_str(),
+            })
+        }
+        None => {
+            let mut r = stored.clone();
+            r.answer = Some((value.clone(), at));
+            Ok(Some(r))
+        }
+    }
 }
 
 /// What a valid commit changes, as decided by [`plan_commit`].
@@ -326,6 +565,23 @@ pub fn plan_commit(
             return Err(invalid(format!(
                 "event {i} has seq {}, expected {want}",
                 e.seq
+            )));
+        }
+    }
+    // An interrupt id is unique: a commit raises each at most once (backends check ids
+    // already stored).
+    let raised: Vec<(InterruptId, Seq)> = commit
+        .events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::InterruptRaised { interrupt_id, .. } => Some((*interrupt_id, e.seq)),
+            _ => None,
+        })
+        .collect();
+    for (i, (id, seq)) in raised.iter().enumerate() {
+        if raised[..i].iter().any(|(other, _)| other == id) {
+            return Err(invalid(format!(
+                "interrupt {id} is raised again at seq {seq} in the same commit"
             )));
         }
     }
@@ -419,9 +675,16 @@ pub fn plan_commit(
         }
     }
     // Events may only be written by the run that is (or, in this commit, was) active.
+    let only_edits = !commit.events.is_empty()
+        && commit
+            .events
+            .iter()
+            .all(|e| matches!(e.body, EventBody::StateUpdated { .. }));
     let writer = match &commit.run {
         Some(RunWrite::Create(r)) => Some(r.run_id),
         Some(RunWrite::SetStatus { run_id, .. }) => Some(*run_id),
+        // An operator edit of an idle thread is attributed to its last run.
+        None if only_edits && next.active_run.is_none() => next.last_run,
         None => next.active_run,
     };
     if let Some(e) = commit.events.iter().find(|e| Some(e.run_id) != writer) {

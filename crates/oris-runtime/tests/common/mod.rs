@@ -240,3 +240,24 @@ pub fn memory_engine(options: EngineOptions) -> (Arc<MemoryStore>, Engine) {
     let engine = Engine::with_options(store.clone(), options);
     (store, engine)
 }
+
+/// The kinds of `events`, in order.
+pub fn kinds(events: &[Event]) -> Vec<oris_core::event::EventKind> {
+    events.iter().map(|e| e.body.kind()).collect()
+}
+
+/// How many of `events` are of `kind`.
+pub fn count_kind(events: &[Event], kind: oris_core::event::EventKind) -> usize {
+    events.iter().filter(|e| e.body.kind() == kind).count()
+}
+
+/// The interrupts a paused outcome waits on; fails the test on any other outcome.
+#[track_caller]
+pub fn paused<S: std::fmt::Debug>(
+    out: &oris_runtime::RunOutcome<S>,
+) -> Vec<oris_core::status::PendingInterrupt> {
+    match out {
+        oris_runtime::RunOutcome::Interrupted { interrupts, .. } => interrupts.clone(),
+        other => panic!("expected the run to pause at an interrupt, got {other:?}"),
+    }
+}

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use oris_core::event::{
     Boundary, Durability, Event, EventBody, Failure, FailureKind, Payload, RunSettings, Task,
 };
-use oris_core::id::{CheckpointId, RunId, Seq, ThreadId, Timestamp};
-use oris_core::status::RunStatus;
-use oris_core::store::{Commit, RunRecord, RunWrite, Snapshot};
+use oris_core::id::{CheckpointId, InterruptId, RunId, Seq, ThreadId, Timestamp};
+use oris_core::status::{PendingInterrupt, RunStatus};
+use oris_core::store::{Commit, Delivery, RunRecord, RunWrite, Snapshot};
 use oris_sqlite::{SqliteOptions, SqliteStore};
 
 pub fn tid(s: &str) -> ThreadId {
@@ -89,6 +89,8 @@ impl Run {
                         durability: self.durability,
                         deadline: None,
                         superstep_limit: 1000,
+                        interrupt_before: vec![],
+                        interrupt_after: vec![],
                     },
                     boundary: Boundary {
                         next: vec![Task::Node("step".into())],
@@ -209,6 +211,105 @@ impl Run {
                     reason: "operator".into(),
                 },
             }),
+            snapshot: None,
+            durability: self.durability,
+        }
+    }
+
+    /// Raises one interrupt per id (node `ask`, payload `{"q": k}`) and suspends the run
+    /// (`Interrupted`).
+    pub fn suspend(&self, ids: &[InterruptId]) -> Commit {
+        let mut events: Vec<Event> = ids
+            .iter()
+            .enumerate()
+            .map(|(k, id)| {
+                self.event(
+                    1 + k as u64,
+                    EventBody::InterruptRaised {
+                        superstep: self.superstep,
+                        task: k as u32,
+                        node: "ask".into(),
+                        index: 0,
+                        interrupt_id: *id,
+                        payload: json(&format!(r#"{{"q": {k}}}"#)),
+                    },
+                )
+            })
+            .collect();
+        events.push(self.event(
+            1 + ids.len() as u64,
+            EventBody::RunSuspended {
+                interrupts: ids.to_vec(),
+                until: None,
+                events: vec![],
+            },
+        ));
+        let pending = ids
+            .iter()
+            .enumerate()
+            .map(|(k, id)| PendingInterrupt {
+                interrupt_id: *id,
+                node: "ask".into(),
+                payload: serde_json::json!({ "q": k }),
+            })
+            .collect();
+        Commit {
+            thread_id: self.thread_id.clone(),
+            expected_head: self.head,
+            events,
+            run: Some(RunWrite::SetStatus {
+                run_id: self.run_id,
+                status: RunStatus::Interrupted {
+                    interrupts: pending,
+                },
+            }),
+            snapshot: None,
+            durability: self.durability,
+        }
+    }
+
+    /// Applies `value` to interrupt `id` and resumes the run (`Running`).
+    pub fn resume(&self, id: InterruptId, value: Payload) -> Commit {
+        Commit {
+            thread_id: self.thread_id.clone(),
+            expected_head: self.head,
+            events: vec![
+                self.event(
+                    1,
+                    EventBody::InterruptResumed {
+                        interrupt_id: id,
+                        value,
+                    },
+                ),
+                self.event(2, EventBody::RunResumed),
+            ],
+            run: Some(RunWrite::SetStatus {
+                run_id: self.run_id,
+                status: RunStatus::Running,
+            }),
+            snapshot: None,
+            durability: self.durability,
+        }
+    }
+
+    /// Consumes `delivery` (an `EventReceived` event).
+    pub fn receive(&self, delivery: &Delivery) -> Commit {
+        Commit {
+            thread_id: self.thread_id.clone(),
+            expected_head: self.head,
+            events: vec![self.event(
+                1,
+                EventBody::EventReceived {
+                    superstep: self.superstep,
+                    task: 0,
+                    node: "wait".into(),
+                    index: 0,
+                    name: delivery.name.clone(),
+                    delivery: Some(delivery.delivery_id),
+                    payload: Some(delivery.payload.clone()),
+                },
+            )],
+            run: None,
             snapshot: None,
             durability: self.durability,
         }

@@ -12,28 +12,38 @@
 //! status with its terminal event, last; no status change without an event), reads
 //! (paging), snapshots (including whose run may write one), run listing, payloads (every
 //! event variant, size, verbatim JSON), edges (thread ids, durabilities), atomicity,
-//! concurrency. [`CASES`] lists them all.
+//! concurrency, suspension (the `Interrupted` and `Waiting` statuses), interrupts (records,
+//! answers, uniqueness), deliveries (buffering, consumption, idempotency keys) and edits
+//! (`StateUpdated` commits on an idle thread). [`CASES`] lists them all.
 
 mod atomicity;
 mod concurrency;
+mod deliveries;
 mod edges;
+mod edits;
 mod endings;
+mod interrupts;
 mod lifecycle;
 mod payloads;
 mod reads;
 mod runs;
 mod snapshots;
+mod suspension;
 mod validation;
 
 pub use atomicity::*;
 pub use concurrency::*;
+pub use deliveries::*;
 pub use edges::*;
+pub use edits::*;
 pub use endings::*;
+pub use interrupts::*;
 pub use lifecycle::*;
 pub use payloads::*;
 pub use reads::*;
 pub use runs::*;
 pub use snapshots::*;
+pub use suspension::*;
 pub use validation::*;
 
 /// The name of every case, in the order [`store_conformance!`](crate::store_conformance)

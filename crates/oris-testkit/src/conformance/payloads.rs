@@ -3,10 +3,13 @@
 
 use std::sync::Arc;
 
+use std::collections::BTreeSet;
+
 use oris_core::event::{
-    Barriers, Boundary, Durability, Event, EventBody, Failure, FailureKind, RunSettings, Task,
+    Barriers, Boundary, Durability, Event, EventBody, EventKind, Failure, FailureKind, Origin,
+    RunSettings, StepResult, Task,
 };
-use oris_core::id::Seq;
+use oris_core::id::{CheckpointId, InterruptId, RunId, Seq};
 use oris_core::status::RunStatus;
 use oris_core::store::{Commit, RunRecord, Snapshot, Store};
 
@@ -23,7 +26,7 @@ fn event(run: &RunRecord, seq: u64, body: EventBody) -> Event {
 }
 
 /// Failure kinds the suite knows of (the enum is non-exhaustive).
-const FAILURE_KINDS: [FailureKind; 8] = [
+const FAILURE_KINDS: [FailureKind; 10] = [
     FailureKind::NodeError,
     FailureKind::NodePanicked,
     FailureKind::NodeTimeout,
@@ -32,6 +35,8 @@ const FAILURE_KINDS: [FailureKind; 8] = [
     FailureKind::ReduceConflict,
     FailureKind::InvalidRoute,
     FailureKind::Serialization,
+    FailureKind::StepFailed,
+    FailureKind::NonDeterminism,
 ];
 
 /// Every `EventBody` variant, with every optional part present and absent, reads back
@@ -73,6 +78,8 @@ pub async fn every_event_body_round_trips(store: Arc<dyn Store>) {
                 durability: Durability::Batched,
                 deadline: Some(build::at(1000)),
                 superstep_limit: 7,
+                interrupt_before: vec![],
+                interrupt_after: vec![],
             },
             boundary: fan_out.clone(),
         },
@@ -153,6 +160,8 @@ pub async fn every_event_body_round_trips(store: Arc<dyn Store>) {
                     durability: Durability::Exit,
                     deadline: None,
                     superstep_limit: 1,
+                    interrupt_before: vec![],
+                    interrupt_after: vec![],
                 },
                 boundary: Boundary::default(),
             },
@@ -217,6 +226,256 @@ pub async fn every_event_body_round_trips(store: Arc<dyn Store>) {
 
     events.extend(failed_events);
     events.extend(cancel_events);
+    let stored = all_events(s, &t).await;
+    assert_eq!(stored.len(), events.len(), "number of events");
+    for (got, want) in stored.iter().zip(&events) {
+        assert_eq!(got, want, "event {} ({:?})", want.seq, want.body.kind());
+    }
+    for want in &events {
+        let one = ok(s.events(&t, Seq(want.seq.0 - 1), 1).await, "one event");
+        assert_eq!(
+            one.as_slice(),
+            std::slice::from_ref(want),
+            "event {} alone",
+            want.seq
+        );
+    }
+}
+
+/// The `RunStarted` event of `run` at `seq`, with per-run breakpoints.
+fn started_with_breakpoints(run: &RunRecord, seq: u64) -> Event {
+    event(
+        run,
+        seq,
+        EventBody::RunStarted {
+            graph: run.graph.clone(),
+            graph_version: run.graph_version.clone(),
+            input: payload(r#"{"order":42}"#),
+            settings: RunSettings {
+                durability: Durability::Sync,
+                deadline: None,
+                superstep_limit: 9,
+                interrupt_before: vec!["review".into(), "pay ✓".into()],
+                interrupt_after: vec!["draft".into()],
+            },
+            boundary: build::boundary(&["draft"]),
+        },
+    )
+}
+
+/// The event kinds of suspension, recorded steps, external events, rebasing and edits
+/// read back exactly through `events`: `RunStarted` with breakpoints; `RunRebased` with an
+/// `Origin` (steps reused and re-executed); `StepRecorded` with a value and with errors;
+/// `InterruptRaised` with several payloads; `RunSuspended` with and without interrupts,
+/// `until` and events; `RunResumed`; `InterruptResumed`; `EventReceived` with a delivery
+/// and its payload and without either (a timed-out wait); `StateUpdated`.
+pub async fn workflow_event_bodies_round_trip(store: Arc<dyn Store>) {
+    let s = &*store;
+    let t = build::thread_id("workflow-events");
+    let first = build::run_record(&t, GRAPH, 1);
+    let source = build::thread_id("workflow-source");
+    let rebased = |run: &RunRecord, seq: u64, reexecute_steps: bool, base: &str| {
+        event(
+            run,
+            seq,
+            EventBody::RunRebased {
+                base: payload(base),
+                origin: Origin {
+                    thread_id: source.clone(),
+                    checkpoint: CheckpointId(Seq(seq + 17)),
+                    run_id: RunId::generate(),
+                    superstep: seq as u32 + 3,
+                    reexecute_steps,
+                },
+            },
+        )
+    };
+    let mut events = vec![
+        rebased(&first, 1, false, r#"{"b":[1.50,"é"], "a" :{}}"#),
+        started_with_breakpoints(&first, 2),
+    ];
+    ok(
+        s.commit(build::create(&first, events.clone())).await,
+        "a rebased run's first events",
+    );
+    // A real delivery for the `EventReceived` event to consume.
+    let (delivery, _) = ok(
+        s.deliver(
+            &t,
+            "paid",
+            payload(r#"{"amount": 5, "currency":"€"}"#),
+            None,
+            build::at(50),
+        )
+        .await,
+        "deliver",
+    );
+
+    let (i1, i2) = (InterruptId::generate(), InterruptId::generate());
+    let step_error = Failure {
+        chain: vec!["card declined".into()],
+        ..Failure::new(FailureKind::StepFailed, "charge failed ✗").at_node("pay")
+    };
+    let bodies = vec![
+        EventBody::StepRecorded {
+            superstep: 1,
+            task: 2,
+            node: "pay".into(),
+            index: 0,
+            name: "charge 💳".into(),
+            result: StepResult::Ok(payload(r#"{"id":"ch_1", "amount":5.00}"#)),
+        },
+        EventBody::StepRecorded {
+            superstep: 1,
+            task: 2,
+            node: "pay".into(),
+            index: 1,
+            name: "charge again".into(),
+            result: StepResult::Err(step_error),
+        },
+        EventBody::StepRecorded {
+            superstep: 2,
+            task: 0,
+            node: "pay".into(),
+            index: 7,
+            name: "charge".into(),
+            result: StepResult::Err(Failure::new(FailureKind::NonDeterminism, "renamed")),
+        },
+        EventBody::StepRecorded {
+            superstep: 2,
+            task: 0,
+            node: "pay".into(),
+            index: 8,
+            name: String::new(),
+            result: StepResult::Ok(payload("null")),
+        },
+        EventBody::InterruptRaised {
+            superstep: 3,
+            task: 1,
+            node: "review".into(),
+            index: 2,
+            interrupt_id: i1,
+            payload: payload(r#"{"question":"¿aprobar?", "options":["y","n"]}"#),
+        },
+        EventBody::InterruptRaised {
+            superstep: 3,
+            task: 4,
+            node: "review".into(),
+            index: 0,
+            interrupt_id: i2,
+            payload: payload(r#""approve?""#),
+        },
+        EventBody::RunSuspended {
+            interrupts: vec![i1, i2],
+            until: Some(build::at(900)),
+            events: vec!["paid".into(), "shipped 📦".into()],
+        },
+        EventBody::RunResumed,
+        EventBody::InterruptResumed {
+            interrupt_id: i1,
+            value: payload(r#"{"approved" : true,"by":"ana"}"#),
+        },
+        EventBody::InterruptResumed {
+            interrupt_id: i2,
+            value: payload("false"),
+        },
+        EventBody::RunSuspended {
+            interrupts: vec![],
+            until: Some(build::at(901)),
+            events: vec![],
+        },
+        EventBody::RunResumed,
+        EventBody::RunSuspended {
+            interrupts: vec![],
+            until: None,
+            events: vec!["paid".into()],
+        },
+        EventBody::RunResumed,
+        EventBody::EventReceived {
+            superstep: 4,
+            task: 3,
+            node: "wait".into(),
+            index: 5,
+            name: "paid".into(),
+            delivery: Some(delivery.delivery_id),
+            payload: Some(delivery.payload.clone()),
+        },
+        EventBody::RunSuspended {
+            interrupts: vec![],
+            until: None,
+            events: vec![],
+        },
+        EventBody::RunResumed,
+        EventBody::EventReceived {
+            superstep: 5,
+            task: 0,
+            node: "wait".into(),
+            index: 6,
+            name: "shipped 📦".into(),
+            delivery: None,
+            payload: None,
+        },
+        EventBody::StateUpdated {
+            as_node: "édition".into(),
+            update: payload(r#"{"log":["edit"], "n" : 1e3}"#),
+        },
+        EventBody::StateUpdated {
+            as_node: "b".into(),
+            update: payload("[]"),
+        },
+    ];
+    let appended: Vec<Event> = bodies
+        .into_iter()
+        .enumerate()
+        .map(|(i, body)| event(&first, i as u64 + 3, body))
+        .collect();
+    ok(
+        s.commit(build::append(&t, 2, appended.clone())).await,
+        "the suspension events",
+    );
+    events.extend(appended);
+
+    // A second run, re-executing the steps of its origin.
+    let head = events.len() as u64;
+    ok(
+        s.commit(build::finish(
+            &t,
+            head,
+            first.run_id,
+            build::status_completed(head),
+            vec![],
+        ))
+        .await,
+        "completing the first run",
+    );
+    events.push(build::run_completed(first.run_id, head + 1));
+    let second = build::run_record(&t, GRAPH, head + 2);
+    let second_events = vec![
+        rebased(&second, head + 2, true, "{}"),
+        started_with_breakpoints(&second, head + 3),
+    ];
+    ok(
+        s.commit(build::create(&second, second_events.clone()))
+            .await,
+        "a second rebased run",
+    );
+    events.extend(second_events);
+
+    let written: BTreeSet<&str> = events.iter().map(|e| e.body.kind().as_str()).collect();
+    for kind in EventKind::ALL {
+        let needed = !matches!(
+            kind,
+            EventKind::NodeCompleted
+                | EventKind::NodeFailed
+                | EventKind::RunFailed
+                | EventKind::RunCancelled
+        );
+        assert!(
+            !needed || written.contains(kind.as_str()),
+            "the case must write a {} event",
+            kind.as_str()
+        );
+    }
     let stored = all_events(s, &t).await;
     assert_eq!(stored.len(), events.len(), "number of events");
     for (got, want) in stored.iter().zip(&events) {
