@@ -488,6 +488,15 @@ pub enum EventBody {
         /// The update.
         update: Payload,
     },
+    /// The thread's history before this event was pruned: this event replaced the boundary
+    /// event that stood at its seq and carries the state there, so the log that remains
+    /// still folds to the same state on its own.
+    HistoryPruned {
+        /// The state after the boundary that stood here.
+        state: Payload,
+        /// That boundary (the tasks that followed it and join progress).
+        boundary: Boundary,
+    },
     /// A node's wait for an external event ended: with the event, or by timeout.
     EventReceived {
         /// Superstep number within the run.
@@ -554,11 +563,13 @@ pub enum EventKind {
     RunRebased,
     /// See [`EventBody::StateUpdated`].
     StateUpdated,
+    /// See [`EventBody::HistoryPruned`].
+    HistoryPruned,
 }
 
 impl EventKind {
     /// All kinds, for CHECK constraints and tests.
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::RunStarted,
         EventKind::NodeCompleted,
         EventKind::NodeFailed,
@@ -573,6 +584,7 @@ impl EventKind {
         EventKind::EventReceived,
         EventKind::RunRebased,
         EventKind::StateUpdated,
+        EventKind::HistoryPruned,
     ];
 
     /// The stable name.
@@ -592,6 +604,7 @@ impl EventKind {
             EventKind::EventReceived => "event_received",
             EventKind::RunRebased => "run_rebased",
             EventKind::StateUpdated => "state_updated",
+            EventKind::HistoryPruned => "history_pruned",
         }
     }
 
@@ -619,6 +632,7 @@ impl EventBody {
             EventBody::EventReceived { .. } => EventKind::EventReceived,
             EventBody::RunRebased { .. } => EventKind::RunRebased,
             EventBody::StateUpdated { .. } => EventKind::StateUpdated,
+            EventBody::HistoryPruned { .. } => EventKind::HistoryPruned,
         }
     }
 
@@ -671,7 +685,9 @@ impl EventBody {
     /// The boundary this event closes, if any.
     pub fn boundary(&self) -> Option<&Boundary> {
         match self {
-            EventBody::RunStarted { boundary, .. } => Some(boundary),
+            EventBody::RunStarted { boundary, .. } | EventBody::HistoryPruned { boundary, .. } => {
+                Some(boundary)
+            }
             EventBody::NodeCompleted { boundary, .. } => boundary.as_ref(),
             _ => None,
         }
@@ -880,6 +896,10 @@ impl EventRow {
                 row.node = Some(as_node.clone());
                 row.data = Some(update.json().to_owned());
             }
+            EventBody::HistoryPruned { state, boundary } => {
+                row.data = Some(state.json().to_owned());
+                row.extra = Some(serde_json::to_string(boundary)?);
+            }
             EventBody::EventReceived {
                 task,
                 index,
@@ -1020,6 +1040,11 @@ impl EventRow {
             EventKind::RunRebased => EventBody::RunRebased {
                 base: json(text(self.data, "data")?, "data")?,
                 origin: parse(&json(text(self.extra, "extra")?, "extra")?, "extra").map_err(err)?,
+            },
+            EventKind::HistoryPruned => EventBody::HistoryPruned {
+                state: json(text(self.data, "data")?, "data")?,
+                boundary: parse(&json(text(self.extra, "extra")?, "extra")?, "extra")
+                    .map_err(err)?,
             },
             EventKind::StateUpdated => EventBody::StateUpdated {
                 as_node: text(self.node, "node")?,
@@ -1168,6 +1193,13 @@ mod tests {
             EventBody::StateUpdated {
                 as_node: "b".into(),
                 update: p(r#"{"log":["edit"]}"#),
+            },
+            EventBody::HistoryPruned {
+                state: p(r#"{"log":["a","b"]}"#),
+                boundary: Boundary {
+                    next: vec![Task::Node("c".into())],
+                    barriers: Barriers::new(),
+                },
             },
             EventBody::RunCompleted,
             EventBody::RunFailed {

@@ -1,18 +1,22 @@
 //! `oris-crash`: the process the crash test (`tests/crash.rs`) kills with SIGKILL.
 //!
-//! It runs one of five graphs on a SQLite file, records every node execution (and every
+//! It runs one of six graphs on a SQLite file, records every node execution (and every
 //! execution of a recorded step's body) in a marks file, and can stop at a named point —
 //! printing `PAUSED <point>` on stdout and then blocking forever — so the test can kill it at
 //! exactly that point. In `recover` mode it opens the same file, lets [`Engine::recover`]
 //! finish whatever was unfinished, and prints the thread's final state as one JSON line; in
-//! `resume` mode it answers an interrupt ([`GraphHandle::resume`]) and drives the run on.
-//! In every mode, a run left `waiting` on a durable timer is then waited for (the engine wakes
-//! it in this process) until it ends or is interrupted, bounded by [`WAIT_LIMIT`].
+//! `resume` mode it answers an interrupt ([`GraphHandle::resume`]) and drives the run on; in
+//! `send` mode it sends an external event ([`Engine::send_event`]).
+//! A run left `waiting` on a durable timer (or a wait deadline) due within [`WAIT_LIMIT`]
+//! is then waited for — the engine wakes it in this process — until it ends, is
+//! interrupted or waits for an event only; in `send` mode a run that was waiting when the
+//! event was sent is waited for the same way.
 //!
 //! ```text
-//! oris-crash --db PATH --marks PATH --graph linear|fanout|loop|approval|sleeper --thread T \
-//!     (start|recover|resume) [--pause-at POINT] [--yields N] [--durability MODE] \
-//!     [--snapshot-every N] [--value V] [--interrupt ID] [--sleep-ms N]
+//! oris-crash --db PATH --marks PATH --graph linear|fanout|loop|approval|sleeper|payment \
+//!     --thread T (start|recover|resume|send) [--pause-at POINT] [--yields N] \
+//!     [--durability MODE] [--snapshot-every N] [--value V] [--interrupt ID] [--key K] \
+//!     [--sleep-ms N]
 //! ```
 //!
 //! Graphs (`../shared/brief/WORKLOADS.md`):
@@ -29,10 +33,15 @@
 //! - `sleeper`: `a → nap → c`, where `nap` runs `step("before-sleep")`, then
 //!   `ctx.sleep(--sleep-ms)` on the system clock, then `step("after-sleep")`; final
 //!   `log == [a, nap, c]`, `steps == [before-sleep, after-sleep]`.
+//! - `payment`: `a → pay → c`, where `pay` runs `step("invoice")`, then
+//!   `wait_for_event::<String>("paid", --sleep-ms)`, then `step("receipt")`; final
+//!   `log == [a, pay, c]`, `steps == [invoice, receipt]`, `answer` the event's payload (or
+//!   `timed out`).
 //!
 //! `resume` answers `--interrupt ID` (or the single pending interrupt of the thread's run)
 //! with the string `--value`; a refused answer (conflict, not pending, unknown) is printed
-//! as `"resume_error"`, not a failure.
+//! as `"resume_error"`, not a failure. `send` sends the event `paid` with the string
+//! `--value` as payload and `--key` as idempotency key, if given.
 //!
 //! Marks file lines (each written with one `write` on a file opened for append, so a
 //! SIGKILL never tears a line):
@@ -62,7 +71,8 @@
 //!
 //! In `resume` mode the value is stored (`Store::answer_interrupt`) before the first
 //! commit of the process, which carries `InterruptResumed`: `before-commit:1` there is "the
-//! value is durable, the run has not continued".
+//! value is durable, the run has not continued". Likewise in `send` mode the event is stored
+//! (`Store::deliver`) before the first commit, which continues the waiting run.
 
 use std::fmt;
 use std::io::Write as _;
@@ -90,8 +100,9 @@ use tokio::sync::watch;
 const LOOP_STEPS: i64 = 30;
 /// Workers of the `fanout` graph.
 const WORKERS: u32 = 8;
-/// How long a process waits for a `waiting` run to be woken and to end.
-const WAIT_LIMIT: Duration = Duration::from_secs(60);
+/// How long a process waits for a `waiting` run to be woken and to end; runs whose timer
+/// is due later are not waited for.
+const WAIT_LIMIT: Duration = Duration::from_secs(30);
 
 /// Runs a graph on a SQLite file and stops where the crash test wants to kill it.
 #[derive(Debug, Parser)]
@@ -130,7 +141,11 @@ struct Cli {
     /// `resume`: the interrupt to answer; default the single pending one of the thread.
     #[arg(long)]
     interrupt: Option<InterruptId>,
-    /// How long the `sleeper` graph's node sleeps (durably, on the system clock).
+    /// `send`: the event's idempotency key.
+    #[arg(long)]
+    key: Option<String>,
+    /// How long the `sleeper` graph's node sleeps (durably, on the system clock), and the
+    /// timeout of the `payment` graph's wait.
     #[arg(long, default_value_t = 300)]
     sleep_ms: u64,
 }
@@ -142,6 +157,7 @@ enum GraphKind {
     Loop,
     Approval,
     Sleeper,
+    Payment,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -149,6 +165,7 @@ enum Mode {
     Start,
     Recover,
     Resume,
+    Send,
 }
 
 /// A node, optionally only in one superstep (`step@15`).
@@ -544,6 +561,32 @@ fn sleeper_graph(env: &Arc<Env>) -> anyhow::Result<CompiledGraph<Flow>> {
         .compile()?)
 }
 
+fn payment_graph(env: &Arc<Env>) -> anyhow::Result<CompiledGraph<Flow>> {
+    let e = env.clone();
+    Ok(StateGraph::<Flow>::new("crash-payment", "1")
+        .node("a", plain_node(env))
+        .node("pay", move |_s: Flow, ctx: Context| {
+            let env = e.clone();
+            async move {
+                env.enter(&ctx)?;
+                let invoice: String = ctx.step("invoice", env.step_body(&ctx, "invoice")).await?;
+                let paid: Option<String> = ctx.wait_for_event("paid", env.sleep).await?;
+                let receipt: String = ctx.step("receipt", env.step_body(&ctx, "receipt")).await?;
+                env.node(&ctx).await?;
+                Ok(FlowUpdate::default()
+                    .log(vec!["pay".to_owned()])
+                    .steps(vec![invoice, receipt])
+                    .answer(paid.unwrap_or_else(|| "timed out".to_owned())))
+            }
+        })
+        .node("c", plain_node(env))
+        .edge(START, "a")
+        .edge("a", "pay")
+        .edge("pay", "c")
+        .edge("c", END)
+        .compile()?)
+}
+
 fn linear_graph(env: &Arc<Env>) -> anyhow::Result<CompiledGraph<Doc>> {
     let mut g = StateGraph::<Doc>::new("crash-linear", "1");
     for i in 0..10 {
@@ -702,26 +745,36 @@ async fn resume(h: &GraphHandle<Flow>, cli: &Cli) -> anyhow::Result<Value> {
     })
 }
 
-/// If the thread's latest run waits on a durable timer, waits (event-driven, bounded)
-/// until the engine of this process woke it and it ended or paused at an interrupt.
-async fn settle_waiting(engine: &Engine, thread: &str) -> anyhow::Result<bool> {
-    let thread = ThreadId::new(thread)?;
-    match engine.latest_run(&thread).await {
-        Ok(run) if matches!(run.status, RunStatus::Waiting { .. }) => {}
-        Ok(_) | Err(Error::ThreadNotFound(_)) => return Ok(false),
-        Err(e) => return Err(e).context("reading the latest run"),
+/// Whether the thread's latest run waits: at all (`soon == false`), or on a timer or
+/// deadline due within [`WAIT_LIMIT`] (`soon == true`; a run waiting only for an external
+/// event, or for a far deadline, is not worth waiting for).
+async fn is_waiting(engine: &Engine, thread: &ThreadId, soon: bool) -> anyhow::Result<bool> {
+    match engine.latest_run(thread).await {
+        Ok(run) => Ok(match run.status {
+            RunStatus::Waiting { until, .. } => {
+                !soon || until.is_some_and(|u| u < Timestamp::now().plus(WAIT_LIMIT))
+            }
+            _ => false,
+        }),
+        Err(Error::ThreadNotFound(_)) => Ok(false),
+        Err(e) => Err(e).context("reading the latest run"),
     }
+}
+
+/// Waits (event-driven, bounded) until the engine of this process continued the thread's
+/// waiting run and it ended, paused at an interrupt or waits for an event.
+async fn settle_waiting(engine: &Engine, thread: &ThreadId) -> anyhow::Result<()> {
     let settled = |s: &RunStatus| {
         !matches!(
             s,
             RunStatus::Waiting { .. } | RunStatus::Running | RunStatus::Queued
         )
     };
-    tokio::time::timeout(WAIT_LIMIT, engine.wait_for(&thread, settled))
+    tokio::time::timeout(WAIT_LIMIT, engine.wait_for(thread, settled))
         .await
         .map_err(|_| anyhow::anyhow!("the waiting run did not end within {WAIT_LIMIT:?}"))?
         .context("waiting for the run")?;
-    Ok(true)
+    Ok(())
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -760,12 +813,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let looped = engine.register(loop_graph(&env)?);
     let approval = engine.register(approval_graph(&env)?);
     let sleeper = engine.register(sleeper_graph(&env)?);
+    let payment = engine.register(payment_graph(&env)?);
     let flow = match cli.graph {
         GraphKind::Approval => Some(&approval),
         GraphKind::Sleeper => Some(&sleeper),
+        GraphKind::Payment => Some(&payment),
         _ => None,
     };
     let thread = cli.thread.as_str();
+    let thread_id = ThreadId::new(thread)?;
+    // In `send` mode: whether the run was waiting when the event was sent.
+    let mut sent_to_waiting = false;
 
     let mut extra = serde_json::Map::new();
     match cli.mode {
@@ -783,7 +841,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let o = looped.start(thread, Doc::default()).await?;
                     (o.run_id(), outcome_kind(&o))
                 }
-                GraphKind::Approval | GraphKind::Sleeper => {
+                GraphKind::Approval | GraphKind::Sleeper | GraphKind::Payment => {
                     let h = flow.expect("invariant: a flow graph");
                     let o = h.start(thread, Flow::default()).await?;
                     (o.run_id(), outcome_kind(&o))
@@ -804,22 +862,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let h = flow.ok_or_else(|| anyhow::anyhow!("`resume` needs --graph approval"))?;
             extra.insert("resume".into(), resume(h, &cli).await?);
         }
+        Mode::Send => {
+            let value = cli
+                .value
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("`send` needs --value"))?;
+            sent_to_waiting = is_waiting(&engine, &thread_id, false).await?;
+            let d = engine
+                .send_event(&thread_id, "paid", value, cli.key.clone())
+                .await
+                .context("sending the event")?;
+            extra.insert(
+                "send".into(),
+                json!({"delivery": d.delivery_id.to_string(), "to_waiting": sent_to_waiting}),
+            );
+        }
     }
     if env.pause == Some(Pause::Returned) {
         env.pause_here();
     }
-    let waited = settle_waiting(&engine, thread).await?;
+    let waited = sent_to_waiting || is_waiting(&engine, &thread_id, true).await?;
+    if waited {
+        settle_waiting(&engine, &thread_id).await?;
+    }
     let mut line = match cli.graph {
         GraphKind::Linear => final_state(&linear, thread).await?,
         GraphKind::Fanout => final_state(&fanout, thread).await?,
         GraphKind::Loop => final_state(&looped, thread).await?,
         GraphKind::Approval => final_state(&approval, thread).await?,
         GraphKind::Sleeper => final_state(&sleeper, thread).await?,
+        GraphKind::Payment => final_state(&payment, thread).await?,
     };
     line["mode"] = json!(match cli.mode {
         Mode::Start => "start",
         Mode::Recover => "recover",
         Mode::Resume => "resume",
+        Mode::Send => "send",
     });
     line["waited"] = json!(waited);
     line["started_run"] = Value::Null;

@@ -217,6 +217,9 @@ struct Log {
     /// Interrupts whose resume value is stored but not yet applied to the run (no
     /// `InterruptResumed` event yet).
     unapplied_answers: usize,
+    /// Every external event delivered to the thread: id, and the seq of the
+    /// `EventReceived` that consumed it.
+    deliveries: Vec<(oris::DeliveryId, Option<Seq>)>,
 }
 
 fn read_log(db: &Path) -> anyhow::Result<Log> {
@@ -253,6 +256,12 @@ fn read_log(db: &Path) -> anyhow::Result<Log> {
             .iter()
             .filter(|i| i.answer.is_some() && i.applied_seq.is_none())
             .count();
+        let deliveries = store
+            .deliveries(&thread, false)
+            .await?
+            .into_iter()
+            .map(|d| (d.delivery_id, d.consumed_seq))
+            .collect();
         drop(store);
         Ok(Log {
             exists: true,
@@ -260,6 +269,7 @@ fn read_log(db: &Path) -> anyhow::Result<Log> {
             run_status,
             snapshot_at,
             unapplied_answers,
+            deliveries,
         })
     })
 }
@@ -1199,6 +1209,7 @@ fn runs_survive_kills_during_recovery() {
 enum Flow {
     Approval,
     Sleeper,
+    Payment,
 }
 
 impl Flow {
@@ -1206,6 +1217,7 @@ impl Flow {
         match self {
             Flow::Approval => "approval",
             Flow::Sleeper => "sleeper",
+            Flow::Payment => "payment",
         }
     }
 
@@ -1214,6 +1226,7 @@ impl Flow {
         match self {
             Flow::Approval => ["a", "b", "c"],
             Flow::Sleeper => ["a", "nap", "c"],
+            Flow::Payment => ["a", "pay", "c"],
         }
     }
 
@@ -1222,11 +1235,18 @@ impl Flow {
         self.nodes()[1]
     }
 
-    /// The middle node's recorded calls, by index: `step NAME` or `interrupt`.
-    fn calls(self) -> [&'static str; 3] {
+    /// The middle node's recorded calls, by index: `step NAME`, `interrupt` or
+    /// `received NAME`.
+    fn calls(self) -> &'static [&'static str] {
         match self {
-            Flow::Approval => ["step charge", "interrupt", "step notify"],
-            Flow::Sleeper => ["step before-sleep", "step oris.sleep", "step after-sleep"],
+            Flow::Approval => &["step charge", "interrupt", "step notify"],
+            Flow::Sleeper => &["step before-sleep", "step oris.sleep", "step after-sleep"],
+            Flow::Payment => &[
+                "step invoice",
+                "step oris.wait:paid",
+                "received paid",
+                "step receipt",
+            ],
         }
     }
 
@@ -1235,6 +1255,7 @@ impl Flow {
         match self {
             Flow::Approval => ["charge", "notify"],
             Flow::Sleeper => ["before-sleep", "after-sleep"],
+            Flow::Payment => ["invoice", "receipt"],
         }
     }
 }
@@ -1248,6 +1269,8 @@ enum Act {
     Resume(&'static str),
     /// Resume with a value, letting the target find the single pending interrupt.
     ResumePending(&'static str),
+    /// Send the event `paid` with a payload and an optional idempotency key.
+    Send(&'static str, Option<&'static str>),
 }
 
 /// One process of a case.
@@ -1258,8 +1281,8 @@ enum Proc {
     /// Killed at a pause point: (act, point, the events durable then as [`summary`] gives
     /// them, the run's stored status then).
     Kill(Act, &'static str, &'static str, &'static str),
-    /// Runs to its end without changing the store (a refused or repeated resume): the
-    /// resume's outcome or refusal.
+    /// Runs to its end without changing the store (a refused or repeated resume, a repeated
+    /// send): the resume's outcome or refusal, or for a send the run's status.
     Idle(Act, &'static str),
 }
 
@@ -1273,21 +1296,26 @@ struct FlowCase {
     procs: &'static [Proc],
     /// Executions of each body step (`Flow::bodies`) over all processes.
     bodies: [usize; 2],
-    /// Executions of the middle node that started, over all processes.
-    enters: usize,
-    /// The value the interrupt must have been resumed with (`approval`).
+    /// Executions of each node (`Flow::nodes`) that started, over all processes.
+    enters: [usize; 3],
+    /// The value the interrupt must have been resumed with (`approval`), or the payload of
+    /// the event received (`payment`).
     answer: &'static str,
     /// Whether a recovery must find the run waiting on its timer and reschedule it (checked
     /// when the recovery was spawned more than `RESCHEDULE_MARGIN` before the wake-up).
     must_reschedule: bool,
 }
 
+/// What `payment` records when its wait times out.
+const TIMED_OUT: &str = "timed out";
+
 /// See [`FlowCase::must_reschedule`].
 const RESCHEDULE_MARGIN_MS: i64 = 1000;
 
 /// The durable log in short: one word per event (`start`, a node name for its completion, a
-/// step name for its record, `raise`, `resumed`, `suspend`, `continue`, `end`), and
-/// `+answered` when a resume value is stored but not applied yet.
+/// step name for its record, `raise`, `resumed`, `received`, `suspend`, `continue`, `end`),
+/// then `+answered` when a resume value is stored but not applied yet and `+delivered` when
+/// an event is stored but not consumed yet.
 fn summary(log: &Log) -> String {
     let mut words: Vec<String> = log
         .events
@@ -1298,6 +1326,7 @@ fn summary(log: &Log) -> String {
             EventBody::StepRecorded { name, .. } => name.clone(),
             EventBody::InterruptRaised { .. } => "raise".to_owned(),
             EventBody::InterruptResumed { .. } => "resumed".to_owned(),
+            EventBody::EventReceived { .. } => "received".to_owned(),
             EventBody::RunSuspended { .. } => "suspend".to_owned(),
             EventBody::RunResumed => "continue".to_owned(),
             EventBody::RunCompleted => "end".to_owned(),
@@ -1306,6 +1335,13 @@ fn summary(log: &Log) -> String {
         .collect();
     if log.unapplied_answers > 0 {
         words.push("+answered".to_owned());
+    }
+    if log
+        .deliveries
+        .iter()
+        .any(|(_, consumed)| consumed.is_none())
+    {
+        words.push("+delivered".to_owned());
     }
     words.join(" ")
 }
@@ -1334,20 +1370,25 @@ fn recorded_step(events: &[Event], name: &str) -> anyhow::Result<Option<String>>
     Ok(found)
 }
 
-/// The wake-up time the sleep step recorded, if durable.
-fn recorded_wake(events: &[Event]) -> anyhow::Result<Option<i64>> {
+/// The time (ms) a step recorded — a sleep's wake-up, a wait's deadline — if durable.
+fn recorded_ms(events: &[Event], step: &str) -> anyhow::Result<Option<i64>> {
     for e in events {
         if let EventBody::StepRecorded {
             name,
             result: StepResult::Ok(p),
             ..
         } = &e.body
-            && name == "oris.sleep"
+            && name == step
         {
             return Ok(Some(p.decode::<i64>()?));
         }
     }
     Ok(None)
+}
+
+/// The wake-up time the sleep step recorded, if durable.
+fn recorded_wake(events: &[Event]) -> anyhow::Result<Option<i64>> {
+    recorded_ms(events, "oris.sleep")
 }
 
 fn wall_ms() -> i64 {
@@ -1463,6 +1504,49 @@ fn check_flow_timeline(flow: Flow, answer: &str, events: &[Event]) -> anyhow::Re
                 ensure!(raised.is_none(), "seq {}: a second interrupt", e.seq);
                 raised = Some(*interrupt_id);
             }
+            EventBody::EventReceived {
+                superstep: s,
+                task,
+                node,
+                index,
+                name,
+                delivery,
+                payload,
+            } => {
+                ensure!(
+                    *s == 1 && *s == superstep && *task == 0 && node == flow.middle(),
+                    "seq {}: event received by superstep {s} task {task} `{node}` while superstep {superstep} is open",
+                    e.seq
+                );
+                let call = format!("received {name}");
+                if let Some((seq, prev)) = calls.insert(*index, (e.seq, call.clone())) {
+                    bail!(
+                        "seq {}: call #{index} ({call}) of superstep {s} task {task} recorded twice (first at seq {seq}: {prev})",
+                        e.seq
+                    );
+                }
+                let v: String = match (delivery, payload) {
+                    (Some(_), Some(p)) => p.decode()?,
+                    (None, None) => {
+                        // A timeout: not before the recorded deadline.
+                        let deadline = recorded_ms(events, "oris.wait:paid")?
+                            .ok_or_else(|| anyhow!("a timeout without a recorded deadline"))?;
+                        ensure!(
+                            e.at.as_millis() >= deadline,
+                            "seq {}: the wait timed out at {} ms, before its deadline {deadline} ms",
+                            e.seq,
+                            e.at.as_millis()
+                        );
+                        TIMED_OUT.to_owned()
+                    }
+                    _ => bail!("seq {}: a delivery without payload or the reverse", e.seq),
+                };
+                ensure!(
+                    v == answer,
+                    "seq {}: received `{v}`, expected `{answer}`",
+                    e.seq
+                );
+            }
             EventBody::InterruptResumed {
                 interrupt_id,
                 value,
@@ -1507,13 +1591,13 @@ fn check_flow_timeline(flow: Flow, answer: &str, events: &[Event]) -> anyhow::Re
     ensure!(ended, "the run did not complete");
     let got: Vec<&str> = calls.values().map(|(_, c)| c.as_str()).collect();
     ensure!(
-        calls.keys().copied().eq(0..3) && got == flow.calls(),
+        calls.keys().copied().eq(0..flow.calls().len() as u32) && got == flow.calls(),
         "the middle node's recorded calls by index are {calls:?}, expected {:?}",
         flow.calls()
     );
     if flow == Flow::Approval {
         ensure!(resumed == 1, "the interrupt was never resumed");
-    } else {
+    } else if flow == Flow::Sleeper {
         // The woken node ran its later step and completed no earlier than the wake-up.
         let wake = recorded_wake(events)?.ok_or_else(|| anyhow!("no recorded sleep"))?;
         for e in events {
@@ -1539,6 +1623,8 @@ struct FlowScene {
     _dir: tempfile::TempDir,
     path: PathBuf,
     case: &'static FlowCase,
+    /// Engine settings passed to every process (`--durability`).
+    extra: Vec<String>,
     notes: Vec<String>,
     children: usize,
     /// The store after each process (read from a copy after a kill).
@@ -1551,12 +1637,13 @@ struct FlowScene {
 }
 
 impl FlowScene {
-    fn new(case: &'static FlowCase) -> anyhow::Result<FlowScene> {
+    fn new(case: &'static FlowCase, extra: &[&str]) -> anyhow::Result<FlowScene> {
         let dir = tempfile::tempdir()?;
         Ok(FlowScene {
             path: dir.path().to_owned(),
             _dir: dir,
             case,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             notes: Vec::new(),
             children: 0,
             logs: Vec::new(),
@@ -1584,6 +1671,7 @@ impl FlowScene {
             "--sleep-ms".into(),
             self.case.sleep_ms.to_string(),
         ];
+        args.extend(self.extra.iter().cloned());
         if let Some(p) = pause {
             args.extend(["--pause-at".into(), p.into()]);
         }
@@ -1606,6 +1694,13 @@ impl FlowScene {
                     args.extend(["--interrupt".into(), id.to_string()]);
                 }
                 "resume"
+            }
+            Act::Send(value, key) => {
+                args.extend(["--value".into(), value.into()]);
+                if let Some(k) = key {
+                    args.extend(["--key".into(), k.into()]);
+                }
+                "send"
             }
         };
         args.push(mode.into());
@@ -1670,7 +1765,7 @@ impl FlowScene {
                 );
                 if let Some(r) = resumed.first() {
                     let status = r["status"].as_str().unwrap_or_default();
-                    if status == "waiting" {
+                    if status == "waiting" && out["run_status"] != json!("waiting") {
                         ensure!(
                             out["waited"] == json!(true),
                             "recovery left the run waiting but did not wait for it: {out}"
@@ -1707,6 +1802,16 @@ impl FlowScene {
                     "resume returned {}, the run is {}",
                     r,
                     out["run_status"]
+                );
+            }
+            Act::Send(..) => {
+                let to_waiting = before.is_some_and(|l| l.run_status == Some("waiting"));
+                ensure!(
+                    out["send"]["to_waiting"] == json!(to_waiting)
+                        && out["waited"] == json!(to_waiting),
+                    "the event was sent to a run that was {:?}, yet the process printed {}",
+                    before.and_then(|l| l.run_status),
+                    out["send"]
                 );
             }
             Act::Start => ensure!(
@@ -1771,10 +1876,15 @@ impl FlowScene {
                 Proc::Idle(act, result) => {
                     let out = self.spawn(act, None)?.finish()?;
                     self.notes.push(format!("printed {out}"));
-                    let r = &out["resume"];
+                    let r = match act {
+                        Act::Send(..) => &out["run_status"],
+                        _ => &out["resume"],
+                    };
                     ensure!(
-                        r["outcome"] == json!(result) || r["resume_error"] == json!(result),
-                        "process {}: resume gave {r}, expected {result}",
+                        *r == json!(result)
+                            || r["outcome"] == json!(result)
+                            || r["resume_error"] == json!(result),
+                        "process {}: got {r}, expected {result}",
                         j + 1
                     );
                     let log = read_log(&self.db())?;
@@ -1782,7 +1892,8 @@ impl FlowScene {
                     ensure!(
                         log.events == prev.events
                             && log.run_status == prev.run_status
-                            && log.unapplied_answers == prev.unapplied_answers,
+                            && log.unapplied_answers == prev.unapplied_answers
+                            && log.deliveries == prev.deliveries,
                         "process {}: `{result}` changed the store: `{}` → `{}`",
                         j + 1,
                         summary(prev),
@@ -1833,6 +1944,24 @@ impl FlowScene {
         ensure!(
             last.unapplied_answers == 0,
             "a stored resume value was never applied"
+        );
+        // Exactly the deliveries the case sent (one, whatever the retries with its key),
+        // each consumed by the run's one EventReceived.
+        let received: Vec<(oris::DeliveryId, Seq)> = events
+            .iter()
+            .filter_map(|e| match &e.body {
+                EventBody::EventReceived {
+                    delivery: Some(d), ..
+                } => Some((*d, e.seq)),
+                _ => None,
+            })
+            .collect();
+        let stored: Vec<(oris::DeliveryId, Option<Seq>)> =
+            received.iter().map(|(d, seq)| (*d, Some(*seq))).collect();
+        ensure!(
+            last.deliveries == stored,
+            "deliveries {:?}, the log consumed {received:?}",
+            last.deliveries
         );
 
         // 2. The timeline.
@@ -1890,34 +2019,42 @@ impl FlowScene {
                 );
             }
         }
-        let count = |node: &str, f: fn(&Segment) -> &Vec<Exec>| {
-            segments
+        // A node body ran to its end once, plus once per process killed after that and
+        // before its completion was durable (nodes are at-least-once too); how many times
+        // each node started is exactly what the case states.
+        for (i, node) in flow.nodes().into_iter().enumerate() {
+            let mut total = 0;
+            let mut lost = 0;
+            for (j, seg) in segments.iter().enumerate() {
+                let ran = seg.execs.iter().filter(|x| x.node == node).count();
+                total += ran;
+                let durable = completions(&starts[j + 1].events)
+                    .iter()
+                    .any(|c| c.node == node);
+                if ran > 0 && !durable {
+                    ensure!(
+                        self.killed[j],
+                        "process {}: node `{node}` ran to its end but its completion is not durable",
+                        j + 1
+                    );
+                    lost += 1;
+                }
+            }
+            ensure!(
+                total == lost + 1,
+                "node `{node}` ran to its end {total} times, {lost} of them lost to a kill before its completion"
+            );
+            let enters = segments
                 .iter()
-                .flat_map(f)
+                .flat_map(|s| &s.enters)
                 .filter(|x| x.node == node)
-                .count()
-        };
-        for node in flow.nodes() {
+                .count();
             ensure!(
-                count(node, |s| &s.execs) == 1,
-                "node `{node}` ran to its end {} times, expected once",
-                count(node, |s| &s.execs)
+                enters == case.enters[i],
+                "node `{node}` started {enters} times, the case expects {}",
+                case.enters[i]
             );
         }
-        for node in [flow.nodes()[0], flow.nodes()[2]] {
-            ensure!(
-                count(node, |s| &s.enters) == 1,
-                "node `{node}` started {} times, expected once",
-                count(node, |s| &s.enters)
-            );
-        }
-        let enters = count(flow.middle(), |s| &s.enters);
-        ensure!(
-            enters == case.enters,
-            "node `{}` started {enters} times, expected {}",
-            flow.middle(),
-            case.enters
-        );
 
         // 5. Step bodies: at-least-once executed, exactly-once recorded.
         for (k, step) in flow.bodies().iter().enumerate() {
@@ -2014,8 +2151,8 @@ impl FlowScene {
             }
             let _ = writeln!(
                 s,
-                "run status: {:?}, unapplied answers: {}",
-                l.run_status, l.unapplied_answers
+                "run status: {:?}, unapplied answers: {}, deliveries: {:?}",
+                l.run_status, l.unapplied_answers, l.deliveries
             );
         }
         if let Ok(dir) = fs::read_dir(&self.path) {
@@ -2035,12 +2172,12 @@ impl FlowScene {
     }
 }
 
-fn run_flow_cases(cases: &'static [FlowCase]) {
+fn run_flow_cases(cases: &'static [FlowCase], extra: &[&str]) {
     let mut failures = Vec::new();
     let (mut rescheduled, mut due) = (0, 0);
     for case in cases {
-        let label = format!("{} / {}", case.flow.arg(), case.name);
-        let mut scene = FlowScene::new(case).expect("temp dir");
+        let label = format!("{} {extra:?} / {}", case.flow.arg(), case.name);
+        let mut scene = FlowScene::new(case, extra).expect("temp dir");
         let started = Instant::now();
         match scene.run() {
             Ok(()) => eprintln!("ok   {label} ({:?})", started.elapsed()),
@@ -2066,7 +2203,7 @@ fn run_flow_cases(cases: &'static [FlowCase]) {
     );
 }
 
-use Act::{Recover, Resume, ResumePending, Start};
+use Act::{Recover, Resume, ResumePending, Send, Start};
 use Proc::{Idle, Kill, Run};
 
 /// `approval`'s first process commits: 1 RunStarted, 2 `a`, 3 `charge`, 4 the interrupt,
@@ -2082,7 +2219,7 @@ const APPROVAL: &[FlowCase] = &[
             Run(ResumePending("yes"), "completed"),
         ],
         bodies: [1, 1],
-        enters: 2,
+        enters: [1, 2, 1],
         answer: "yes",
         must_reschedule: false,
     },
@@ -2096,7 +2233,7 @@ const APPROVAL: &[FlowCase] = &[
             Run(Resume("yes"), "completed"),
         ],
         bodies: [2, 1],
-        enters: 3,
+        enters: [1, 3, 1],
         answer: "yes",
         must_reschedule: false,
     },
@@ -2110,7 +2247,7 @@ const APPROVAL: &[FlowCase] = &[
             Run(Resume("yes"), "completed"),
         ],
         bodies: [2, 1],
-        enters: 3,
+        enters: [1, 3, 1],
         answer: "yes",
         must_reschedule: false,
     },
@@ -2125,7 +2262,7 @@ const APPROVAL: &[FlowCase] = &[
             Run(Resume("yes"), "completed"),
         ],
         bodies: [3, 1],
-        enters: 4,
+        enters: [1, 4, 1],
         answer: "yes",
         must_reschedule: false,
     },
@@ -2139,7 +2276,7 @@ const APPROVAL: &[FlowCase] = &[
             Run(Resume("yes"), "completed"),
         ],
         bodies: [1, 1],
-        enters: 3,
+        enters: [1, 3, 1],
         answer: "yes",
         must_reschedule: false,
     },
@@ -2153,7 +2290,20 @@ const APPROVAL: &[FlowCase] = &[
             Run(Resume("yes"), "completed"),
         ],
         bodies: [1, 1],
-        enters: 2,
+        enters: [1, 2, 1],
+        answer: "yes",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed after the interrupt was recorded; resumed without a recovery first",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Kill(Start, "after-commit:4", "start a charge raise", "running"),
+            Run(Resume("yes"), "completed"),
+        ],
+        bodies: [1, 1],
+        enters: [1, 2, 1],
         answer: "yes",
         must_reschedule: false,
     },
@@ -2172,7 +2322,7 @@ const APPROVAL: &[FlowCase] = &[
             Run(ResumePending("yes"), "completed"),
         ],
         bodies: [1, 1],
-        enters: 2,
+        enters: [1, 2, 1],
         answer: "yes",
         must_reschedule: false,
     },
@@ -2192,7 +2342,7 @@ const APPROVAL: &[FlowCase] = &[
             Idle(Resume("yes"), "completed"),
         ],
         bodies: [1, 1],
-        enters: 2,
+        enters: [1, 2, 1],
         answer: "yes",
         must_reschedule: false,
     },
@@ -2211,7 +2361,7 @@ const APPROVAL: &[FlowCase] = &[
             Run(Resume("yes"), "completed"),
         ],
         bodies: [1, 1],
-        enters: 2,
+        enters: [1, 2, 1],
         answer: "yes",
         must_reschedule: false,
     },
@@ -2232,7 +2382,7 @@ const APPROVAL: &[FlowCase] = &[
             Idle(Resume("no"), "resume_conflict"),
         ],
         bodies: [1, 1],
-        enters: 2,
+        enters: [1, 2, 1],
         answer: "yes",
         must_reschedule: false,
     },
@@ -2257,7 +2407,7 @@ const APPROVAL: &[FlowCase] = &[
             Run(Recover, "completed"),
         ],
         bodies: [1, 1],
-        enters: 2,
+        enters: [1, 2, 1],
         answer: "yes",
         must_reschedule: false,
     },
@@ -2276,7 +2426,7 @@ const APPROVAL: &[FlowCase] = &[
             Run(Recover, "completed"),
         ],
         bodies: [1, 1],
-        enters: 2,
+        enters: [1, 2, 1],
         answer: "yes",
         must_reschedule: false,
     },
@@ -2295,7 +2445,7 @@ const APPROVAL: &[FlowCase] = &[
             Run(Recover, "completed"),
         ],
         bodies: [1, 2],
-        enters: 3,
+        enters: [1, 3, 1],
         answer: "yes",
         must_reschedule: false,
     },
@@ -2314,7 +2464,7 @@ const APPROVAL: &[FlowCase] = &[
             Run(Recover, "completed"),
         ],
         bodies: [1, 1],
-        enters: 3,
+        enters: [1, 3, 1],
         answer: "yes",
         must_reschedule: false,
     },
@@ -2329,7 +2479,7 @@ const APPROVAL: &[FlowCase] = &[
             Idle(Resume("no"), "resume_conflict"),
         ],
         bodies: [1, 1],
-        enters: 2,
+        enters: [1, 2, 1],
         answer: "yes",
         must_reschedule: false,
     },
@@ -2345,7 +2495,7 @@ const SLEEPER: &[FlowCase] = &[
         sleep_ms: 300,
         procs: &[Run(Start, "completed")],
         bodies: [1, 1],
-        enters: 2,
+        enters: [1, 2, 1],
         answer: "",
         must_reschedule: false,
     },
@@ -2363,7 +2513,7 @@ const SLEEPER: &[FlowCase] = &[
             Run(Recover, "completed"),
         ],
         bodies: [1, 1],
-        enters: 2,
+        enters: [1, 2, 1],
         answer: "",
         must_reschedule: false,
     },
@@ -2381,7 +2531,7 @@ const SLEEPER: &[FlowCase] = &[
             Run(Recover, "completed"),
         ],
         bodies: [1, 1],
-        enters: 2,
+        enters: [1, 2, 1],
         answer: "",
         must_reschedule: true,
     },
@@ -2405,7 +2555,7 @@ const SLEEPER: &[FlowCase] = &[
             Run(Recover, "completed"),
         ],
         bodies: [1, 1],
-        enters: 2,
+        enters: [1, 2, 1],
         answer: "",
         must_reschedule: true,
     },
@@ -2423,7 +2573,7 @@ const SLEEPER: &[FlowCase] = &[
             Run(Recover, "completed"),
         ],
         bodies: [1, 1],
-        enters: 2,
+        enters: [1, 2, 1],
         answer: "",
         must_reschedule: false,
     },
@@ -2436,7 +2586,7 @@ const SLEEPER: &[FlowCase] = &[
             Run(Recover, "completed"),
         ],
         bodies: [2, 1],
-        enters: 3,
+        enters: [1, 3, 1],
         answer: "",
         must_reschedule: false,
     },
@@ -2454,7 +2604,7 @@ const SLEEPER: &[FlowCase] = &[
             Run(Recover, "completed"),
         ],
         bodies: [1, 1],
-        enters: 2,
+        enters: [1, 2, 1],
         answer: "",
         must_reschedule: false,
     },
@@ -2472,18 +2622,321 @@ const SLEEPER: &[FlowCase] = &[
             Run(Recover, "completed"),
         ],
         bodies: [1, 2],
-        enters: 3,
+        enters: [1, 3, 1],
         answer: "",
         must_reschedule: false,
     },
 ];
 
+/// `exit` durability writes only at status changes (start, suspension, resumption, end): a
+/// kill loses everything since, and recorded steps among it run again — as documented.
+/// `approval`'s first process writes 1 RunStarted, 2 `a charge raise suspend`; a resuming
+/// process 1 `resumed continue`, 2 `notify b c end`.
+const EXIT: &[FlowCase] = &[
+    FlowCase {
+        name: "killed between the charge body and its record",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Kill(Start, "after-step-body:charge", "start", "running"),
+            Run(Recover, "interrupted"),
+            Run(Resume("yes"), "completed"),
+        ],
+        bodies: [2, 1],
+        enters: [2, 3, 1],
+        answer: "yes",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed while interrupted",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Kill(
+                Start,
+                "returned",
+                "start a charge raise suspend",
+                "interrupted",
+            ),
+            Run(Resume("yes"), "completed"),
+        ],
+        bodies: [1, 1],
+        enters: [1, 2, 1],
+        answer: "yes",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed after the resume value was stored, before the run continued",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Run(Start, "interrupted"),
+            Kill(
+                Resume("yes"),
+                "before-commit:1",
+                "start a charge raise suspend +answered",
+                "interrupted",
+            ),
+            Run(Recover, "completed"),
+        ],
+        bodies: [1, 1],
+        enters: [1, 2, 1],
+        answer: "yes",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed before the final write: notify's record was only in memory",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Run(Start, "interrupted"),
+            Kill(
+                Resume("yes"),
+                "before-commit:2",
+                "start a charge raise suspend resumed continue",
+                "running",
+            ),
+            Run(Recover, "completed"),
+        ],
+        bodies: [1, 2],
+        enters: [1, 3, 2],
+        answer: "yes",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed while sleeping",
+        flow: Flow::Sleeper,
+        sleep_ms: 300,
+        procs: &[
+            Kill(
+                Start,
+                "returned",
+                "start a before-sleep oris.sleep suspend",
+                "waiting",
+            ),
+            Run(Recover, "completed"),
+        ],
+        bodies: [1, 1],
+        enters: [1, 2, 1],
+        answer: "",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed between the after-sleep body and its record",
+        flow: Flow::Sleeper,
+        sleep_ms: 300,
+        procs: &[
+            Kill(
+                Start,
+                "after-step-body:after-sleep",
+                "start a before-sleep oris.sleep suspend continue",
+                "running",
+            ),
+            Run(Recover, "completed"),
+        ],
+        bodies: [1, 2],
+        enters: [1, 3, 1],
+        answer: "",
+        must_reschedule: false,
+    },
+];
+
+/// `payment`'s first process commits: 1 RunStarted, 2 `a`, 3 `invoice`, 4 the wait's
+/// deadline, 5 the suspension (`waiting` for `paid`, with a 60 s timeout unless said). A process sending the event to the
+/// waiting run: 1 RunResumed, 2 EventReceived, 3 `receipt`, 4 `pay`, 5 `c` + RunCompleted.
+const PAYMENT: &[FlowCase] = &[
+    FlowCase {
+        name: "reference: waits, the event arrives",
+        flow: Flow::Payment,
+        sleep_ms: 60_000,
+        procs: &[
+            Run(Start, "waiting"),
+            Run(Send("paid-42", None), "completed"),
+        ],
+        bodies: [1, 1],
+        enters: [1, 2, 1],
+        answer: "paid-42",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed after the event was stored, before the run continued; recovered",
+        flow: Flow::Payment,
+        sleep_ms: 60_000,
+        procs: &[
+            Run(Start, "waiting"),
+            Kill(
+                Send("paid-42", Some("k1")),
+                "before-commit:1",
+                "start a invoice oris.wait:paid suspend +delivered",
+                "waiting",
+            ),
+            Run(Recover, "completed"),
+            Idle(Send("paid-42", Some("k1")), "completed"),
+        ],
+        bodies: [1, 1],
+        enters: [1, 2, 1],
+        answer: "paid-42",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed after the event was stored; sent again with its key",
+        flow: Flow::Payment,
+        sleep_ms: 60_000,
+        procs: &[
+            Run(Start, "waiting"),
+            Kill(
+                Send("paid-42", Some("k1")),
+                "before-commit:1",
+                "start a invoice oris.wait:paid suspend +delivered",
+                "waiting",
+            ),
+            Run(Send("paid-42", Some("k1")), "completed"),
+        ],
+        bodies: [1, 1],
+        enters: [1, 2, 1],
+        answer: "paid-42",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed after the event was consumed, before the node went on",
+        flow: Flow::Payment,
+        sleep_ms: 60_000,
+        procs: &[
+            Run(Start, "waiting"),
+            Kill(
+                Send("paid-42", None),
+                "after-commit:2",
+                "start a invoice oris.wait:paid suspend continue received",
+                "running",
+            ),
+            Run(Recover, "completed"),
+        ],
+        bodies: [1, 1],
+        enters: [1, 3, 1],
+        answer: "paid-42",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed between the receipt body and its record",
+        flow: Flow::Payment,
+        sleep_ms: 60_000,
+        procs: &[
+            Run(Start, "waiting"),
+            Kill(
+                Send("paid-42", None),
+                "after-step-body:receipt",
+                "start a invoice oris.wait:paid suspend continue received",
+                "running",
+            ),
+            Run(Recover, "completed"),
+        ],
+        bodies: [1, 2],
+        enters: [1, 3, 1],
+        answer: "paid-42",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "event sent to a run killed before its wait started",
+        flow: Flow::Payment,
+        sleep_ms: 60_000,
+        procs: &[
+            Kill(Start, "after-step-body:invoice", "start a", "running"),
+            Run(Send("paid-42", None), "running"),
+            Run(Recover, "completed"),
+        ],
+        bodies: [2, 1],
+        enters: [1, 2, 1],
+        answer: "paid-42",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed after the run continued for the event, before consuming it",
+        flow: Flow::Payment,
+        sleep_ms: 60_000,
+        procs: &[
+            Run(Start, "waiting"),
+            Kill(
+                Send("paid-42", None),
+                "after-commit:1",
+                "start a invoice oris.wait:paid suspend continue +delivered",
+                "running",
+            ),
+            Run(Recover, "completed"),
+        ],
+        bodies: [1, 1],
+        enters: [1, 2, 1],
+        answer: "paid-42",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed while waiting; the wait timed out while nobody ran",
+        flow: Flow::Payment,
+        sleep_ms: 300,
+        procs: &[
+            Kill(
+                Start,
+                "returned",
+                "start a invoice oris.wait:paid suspend",
+                "waiting",
+            ),
+            Run(Recover, "completed"),
+        ],
+        bodies: [1, 1],
+        enters: [1, 2, 1],
+        answer: TIMED_OUT,
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed while waiting for the event",
+        flow: Flow::Payment,
+        sleep_ms: 60_000,
+        procs: &[
+            Kill(
+                Start,
+                "returned",
+                "start a invoice oris.wait:paid suspend",
+                "waiting",
+            ),
+            Run(Recover, "waiting"),
+            Run(Send("paid-42", None), "completed"),
+        ],
+        bodies: [1, 1],
+        enters: [1, 2, 1],
+        answer: "paid-42",
+        must_reschedule: false,
+    },
+];
+
+#[test]
+fn external_events_survive_kills() {
+    run_flow_cases(PAYMENT, &[]);
+}
+
+/// Recovery folds a snapshot plus the records after it (steps, interrupts, receipts).
+#[test]
+fn flows_survive_kills_with_a_snapshot_every_superstep() {
+    run_flow_cases(APPROVAL, &["--snapshot-every", "1"]);
+    run_flow_cases(PAYMENT, &["--snapshot-every", "1"]);
+}
+
 #[test]
 fn steps_and_interrupts_survive_kills() {
-    run_flow_cases(APPROVAL);
+    run_flow_cases(APPROVAL, &[]);
+}
+
+/// `batched` commits without fsync: a process crash loses nothing, so the same points
+/// leave the same durable events.
+#[test]
+fn steps_and_interrupts_survive_kills_with_batched_durability() {
+    run_flow_cases(APPROVAL, &["--durability", "batched"]);
 }
 
 #[test]
 fn durable_sleeps_survive_kills() {
-    run_flow_cases(SLEEPER);
+    run_flow_cases(SLEEPER, &[]);
+}
+
+#[test]
+fn suspended_runs_survive_kills_with_exit_durability() {
+    run_flow_cases(EXIT, &["--durability", "exit"]);
 }

@@ -1083,6 +1083,19 @@ impl Engine {
         Ok(self.shared.store.interrupts(thread_id).await?)
     }
 
+    /// Deletes a thread and everything stored for it.
+    ///
+    /// # Errors
+    /// [`Error::ThreadNotFound`]; [`Error::RunActive`] while it has an unfinished run
+    /// (cancel it first).
+    pub async fn delete_thread(&self, thread_id: &ThreadId) -> Result<(), Error> {
+        // Hold the thread so that no run of this engine starts while it is deleted.
+        let guard = self.claim(thread_id, RunId::generate())?;
+        let r = self.shared.store.delete_thread(thread_id).await;
+        drop(guard);
+        Ok(r?)
+    }
+
     /// The thread's latest run.
     ///
     /// # Errors
@@ -1133,7 +1146,8 @@ impl Engine {
             after = last.seq;
             for e in page {
                 let (superstep, b) = match &e.body {
-                    EventBody::RunStarted { boundary, .. } => (0, boundary),
+                    EventBody::RunStarted { boundary, .. }
+                    | EventBody::HistoryPruned { boundary, .. } => (0, boundary),
                     EventBody::NodeCompleted {
                         superstep,
                         boundary: Some(b),
@@ -1414,6 +1428,65 @@ impl<S: State> GraphHandle<S> {
         self.engine.shared.write(commit).await?;
         drop(guard);
         self.state(thread_id).await
+    }
+
+    /// Prunes the thread's history to its latest checkpoint that an unfinished run does not
+    /// need: the events before it are deleted and the checkpoint's event is replaced by a
+    /// `history_pruned` event carrying the state there, so the remaining log still replays
+    /// to the same state (`verify` stays consistent). Checkpoints before it can no longer
+    /// be read, replayed or forked. Returns the checkpoint the history now starts at and
+    /// how many events were deleted (`None` if there was nothing to prune).
+    ///
+    /// # Errors
+    /// [`Error::ThreadNotFound`], storage errors.
+    pub async fn prune(
+        &self,
+        thread_id: impl AsRef<str>,
+    ) -> Result<Option<(CheckpointId, u64)>, Error> {
+        let thread_id = ThreadId::new(thread_id)?;
+        let store = &*self.engine.shared.store;
+        let t = store
+            .thread(&thread_id)
+            .await?
+            .ok_or_else(|| Error::ThreadNotFound(thread_id.clone()))?;
+        let limit = match t.active_run {
+            Some(r) => match store.run(r).await? {
+                Some(run) => Seq(run.first_seq.0.saturating_sub(1)),
+                None => return Err(Error::NoActiveRun(thread_id)),
+            },
+            None => t.head,
+        };
+        let Some(point) = self
+            .engine
+            .checkpoints(&thread_id)
+            .await?
+            .into_iter()
+            .rfind(|c| c.id.at_seq() <= limit)
+        else {
+            return Ok(None);
+        };
+        let at = point.id.at_seq();
+        let first = store.events(&thread_id, Seq::ZERO, 1).await?;
+        if first.first().is_some_and(|e| e.seq >= at) {
+            return Ok(None);
+        }
+        let state = fold::<S>(store, &thread_id, at, false).await?.state;
+        let state = Payload::encode(&state)
+            .map_err(|e| Error::InvalidInput(format!("state does not serialize: {e}")))?;
+        let base = Event {
+            seq: at,
+            run_id: point.run_id,
+            at: point.at,
+            body: EventBody::HistoryPruned {
+                state,
+                boundary: Boundary {
+                    next: point.next,
+                    barriers: Default::default(),
+                },
+            },
+        };
+        let deleted = store.prune(&thread_id, base).await?;
+        Ok(Some((point.id, deleted)))
     }
 
     /// Checkpoints of the thread, newest first: at most `limit` (0 = all), older than

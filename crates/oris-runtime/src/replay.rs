@@ -190,6 +190,12 @@ impl<S: State> Folded<S> {
                 self.state = decode(thread_id, e.seq, "rebased state", base)?;
                 self.rebased = Some(origin.clone());
             }
+            EventBody::HistoryPruned { state, .. } => {
+                // The log starts here: the history before was pruned into this state.
+                self.state = decode(thread_id, e.seq, "pruned base state", state)?;
+                self.progress = None;
+                self.last_boundary = Some(e.seq);
+            }
             EventBody::StateUpdated { as_node, update } => {
                 let update: S::Update = decode(thread_id, e.seq, "state edit", update)?;
                 self.state
@@ -264,6 +270,20 @@ pub(crate) async fn fold<S: State>(
                             graph_version,
                             ..
                         }) => Some((settings, graph_version, origin)),
+                        // The start of a finished run may have been pruned away. Its settings
+                        // only matter to a driver, and a finished run is never driven again:
+                        // fold its remaining events with neutral ones.
+                        _ if run.status.is_terminal() => Some((
+                            RunSettings {
+                                durability: oris_core::event::Durability::Sync,
+                                deadline: None,
+                                superstep_limit: u32::MAX,
+                                interrupt_before: Vec::new(),
+                                interrupt_after: Vec::new(),
+                            },
+                            run.graph_version.clone(),
+                            None,
+                        )),
                         _ => {
                             return Err(Error::Corrupt {
                                 thread_id: thread_id.clone(),

@@ -941,6 +941,26 @@ impl Store for AnswerSignal {
     {
         self.inner.deliveries(t, pending_only)
     }
+    fn delete_thread<'l0, 'l1, 'at>(&'l0 self, t: &'l1 ThreadId) -> StoreFut<'at, ()>
+    where
+        'l0: 'at,
+        'l1: 'at,
+        Self: 'at,
+    {
+        self.inner.delete_thread(t)
+    }
+    fn prune<'l0, 'l1, 'at>(
+        &'l0 self,
+        t: &'l1 ThreadId,
+        base: oris_core::event::Event,
+    ) -> StoreFut<'at, u64>
+    where
+        'l0: 'at,
+        'l1: 'at,
+        Self: 'at,
+    {
+        self.inner.prune(t, base)
+    }
     fn answer_interrupt<'l0, 'at>(
         &'l0 self,
         id: InterruptId,

@@ -138,3 +138,62 @@ async fn goto_overrides_the_nodes_edges() {
         .expect_completed();
     assert_eq!(out.log, ["a", "c", "a", "b"]);
 }
+
+#[tokio::test]
+async fn prune_keeps_the_state_and_delete_removes_the_thread() {
+    let g = StateGraph::<Doc>::new("prune", "1")
+        .node("a", |_s: Doc, _ctx| async {
+            Ok::<_, NodeError>(DocUpdate::default().log(vec!["a".into()]))
+        })
+        .node("b", |_s: Doc, _ctx| async {
+            Ok::<_, NodeError>(DocUpdate::default().log(vec!["b".into()]))
+        })
+        .edge(START, "a")
+        .edge("a", "b")
+        .edge("b", END)
+        .compile()
+        .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::new(store.clone());
+    let h = engine.register(g);
+    for _ in 0..3 {
+        h.start("p", Doc::default())
+            .await
+            .unwrap()
+            .expect_completed();
+    }
+    let before = h.state("p").await.unwrap().values.log;
+    let oldest = h.history("p", 0, None).await.unwrap().last().unwrap().id;
+    let (at, deleted) = h.prune("p").await.unwrap().expect("something to prune");
+    assert!(deleted > 0);
+    assert_eq!(h.state("p").await.unwrap().values.log, before);
+    let v = h.verify("p").await.unwrap();
+    assert!(v.is_consistent(), "{v:?}");
+    assert_eq!(
+        h.history("p", 0, None).await.unwrap().last().unwrap().id,
+        at
+    );
+    assert!(matches!(
+        h.state_at("p", oldest).await,
+        Err(Error::CheckpointNotFound { .. })
+    ));
+    // Nothing left to prune; a new run continues the pruned thread.
+    assert_eq!(h.prune("p").await.unwrap(), None);
+    let out = h
+        .start("p", Doc::default())
+        .await
+        .unwrap()
+        .expect_completed();
+    assert_eq!(out.log.len(), before.len() + 2);
+    assert!(h.verify("p").await.unwrap().is_consistent());
+
+    let t = oris_core::id::ThreadId::new("p").unwrap();
+    engine.delete_thread(&t).await.unwrap();
+    assert!(matches!(h.state("p").await, Err(Error::ThreadNotFound(_))));
+    let fresh = h
+        .start("p", Doc::default())
+        .await
+        .unwrap()
+        .expect_completed();
+    assert_eq!(fresh.log, ["a", "b"]);
+}

@@ -104,6 +104,7 @@ pub(crate) fn kind_code(kind: EventKind) -> Option<i64> {
         EventKind::EventReceived => Some(11),
         EventKind::RunRebased => Some(12),
         EventKind::StateUpdated => Some(13),
+        EventKind::HistoryPruned => Some(14),
         _ => None,
     }
 }
@@ -125,6 +126,7 @@ pub(crate) fn kind_from_code(code: i64) -> Option<EventKind> {
         11 => Some(EventKind::EventReceived),
         12 => Some(EventKind::RunRebased),
         13 => Some(EventKind::StateUpdated),
+        14 => Some(EventKind::HistoryPruned),
         _ => None,
     }
 }
@@ -427,7 +429,7 @@ mod tests {
                 assert_eq!(kind_code(kind), Some(code));
             }
         }
-        assert_eq!(kind_from_code(14), None);
+        assert_eq!(kind_from_code(15), None);
         assert_eq!(kind_from_code(-1), None);
         // The codes are on disk: pin them.
         assert_eq!(kind_code(EventKind::NodeCompleted), Some(0));
@@ -444,6 +446,7 @@ mod tests {
         assert_eq!(kind_code(EventKind::EventReceived), Some(11));
         assert_eq!(kind_code(EventKind::RunRebased), Some(12));
         assert_eq!(kind_code(EventKind::StateUpdated), Some(13));
+        assert_eq!(kind_code(EventKind::HistoryPruned), Some(14));
     }
 
     #[test]

@@ -513,6 +513,25 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn delete_thread(&self, thread_id: &ThreadId) -> Result<()> {
+        let thread_id = thread_id.clone();
+        self.send(|reply| Request::Write(Write::DeleteThread { thread_id, reply }))
+            .await
+    }
+
+    async fn prune(&self, thread_id: &ThreadId, base: Event) -> Result<u64> {
+        let thread_id = thread_id.clone();
+        let base = Box::new(base);
+        self.send(|reply| {
+            Request::Write(Write::Prune {
+                thread_id,
+                base,
+                reply,
+            })
+        })
+        .await
+    }
+
     async fn interrupt(&self, interrupt_id: InterruptId) -> Result<Option<InterruptRecord>> {
         self.read(move |conn| Ok(read::interrupt(conn, interrupt_id, false)?.map(|i| i.record)))
             .await

@@ -97,6 +97,27 @@ WHERE e.id > ?1 AND e.id <= ?2
 ORDER BY e.id
 LIMIT ?3";
 
+/// Deletes events with `?1 <= id <= ?2`.
+pub(crate) const DELETE_EVENTS_RANGE: &str = "DELETE FROM events WHERE id >= ?1 AND id <= ?2";
+
+/// Deletes a thread's interrupts applied before seq `?2` (pruning).
+pub(crate) const PRUNE_INTERRUPTS: &str =
+    "DELETE FROM interrupts WHERE thread_key = ?1 AND applied_seq < ?2";
+
+/// Deletes a thread's deliveries consumed before seq `?2` (pruning).
+pub(crate) const PRUNE_DELIVERIES: &str =
+    "DELETE FROM deliveries WHERE thread_key = ?1 AND consumed_seq < ?2";
+
+/// Deletes everything of a thread, children first (foreign keys).
+pub(crate) const DELETE_THREAD: [&str; 6] = [
+    "DELETE FROM deliveries WHERE thread_key = ?1",
+    "DELETE FROM interrupts WHERE thread_key = ?1",
+    "DELETE FROM snapshots WHERE thread_key = ?1",
+    "UPDATE threads SET active_run_key = NULL, last_run_key = NULL WHERE key = ?1",
+    "DELETE FROM runs WHERE thread_key = ?1",
+    "DELETE FROM threads WHERE key = ?1",
+];
+
 /// Writes a thread's snapshot, replacing the previous one.
 pub(crate) const UPSERT_SNAPSHOT: &str = "\
 INSERT INTO snapshots (thread_key, at_seq, run_key, next_superstep, state, boundary, created_at)

@@ -1,7 +1,7 @@
 //! Reading records back, shared by the read pool and the writer (which reads the stored
 //! thread and run inside its transaction before deciding a commit).
 
-use oris_core::event::{Event, EventRow};
+use oris_core::event::{Event, EventKind, EventRow};
 use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::status::RunStatus;
 use oris_core::store::{Delivery, InterruptRecord, RunFilter, RunRecord, Snapshot, ThreadRecord};
@@ -193,8 +193,14 @@ pub(crate) fn events(
     while let Some(row) = rows.next()? {
         let id = int(row, 0, "id").map_err(|f| f.at(thread_id, None))?;
         let (_, seq) = split_event_id(id);
-        let expected = Seq(after.0 + 1 + out.len() as u64);
-        if seq != expected {
+        let expected = out
+            .last()
+            .map_or(Seq(after.0 + 1), |e: &Event| e.seq.next());
+        // A pruned log starts at its `history_pruned` base, not at seq 1.
+        let pruned_start = out.is_empty()
+            && seq > expected
+            && int(row, 5, "kind").ok().and_then(kind_from_code) == Some(EventKind::HistoryPruned);
+        if seq != expected && !pruned_start {
             return Err(Fault::Bad(format!(
                 "the event log has a gap: seq {expected} is missing (next stored is {seq})"
             ))

@@ -63,7 +63,7 @@ CREATE TABLE events (
     id        INTEGER PRIMARY KEY,
     run_key   INTEGER NOT NULL REFERENCES runs (key),
     at        INTEGER NOT NULL,
-    kind      INTEGER NOT NULL CHECK (kind IN (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13)),
+    kind      INTEGER NOT NULL CHECK (kind IN (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14)),
     superstep INTEGER,
     task      INTEGER,
     node      TEXT,

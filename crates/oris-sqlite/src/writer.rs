@@ -34,18 +34,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use oris_core::event::{Durability, EventRow, Payload};
+use oris_core::event::{Durability, Event, EventRow, Payload};
 use oris_core::id::{DeliveryId, InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::store::{
-    Answer, Commit, Delivery, Error, InterruptRecord, Receipt, RunWrite, check_redelivery,
-    consumed_deliveries, interrupt_effects, plan_answer, plan_commit,
+    Answer, Commit, Delivery, Error, InterruptRecord, Receipt, RunWrite, check_prune,
+    check_redelivery, consumed_deliveries, interrupt_effects, plan_answer, plan_commit,
 };
 use rusqlite::{Connection, ErrorCode, params};
 use tokio::sync::oneshot;
 
 use crate::codec::{
-    Fault, delivery_id_blob, encode_state, encode_status, event_id, interrupt_id_blob, invalid,
-    kind_code, run_id_blob, seq_value, unavailable, unknown_thread,
+    Fault, MAX_SEQ, delivery_id_blob, encode_state, encode_status, event_id, interrupt_id_blob,
+    invalid, kind_code, run_id_blob, seq_value, unavailable, unknown_thread,
 };
 use crate::queries;
 use crate::read::{self, RunRef, StoredThread};
@@ -75,6 +75,17 @@ pub(crate) enum Write {
         thread_id: ThreadId,
         reply: oneshot::Sender<Result<u64, Error>>,
     },
+    /// Delete a thread.
+    DeleteThread {
+        thread_id: ThreadId,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    /// Prune a thread's history.
+    Prune {
+        thread_id: ThreadId,
+        base: Box<Event>,
+        reply: oneshot::Sender<Result<u64, Error>>,
+    },
     /// Record a resume value for an interrupt (decided with [`plan_answer`] on the rows
     /// read in the same transaction).
     AnswerInterrupt {
@@ -99,8 +110,10 @@ pub(crate) enum Write {
 enum Done {
     /// A commit's new head.
     Head(Seq),
-    /// Snapshots deleted.
+    /// Snapshots or events deleted.
     Deleted(u64),
+    /// Done, nothing to report.
+    Unit,
     /// An answer's outcome.
     Answered(Answer, InterruptRecord),
     /// A delivery, and whether it is new.
@@ -112,9 +125,10 @@ impl Write {
     fn thread_id(&self) -> Option<&ThreadId> {
         match self {
             Write::Commit { commit, .. } => Some(&commit.thread_id),
-            Write::DeleteSnapshots { thread_id, .. } | Write::Deliver { thread_id, .. } => {
-                Some(thread_id)
-            }
+            Write::DeleteSnapshots { thread_id, .. }
+            | Write::Deliver { thread_id, .. }
+            | Write::DeleteThread { thread_id, .. }
+            | Write::Prune { thread_id, .. } => Some(thread_id),
             Write::AnswerInterrupt { .. } => None,
         }
     }
@@ -128,6 +142,7 @@ impl Write {
                 Durability::Batched => false,
             },
             Write::DeleteSnapshots { .. } => false,
+            Write::DeleteThread { .. } | Write::Prune { .. } => true,
             Write::AnswerInterrupt { .. } | Write::Deliver { .. } => true,
         }
     }
@@ -155,6 +170,18 @@ impl Write {
                     o => mismatch(o),
                 }));
             }
+            Write::DeleteThread { reply, .. } => {
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    Done::Unit => Ok(()),
+                    o => mismatch(o),
+                }));
+            }
+            Write::Prune { reply, .. } => {
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    Done::Deleted(n) => Ok(n),
+                    o => mismatch(o),
+                }));
+            }
             Write::AnswerInterrupt { reply, .. } => {
                 let _ = reply.send(outcome.and_then(|o| match o {
                     Done::Answered(a, r) => Ok((a, r)),
@@ -169,6 +196,61 @@ impl Write {
             }
         }
     }
+}
+
+/// The packed ids of a thread's events with seqs `from ..= to`.
+fn event_range(thread_id: &ThreadId, key: i64, from: u64, to: u64) -> Result<(i64, i64), Fault> {
+    match (event_id(key, from), event_id(key, to)) {
+        (Some(low), Some(high)) => Ok((low, high)),
+        _ => Err(invalid(
+            thread_id,
+            format!("thread key {key} is out of range"),
+        )),
+    }
+}
+
+/// Inserts one event row of a thread, written by `run`.
+fn insert_event(
+    conn: &Connection,
+    tid: &ThreadId,
+    thread_key: i64,
+    run: &RunRef,
+    row: &EventRow,
+) -> Result<(), Fault> {
+    let id = event_id(thread_key, row.seq.0).ok_or_else(|| {
+        invalid(
+            tid,
+            format!("seq {} exceeds the limit of this store", row.seq),
+        )
+    })?;
+    let at = row
+        .at
+        .0
+        .checked_sub(run.created_at.0)
+        .ok_or_else(|| invalid(tid, format!("event {} has an impossible time", row.seq)))?;
+    let kind = kind_code(row.kind).ok_or_else(|| {
+        invalid(
+            tid,
+            format!(
+                "event kind `{}` has no storage code in this version of oris-sqlite",
+                row.kind.as_str()
+            ),
+        )
+    })?;
+    conn.prepare_cached(queries::INSERT_EVENT)?
+        .execute(params![
+            id,
+            run.key,
+            at,
+            kind,
+            row.superstep,
+            row.task,
+            row.node,
+            row.attempt,
+            row.data,
+            row.extra
+        ])?;
+    Ok(())
 }
 
 /// Counters shared between the writer and [`SqliteStore::stats`](crate::SqliteStore::stats).
@@ -472,6 +554,12 @@ impl Writer {
                 Write::DeleteSnapshots { thread_id, .. } => {
                     self.delete_snapshots(thread_id).map(Done::Deleted)
                 }
+                Write::DeleteThread { thread_id, .. } => {
+                    self.delete_thread(thread_id).map(|()| Done::Unit)
+                }
+                Write::Prune {
+                    thread_id, base, ..
+                } => self.prune(thread_id, base).map(Done::Deleted),
                 Write::AnswerInterrupt {
                     interrupt_id,
                     value,
@@ -665,38 +753,8 @@ impl Writer {
 
         if !rows.is_empty() {
             let run = writer.ok_or_else(|| invalid(tid, "events without a writing run"))?;
-            let mut insert = conn.prepare_cached(queries::INSERT_EVENT)?;
-            for row in rows {
-                let id = event_id(thread_key, row.seq.0).ok_or_else(|| {
-                    invalid(
-                        tid,
-                        format!("seq {} exceeds the limit of this store", row.seq),
-                    )
-                })?;
-                let at = row.at.0.checked_sub(run.created_at.0).ok_or_else(|| {
-                    invalid(tid, format!("event {} has an impossible time", row.seq))
-                })?;
-                let kind = kind_code(row.kind).ok_or_else(|| {
-                    invalid(
-                        tid,
-                        format!(
-                            "event kind `{}` has no storage code in this version of oris-sqlite",
-                            row.kind.as_str()
-                        ),
-                    )
-                })?;
-                insert.execute(params![
-                    id,
-                    run.key,
-                    at,
-                    kind,
-                    row.superstep,
-                    row.task,
-                    row.node,
-                    row.attempt,
-                    row.data,
-                    row.extra
-                ])?;
+            for row in &rows {
+                insert_event(conn, tid, thread_key, &run, row)?;
             }
         }
 
@@ -764,6 +822,69 @@ impl Writer {
             .prepare_cached(queries::DELETE_SNAPSHOTS)?
             .execute(params![key])?;
         Ok(deleted as u64)
+    }
+
+    /// Deletes a thread and all its rows, unless a run of it is unfinished.
+    fn delete_thread(&mut self, thread_id: &ThreadId) -> Result<(), Fault> {
+        let conn = &self.conn;
+        let stored = read::thread(conn, thread_id)?.ok_or_else(|| {
+            Fault::Store(Error::ThreadNotFound {
+                thread_id: thread_id.clone(),
+            })
+        })?;
+        if let Some(run_id) = stored.record.active_run {
+            return Err(Fault::Store(Error::RunActive {
+                thread_id: thread_id.clone(),
+                run_id,
+            }));
+        }
+        let (low, high) = event_range(thread_id, stored.key, 0, MAX_SEQ)?;
+        conn.prepare_cached(queries::DELETE_EVENTS_RANGE)?
+            .execute(params![low, high])?;
+        for sql in queries::DELETE_THREAD {
+            conn.prepare_cached(sql)?.execute(params![stored.key])?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the event at `base.seq` with `base` and deletes the events before it (see
+    /// [`check_prune`]).
+    fn prune(&mut self, thread_id: &ThreadId, base: &Event) -> Result<u64, Fault> {
+        let conn = &self.conn;
+        let stored = read::thread(conn, thread_id)?.ok_or_else(|| {
+            Fault::Store(Error::ThreadNotFound {
+                thread_id: thread_id.clone(),
+            })
+        })?;
+        let active_first = match &stored.active {
+            Some(r) => read::run(conn, r.id)?.map(|r| r.record.first_seq),
+            None => None,
+        };
+        let at = base.seq;
+        let replaced = read::events(conn, thread_id, Seq(at.0.saturating_sub(1)), 1)?
+            .into_iter()
+            .next()
+            .filter(|e| e.seq == at)
+            .ok_or_else(|| invalid(thread_id, format!("no event at seq {at} (already pruned?)")))?;
+        check_prune(&stored.record, active_first, base, &replaced)?;
+        let (run, _) = read::run_ref(conn, replaced.run_id)?
+            .ok_or_else(|| invalid(thread_id, format!("run {} is missing", replaced.run_id)))?;
+        let (low, high) = event_range(thread_id, stored.key, 0, at.0)?;
+        let deleted = conn
+            .prepare_cached(queries::DELETE_EVENTS_RANGE)?
+            .execute(params![low, high])?;
+        let mut row = EventRow::from_event(base)
+            .map_err(|e| invalid(thread_id, format!("the prune base does not serialize: {e}")))?;
+        // The base keeps the replaced event's run and time.
+        row.run_id = replaced.run_id;
+        row.at = replaced.at;
+        insert_event(conn, thread_id, stored.key, &run, &row)?;
+        let at_value = seq_value(at).ok_or_else(|| invalid(thread_id, "seq out of range"))?;
+        conn.prepare_cached(queries::PRUNE_INTERRUPTS)?
+            .execute(params![stored.key, at_value])?;
+        conn.prepare_cached(queries::PRUNE_DELIVERIES)?
+            .execute(params![stored.key, at_value])?;
+        Ok((deleted as u64).saturating_sub(1))
     }
 
     /// Decides an answer with [`plan_answer`] on the interrupt and run status read in this

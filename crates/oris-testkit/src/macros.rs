@@ -120,6 +120,9 @@ macro_rules! __conformance_cases {
             concurrent_deliveries_with_one_key_record_one,
             // edits
             idle_thread_accepts_edits_by_last_run,
+            // retention
+            delete_thread_removes_everything,
+            prune_keeps_a_self_contained_log,
         }
     };
 }

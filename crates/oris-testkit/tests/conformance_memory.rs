@@ -95,6 +95,14 @@ mod guarded {
         async fn deliveries(&self, t: &ThreadId, pending_only: bool) -> Result<Vec<Delivery>> {
             self.inner.deliveries(t, pending_only).await
         }
+
+        async fn delete_thread(&self, t: &ThreadId) -> Result<()> {
+            self.inner.delete_thread(t).await
+        }
+
+        async fn prune(&self, t: &ThreadId, base: Event) -> Result<u64> {
+            self.inner.prune(t, base).await
+        }
     }
 
     async fn fixture() -> (Watched, Guard) {

@@ -296,6 +296,14 @@ impl Store for Faulty {
         }
     }
 
+    async fn delete_thread(&self, thread_id: &ThreadId) -> Result<()> {
+        self.inner.delete_thread(&self.tid(thread_id)).await
+    }
+
+    async fn prune(&self, thread_id: &ThreadId, base: Event) -> Result<u64> {
+        self.inner.prune(&self.tid(thread_id), base).await
+    }
+
     async fn deliveries(&self, thread_id: &ThreadId, pending_only: bool) -> Result<Vec<Delivery>> {
         let t = self.tid(thread_id);
         let pending_only = pending_only && self.fault != Fault::PendingIgnored;

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::{
     Answer, Commit, Delivery, Error, InterruptRecord, Receipt, Result, RunFilter, RunRecord,
-    RunWrite, Snapshot, Store, ThreadRecord, check_redelivery, consumed_deliveries,
+    RunWrite, Snapshot, Store, ThreadRecord, check_prune, check_redelivery, consumed_deliveries,
     interrupt_effects, plan_answer, plan_commit,
 };
 use crate::event::{Event, Payload};
@@ -179,8 +179,9 @@ impl Store for MemoryStore {
         let Some(t) = inner.threads.get(thread_id) else {
             return Ok(Vec::new());
         };
-        // Seqs are contiguous from 1, so the event with seq s sits at index s - 1.
-        let from = usize::try_from(after.0)
+        // Seqs are contiguous from the first retained event (1, or a prune point).
+        let first = t.events.first().map_or(1, |e| e.seq.0);
+        let from = usize::try_from(after.0.saturating_add(1).saturating_sub(first))
             .unwrap_or(usize::MAX)
             .min(t.events.len());
         Ok(t.events[from..].iter().take(limit).cloned().collect())
@@ -271,6 +272,64 @@ impl Store for MemoryStore {
         };
         list.push(d.clone());
         Ok((d, true))
+    }
+
+    async fn delete_thread(&self, thread_id: &ThreadId) -> Result<()> {
+        let mut inner = self.lock();
+        let record = inner
+            .threads
+            .get(thread_id)
+            .and_then(|t| t.record.clone())
+            .ok_or_else(|| Error::ThreadNotFound {
+                thread_id: thread_id.clone(),
+            })?;
+        if let Some(run_id) = record.active_run {
+            return Err(Error::RunActive {
+                thread_id: thread_id.clone(),
+                run_id,
+            });
+        }
+        inner.threads.remove(thread_id);
+        inner.runs.retain(|_, r| r.thread_id != *thread_id);
+        inner.interrupts.retain(|_, r| r.thread_id != *thread_id);
+        inner.deliveries.remove(thread_id);
+        Ok(())
+    }
+
+    async fn prune(&self, thread_id: &ThreadId, base: Event) -> Result<u64> {
+        let mut inner = self.lock();
+        let not_found = || Error::ThreadNotFound {
+            thread_id: thread_id.clone(),
+        };
+        let t = inner.threads.get(thread_id).ok_or_else(not_found)?;
+        let record = t.record.clone().ok_or_else(not_found)?;
+        let active_first = record
+            .active_run
+            .and_then(|r| inner.runs.get(&r))
+            .map(|r| r.first_seq);
+        let replaced = t
+            .events
+            .iter()
+            .find(|e| e.seq == base.seq)
+            .cloned()
+            .ok_or_else(|| Error::InvalidCommit {
+                thread_id: thread_id.clone(),
+                detail: format!("no event at seq {} (already pruned?)", base.seq),
+            })?;
+        check_prune(&record, active_first, &base, &replaced)?;
+        let at = base.seq;
+        let t = inner.threads.get_mut(thread_id).ok_or_else(not_found)?;
+        let before = t.events.len();
+        t.events.retain(|e| e.seq > at);
+        let deleted = (before - t.events.len()) as u64;
+        t.events.insert(0, base);
+        inner
+            .interrupts
+            .retain(|_, r| r.thread_id != *thread_id || r.applied_seq.is_none_or(|s| s >= at));
+        if let Some(list) = inner.deliveries.get_mut(thread_id) {
+            list.retain(|d| d.consumed_seq.is_none_or(|s| s >= at));
+        }
+        Ok(deleted.saturating_sub(1))
     }
 
     async fn deliveries(&self, thread_id: &ThreadId, pending_only: bool) -> Result<Vec<Delivery>> {

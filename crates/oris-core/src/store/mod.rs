@@ -110,6 +110,50 @@ pub struct Commit {
     pub durability: Durability,
 }
 
+/// Checks a prune: `base` must be a `HistoryPruned` event within the log, written by a run
+/// of the thread, before the first event of the thread's active run (whatever an unfinished
+/// run needs stays), and `replaced` — the event now at `base.seq` — must close a superstep.
+///
+/// # Errors
+/// [`Error::InvalidCommit`] naming the broken rule.
+pub fn check_prune(
+    thread: &ThreadRecord,
+    active_first_seq: Option<Seq>,
+    base: &Event,
+    replaced: &Event,
+) -> Result<()> {
+    let invalid = |detail: String| Error::InvalidCommit {
+        thread_id: thread.thread_id.clone(),
+        detail,
+    };
+    if !matches!(base.body, EventBody::HistoryPruned { .. }) {
+        return Err(invalid(
+            "a prune base must be a history_pruned event".into(),
+        ));
+    }
+    if base.seq == Seq::ZERO || base.seq > thread.head || replaced.seq != base.seq {
+        return Err(invalid(format!(
+            "prune point {} is outside the log (head {})",
+            base.seq, thread.head
+        )));
+    }
+    if replaced.body.boundary().is_none() {
+        return Err(invalid(format!(
+            "event {} is not a superstep boundary",
+            base.seq
+        )));
+    }
+    if let Some(first) = active_first_seq
+        && base.seq >= first
+    {
+        return Err(invalid(format!(
+            "prune point {} is inside the active run, which starts at {first}",
+            base.seq
+        )));
+    }
+    Ok(())
+}
+
 /// What a successful commit returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Receipt {
@@ -350,6 +394,24 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         key: Option<String>,
         at: Timestamp,
     ) -> Result<(Delivery, bool)>;
+
+    /// Deletes a thread and everything stored for it (runs, events, snapshots, interrupts,
+    /// deliveries).
+    ///
+    /// # Errors
+    /// [`Error::ThreadNotFound`]; [`Error::RunActive`] while it has a queued, running,
+    /// interrupted or waiting run (cancel it first).
+    async fn delete_thread(&self, thread_id: &ThreadId) -> Result<()>;
+
+    /// Prunes a thread's history: deletes its events before `base.seq` and replaces the
+    /// event at `base.seq` — which must be a superstep boundary — with `base`, a
+    /// [`EventBody::HistoryPruned`] carrying the state there. Interrupts and deliveries
+    /// applied or consumed before `base.seq` are deleted too. Returns how many events were
+    /// deleted. See [`check_prune`] for the rules.
+    ///
+    /// # Errors
+    /// [`Error::ThreadNotFound`], [`Error::InvalidCommit`] when `base` breaks a rule.
+    async fn prune(&self, thread_id: &ThreadId, base: Event) -> Result<u64>;
 
     /// A thread's deliveries in arrival order; only unconsumed ones if `pending_only`.
     async fn deliveries(&self, thread_id: &ThreadId, pending_only: bool) -> Result<Vec<Delivery>>;
