@@ -47,8 +47,9 @@
 //! SIGKILL never tears a line):
 //! - `exec <thread> <superstep> <task> <node> <attempt>`: a node body ran to its end (written
 //!   before the node returns its update);
-//! - `enter <thread> <superstep> <task> <node> <attempt>`: a node body of the `approval` or
-//!   `sleeper` graph started (also executions that pause at an interrupt or a sleep);
+//! - `enter <thread> <superstep> <task> <node> <attempt>`: a node body of the `approval`,
+//!   `sleeper` or `payment` graph started (also executions that pause at an interrupt, a
+//!   sleep or a wait);
 //! - `exec-step <thread> <superstep> <task> <node> <attempt> <step> <token>`: the body of a
 //!   recorded step ran (its side effect); it returns `<token>` (`<step>#<pid>.<n>`), unique to
 //!   this execution, so the recorded result names the execution that was recorded;
@@ -66,7 +67,7 @@
 //!   completions durable (counting the ones this process committed);
 //! - `after-step-body:<step>[@<superstep>]`: inside a recorded step's body, after its
 //!   `exec-step` mark, before the body returns (the step ran, its record is not committed);
-//! - `returned`: after the mode's call (`start`, `recover`, `resume`) returned, before
+//! - `returned`: after the mode's call (`start`, `recover`, `resume`, `send`) returned, before
 //!   waiting for a `waiting` run — e.g. with a durable timer pending in this process.
 //!
 //! In `resume` mode the value is stored (`Store::answer_interrupt`) before the first
@@ -135,7 +136,8 @@ struct Cli {
     /// Snapshot the state every this many supersteps (the engine's default if unset).
     #[arg(long)]
     snapshot_every: Option<u32>,
-    /// `resume`: the value (a JSON string) to answer the interrupt with.
+    /// `resume`: the value to answer the interrupt with; `send`: the event's payload (both
+    /// as a JSON string).
     #[arg(long)]
     value: Option<String>,
     /// `resume`: the interrupt to answer; default the single pending one of the thread.
@@ -266,7 +268,7 @@ struct Env {
     yields: u32,
     /// Committed worker completions of the fan-out; `Some` when workers are serialized.
     workers: Option<watch::Receiver<u32>>,
-    /// The `sleeper` graph's durable sleep.
+    /// The `sleeper` graph's durable sleep and the `payment` graph's wait timeout.
     sleep: Duration,
     /// Step body executions of this process, for their tokens.
     step_bodies: AtomicU64,
@@ -335,7 +337,7 @@ impl Env {
 }
 
 impl Env {
-    /// Records that a node body started (`approval` and `sleeper` graphs).
+    /// Records that a node body started (`approval`, `sleeper` and `payment` graphs).
     fn enter(&self, ctx: &Context) -> Result<(), NodeError> {
         let line = format!(
             "enter {} {} {} {} {}",
@@ -472,7 +474,7 @@ struct Fan {
     results: Vec<String>,
 }
 
-/// The `approval` and `sleeper` graphs' state.
+/// The `approval`, `sleeper` and `payment` graphs' state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, State)]
 struct Flow {
     /// The nodes that completed, in order.
@@ -481,11 +483,11 @@ struct Flow {
     /// The results of the recorded steps, in call order.
     #[reducer(append)]
     steps: Vec<String>,
-    /// The resume value (`approval`).
+    /// The resume value (`approval`) or the event received (`payment`).
     answer: String,
 }
 
-/// A node of the `approval` and `sleeper` graphs that only records itself.
+/// A node of the `approval`, `sleeper` and `payment` graphs that only records itself.
 fn plain_node(
     env: &Arc<Env>,
 ) -> impl Fn(

@@ -20,6 +20,14 @@
 //! graph at a seeded random instant instead of a pause point (`ORIS_CRASH_SEED` replays a
 //! seed, `ORIS_CRASH_ROUNDS` sets how many kills, default 10).
 //!
+//! A second part (see "recorded steps, interrupts and durable timers" below) kills runs of
+//! graphs that record steps, interrupt, sleep durably and wait for external events — between
+//! a step's body and its record, after an interrupt is recorded, after a resume value or an
+//! event is stored but before the run continues, while sleeping — and checks that each
+//! recorded call is in the log exactly once, resume values and events are applied exactly
+//! once, and step bodies ran again only when a kill fell between their execution and their
+//! record.
+//!
 //! Each case prints `ok`/`FAIL` with its pause points on stderr (`--nocapture`); a failure
 //! shows the steps taken, the marks file, every timeline read and the children's stderr.
 #![cfg(unix)]
@@ -1181,28 +1189,34 @@ fn runs_survive_kills_during_recovery() {
 // --- recorded steps, interrupts and durable timers --------------------------------------
 //
 // The `approval` graph (`a → b → c`; `b` = `step("charge")`, `interrupt("approve?")`,
-// `step("notify")`) and the `sleeper` graph (`a → nap → c`; `nap` = `step("before-sleep")`,
-// `ctx.sleep`, `step("after-sleep")`) are killed between a step's body and its record, after
-// an interrupt is recorded, after a resume value is stored but before the run continues, and
-// while sleeping. Every process of a case runs to its end or is killed at a pause point
-// whose durable events are checked exactly; after the last process:
+// `step("notify")`), the `sleeper` graph (`a → nap → c`; `nap` = `step("before-sleep")`,
+// `ctx.sleep`, `step("after-sleep")`) and the `payment` graph (`a → pay → c`; `pay` =
+// `step("invoice")`, `wait_for_event("paid")`, `step("receipt")`) are killed between a
+// step's body and its record, after an interrupt is recorded, after a resume value or an
+// event is stored but before the run continues, and while sleeping or waiting. Every process
+// of a case runs to its end or is killed at a pause point whose durable events are checked
+// exactly (see `summary`); after the last process:
 //
 // 1. the final state is exactly the expected one (its `steps` are the recorded results,
-//    its `answer` the value applied), `verify` is consistent, and the run completed;
+//    its `answer` the value applied or the event received), `verify` is consistent, the run
+//    completed, no resume value is left unapplied, and the one delivery (however often it
+//    was sent with its key) was consumed by the run's one `EventReceived`;
 // 2. the timeline: one run, each node completed exactly once in order, every recorded call
-//    of the middle node (StepRecorded, InterruptRaised) exactly once per (superstep, task,
-//    index) with the expected name at each index, InterruptResumed exactly once for the
-//    interrupt and with the expected value, suspends and resumes alternating, a woken node
-//    completing no earlier than its recorded wake-up time;
+//    of the middle node (StepRecorded, InterruptRaised, EventReceived) exactly once per
+//    (superstep, task, index) with the expected call at each index, InterruptResumed
+//    exactly once for the interrupt and with the expected value, suspends and resumes
+//    alternating, a woken node (or a timed-out wait) no earlier than its recorded time;
 // 3. the events durable at every kill are an unchanged prefix of every later log, and a
-//    refused or repeated resume changes nothing;
+//    refused or repeated resume or send changes nothing;
 // 4. marks: no node whose completion was durable ran again; every completion was executed
-//    by the process that made it durable; `a` and `c` ran once; the middle node started
-//    exactly the expected number of times;
+//    by the process that made it durable; a node ran to its end once, plus once per kill
+//    between its end and its completion's commit; each node started exactly the number of
+//    times the case states;
 // 5. step bodies: a step whose record was durable never ran again; a body ran in a process
 //    at most once, and again later only when that process was killed between the body and
-//    its record; the recorded result is the token of the execution in the process that
-//    recorded it; the total number of executions is exactly the one the case states.
+//    its record being durable; the recorded result is the token of the execution in the
+//    process that recorded it; the total number of executions is exactly the one the case
+//    states.
 
 /// The graphs with recorded calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1869,6 +1883,21 @@ impl FlowScene {
                         "killed at `{point}`: durable `{got}` with the run {:?}, expected `{durable}` with the run {status}",
                         log.run_status
                     );
+                    // With a snapshot every superstep, every closed superstep left one.
+                    if self
+                        .extra
+                        .windows(2)
+                        .any(|w| w == ["--snapshot-every", "1"])
+                        && log.events.iter().any(|e| {
+                            e.body.boundary().is_some()
+                                && matches!(e.body, EventBody::NodeCompleted { .. })
+                        })
+                    {
+                        ensure!(
+                            log.snapshot_at.is_some(),
+                            "a superstep closed with a snapshot every superstep, but no snapshot is stored"
+                        );
+                    }
                     self.logs.push(log);
                     self.killed.push(true);
                     output = None;
@@ -2191,7 +2220,7 @@ fn run_flow_cases(cases: &'static [FlowCase], extra: &[&str]) {
     }
     if rescheduled + due > 0 {
         eprintln!(
-            "recoveries of a sleeping run: {rescheduled} found it waiting and rescheduled its wake-up, {due} found the timer due"
+            "recoveries of a run waiting on a timer: {rescheduled} found it not due and rescheduled its wake-up, {due} found its sleep already due"
         );
     }
     assert!(
@@ -2421,6 +2450,44 @@ const APPROVAL: &[FlowCase] = &[
                 Resume("yes"),
                 "after-commit:1",
                 "start a charge raise suspend resumed continue",
+                "running",
+            ),
+            Run(Recover, "completed"),
+        ],
+        bodies: [1, 1],
+        enters: [1, 2, 1],
+        answer: "yes",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed after the resume was applied; resumed again with the same value",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Run(Start, "interrupted"),
+            Kill(
+                Resume("yes"),
+                "after-commit:1",
+                "start a charge raise suspend resumed continue",
+                "running",
+            ),
+            Run(Resume("yes"), "completed"),
+        ],
+        bodies: [1, 1],
+        enters: [1, 2, 1],
+        answer: "yes",
+        must_reschedule: false,
+    },
+    FlowCase {
+        name: "killed before the suspension, then after the resume value was stored",
+        flow: Flow::Approval,
+        sleep_ms: 0,
+        procs: &[
+            Kill(Start, "after-commit:4", "start a charge raise", "running"),
+            Kill(
+                Resume("yes"),
+                "before-commit:1",
+                "start a charge raise +answered",
                 "running",
             ),
             Run(Recover, "completed"),
