@@ -1582,10 +1582,36 @@ impl<S: State> GraphHandle<S> {
                 detail: format!("state does not serialize: {e}"),
             })
         };
+        let replayed_hash = hash(&full.state)?;
+        let current_hash = hash(&current.state)?;
+        // Every stored checkpoint state (the latest snapshot) against the log at its seq.
+        let mut mismatch = None;
+        if let Some(snap) = store.snapshot(&thread_id, Seq(u64::MAX)).await? {
+            let at = snap.at_seq;
+            let from_log = fold::<S>(store, &thread_id, at, true).await?;
+            let stored: S = snap.state.decode().map_err(|e| Error::Corrupt {
+                thread_id: thread_id.clone(),
+                seq: Some(at),
+                detail: format!("snapshot state {e}"),
+            })?;
+            let (log_hash, snap_hash) = (hash(&from_log.state)?, hash(&stored)?);
+            if log_hash != snap_hash {
+                mismatch = Some(format!(
+                    "the stored state at checkpoint {} does not match the log (log {log_hash}, stored {snap_hash})",
+                    CheckpointId(at)
+                ));
+            }
+        }
+        if mismatch.is_none() && replayed_hash != current_hash {
+            mismatch = Some(format!(
+                "the state from the log ({replayed_hash}) differs from the current state ({current_hash})"
+            ));
+        }
         Ok(Verification {
             head: full.head,
-            replayed_hash: hash(&full.state)?,
-            current_hash: hash(&current.state)?,
+            replayed_hash,
+            current_hash,
+            mismatch,
         })
     }
 }

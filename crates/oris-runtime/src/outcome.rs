@@ -146,11 +146,14 @@ pub struct Verification {
     pub replayed_hash: String,
     /// State hash from the latest snapshot plus the events after it.
     pub current_hash: String,
+    /// The first disagreement found: a stored checkpoint state that differs from the log
+    /// at its seq, or the current state differing from the log's.
+    pub mismatch: Option<String>,
 }
 
 impl Verification {
-    /// Whether both agree.
+    /// Whether the log, every stored checkpoint state and the current state agree.
     pub fn is_consistent(&self) -> bool {
-        self.replayed_hash == self.current_hash
+        self.mismatch.is_none() && self.replayed_hash == self.current_hash
     }
 }
