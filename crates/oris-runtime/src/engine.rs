@@ -838,6 +838,7 @@ impl Engine {
     ) -> Result<RunOutcome<S>, Error> {
         let store = &*self.shared.store;
         let mut target: Option<(ThreadId, RunId)> = None;
+        let mut records = Vec::with_capacity(answers.len());
         for (id, _) in &answers {
             let rec = store
                 .interrupt(*id)
@@ -851,6 +852,7 @@ impl Engine {
                 }
                 _ => target = Some((rec.thread_id.clone(), rec.run_id)),
             }
+            records.push(rec);
         }
         let Some((thread_id, run_id)) = target else {
             return Err(Error::InvalidInput("no interrupt to resume".into()));
@@ -866,22 +868,17 @@ impl Engine {
                 requested: graph.name().to_owned(),
             });
         }
-        // Check every answer before recording any, so that a batch with one bad answer
-        // records nothing. (Each `answer_interrupt` is atomic on its own; a concurrent
-        // answer landing between this check and the writes is caught there.)
-        for (id, value) in &answers {
-            let rec = store
-                .interrupt(*id)
-                .await?
-                .ok_or(Error::InterruptNotFound(*id))?;
-            let run =
-                store
-                    .run(rec.run_id)
-                    .await?
-                    .ok_or(Error::Store(store::Error::RunNotFound {
-                        run_id: rec.run_id,
-                    }))?;
-            store::plan_answer(&rec, &run.status, value, Timestamp::now())?;
+        // Check every answer of a batch before recording any, so that a batch with one bad
+        // answer records nothing. (Each `answer_interrupt` is atomic on its own — a lone
+        // answer needs no pre-check — and a concurrent answer landing between this check
+        // and the writes is caught there.)
+        if answers.len() > 1 {
+            for (rec, (_, value)) in records.iter().zip(&answers) {
+                let run = store.run(rec.run_id).await?.ok_or(Error::Store(
+                    store::Error::RunNotFound { run_id: rec.run_id },
+                ))?;
+                store::plan_answer(rec, &run.status, value, Timestamp::now())?;
+            }
         }
         // Durable first: each value is in the store before anything acts on it.
         for (id, value) in answers {
