@@ -143,7 +143,13 @@ impl Write {
             },
             Write::DeleteSnapshots { .. } => false,
             Write::DeleteThread { .. } | Write::Prune { .. } => true,
-            Write::AnswerInterrupt { .. } | Write::Deliver { .. } => true,
+            // An answer is acted on at once by the same caller, whose next commit (the
+            // `InterruptResumed` that applies it) is fsynced — and the WAL is sequential, so
+            // that fsync makes the answer durable too, before `resume` returns. Its own fsync
+            // would be a second one for the same acknowledgement.
+            Write::AnswerInterrupt { .. } => false,
+            // A delivery is acknowledged to its sender before anything else is written.
+            Write::Deliver { .. } => true,
         }
     }
 

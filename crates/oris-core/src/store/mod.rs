@@ -362,9 +362,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Every interrupt of a thread, in the order they were raised.
     async fn interrupts(&self, thread_id: &ThreadId) -> Result<Vec<InterruptRecord>>;
 
-    /// Records a resume value for an interrupt, durably, before anything acts on it. The
-    /// value waits in the store until the run applies it, so a resume never gets lost, even
-    /// when it arrives while the run is still suspending or the process dies right after.
+    /// Records a resume value for an interrupt before anything acts on it. The value waits
+    /// in the store until the run applies it, so a resume never gets lost, even when it
+    /// arrives while the run is still suspending or the process dies right after. It is
+    /// durable when this returns, or — for backends with a sequential log (SQLite's WAL) —
+    /// at the latest with the store's next durable commit, which the caller makes before it
+    /// acknowledges the resume (the `InterruptResumed` commit that applies the value).
     ///
     /// Idempotent: the same value again returns [`Answer::AlreadyAnswered`]; the decision is
     /// made atomically with the check, so of many concurrent callers exactly one gets
