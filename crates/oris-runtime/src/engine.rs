@@ -656,11 +656,9 @@ impl Engine {
             .active_run
             .ok_or_else(|| Error::NoActiveRun(thread_id.clone()))?;
         let guard = self.claim(&thread_id, run_id)?;
-        let suspended = matches!(
-            store.run(run_id).await?.map(|r| r.status),
-            Some(RunStatus::Interrupted { .. } | RunStatus::Waiting { .. })
-        );
         let f = fold::<S>(store, &thread_id, Seq(u64::MAX), false).await?;
+        // Interrupted or waiting: the log says so (its last status event is `RunSuspended`).
+        let suspended = f.suspended;
         let progress = f
             .progress
             .ok_or_else(|| Error::NoActiveRun(thread_id.clone()))?;

@@ -53,6 +53,8 @@ pub(crate) struct Folded<S: State> {
     pub progress: Option<Progress<S::Update>>,
     /// Origin of a `RunRebased` waiting for its `RunStarted`.
     rebased: Option<Origin>,
+    /// Whether the run in progress is suspended (its last status event is `RunSuspended`).
+    pub suspended: bool,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(
@@ -78,6 +80,7 @@ impl<S: State> Folded<S> {
             since_snapshot: 0,
             progress: None,
             rebased: None,
+            suspended: false,
         }
     }
 
@@ -106,6 +109,7 @@ impl<S: State> Folded<S> {
                 origin,
             }),
             rebased: None,
+            suspended: false,
         })
     }
 
@@ -142,6 +146,7 @@ impl<S: State> Folded<S> {
                     origin: self.rebased.take(),
                 });
                 self.last_boundary = Some(e.seq);
+                self.suspended = false;
             }
             EventBody::NodeCompleted {
                 task,
@@ -185,7 +190,8 @@ impl<S: State> Folded<S> {
                     .ok_or_else(|| corrupt("a recorded call outside a run".into()))?;
                 apply_record(&mut p.records, &e.body);
             }
-            EventBody::RunSuspended { .. } | EventBody::RunResumed => {}
+            EventBody::RunSuspended { .. } => self.suspended = true,
+            EventBody::RunResumed => self.suspended = false,
             EventBody::RunRebased { base, origin } => {
                 self.state = decode(thread_id, e.seq, "rebased state", base)?;
                 self.rebased = Some(origin.clone());
@@ -194,6 +200,7 @@ impl<S: State> Folded<S> {
                 // The log starts here: the history before was pruned into this state.
                 self.state = decode(thread_id, e.seq, "pruned base state", state)?;
                 self.progress = None;
+                self.suspended = false;
                 self.last_boundary = Some(e.seq);
             }
             EventBody::StateUpdated { as_node, update } => {
@@ -206,6 +213,7 @@ impl<S: State> Folded<S> {
             | EventBody::RunFailed { .. }
             | EventBody::RunCancelled { .. } => {
                 self.progress = None;
+                self.suspended = false;
             }
             // Future event kinds must be handled explicitly.
             #[allow(unreachable_patterns)]
