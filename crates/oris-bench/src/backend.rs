@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use oris::ThreadId;
-use oris::store::{MemoryStore, SqliteOptions, SqliteStore, Store};
+use oris::store::{MemoryStore, PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store};
 
 use crate::cli::Backend;
 
@@ -22,6 +22,7 @@ pub struct Opened {
 enum Kind {
     Memory(Arc<MemoryStore>),
     Sqlite(Arc<SqliteStore>),
+    Postgres(Arc<PostgresStore>),
 }
 
 /// Store counters at one moment; `None` where the backend has no such counter.
@@ -38,7 +39,8 @@ pub struct Counters {
 }
 
 /// Opens a fresh store of kind `backend`; SQLite uses the file `path`, replacing any file
-/// already there.
+/// already there; PostgreSQL uses the database at `ORIS_BENCH_PG_URL`, in a schema named
+/// after the file (`oris_bench_w1`…), dropped and re-created.
 ///
 /// # Errors
 /// If the store cannot be opened, or `backend` is not available in this build.
@@ -62,7 +64,33 @@ pub async fn open(backend: Backend, path: &Path) -> anyhow::Result<Opened> {
                 kind: Kind::Sqlite(s),
             })
         }
-        Backend::Postgres => anyhow::bail!("the PostgreSQL store does not exist yet"),
+        Backend::Postgres => {
+            let url = std::env::var("ORIS_BENCH_PG_URL")
+                .context("--backend postgres needs ORIS_BENCH_PG_URL=postgres://…")?;
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("w");
+            let options = PostgresOptions {
+                schema: Some(format!("oris_bench_{stem}")),
+                // W5 keeps 32 runs in flight: one connection each.
+                pool_size: 32,
+                ..PostgresOptions::default()
+            };
+            let redacted = oris::store::redact_url(&url);
+            let stale = PostgresStore::connect(&url, options.clone())
+                .await
+                .with_context(|| format!("cannot connect to {redacted}"))?;
+            stale
+                .drop_schema()
+                .await
+                .context("cannot drop the previous bench schema")?;
+            let s = PostgresStore::connect(&url, options)
+                .await
+                .with_context(|| format!("cannot connect to {redacted}"))?;
+            let s = Arc::new(s);
+            Ok(Opened {
+                store: s.clone(),
+                kind: Kind::Postgres(s),
+            })
+        }
     }
 }
 
@@ -75,6 +103,14 @@ impl Opened {
     pub async fn counters(&self) -> anyhow::Result<Counters> {
         match &self.kind {
             Kind::Memory(_) => Ok(Counters::default()),
+            Kind::Postgres(s) => Ok(Counters {
+                bytes: Some(
+                    s.bytes_used()
+                        .await
+                        .context("cannot read the PostgreSQL size")?,
+                ),
+                ..Counters::default()
+            }),
             Kind::Sqlite(s) => {
                 let stats = s.stats();
                 let bytes = s
@@ -101,7 +137,7 @@ impl Opened {
                     .map(|t| m.approx_bytes(&t) as u64)
                     .sum(),
             ),
-            Kind::Sqlite(_) => None,
+            Kind::Sqlite(_) | Kind::Postgres(_) => None,
         }
     }
 }

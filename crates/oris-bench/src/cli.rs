@@ -19,8 +19,8 @@ pub struct Cli {
     )]
     workload: Vec<Workload>,
 
-    /// The store: `memory`, `sqlite` (a fresh file per workload) or `postgres` (reads
-    /// ORIS_BENCH_PG_URL; not available yet).
+    /// The store: `memory`, `sqlite` (a fresh file per workload) or `postgres` (the
+    /// database at ORIS_BENCH_PG_URL, a fresh schema per workload).
     #[arg(long, value_enum, default_value = "sqlite")]
     pub backend: Backend,
 
@@ -114,7 +114,7 @@ pub enum Backend {
     Memory,
     /// `SqliteStore` on a fresh file per workload.
     Sqlite,
-    /// PostgreSQL at ORIS_BENCH_PG_URL (not available yet).
+    /// PostgreSQL at ORIS_BENCH_PG_URL (a fresh schema per workload).
     Postgres,
 }
 
@@ -182,14 +182,13 @@ impl Cli {
     /// Refuses, with a message for the user, what this build cannot run yet. Checked before
     /// the calibration so that nothing is measured in vain.
     pub fn check_available(&self) -> Result<(), String> {
-        if self.backend == Backend::Postgres {
-            let url = match std::env::var("ORIS_BENCH_PG_URL") {
-                Ok(u) if !u.is_empty() => "ORIS_BENCH_PG_URL is set".to_owned(),
-                _ => "ORIS_BENCH_PG_URL is not set either".to_owned(),
-            };
-            return Err(format!(
-                "--backend postgres: the PostgreSQL store does not exist yet ({url}); use --backend memory or sqlite"
-            ));
+        if self.backend == Backend::Postgres
+            && std::env::var("ORIS_BENCH_PG_URL").map_or(true, |u| u.is_empty())
+        {
+            return Err("--backend postgres needs a PostgreSQL database: set \
+                 ORIS_BENCH_PG_URL=postgres://USER@HOST:PORT/DB (each workload runs in a fresh \
+                 schema of that database)"
+                .to_owned());
         }
         for w in self.workloads() {
             match w {

@@ -23,7 +23,8 @@
 //!
 //! Every run's final state is checked; a wrong one is reported on stderr and makes the
 //! process exit with status 1 at the end. Workloads and backends that do not exist yet
-//! (S1–S3 before the server, PostgreSQL) exit with status 2 and say so.
+//! (S1–S3 before the server), or PostgreSQL without `ORIS_BENCH_PG_URL`, exit with status
+//! 2 and say so.
 //!
 //! # Layout
 //! - `cli`: the command line and the checks of what this build can run.

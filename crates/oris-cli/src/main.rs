@@ -11,7 +11,7 @@ use oris::{Seq, ThreadId};
 #[derive(Debug, Parser)]
 #[command(name = "oris", version, about)]
 struct Cli {
-    /// Store URL: sqlite://PATH or memory://
+    /// Store URL: sqlite://PATH, postgres://USER@HOST:PORT/DB or memory://
     #[arg(
         long,
         global = true,

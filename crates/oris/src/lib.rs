@@ -59,9 +59,12 @@ pub use oris_runtime::{
     Route, RunOptions, RunOutcome, StateGraph, SystemClock, ThreadState, Verification,
 };
 
-/// Storage: the traits, the in-memory store, and (feature `sqlite`) the SQLite store.
+/// Storage: the traits, the in-memory store, (feature `sqlite`) the SQLite store and
+/// (feature `postgres`) the PostgreSQL store.
 pub mod store {
     pub use oris_core::store::*;
+    #[cfg(feature = "postgres")]
+    pub use oris_postgres::{Listener, PostgresOptions, PostgresStore, Wake, redact_url};
     #[cfg(feature = "sqlite")]
     pub use oris_sqlite::{SqliteOptions, SqliteStore};
 }
@@ -81,7 +84,10 @@ pub mod __private {
 #[non_exhaustive]
 pub enum OpenError {
     /// The URL's scheme is not supported by this build.
-    #[error("unsupported store URL `{0}`: expected sqlite://PATH or memory://")]
+    #[error(
+        "unsupported store URL `{0}`: expected sqlite://PATH, postgres://… (with the \
+         `postgres` feature) or memory://"
+    )]
     Unsupported(String),
     /// The store failed to open.
     #[error("cannot open store `{url}`: {source}")]
@@ -93,14 +99,29 @@ pub enum OpenError {
     },
 }
 
-/// Opens a store from a URL: `sqlite://PATH` (relative or absolute; created if missing)
-/// or `memory://` (nothing persists).
+/// Opens a store from a URL:
+/// - `sqlite://PATH` (relative or absolute; created if missing; feature `sqlite`, on by
+///   default);
+/// - `postgres://USER:PASSWORD@HOST:PORT/DB` or `postgresql://…` (feature `postgres`):
+///   connects with the default [`PostgresOptions`](store::PostgresOptions) (a pool of 16
+///   connections, the `public` schema, no TLS) and migrates the schema;
+/// - `memory://` (nothing persists).
 ///
 /// # Errors
-/// [`OpenError`] naming the URL.
+/// [`OpenError`] naming the URL — for PostgreSQL without its password.
 pub async fn open_store(url: &str) -> Result<Arc<dyn store::Store>, OpenError> {
     if url == "memory://" || url == "memory:" {
         return Ok(Arc::new(store::MemoryStore::new()));
+    }
+    #[cfg(feature = "postgres")]
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let s = store::PostgresStore::connect(url, store::PostgresOptions::default())
+            .await
+            .map_err(|source| OpenError::Store {
+                url: oris_postgres::redact_url(url),
+                source,
+            })?;
+        return Ok(Arc::new(s));
     }
     #[cfg(feature = "sqlite")]
     if let Some(path) = url

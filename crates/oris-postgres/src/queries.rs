@@ -1,0 +1,376 @@
+//! Every SQL statement, as templates where `{S}.` stands for the store's (quoted) schema.
+//! [`Sql::new`] fills the schema in once, at connect time, so statements are plain
+//! strings afterwards (and the same text each time, for the statement cache).
+
+use oris_core::status::StatusKind;
+use oris_core::store::RunFilter;
+
+/// Declares the statements: one `String` field of [`Sql`] per template.
+macro_rules! statements {
+    ($($(#[$doc:meta])* $name:ident = $sql:expr;)*) => {
+        /// The statements of one store, with its schema filled in.
+        #[derive(Debug)]
+        pub(crate) struct Sql {
+            /// The quoted schema and a dot, e.g. `"public".`.
+            pub prefix: String,
+            /// The wake-up channel of the schema.
+            pub channel: String,
+            $($(#[$doc])* pub $name: String,)*
+        }
+
+        impl Sql {
+            /// The statements for `schema`.
+            pub(crate) fn new(schema: &str) -> Sql {
+                let prefix = format!("{}.", quote_ident(schema));
+                Sql {
+                    $($name: $sql.replace("{S}.", &prefix),)*
+                    prefix,
+                    channel: channel(schema),
+                }
+            }
+
+            /// Fills the schema into a template.
+            pub(crate) fn fill(&self, template: &str) -> String {
+                template.replace("{S}.", &self.prefix)
+            }
+        }
+    };
+}
+
+/// Quotes an SQL identifier.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Columns of a thread with its active and last runs: 0 key, 1 graph, 2 head,
+/// 3 active_run_key, 4 active run_id, 5 last_run_key, 6 last run_id, 7 created_at,
+/// 8 updated_at.
+macro_rules! thread_select {
+    () => {
+        "\
+SELECT t.key, t.graph, t.head, t.active_run_key, a.run_id, t.last_run_key, l.run_id,
+       t.created_at, t.updated_at
+FROM {S}.threads t
+LEFT JOIN {S}.runs a ON a.key = t.active_run_key
+LEFT JOIN {S}.runs l ON l.key = t.last_run_key
+WHERE t.thread_id = $1"
+    };
+}
+
+/// Columns of a run: 0 key, 1 run_id, 2 thread_key, 3 thread_id, 4 graph,
+/// 5 graph_version, 6 status, 7 status_data, 8 first_seq, 9 created_at, 10 updated_at.
+macro_rules! run_select {
+    () => {
+        "\
+SELECT r.key, r.run_id, r.thread_key, t.thread_id, r.graph, r.graph_version,
+       r.status, r.status_data, r.first_seq, r.created_at, r.updated_at
+FROM {S}.runs r
+JOIN {S}.threads t ON t.key = r.thread_key"
+    };
+}
+
+/// Columns of an interrupt: 0 key, 1 interrupt_id, 2 thread_key, 3 thread_id, 4 run_key,
+/// 5 run_id, 6 node, 7 payload, 8 raised_seq, 9 raised_at, 10 answer, 11 answered_at,
+/// 12 applied_seq, 13 run status, 14 run status_data.
+macro_rules! interrupt_select {
+    () => {
+        "\
+SELECT i.key, i.interrupt_id, i.thread_key, t.thread_id, i.run_key, r.run_id, i.node,
+       i.payload, i.raised_seq, i.raised_at, i.answer, i.answered_at, i.applied_seq,
+       r.status, r.status_data
+FROM {S}.interrupts i
+LEFT JOIN {S}.threads t ON t.key = i.thread_key
+LEFT JOIN {S}.runs r ON r.key = i.run_key"
+    };
+}
+
+/// Columns of a delivery: 0 key, 1 delivery_id, 2 name, 3 payload, 4 idem_key, 5 sent_at,
+/// 6 consumed_seq.
+macro_rules! delivery_select {
+    () => {
+        "\
+SELECT d.key, d.delivery_id, d.name, d.payload, d.idem_key, d.sent_at, d.consumed_seq
+FROM {S}.deliveries d"
+    };
+}
+
+statements! {
+    /// A thread by id (columns of `thread_select!`).
+    thread = thread_select!();
+    /// A thread by id, locked against other writers until the transaction ends. `NO KEY
+    /// UPDATE` serializes commits of one thread but lets deliveries and interrupt inserts
+    /// check their foreign keys (`KEY SHARE`) without waiting.
+    thread_for_update = concat!(thread_select!(), "\nFOR NO KEY UPDATE OF t");
+    /// A thread by id, locked exclusively (deleting it).
+    thread_for_delete = concat!(thread_select!(), "\nFOR UPDATE OF t");
+    /// A thread's key, locked so that it is not deleted meanwhile.
+    thread_key_share = "SELECT key FROM {S}.threads WHERE thread_id = $1 FOR KEY SHARE";
+    /// Creates a thread; no row when another transaction created it first.
+    insert_thread = "\
+INSERT INTO {S}.threads (thread_id, graph, head, created_at, updated_at)
+VALUES ($1, $2, 0, $3, $3)
+ON CONFLICT (thread_id) DO NOTHING
+RETURNING key";
+    /// Sets a thread's head, runs and time.
+    update_thread = "\
+UPDATE {S}.threads SET head = $2, active_run_key = $3, last_run_key = $4, updated_at = $5
+WHERE key = $1";
+    /// A run by id (columns of `run_select!`).
+    run = concat!(run_select!(), "\nWHERE r.run_id = $1");
+    /// A run's key and thread key, by id.
+    run_ref = "SELECT key, thread_key FROM {S}.runs WHERE run_id = $1";
+    /// Creates a run.
+    insert_run = "\
+INSERT INTO {S}.runs (run_id, thread_key, graph, graph_version, status, status_data, first_seq,
+                      created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+RETURNING key";
+    /// Sets a run's status.
+    update_run_status =
+        "UPDATE {S}.runs SET status = $2, status_data = $3, updated_at = $4 WHERE key = $1";
+    /// Appends events: one row per array element.
+    insert_events = "\
+INSERT INTO {S}.events (thread_key, seq, run_key, at, kind, superstep, task, node, attempt,
+                        data, extra)
+SELECT $1, s, $2, a, k, ss, tk, n, att, d, x
+FROM unnest($3::bigint[], $4::bigint[], $5::smallint[], $6::bigint[], $7::bigint[],
+            $8::text[], $9::bigint[], $10::text[], $11::text[])
+     AS e (s, a, k, ss, tk, n, att, d, x)";
+    /// Events of a thread with seq above `$2`, in order, at most `$3`. Columns: 0 seq,
+    /// 1 run_key, 2 run_id, 3 at, 4 kind, 5 superstep, 6 task, 7 node, 8 attempt, 9 data,
+    /// 10 extra.
+    events = "\
+SELECT e.seq, e.run_key, r.run_id, e.at, e.kind, e.superstep, e.task, e.node, e.attempt,
+       e.data, e.extra
+FROM {S}.events e
+LEFT JOIN {S}.runs r ON r.key = e.run_key
+WHERE e.thread_key = (SELECT key FROM {S}.threads WHERE thread_id = $1) AND e.seq > $2
+ORDER BY e.seq
+LIMIT $3";
+    /// Deletes a thread's events with `seq <= $2`.
+    delete_events_upto = "DELETE FROM {S}.events WHERE thread_key = $1 AND seq <= $2";
+    /// Inserts one event (a prune base).
+    insert_event = "\
+INSERT INTO {S}.events (thread_key, seq, run_key, at, kind, superstep, task, node, attempt,
+                        data, extra)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+    /// Deletes a thread's interrupts applied before seq `$2` (pruning).
+    prune_interrupts = "DELETE FROM {S}.interrupts WHERE thread_key = $1 AND applied_seq < $2";
+    /// Deletes a thread's deliveries consumed before seq `$2` (pruning).
+    prune_deliveries = "DELETE FROM {S}.deliveries WHERE thread_key = $1 AND consumed_seq < $2";
+    /// Deletes everything of a thread, children first (foreign keys), in one statement.
+    delete_thread = "\
+WITH e AS (DELETE FROM {S}.events WHERE thread_key = $1),
+     d AS (DELETE FROM {S}.deliveries WHERE thread_key = $1),
+     i AS (DELETE FROM {S}.interrupts WHERE thread_key = $1),
+     s AS (DELETE FROM {S}.snapshots WHERE thread_key = $1)
+UPDATE {S}.threads SET active_run_key = NULL, last_run_key = NULL WHERE key = $1";
+    /// Deletes a thread's runs and the thread (after `delete_thread`).
+    delete_thread_rows = "\
+WITH r AS (DELETE FROM {S}.runs WHERE thread_key = $1)
+DELETE FROM {S}.threads WHERE key = $1";
+    /// Writes a thread's snapshot, replacing the previous one.
+    upsert_snapshot = "\
+INSERT INTO {S}.snapshots (thread_key, at_seq, run_key, next_superstep, state, boundary, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (thread_key) DO UPDATE SET
+    at_seq = excluded.at_seq, run_key = excluded.run_key,
+    next_superstep = excluded.next_superstep, state = excluded.state,
+    boundary = excluded.boundary, created_at = excluded.created_at";
+    /// A thread's snapshot if it stands at or before `$2`. Columns: 0 at_seq, 1 run_key,
+    /// 2 run_id, 3 next_superstep, 4 state, 5 boundary, 6 created_at.
+    snapshot = "\
+SELECT s.at_seq, s.run_key, r.run_id, s.next_superstep, s.state, s.boundary, s.created_at
+FROM {S}.snapshots s
+JOIN {S}.threads t ON t.key = s.thread_key
+LEFT JOIN {S}.runs r ON r.key = s.run_key
+WHERE t.thread_id = $1 AND s.at_seq <= $2";
+    /// Deletes a thread's snapshot.
+    delete_snapshots = "DELETE FROM {S}.snapshots WHERE thread_key = $1";
+    /// Which of the interrupt ids `$1` are taken.
+    interrupts_exist = "SELECT interrupt_id FROM {S}.interrupts WHERE interrupt_id = ANY($1)";
+    /// Records a raised interrupt.
+    insert_interrupt = "\
+INSERT INTO {S}.interrupts (interrupt_id, thread_key, run_key, node, payload, raised_seq, raised_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)";
+    /// Marks an interrupt applied by the `InterruptResumed` event at seq `$2`, taking that
+    /// event's value `$3` (at time `$4`) as its answer when none was recorded.
+    apply_interrupt = "\
+UPDATE {S}.interrupts SET applied_seq = $2, answer = coalesce(answer, $3),
+                          answered_at = coalesce(answered_at, $4)
+WHERE interrupt_id = $1";
+    /// Records an interrupt's answer.
+    answer_interrupt = "UPDATE {S}.interrupts SET answer = $2, answered_at = $3 WHERE key = $1";
+    /// An interrupt by id (columns of `interrupt_select!`).
+    interrupt = concat!(interrupt_select!(), "\nWHERE i.interrupt_id = $1");
+    /// An interrupt by id, locked until the transaction ends.
+    interrupt_for_update = concat!(interrupt_select!(), "\nWHERE i.interrupt_id = $1\nFOR UPDATE OF i");
+    /// A thread's interrupts, in raised order.
+    interrupts_of_thread = concat!(
+        interrupt_select!(),
+        "\nWHERE i.thread_key = (SELECT key FROM {S}.threads WHERE thread_id = $1)\nORDER BY i.raised_seq"
+    );
+    /// A thread's deliveries, in arrival order.
+    deliveries_of_thread = concat!(
+        delivery_select!(),
+        "\nWHERE d.thread_key = (SELECT key FROM {S}.threads WHERE thread_id = $1)\nORDER BY d.key"
+    );
+    /// A thread's unconsumed deliveries, in arrival order (`deliveries_pending`).
+    pending_deliveries_of_thread = concat!(
+        delivery_select!(),
+        "\nWHERE d.thread_key = (SELECT key FROM {S}.threads WHERE thread_id = $1) AND d.consumed_seq IS NULL\nORDER BY d.key"
+    );
+    /// A thread's delivery with idempotency key `$2`.
+    delivery_by_idem_key = concat!(
+        delivery_select!(),
+        "\nWHERE d.thread_key = $1 AND d.idem_key = $2"
+    );
+    /// Buffers a delivery; no row when one with the same idempotency key was recorded
+    /// meanwhile.
+    insert_delivery = "\
+INSERT INTO {S}.deliveries (delivery_id, thread_key, name, payload, idem_key, sent_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (thread_key, idem_key) WHERE idem_key IS NOT NULL DO NOTHING
+RETURNING key";
+    /// Marks a thread's delivery consumed by the `EventReceived` event at seq `$3`.
+    consume_delivery =
+        "UPDATE {S}.deliveries SET consumed_seq = $3 WHERE delivery_id = $1 AND thread_key = $2";
+    /// The schema's version.
+    version = "SELECT max(version) FROM {S}.oris_schema_migrations";
+    /// Records a migration.
+    record_version = "INSERT INTO {S}.oris_schema_migrations (version) VALUES ($1)";
+}
+
+/// The channel of wake-up notifications of the `public` schema; the payload is the thread
+/// id.
+pub(crate) const CHANNEL: &str = "oris_changed";
+
+/// The channel of the stores in `schema`: [`CHANNEL`] for `public`, `oris_changed.SCHEMA`
+/// for others (so stores in other schemas of the database do not wake each other), or,
+/// when that is longer than PostgreSQL's 63-byte identifiers, a hash of the schema name.
+pub(crate) fn channel(schema: &str) -> String {
+    if schema == "public" {
+        return CHANNEL.to_owned();
+    }
+    let named = format!("{CHANNEL}.{schema}");
+    if named.len() <= 63 {
+        return named;
+    }
+    // FNV-1a: stable across builds and platforms.
+    let hash = schema.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{CHANNEL}.{hash:016x}")
+}
+
+/// Sends a wake-up on channel `$1` for thread `$2` (delivered when the transaction
+/// commits).
+pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+
+/// The run listing for `filter`, oldest first. Parameters, in order and only when the
+/// filter has them: thread id (text), graph (text), after (uuid); then the limit (bigint).
+///
+/// Statuses are inlined as literals (they are `StatusKind::as_str` constants, not input).
+/// When every requested status is unfinished, the predicate of the partial index
+/// `runs_unfinished` is added with literals, so the planner can prove the index applies
+/// (it cannot with a bound parameter under a generic plan).
+pub(crate) fn runs(sql: &Sql, filter: &RunFilter) -> String {
+    let mut text = sql.fill(run_select!());
+    let mut clauses = Vec::new();
+    let mut n = 0;
+    if filter.thread_id.is_some() {
+        n += 1;
+        clauses.push(format!(
+            "r.thread_key = (SELECT key FROM {}threads WHERE thread_id = ${n})",
+            sql.prefix
+        ));
+    }
+    if filter.graph.is_some() {
+        n += 1;
+        clauses.push(format!("r.graph = ${n}"));
+    }
+    if !filter.statuses.is_empty() {
+        let list: Vec<String> = filter
+            .statuses
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        clauses.push(format!("r.status IN ({})", list.join(", ")));
+        if filter.statuses.iter().all(|s| !s.is_terminal()) {
+            clauses.push(unfinished_predicate());
+        }
+    }
+    if filter.after.is_some() {
+        n += 1;
+        clauses.push(format!("r.run_id > ${n}"));
+    }
+    for (i, clause) in clauses.iter().enumerate() {
+        text.push_str(if i == 0 { "\nWHERE " } else { "\n  AND " });
+        text.push_str(clause);
+    }
+    n += 1;
+    text.push_str(&format!("\nORDER BY r.run_id\nLIMIT ${n}"));
+    text
+}
+
+/// `r.status IN ('queued', 'running', 'interrupted', 'waiting')`: the predicate of the
+/// partial index `runs_unfinished`.
+fn unfinished_predicate() -> String {
+    let list: Vec<String> = StatusKind::ALL
+        .iter()
+        .filter(|s| !s.is_terminal())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    format!("r.status IN ({})", list.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oris_core::id::{RunId, ThreadId};
+
+    #[test]
+    fn schema_is_quoted_into_every_statement() {
+        let sql = Sql::new(r#"we"ird"#);
+        assert!(
+            sql.thread.contains(r#"FROM "we""ird".threads t"#),
+            "{}",
+            sql.thread
+        );
+        assert!(!sql.insert_events.contains("{S}"));
+    }
+
+    #[test]
+    fn channels_fit_in_an_identifier() {
+        assert_eq!(channel("public"), "oris_changed");
+        assert_eq!(channel("tenant_a"), "oris_changed.tenant_a");
+        let long = "x".repeat(63);
+        assert!(channel(&long).len() <= 63);
+        assert_ne!(channel(&long), channel(&"y".repeat(63)));
+    }
+
+    #[test]
+    fn listing_numbers_its_parameters() {
+        let sql = Sql::new("public");
+        let text = runs(
+            &sql,
+            &RunFilter {
+                thread_id: Some(ThreadId::new("t").unwrap()),
+                graph: Some("g".into()),
+                statuses: vec![StatusKind::Completed, StatusKind::Queued],
+                after: Some(RunId::generate()),
+                limit: 5,
+            },
+        );
+        assert!(text.ends_with("LIMIT $4"), "{text}");
+        assert!(text.contains("r.run_id > $3"), "{text}");
+        assert!(
+            text.contains("r.status IN ('completed', 'queued')"),
+            "{text}"
+        );
+        assert!(!text.contains("'running'"), "{text}");
+        let text = runs(&sql, &RunFilter::unfinished());
+        assert!(text.ends_with("LIMIT $1"), "{text}");
+        assert!(text.contains(&unfinished_predicate()), "{text}");
+    }
+}

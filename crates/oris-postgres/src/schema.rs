@@ -1,0 +1,229 @@
+//! The schema, as ordered migrations, and the code that applies them.
+//!
+//! Versions are rows of `oris_schema_migrations (version, applied_at)` in the store's
+//! schema. Migration `i` (0-based) takes the database from version `i` to `i + 1`. All
+//! pending migrations run in **one transaction under a transaction-level advisory lock**
+//! (keyed by the schema name), so two processes starting at once serialize: the second
+//! finds the work done. DDL is transactional in PostgreSQL, so a failed migration leaves
+//! nothing behind. A database whose version is above [`LATEST`] was written by a newer
+//! Oris and is refused ([`Error::Incompatible`]) rather than guessed at.
+//!
+//! Design notes:
+//! - Integer surrogate keys (`bigint` identities) for threads and runs keep the event rows
+//!   small; run, interrupt and delivery ids are `uuid` (16 bytes, readable in `psql`).
+//! - JSON is stored as `text`, not `jsonb`: payloads must come back byte for byte
+//!   (`jsonb` reorders keys and drops whitespace). Large values are compressed by
+//!   PostgreSQL's TOAST (over ~2 KB), so snapshots need no compression of their own.
+//! - `events` has no foreign keys: a foreign-key check is a trigger per inserted row, and
+//!   the log is the hottest table. The store is its only writer, deletes a thread's events
+//!   with the thread, and every read validates the row (a dangling run key is corrupt).
+//! - Times are milliseconds since the Unix epoch (`bigint`), as in the core's `Timestamp`.
+
+use oris_core::store::Error;
+
+/// Version 1: threads, runs, the event log, one snapshot per thread, interrupts and
+/// deliveries. `{S}.` stands for the store's schema (quoted), filled in at connect time.
+///
+/// Keep the `CHECK` lists in sync with `StatusKind::ALL` and the event kind codes in
+/// `codec.rs`; unit tests compare them.
+pub(crate) const V1: &str = r#"
+CREATE TABLE {S}.threads (
+    key            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    thread_id      text   NOT NULL UNIQUE,
+    graph          text   NOT NULL,
+    head           bigint NOT NULL CHECK (head >= 0),
+    active_run_key bigint,
+    last_run_key   bigint,
+    created_at     bigint NOT NULL,
+    updated_at     bigint NOT NULL
+);
+
+CREATE TABLE {S}.runs (
+    key           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id        uuid   NOT NULL UNIQUE,
+    thread_key    bigint NOT NULL REFERENCES {S}.threads (key),
+    graph         text   NOT NULL,
+    graph_version text   NOT NULL,
+    status        text   NOT NULL
+                  CHECK (status IN ('queued', 'running', 'interrupted', 'waiting', 'completed', 'failed', 'cancelled')),
+    status_data   text   NOT NULL,
+    first_seq     bigint NOT NULL,
+    created_at    bigint NOT NULL,
+    updated_at    bigint NOT NULL
+);
+
+ALTER TABLE {S}.threads
+    ADD FOREIGN KEY (active_run_key) REFERENCES {S}.runs (key),
+    ADD FOREIGN KEY (last_run_key) REFERENCES {S}.runs (key);
+
+CREATE INDEX runs_by_thread ON {S}.runs (thread_key, run_id);
+
+-- Only unfinished runs are in it, so finished runs cost nothing here; recovery lists it.
+-- Queries must repeat this predicate with literals for the planner to use the index.
+CREATE INDEX runs_unfinished ON {S}.runs (run_id)
+    WHERE status IN ('queued', 'running', 'interrupted', 'waiting');
+
+-- kind codes: 0 node_completed, 1 run_started, 2 node_failed, 3 run_completed,
+-- 4 run_failed, 5 run_cancelled, 6 step_recorded, 7 interrupt_raised, 8 interrupt_resumed,
+-- 9 run_suspended, 10 run_resumed, 11 event_received, 12 run_rebased, 13 state_updated,
+-- 14 history_pruned.
+CREATE TABLE {S}.events (
+    thread_key bigint   NOT NULL,
+    seq        bigint   NOT NULL CHECK (seq > 0),
+    run_key    bigint   NOT NULL,
+    at         bigint   NOT NULL,
+    kind       smallint NOT NULL CHECK (kind IN (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14)),
+    superstep  bigint,
+    task       bigint,
+    node       text,
+    attempt    bigint,
+    data       text,
+    extra      text,
+    PRIMARY KEY (thread_key, seq)
+);
+
+-- One row per thread: a new snapshot replaces the previous one. The log is the source of
+-- truth; the snapshot only saves replaying it.
+CREATE TABLE {S}.snapshots (
+    thread_key     bigint PRIMARY KEY REFERENCES {S}.threads (key),
+    at_seq         bigint NOT NULL,
+    run_key        bigint NOT NULL REFERENCES {S}.runs (key),
+    next_superstep bigint NOT NULL,
+    state          text   NOT NULL,
+    boundary       text   NOT NULL,
+    created_at     bigint NOT NULL
+);
+
+-- Interrupts raised by runs, with the resume value once recorded and the seq of the
+-- `interrupt_resumed` event that applied it.
+CREATE TABLE {S}.interrupts (
+    key          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    interrupt_id uuid   NOT NULL UNIQUE,
+    thread_key   bigint NOT NULL REFERENCES {S}.threads (key),
+    run_key      bigint NOT NULL REFERENCES {S}.runs (key),
+    node         text   NOT NULL,
+    payload      text   NOT NULL,
+    raised_seq   bigint NOT NULL,
+    raised_at    bigint NOT NULL,
+    answer       text,
+    answered_at  bigint,
+    applied_seq  bigint,
+    CHECK ((answer IS NULL) = (answered_at IS NULL))
+);
+
+CREATE INDEX interrupts_by_thread ON {S}.interrupts (thread_key, raised_seq);
+
+-- External events sent to threads, in arrival order (`key`), until an `event_received`
+-- event consumes them (`consumed_seq`). `idem_key` is the sender's idempotency key.
+CREATE TABLE {S}.deliveries (
+    key          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    delivery_id  uuid   NOT NULL UNIQUE,
+    thread_key   bigint NOT NULL REFERENCES {S}.threads (key),
+    name         text   NOT NULL,
+    payload      text   NOT NULL,
+    idem_key     text,
+    sent_at      bigint NOT NULL,
+    consumed_seq bigint
+);
+
+CREATE INDEX deliveries_by_thread ON {S}.deliveries (thread_key, key);
+
+CREATE INDEX deliveries_pending ON {S}.deliveries (thread_key, key) WHERE consumed_seq IS NULL;
+
+CREATE UNIQUE INDEX deliveries_by_idem_key ON {S}.deliveries (thread_key, idem_key)
+    WHERE idem_key IS NOT NULL;
+"#;
+
+/// The migrations, in order; `MIGRATIONS[i]` upgrades version `i` to `i + 1`.
+pub(crate) const MIGRATIONS: &[&str] = &[V1];
+
+/// The schema version this code writes and understands.
+pub const LATEST: i32 = MIGRATIONS.len() as i32;
+
+/// Creates the schema (if not `public`) and the versions table; idempotent.
+pub(crate) const PREPARE: &str = "
+CREATE TABLE IF NOT EXISTS {S}.oris_schema_migrations (
+    version    integer     PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)";
+
+/// The version a database is at, given the highest recorded one.
+///
+/// # Errors
+/// [`Error::Incompatible`] when it is newer than [`LATEST`] or negative.
+pub(crate) fn check_version(found: Option<i32>, where_: &str) -> Result<i32, Error> {
+    let version = found.unwrap_or(0);
+    if version > LATEST {
+        return Err(Error::Incompatible(format!(
+            "{where_} has schema version {version}, newer than version {LATEST}, the newest \
+             this build of oris-postgres knows; use a newer Oris"
+        )));
+    }
+    if version < 0 {
+        return Err(Error::Incompatible(format!(
+            "{where_} has an invalid schema version {version}"
+        )));
+    }
+    Ok(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{kind_code, kind_from_code};
+    use oris_core::event::EventKind;
+    use oris_core::status::StatusKind;
+
+    fn check_list(marker: &str) -> Vec<String> {
+        let start = V1.find(marker).expect("marker in schema") + marker.len();
+        let end = start + V1[start..].find(')').expect("closing parenthesis");
+        V1[start..end]
+            .split(',')
+            .map(|s| s.trim().trim_matches('\'').to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn status_check_lists_every_status_kind() {
+        let expected: Vec<String> = StatusKind::ALL
+            .iter()
+            .map(|k| k.as_str().to_owned())
+            .collect();
+        assert_eq!(check_list("CHECK (status IN ("), expected);
+        let unfinished: Vec<String> = StatusKind::ALL
+            .iter()
+            .filter(|k| !k.is_terminal())
+            .map(|k| k.as_str().to_owned())
+            .collect();
+        assert_eq!(check_list("WHERE status IN ("), unfinished);
+    }
+
+    #[test]
+    fn kind_check_lists_every_event_kind_code() {
+        let mut listed: Vec<i16> = check_list("CHECK (kind IN (")
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        listed.sort_unstable();
+        let mut expected: Vec<i16> = EventKind::ALL
+            .iter()
+            .map(|k| kind_code(*k).expect("every kind has a code"))
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(listed, expected);
+        for code in listed {
+            assert!(kind_from_code(code).is_some(), "code {code}");
+        }
+    }
+
+    #[test]
+    fn newer_versions_are_refused_naming_both() {
+        assert_eq!(check_version(None, "db").unwrap(), 0);
+        assert_eq!(check_version(Some(LATEST), "db").unwrap(), LATEST);
+        let e = check_version(Some(LATEST + 1), "db")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("version {}", LATEST + 1)), "{e}");
+        assert!(e.contains(&format!("version {LATEST}")), "{e}");
+    }
+}
