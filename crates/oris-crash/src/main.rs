@@ -1,6 +1,7 @@
 //! `oris-crash`: the process the crash test (`tests/crash.rs`) kills with SIGKILL.
 //!
-//! It runs one of six graphs on a SQLite file, records every node execution (and every
+//! It runs one of six graphs on a SQLite file or in a PostgreSQL schema (`--db
+//! postgres://… --pg-schema NAME`), records every node execution (and every
 //! execution of a recorded step's body) in a marks file, and can stop at a named point —
 //! printing `PAUSED <point>` on stdout and then blocking forever — so the test can kill it at
 //! exactly that point. In `recover` mode it opens the same file, lets [`Engine::recover`]
@@ -13,11 +14,24 @@
 //! event was sent is waited for the same way.
 //!
 //! ```text
-//! oris-crash --db PATH --marks PATH --graph linear|fanout|loop|approval|sleeper|payment \
+//! oris-crash --db PATH|postgres://… [--pg-schema S] --marks PATH \
+//!     --graph linear|fanout|loop|approval|sleeper|payment \
 //!     --thread T (start|recover|resume|send) [--pause-at POINT] [--yields N] \
 //!     [--durability MODE] [--snapshot-every N] [--value V] [--interrupt ID] [--key K] \
-//!     [--sleep-ms N]
+//!     [--sleep-ms N] [--node-ms N] [--gate PATH] \
+//!     [--threads T1,T2,… [--recover-gate PATH] [--late-threads T,… --late-gate PATH]]
 //! ```
+//!
+//! With `--threads` (linear graph only) one process runs many threads: `start` starts a
+//! run on each concurrently (a refused start — `RunActive` because another process
+//! runs the thread, or a store `Conflict` when both created the thread at once — is
+//! reported as `{"error": "run_active" | "conflict"}`), then — with `--recover-gate`
+//! — waits for that file and recovers every unfinished run of the store, including other
+//! (killed) processes' runs; `recover` recovers them in a fresh process. `--gate` prints
+//! `READY` and waits for a file before starting, so two processes start together;
+//! `--node-ms` makes every node sleep, so their runs overlap; `--late-threads` are started
+//! once the file `--late-gate` exists (when another process's runs on them are active). Commits (and pause points
+//! counting them) are counted over all the process's runs.
 //!
 //! Graphs (`../shared/brief/WORKLOADS.md`):
 //! - `linear`: W1, `n0 → … → n9`; final `counter == 10`, `log == [n0 … n9]`.
@@ -87,7 +101,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use oris::event::EventBody;
-use oris::store::{Commit, SqliteOptions, SqliteStore};
+use oris::store::{Commit, PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store};
 use oris::{
     CompiledGraph, Context, Durability, END, Engine, EngineOptions, Error, GraphHandle,
     InterruptId, NodeError, Observer, RecoveryReport, RunOutcome, RunStatus, START, State,
@@ -109,9 +123,12 @@ const WAIT_LIMIT: Duration = Duration::from_secs(30);
 #[derive(Debug, Parser)]
 #[command(name = "oris-crash")]
 struct Cli {
-    /// The SQLite file.
+    /// The store: a SQLite file, or a `postgres://…` URL (with `--pg-schema`).
     #[arg(long)]
-    db: PathBuf,
+    db: String,
+    /// The PostgreSQL schema holding the tables (created if missing); default `public`.
+    #[arg(long)]
+    pg_schema: Option<String>,
     /// The marks file (appended to).
     #[arg(long)]
     marks: PathBuf,
@@ -119,8 +136,32 @@ struct Cli {
     #[arg(long, value_enum)]
     graph: GraphKind,
     /// The thread to run.
-    #[arg(long)]
+    #[arg(long, default_value = "crash-thread")]
     thread: String,
+    /// `linear` graph only: run on each of these threads instead of `--thread` — `start`
+    /// starts a run on every one of them concurrently (a refused start is reported, not a
+    /// failure); `recover` recovers every unfinished run. Prints one JSON line with every
+    /// thread's outcome and final state.
+    #[arg(long, value_delimiter = ',')]
+    threads: Vec<String>,
+    /// Print `READY` once the store is open, then wait until this file exists before the
+    /// mode's action (to start several processes at the same instant).
+    #[arg(long)]
+    gate: Option<PathBuf>,
+    /// With `--threads` in `start` mode: once every start returned, wait until this file
+    /// exists, then recover every unfinished run of the store (other processes' too).
+    #[arg(long)]
+    recover_gate: Option<PathBuf>,
+    /// With `--threads` in `start` mode: these threads (of `--threads`) are started only
+    /// once the file `--late-gate` exists.
+    #[arg(long, value_delimiter = ',')]
+    late_threads: Vec<String>,
+    /// See `--late-threads`.
+    #[arg(long)]
+    late_gate: Option<PathBuf>,
+    /// How long every node sleeps before it finishes, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    node_ms: u64,
     /// Start a run on the thread, or recover every unfinished run.
     #[arg(value_enum)]
     mode: Mode,
@@ -262,7 +303,6 @@ impl fmt::Display for Pause {
 /// What every node and the observer share.
 #[derive(Debug)]
 struct Env {
-    thread: String,
     marks: PathBuf,
     pause: Option<Pause>,
     yields: u32,
@@ -272,6 +312,8 @@ struct Env {
     sleep: Duration,
     /// Step body executions of this process, for their tokens.
     step_bodies: AtomicU64,
+    /// How long every node sleeps (on the tokio clock) before its exec mark.
+    node_delay: Duration,
 }
 
 impl Env {
@@ -312,6 +354,9 @@ impl Env {
         for _ in 0..self.yields {
             tokio::task::yield_now().await;
         }
+        if !self.node_delay.is_zero() {
+            tokio::time::sleep(self.node_delay).await;
+        }
         if let Some(Pause::Node(at)) = &self.pause
             && at.matches(ctx)
         {
@@ -319,7 +364,7 @@ impl Env {
         }
         let line = format!(
             "exec {} {} {} {} {}",
-            self.thread,
+            ctx.thread_id(),
             ctx.superstep(),
             ctx.task(),
             ctx.node(),
@@ -341,7 +386,7 @@ impl Env {
     fn enter(&self, ctx: &Context) -> Result<(), NodeError> {
         let line = format!(
             "enter {} {} {} {} {}",
-            self.thread,
+            ctx.thread_id(),
             ctx.superstep(),
             ctx.task(),
             ctx.node(),
@@ -365,7 +410,7 @@ impl Env {
             let token = format!("{step}#{}.{n}", std::process::id());
             let line = format!(
                 "exec-step {} {} {} {} {} {step} {token}",
-                env.thread,
+                ctx.thread_id(),
                 ctx.superstep(),
                 ctx.task(),
                 ctx.node(),
@@ -779,29 +824,143 @@ async fn settle_waiting(engine: &Engine, thread: &ThreadId) -> anyhow::Result<()
     Ok(())
 }
 
+/// Opens the store `--db` names: PostgreSQL for a `postgres://` or `postgresql://` URL (in
+/// `--pg-schema`), else a SQLite file.
+async fn open(cli: &Cli) -> anyhow::Result<Arc<dyn Store>> {
+    if cli.db.starts_with("postgres://") || cli.db.starts_with("postgresql://") {
+        let store = PostgresStore::connect(
+            &cli.db,
+            PostgresOptions {
+                schema: cli.pg_schema.clone(),
+                ..PostgresOptions::default()
+            },
+        )
+        .await
+        .with_context(|| format!("connecting to {}", oris::store::redact_url(&cli.db)))?;
+        return Ok(Arc::new(store));
+    }
+    anyhow::ensure!(
+        cli.pg_schema.is_none(),
+        "--pg-schema needs a postgres:// URL as --db"
+    );
+    let store = SqliteStore::open(&cli.db, SqliteOptions::default())
+        .await
+        .with_context(|| format!("opening {}", cli.db))?;
+    Ok(Arc::new(store))
+}
+
+fn println_flush(line: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Polls (every 2 ms) until `path` exists.
+async fn wait_for_file(path: &Path) {
+    while !path.exists() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// `--threads`: starts a `linear` run on every thread concurrently (`start`), or recovers
+/// every unfinished run (`recover`; in `start` mode too after `--recover-gate`, printing
+/// `STARTED` first). A refused start prints `REFUSED <thread> <kind> <message>` at once. At the end
+/// it prints `{"mode", "threads": {thread: {"outcome"} | {"error", "message"}}, "report",
+/// "finals": {thread: final state}}`.
+async fn run_many(
+    cli: &Cli,
+    engine: &Engine,
+    linear: &GraphHandle<Doc>,
+    env: &Arc<Env>,
+) -> anyhow::Result<()> {
+    let mut line = json!({"mode": null, "threads": null, "report": null});
+    match cli.mode {
+        Mode::Start => {
+            let mut tasks = tokio::task::JoinSet::new();
+            for t in &cli.threads {
+                let (h, t) = (linear.clone(), t.clone());
+                let gate = cli
+                    .late_gate
+                    .clone()
+                    .filter(|_| cli.late_threads.contains(&t));
+                tasks.spawn(async move {
+                    if let Some(gate) = gate {
+                        wait_for_file(&gate).await;
+                    }
+                    let r = h.start(&t, Doc::default()).await;
+                    (t, r)
+                });
+            }
+            let mut threads = serde_json::Map::new();
+            while let Some(joined) = tasks.join_next().await {
+                let (t, r) = joined.context("a start task panicked")?;
+                let v = match r {
+                    Ok(o) => json!({"outcome": outcome_kind(&o), "run": o.run_id().to_string()}),
+                    Err(e) => {
+                        let kind = match &e {
+                            Error::RunActive { .. } => "run_active",
+                            // Lost the race to create the thread: the other start's
+                            // `RunStarted` is the thread's head now.
+                            Error::Store(oris::store::Error::Conflict { .. }) => "conflict",
+                            _ => "other",
+                        };
+                        // At once, so a process killed later has told which starts were
+                        // refused.
+                        println_flush(&format!("REFUSED {t} {kind} {e}"))?;
+                        json!({"error": kind, "message": e.to_string()})
+                    }
+                };
+                threads.insert(t, v);
+            }
+            line["mode"] = json!("start");
+            line["threads"] = Value::Object(threads);
+            if let Some(gate) = &cli.recover_gate {
+                println_flush("STARTED")?;
+                wait_for_file(gate).await;
+                let r = engine.recover().await.context("recovering")?;
+                line["report"] = report_json(&r);
+            }
+        }
+        Mode::Recover => {
+            let r = engine.recover().await.context("recovering")?;
+            line["mode"] = json!("recover");
+            line["report"] = report_json(&r);
+        }
+        Mode::Resume | Mode::Send => anyhow::bail!("--threads supports start and recover only"),
+    }
+    if env.pause == Some(Pause::Returned) {
+        env.pause_here();
+    }
+    let mut finals = serde_json::Map::new();
+    for t in &cli.threads {
+        finals.insert(t.clone(), final_state(linear, t).await?);
+    }
+    line["finals"] = Value::Object(finals);
+    println_flush(&line.to_string())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let (workers_tx, workers_rx) = watch::channel(0u32);
     let serialize_workers = cli.mode == Mode::Start && cli.graph == GraphKind::Fanout;
     let env = Arc::new(Env {
-        thread: cli.thread.clone(),
         marks: cli.marks.clone(),
         pause: cli.pause_at.clone(),
         yields: cli.yields,
         workers: serialize_workers.then_some(workers_rx),
         sleep: Duration::from_millis(cli.sleep_ms),
         step_bodies: AtomicU64::new(0),
+        node_delay: Duration::from_millis(cli.node_ms),
     });
     let hooks = Arc::new(Hooks {
         env: env.clone(),
         commits: AtomicU64::new(0),
         workers: workers_tx,
     });
-    let store = SqliteStore::open(&cli.db, SqliteOptions::default())
-        .await
-        .with_context(|| format!("opening {}", cli.db.display()))?;
+    let store = open(&cli).await?;
     let defaults = EngineOptions::default();
     let engine = Engine::with_options(
-        Arc::new(store),
+        store,
         EngineOptions {
             observer: Some(hooks),
             durability: cli.durability,
@@ -816,6 +975,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let approval = engine.register(approval_graph(&env)?);
     let sleeper = engine.register(sleeper_graph(&env)?);
     let payment = engine.register(payment_graph(&env)?);
+    if let Some(gate) = &cli.gate {
+        println_flush("READY")?;
+        wait_for_file(gate).await;
+    }
+    if !cli.threads.is_empty() {
+        anyhow::ensure!(
+            cli.graph == GraphKind::Linear,
+            "--threads runs the linear graph only"
+        );
+        return run_many(&cli, &engine, &linear, &env).await;
+    }
     let flow = match cli.graph {
         GraphKind::Approval => Some(&approval),
         GraphKind::Sleeper => Some(&sleeper),

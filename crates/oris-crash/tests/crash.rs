@@ -28,6 +28,11 @@
 //! once, and step bodies ran again only when a kill fell between their execution and their
 //! record.
 //!
+//! A third part runs the same scenarios on PostgreSQL (a schema per case, dropped at its
+//! end; `ORIS_TEST_PG_URL` must be set — the tests fail, never skip, without it), and a
+//! last test runs two processes on one PostgreSQL schema, kills one and has the other
+//! recover its runs (see `postgres_two_processes_share_one_database_and_recover_a_killed_one`).
+//!
 //! Each case prints `ok`/`FAIL` with its pause points on stderr (`--nocapture`); a failure
 //! shows the steps taken, the marks file, every timeline read and the children's stderr.
 #![cfg(unix)]
@@ -45,7 +50,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use oris::event::{Event, EventBody, StepResult, Task};
-use oris::store::{SqliteOptions, SqliteStore, Store};
+use oris::store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store};
 use oris::{Seq, ThreadId};
 use serde_json::{Value, json};
 
@@ -230,15 +235,40 @@ struct Log {
     deliveries: Vec<(oris::DeliveryId, Option<Seq>)>,
 }
 
-fn read_log(db: &Path) -> anyhow::Result<Log> {
+fn read_log(db: &Where<'_>) -> anyhow::Result<Log> {
+    read_thread_log(db, THREAD)
+}
+
+/// Opens the store at `db` (in a runtime of the caller's).
+async fn open_store(db: &Where<'_>) -> anyhow::Result<Box<dyn Store>> {
+    Ok(match db {
+        Where::Sqlite(path) => Box::new(
+            SqliteStore::open(path, SqliteOptions::default())
+                .await
+                .with_context(|| format!("opening {}", path.display()))?,
+        ),
+        Where::Postgres(pg) => Box::new(
+            PostgresStore::connect(
+                &pg.base_url,
+                PostgresOptions {
+                    schema: Some(pg.schema.clone()),
+                    pool_size: 2,
+                    ..PostgresOptions::default()
+                },
+            )
+            .await
+            .with_context(|| format!("connecting to schema {}", pg.schema))?,
+        ),
+    })
+}
+
+fn read_thread_log(db: &Where<'_>, thread: &str) -> anyhow::Result<Log> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let store = SqliteStore::open(db, SqliteOptions::default())
-            .await
-            .with_context(|| format!("opening {}", db.display()))?;
-        let thread = ThreadId::new(THREAD)?;
+        let store = open_store(db).await?;
+        let thread = ThreadId::new(thread)?;
         let Some(t) = store.thread(&thread).await? else {
             return Ok(Log::default());
         };
@@ -280,6 +310,217 @@ fn read_log(db: &Path) -> anyhow::Result<Log> {
             deliveries,
         })
     })
+}
+
+// --- backends ---------------------------------------------------------------------------
+
+/// Which store a case runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    /// A SQLite file in the case's directory.
+    Sqlite,
+    /// A schema of its own in the database at `ORIS_TEST_PG_URL`, dropped at the end.
+    Postgres,
+}
+
+/// The database the PostgreSQL cases use. Panics — the test fails, it is never skipped —
+/// when `ORIS_TEST_PG_URL` is not set.
+fn pg_url() -> String {
+    match std::env::var("ORIS_TEST_PG_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!(
+            "ORIS_TEST_PG_URL is not set: the PostgreSQL crash tests need a server. Run \
+             ./scripts/test.sh (it starts a throwaway one), or set \
+             ORIS_TEST_PG_URL=postgres://USER@HOST:PORT/DB"
+        ),
+    }
+}
+
+/// A fresh schema of the PostgreSQL database, dropped (with everything in it) when this
+/// is. The children connect with an `application_name` naming the schema, so the test
+/// can wait until the server has finished with a killed child's connections.
+#[derive(Debug)]
+struct PgSchema {
+    /// `ORIS_TEST_PG_URL`.
+    base_url: String,
+    schema: String,
+    /// The children's `application_name`.
+    app: String,
+}
+
+impl PgSchema {
+    fn new() -> PgSchema {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let schema = format!(
+            "crash_{}_{}_{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        PgSchema {
+            base_url: pg_url(),
+            app: format!("oc_{schema}"),
+            schema,
+        }
+    }
+
+    /// The arguments naming the store for a child that connects as `application_name`
+    /// `app`: the base URL with that name, and the schema.
+    fn args_as(&self, app: &str) -> Vec<String> {
+        let u = &self.base_url;
+        let url = if u.starts_with("postgres://") || u.starts_with("postgresql://") {
+            let sep = if u.contains('?') { '&' } else { '?' };
+            format!("{u}{sep}application_name={app}")
+        } else {
+            format!("{u} application_name={app}")
+        };
+        vec![
+            "--db".into(),
+            url,
+            "--pg-schema".into(),
+            self.schema.clone(),
+        ]
+    }
+
+    /// The arguments naming the store for a child.
+    fn args(&self) -> Vec<String> {
+        self.args_as(&self.app)
+    }
+
+    /// Runs `f` on a connection of its own (outside any store).
+    fn with_client<T>(
+        &self,
+        f: impl AsyncFnOnce(&tokio_postgres::Client) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&self.base_url, tokio_postgres::NoTls)
+                .await
+                .context("connecting to ORIS_TEST_PG_URL")?;
+            let driver = tokio::spawn(conn);
+            let r = f(&client).await;
+            drop(client);
+            let _ = driver.await;
+            r
+        })
+    }
+
+    /// Waits until no connection of a (killed) child is left on the server: whatever a
+    /// killed child had sent is then committed or rolled back, so what is read next is
+    /// exactly what its kill left durable.
+    fn wait_children_gone(&self) -> anyhow::Result<()> {
+        self.wait_gone(&self.app)
+    }
+
+    /// Waits until no connection named `app` is left on the server.
+    fn wait_gone(&self, app: &str) -> anyhow::Result<()> {
+        let app = app.to_owned();
+        self.with_client(async move |c| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let row = c
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                        &[&app],
+                    )
+                    .await?;
+                let n: i64 = row.get(0);
+                if n == 0 {
+                    return Ok(());
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "{n} connections of killed children are still open after 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let sql = format!(
+            "SET lock_timeout = '20s'; DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            self.schema
+        );
+        let r = self.with_client(async move |c| Ok(c.batch_execute(&sql).await?));
+        if let Err(e) = r
+            && !thread::panicking()
+        {
+            panic!("dropping schema {}: {e:#}", self.schema);
+        }
+    }
+}
+
+/// A case's store.
+#[derive(Debug)]
+enum Db {
+    /// The SQLite file.
+    Sqlite(PathBuf),
+    Postgres(PgSchema),
+}
+
+/// A store to read.
+enum Where<'a> {
+    Sqlite(&'a Path),
+    Postgres(&'a PgSchema),
+}
+
+impl Db {
+    fn new(backend: Backend, dir: &Path) -> Db {
+        match backend {
+            Backend::Sqlite => Db::Sqlite(dir.join("oris.db")),
+            Backend::Postgres => Db::Postgres(PgSchema::new()),
+        }
+    }
+
+    fn at(&self) -> Where<'_> {
+        match self {
+            Db::Sqlite(p) => Where::Sqlite(p),
+            Db::Postgres(pg) => Where::Postgres(pg),
+        }
+    }
+
+    /// The arguments naming the store for a child.
+    fn args(&self) -> Vec<String> {
+        match self {
+            Db::Sqlite(p) => vec!["--db".into(), p.display().to_string()],
+            Db::Postgres(pg) => pg.args(),
+        }
+    }
+
+    /// The thread as stored now.
+    fn read(&self) -> anyhow::Result<Log> {
+        read_log(&self.at())
+    }
+
+    /// The thread as the kill of a child left it. SQLite: read from a copy (in `copy`) of
+    /// the files, so the next child opens them exactly as the kill left them. PostgreSQL:
+    /// once the server closed every connection of the killed child.
+    fn read_at_kill(&self, copy: &Path) -> anyhow::Result<Log> {
+        match self {
+            Db::Sqlite(db) => {
+                fs::create_dir_all(copy)?;
+                for suffix in ["", "-wal"] {
+                    let src = PathBuf::from(format!("{}{suffix}", db.display()));
+                    if src.exists() {
+                        fs::copy(&src, copy.join(format!("oris.db{suffix}")))?;
+                    }
+                }
+                read_log(&Where::Sqlite(&copy.join("oris.db")))
+            }
+            Db::Postgres(pg) => {
+                pg.wait_children_gone()?;
+                read_log(&Where::Postgres(pg))
+            }
+        }
+    }
 }
 
 /// One `NodeCompleted`.
@@ -559,6 +800,7 @@ fn read_marks(path: &Path) -> anyhow::Result<Vec<Vec<Exec>>> {
 struct Scene {
     _dir: tempfile::TempDir,
     path: PathBuf,
+    db: Db,
     graph: Graph,
     label: String,
     notes: Vec<String>,
@@ -570,10 +812,11 @@ struct Scene {
 }
 
 impl Scene {
-    fn new(graph: Graph, label: String) -> anyhow::Result<Scene> {
+    fn new(backend: Backend, graph: Graph, label: String) -> anyhow::Result<Scene> {
         let dir = tempfile::tempdir()?;
         Ok(Scene {
             path: dir.path().to_owned(),
+            db: Db::new(backend, dir.path()),
             _dir: dir,
             graph,
             label,
@@ -582,10 +825,6 @@ impl Scene {
             kills: Vec::new(),
             after: None,
         })
-    }
-
-    fn db(&self) -> PathBuf {
-        self.path.join("oris.db")
     }
 
     fn marks(&self) -> PathBuf {
@@ -598,8 +837,7 @@ impl Scene {
             .path
             .join(format!("child-{}-{mode}.stderr", self.children));
         let mut cmd = Command::new(BIN);
-        cmd.arg("--db")
-            .arg(self.db())
+        cmd.args(self.db.args())
             .arg("--marks")
             .arg(self.marks())
             .args(["--graph", self.graph.arg(), "--thread", THREAD, mode])
@@ -617,8 +855,7 @@ impl Scene {
         Ok(())
     }
 
-    /// Reads what the kill left durable from a copy of the database files, so the
-    /// recovering child opens them exactly as the kill left them, and checks it against
+    /// Reads what the kill left durable (see [`Db::read_at_kill`]), and checks it against
     /// what the pause point promises.
     fn record_kill(
         &mut self,
@@ -626,14 +863,7 @@ impl Scene {
         extra: &[String],
     ) -> anyhow::Result<()> {
         let copy = self.path.join(format!("copy-{}", self.kills.len() + 1));
-        fs::create_dir_all(&copy)?;
-        for suffix in ["", "-wal"] {
-            let src = PathBuf::from(format!("{}{suffix}", self.db().display()));
-            if src.exists() {
-                fs::copy(&src, copy.join(format!("oris.db{suffix}")))?;
-            }
-        }
-        let log = read_log(&copy.join("oris.db"))?;
+        let log = self.db.read_at_kill(&copy)?;
         let durable = completions(&log.events).len();
         let started = log
             .events
@@ -850,7 +1080,7 @@ impl Scene {
         );
 
         // 5. The final log (invariant 3), and every durable event kept as it was.
-        self.after = Some(read_log(&self.db())?);
+        self.after = Some(self.db.read()?);
         let after = self.after.as_ref().expect("just set");
         ensure!(
             after.run_status == Some("completed"),
@@ -925,11 +1155,19 @@ impl Scene {
 }
 
 fn run_cases(graph: Graph, extra: &[&str], cases: &[&[Fault]]) {
+    run_cases_on(Backend::Sqlite, graph, extra, cases);
+}
+
+fn run_cases_on(backend: Backend, graph: Graph, extra: &[&str], cases: &[&[Fault]]) {
     let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
     let mut failures = Vec::new();
     for faults in cases {
-        let label = format!("{} {extra:?} / {faults:?}", graph.arg());
-        let mut scene = Scene::new(graph, label.clone()).expect("temp dir");
+        let on = match backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => "postgres: ",
+        };
+        let label = format!("{on}{} {extra:?} / {faults:?}", graph.arg());
+        let mut scene = Scene::new(backend, graph, label.clone()).expect("temp dir");
         let started = Instant::now();
         match scene.run(faults, &extra) {
             Ok(()) => eprintln!("ok   {label} ({:?})", started.elapsed()),
@@ -1085,8 +1323,12 @@ fn loop_survives_kills_at_random_instants() {
     // here (spawn to exit), so that most kills land during the run rather than after it on
     // a fast disk. The machine's speed varies, so where kills land varies too; each round
     // prints what was durable at its kill.
-    let mut reference =
-        Scene::new(Graph::Loop, "loop / timing reference".to_owned()).expect("temp dir");
+    let mut reference = Scene::new(
+        Backend::Sqlite,
+        Graph::Loop,
+        "loop / timing reference".to_owned(),
+    )
+    .expect("temp dir");
     let t0 = Instant::now();
     let timed = reference
         .spawn("start", &["--yields".to_owned(), "3".to_owned()])
@@ -1111,7 +1353,7 @@ fn loop_survives_kills_at_random_instants() {
         }
         let label =
             format!("loop {extra:?} / random round {round}, kill after {delay:?}, seed {seed}");
-        let mut scene = Scene::new(Graph::Loop, label.clone()).expect("temp dir");
+        let mut scene = Scene::new(Backend::Sqlite, Graph::Loop, label.clone()).expect("temp dir");
         match scene.run(&[Fault::After(delay)], &extra) {
             Ok(()) => {
                 let at_kill = match scene.kills.first() {
@@ -1636,6 +1878,7 @@ fn check_flow_timeline(flow: Flow, answer: &str, events: &[Event]) -> anyhow::Re
 struct FlowScene {
     _dir: tempfile::TempDir,
     path: PathBuf,
+    db: Db,
     case: &'static FlowCase,
     /// Engine settings passed to every process (`--durability`).
     extra: Vec<String>,
@@ -1651,10 +1894,11 @@ struct FlowScene {
 }
 
 impl FlowScene {
-    fn new(case: &'static FlowCase, extra: &[&str]) -> anyhow::Result<FlowScene> {
+    fn new(backend: Backend, case: &'static FlowCase, extra: &[&str]) -> anyhow::Result<FlowScene> {
         let dir = tempfile::tempdir()?;
         Ok(FlowScene {
             path: dir.path().to_owned(),
+            db: Db::new(backend, dir.path()),
             _dir: dir,
             case,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
@@ -1665,10 +1909,6 @@ impl FlowScene {
             rescheduled: 0,
             due: 0,
         })
-    }
-
-    fn db(&self) -> PathBuf {
-        self.path.join("oris.db")
     }
 
     fn marks(&self) -> PathBuf {
@@ -1722,8 +1962,7 @@ impl FlowScene {
             .path
             .join(format!("child-{}-{mode}.stderr", self.children));
         let mut cmd = Command::new(BIN);
-        cmd.arg("--db")
-            .arg(self.db())
+        cmd.args(self.db.args())
             .arg("--marks")
             .arg(self.marks())
             .args(&args);
@@ -1740,17 +1979,10 @@ impl FlowScene {
         Ok(())
     }
 
-    /// Reads the store as a killed process left it, from a copy of its files.
+    /// Reads the store as a killed process left it (see [`Db::read_at_kill`]).
     fn read_killed(&self) -> anyhow::Result<Log> {
         let copy = self.path.join(format!("copy-{}", self.logs.len() + 1));
-        fs::create_dir_all(&copy)?;
-        for suffix in ["", "-wal"] {
-            let src = PathBuf::from(format!("{}{suffix}", self.db().display()));
-            if src.exists() {
-                fs::copy(&src, copy.join(format!("oris.db{suffix}")))?;
-            }
-        }
-        read_log(&copy.join("oris.db"))
+        self.db.read_at_kill(&copy)
     }
 
     /// Checks a finished process's printed line against what it was to do.
@@ -1859,7 +2091,7 @@ impl FlowScene {
                     );
                     self.check_output(act, &out, spawned_at)
                         .with_context(|| format!("process {}", j + 1))?;
-                    let log = read_log(&self.db())?;
+                    let log = self.db.read()?;
                     ensure!(
                         log.run_status == Some(status),
                         "process {}: the stored run is {:?}, expected {status}",
@@ -1916,7 +2148,7 @@ impl FlowScene {
                         "process {}: got {r}, expected {result}",
                         j + 1
                     );
-                    let log = read_log(&self.db())?;
+                    let log = self.db.read()?;
                     let prev = self.logs.last().ok_or_else(|| anyhow!("idle first"))?;
                     ensure!(
                         log.events == prev.events
@@ -2202,11 +2434,20 @@ impl FlowScene {
 }
 
 fn run_flow_cases(cases: &'static [FlowCase], extra: &[&str]) {
+    run_flow_cases_on(Backend::Sqlite, cases.iter().collect(), extra);
+}
+
+fn run_flow_cases_on(backend: Backend, cases: Vec<&'static FlowCase>, extra: &[&str]) {
     let mut failures = Vec::new();
     let (mut rescheduled, mut due) = (0, 0);
-    for case in cases {
-        let label = format!("{} {extra:?} / {}", case.flow.arg(), case.name);
-        let mut scene = FlowScene::new(case, extra).expect("temp dir");
+    for case in &cases {
+        let case: &'static FlowCase = case;
+        let on = match backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => "postgres: ",
+        };
+        let label = format!("{on}{} {extra:?} / {}", case.flow.arg(), case.name);
+        let mut scene = FlowScene::new(backend, case, extra).expect("temp dir");
         let started = Instant::now();
         match scene.run() {
             Ok(()) => eprintln!("ok   {label} ({:?})", started.elapsed()),
@@ -3006,4 +3247,510 @@ fn durable_sleeps_survive_kills() {
 #[test]
 fn suspended_runs_survive_kills_with_exit_durability() {
     run_flow_cases(EXIT, &["--durability", "exit"]);
+}
+
+// --- PostgreSQL -------------------------------------------------------------------------
+//
+// The same scenarios, the same target and the same invariant checks, on PostgreSQL: each
+// case in a schema of its own (dropped at its end) of the database at `ORIS_TEST_PG_URL`.
+// These tests fail, never skip, when it is not set. What a kill left durable is read once
+// the server has closed every connection of the killed child (`PgSchema::wait_gone`).
+
+/// W1 on PostgreSQL: kills during a node, between a node's completion and its commit,
+/// before and after the first, a middle and the last commit, and during a recovery.
+const PG_LINEAR: &[&[Fault]] = &[
+    &[Fault::None],
+    &[P("node:n0", C(0))],
+    &[P("node:n5", C(5))],
+    &[P("after-node:n0", C(0))],
+    &[P("after-node:n5", C(5))],
+    &[P("after-node:n9", C(9))],
+    &[P("before-commit:1", NoRun)],
+    &[P("before-commit:2", C(0))],
+    &[P("before-commit:6", C(4))],
+    &[P("before-commit:11", C(9))],
+    &[P("after-commit:1", C(0))],
+    &[P("after-commit:6", C(5))],
+    &[P("after-commit:11", C(10))],
+    &[P("after-node:n3", C(3)), P("after-node:n3", C(3))],
+    &[P("node:n2", C(2)), P("after-commit:3", C(5))],
+];
+
+#[test]
+fn postgres_linear_survives_kills_at_every_kind_of_point() {
+    pg_url();
+    run_cases_on(Backend::Postgres, Graph::Linear, &[], PG_LINEAR);
+}
+
+/// `batched` on PostgreSQL commits with `synchronous_commit = off`: a crash of the Oris
+/// process (SIGKILL) loses nothing.
+#[test]
+fn postgres_linear_survives_kills_with_batched_durability() {
+    pg_url();
+    run_cases_on(
+        Backend::Postgres,
+        Graph::Linear,
+        &["--durability", "batched"],
+        PG_LINEAR,
+    );
+}
+
+#[test]
+fn postgres_fanout_survives_kills_mid_fan_out() {
+    pg_url();
+    run_cases_on(
+        Backend::Postgres,
+        Graph::Fanout,
+        &[],
+        &[
+            &[Fault::None],
+            &[P("node:fan", C(0))],
+            &[P("after-node:fan", C(0))],
+            &[P("node:w0", C(1))],
+            &[P("node:w3", C(4))],
+            &[P("after-node:w7", C(8))],
+            &[P("node:join", C(9))],
+            &[P("fanout-after:0", C(1))],
+            &[P("fanout-after:3", C(4))],
+            &[P("fanout-after:7", C(8))],
+            &[P("after-commit:5", C(4))],
+            &[P("before-commit:11", C(9))],
+            &[P("fanout-after:3", C(4)), P("after-commit:1", Any)],
+            &[P("fanout-after:7", C(8)), P("after-node:w7", C(8))],
+        ],
+    );
+}
+
+/// Recovery from a snapshot plus a tail of events, on PostgreSQL.
+#[test]
+fn postgres_loop_survives_kills_around_snapshots() {
+    pg_url();
+    run_cases_on(
+        Backend::Postgres,
+        Graph::Loop,
+        &["--snapshot-every", "4"],
+        &[
+            &[Fault::None],
+            &[P("node:step@15", C(15))],
+            &[P("after-node:step@15", C(15))],
+            &[P("before-commit:17", C(15))],
+            &[P("after-commit:17", C(16))],
+            &[P("after-commit:31", C(30))],
+            &[P("after-commit:18", C(17)), P("after-commit:1", C(18))],
+        ],
+    );
+}
+
+/// Recorded steps and interrupts on PostgreSQL: kills after a step's body before its
+/// record, after the interrupt is recorded, while interrupted, after the resume value is
+/// stored before the run continues.
+#[test]
+fn postgres_steps_and_interrupts_survive_kills() {
+    pg_url();
+    run_flow_cases_on(Backend::Postgres, APPROVAL.iter().collect(), &[]);
+}
+
+/// Durable sleeps on PostgreSQL: killed while sleeping (the recovery wakes the run, or
+/// reschedules its wake-up), around the sleep's records.
+#[test]
+fn postgres_durable_sleeps_survive_kills() {
+    pg_url();
+    run_flow_cases_on(Backend::Postgres, SLEEPER.iter().collect(), &[]);
+}
+
+/// External events on PostgreSQL: stored before the run continues, delivered once.
+#[test]
+fn postgres_external_events_survive_kills() {
+    pg_url();
+    run_flow_cases_on(Backend::Postgres, PAYMENT.iter().collect(), &[]);
+}
+
+/// `exit` durability on PostgreSQL: a kill loses what was not written at a status change,
+/// as documented, and nothing else.
+#[test]
+fn postgres_suspended_runs_survive_kills_with_exit_durability() {
+    pg_url();
+    run_flow_cases_on(
+        Backend::Postgres,
+        EXIT.iter().collect(),
+        &["--durability", "exit"],
+    );
+}
+
+// --- two processes on one PostgreSQL ----------------------------------------------------
+
+/// Runs per process on threads of its own.
+const OWN_RUNS: usize = 20;
+/// Threads both processes start a run on, at the same instant.
+const SHARED_RUNS: usize = 4;
+/// Threads A starts at once and B once A was killed with its runs on them unfinished.
+const LATE_RUNS: usize = 2;
+/// The first process is killed as its commit number this begins (of about 11 per run).
+const KILL_AFTER_COMMIT: u64 = 90;
+
+/// The `exec` marks of a process, per thread: (superstep, task, node, attempt).
+fn exec_marks(path: &Path) -> anyhow::Result<BTreeMap<String, Vec<Completion>>> {
+    let mut out: BTreeMap<String, Vec<Completion>> = BTreeMap::new();
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).context("reading a marks file"),
+    };
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        match f.as_slice() {
+            ["commit", ..] => {}
+            ["exec", thread, superstep, task, node, attempt] => {
+                out.entry((*thread).to_owned())
+                    .or_default()
+                    .push(Completion {
+                        superstep: superstep.parse()?,
+                        task: task.parse()?,
+                        node: (*node).to_owned(),
+                        attempt: attempt.parse()?,
+                    });
+            }
+            _ => bail!("unexpected marks line `{line}`"),
+        }
+    }
+    Ok(out)
+}
+
+/// Waits for the next stdout line of a child.
+fn next_line(r: &Running, what: &str) -> anyhow::Result<String> {
+    r.lines
+        .recv_timeout(PAUSE_TIMEOUT)
+        .map_err(|e| anyhow!("waiting for {what}: {e}"))
+}
+
+/// Two processes A and B start `linear` runs concurrently in one PostgreSQL schema — 20
+/// on threads of their own each, 4 on threads both start at the same instant, and 2 that
+/// only A starts at first — and A is SIGKILLed as its 90th commit begins (other commits of
+/// its may be in flight). B, still running, then starts runs on the 2 late threads (A's
+/// unfinished runs there are still active), then recovers A's unfinished runs; a fresh process finds nothing left to do.
+/// Checks: on every thread both started at once exactly one start won and the other was
+/// refused with `RunActive` (also when both created the thread at once); on each late thread B was refused with `RunActive`; every thread holds one run whose log is
+/// contiguous with one `NodeCompleted` per (superstep, task) and exactly one
+/// `RunCompleted`; the final states and hashes are exact and `verify` is consistent; the
+/// events durable at the kill are an unchanged prefix of the final log; no node whose
+/// completion was durable at the kill ran again, and every other one ran in B exactly once.
+#[test]
+fn postgres_two_processes_share_one_database_and_recover_a_killed_one() {
+    pg_url();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pg = PgSchema::new();
+    let started = Instant::now();
+    if let Err(e) = two_processes(dir.path(), &pg) {
+        let mut s = format!("two processes on one PostgreSQL FAILED: {e:#}\n");
+        let mut files: Vec<PathBuf> = fs::read_dir(dir.path())
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        for f in files {
+            let text = fs::read_to_string(&f).unwrap_or_default();
+            let _ = writeln!(s, "--- {}:\n{text}", f.display());
+        }
+        panic!("{s}");
+    }
+    eprintln!(
+        "ok   postgres: two processes, one killed, recovered by the other ({:?})",
+        started.elapsed()
+    );
+}
+
+fn two_processes(dir: &Path, pg: &PgSchema) -> anyhow::Result<()> {
+    let shared: Vec<String> = (0..SHARED_RUNS).map(|i| format!("s-{i}")).collect();
+    let own = |p: &'static str| (0..OWN_RUNS).map(move |i| format!("{p}-{i:02}"));
+    let late: Vec<String> = (0..LATE_RUNS).map(|i| format!("l-{i}")).collect();
+    // Shared threads first: they are started first.
+    let threads_a: Vec<String> = shared
+        .iter()
+        .chain(&late)
+        .cloned()
+        .chain(own("a"))
+        .collect();
+    let threads_b: Vec<String> = shared
+        .iter()
+        .chain(&late)
+        .cloned()
+        .chain(own("b"))
+        .collect();
+    let all: Vec<String> = shared
+        .iter()
+        .chain(&late)
+        .cloned()
+        .chain(own("a"))
+        .chain(own("b"))
+        .collect();
+    let gate = dir.join("go");
+    let recover_gate = dir.join("recover");
+    let late_gate = dir.join("late");
+    let (app_a, app_b, app_c) = (
+        format!("{}_a", pg.app),
+        format!("{}_b", pg.app),
+        format!("{}_c", pg.app),
+    );
+    let spawn = |name: &str, app: &str, threads: &[String], extra: &[String], mode: &str| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(pg.args_as(app))
+            .arg("--marks")
+            .arg(dir.join(format!("marks-{name}.txt")))
+            .args(["--graph", "linear", "--threads", &threads.join(",")])
+            .args(extra)
+            .arg(mode);
+        Running::spawn(cmd, &dir.join(format!("{name}.stderr")))
+    };
+    let go = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = vec![
+            "--gate".into(),
+            gate.display().to_string(),
+            "--node-ms".into(),
+            "15".into(),
+        ];
+        v.extend(extra.iter().map(|s| (*s).to_owned()));
+        v
+    };
+    // `before-commit`: counted as commits begin, so exact with many runs in flight (an
+    // `after-commit` count can be overtaken by the next commit's start).
+    let kill_point = format!("before-commit:{KILL_AFTER_COMMIT}");
+    let mut a = spawn(
+        "a",
+        &app_a,
+        &threads_a,
+        &go(&["--pause-at", &kill_point]),
+        "start",
+    )?;
+    let b = spawn(
+        "b",
+        &app_b,
+        &threads_b,
+        &go(&[
+            "--recover-gate",
+            &recover_gate.display().to_string(),
+            "--late-threads",
+            &late.join(","),
+            "--late-gate",
+            &late_gate.display().to_string(),
+        ]),
+        "start",
+    )?;
+    for (r, name) in [(&a, "A"), (&b, "B")] {
+        let line = next_line(r, &format!("{name}'s READY"))?;
+        ensure!(line == "READY", "{name} printed `{line}` instead of READY");
+    }
+    // Both start their runs now.
+    File::create(&gate)?;
+
+    // A: the refused starts, then the pause; killed there.
+    let mut refused_a = BTreeSet::new();
+    let mut a_conflict = BTreeSet::new();
+    let mut conflicts = 0;
+    loop {
+        let line = next_line(&a, "A's pause")?;
+        if let Some(rest) = line.strip_prefix("REFUSED ") {
+            let (t, why) = rest.split_once(' ').unwrap_or((rest, ""));
+            // A start that lost the race is told which run is active, even when both
+            // read an empty thread and the other's `RunStarted` committed first.
+            ensure!(
+                why.starts_with("run_active "),
+                "A's start on {t} was refused: {why}"
+            );
+            refused_a.insert(t.to_owned());
+            if why.starts_with("conflict ") {
+                a_conflict.insert(t.to_owned());
+            }
+        } else {
+            ensure!(line == format!("PAUSED {kill_point}"), "A printed `{line}`");
+            break;
+        }
+    }
+    let status = a.kill()?;
+    ensure!(status.signal() == Some(9), "A ended with {status}");
+    pg.wait_gone(&app_a)?;
+
+    // What A's kill left durable, on A's threads (B is still running its own).
+    let mut at_kill: BTreeMap<String, Log> = BTreeMap::new();
+    for t in &threads_a {
+        at_kill.insert(t.clone(), read_thread_log(&Where::Postgres(pg), t)?);
+    }
+    for t in &late {
+        let log = &at_kill[t];
+        ensure!(
+            log.exists && log.run_status == Some("running"),
+            "A was killed before its run on {t} started, or after it ended: {:?}",
+            log.run_status
+        );
+    }
+    // B starts runs on the late threads — refused, A's runs there are active — and then
+    // recovers what A left unfinished, once its own starts returned.
+    File::create(&late_gate)?;
+    File::create(&recover_gate)?;
+    let out_b = b.finish()?;
+
+    // Who won each shared thread: exactly one of the two starts.
+    let mut won_by_a: BTreeSet<String> = own("a").collect();
+    for t in &shared {
+        let rb = &out_b["threads"][t];
+        // Refused with `RunActive` — also when both read an empty thread and the other's
+        // `RunStarted` committed first. Either way one run, no fork (checked below).
+        ensure!(
+            rb["error"] != json!("conflict"),
+            "B's start on {t} lost a creation race but was not told RunActive: {rb}"
+        );
+        let b_refused = rb["error"] == json!("run_active");
+        if b_refused && rb["error"] == json!("conflict") || a_conflict.contains(t) {
+            conflicts += 1;
+        }
+        let a_refused = refused_a.contains(t);
+        ensure!(
+            a_refused != b_refused,
+            "shared thread {t}: A refused {a_refused}, B refused {b_refused}, B's result {rb}"
+        );
+        if b_refused {
+            won_by_a.insert(t.clone());
+        } else {
+            ensure!(rb["outcome"] == json!("completed"), "B's run on {t}: {rb}");
+        }
+    }
+    // A's run on a late thread was active when B started: B was refused with RunActive.
+    for t in &late {
+        let rb = &out_b["threads"][t];
+        ensure!(
+            rb["error"] == json!("run_active") && !refused_a.contains(t),
+            "late thread {t}: B's start should have been refused with RunActive (A refused: {}), B got {rb}",
+            refused_a.contains(t)
+        );
+        won_by_a.insert(t.clone());
+    }
+    for t in own("b") {
+        let rb = &out_b["threads"][&t];
+        ensure!(rb["outcome"] == json!("completed"), "B's run on {t}: {rb}");
+    }
+    // A was killed mid-way: some of its runs were unfinished, and exactly those were
+    // recovered, each to completion.
+    let unfinished: BTreeSet<String> = won_by_a
+        .iter()
+        .filter(|t| at_kill[*t].run_status != Some("completed"))
+        .cloned()
+        .collect();
+    ensure!(
+        !unfinished.is_empty(),
+        "A's runs had all completed when it was killed"
+    );
+    let report = &out_b["report"];
+    ensure!(
+        report["skipped"].as_array().is_some_and(Vec::is_empty),
+        "B's recovery skipped runs: {report}"
+    );
+    let resumed: BTreeSet<String> = report["resumed"]
+        .as_array()
+        .ok_or_else(|| anyhow!("no recovery report in B's output {out_b}"))?
+        .iter()
+        .map(|r| {
+            ensure!(r["status"] == json!("completed"), "recovered run {r}");
+            Ok(r["thread"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect::<anyhow::Result<_>>()?;
+    ensure!(
+        resumed == unfinished,
+        "B recovered {resumed:?}; A left unfinished {unfinished:?}"
+    );
+
+    // A fresh process: nothing left to recover; every thread's final state.
+    let out_c = spawn("c", &app_c, &all, &[], "recover")?.finish()?;
+    ensure!(
+        out_c["report"]["resumed"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+            && out_c["report"]["skipped"]
+                .as_array()
+                .is_some_and(Vec::is_empty),
+        "a fresh recovery found work left: {}",
+        out_c["report"]
+    );
+    let expected = Graph::Linear.expected_state();
+    let hash = oris::state::state_hash(&expected)?;
+    let marks_a = exec_marks(&dir.join("marks-a.txt"))?;
+    let marks_b = exec_marks(&dir.join("marks-b.txt"))?;
+    let marks_c = exec_marks(&dir.join("marks-c.txt"))?;
+    ensure!(
+        marks_c.is_empty(),
+        "the fresh process ran nodes: {marks_c:?}"
+    );
+    let none = Vec::new();
+    let mut durable_total = 0;
+    for t in &all {
+        let fin = &out_c["finals"][t];
+        ensure!(
+            fin["state"] == expected,
+            "{t}: final state {}",
+            fin["state"]
+        );
+        ensure!(fin["hash"] == json!(hash), "{t}: hash {}", fin["hash"]);
+        ensure!(fin["verify_consistent"] == json!(true), "{t}: verify {fin}");
+        ensure!(fin["run_status"] == json!("completed"), "{t}: {fin}");
+        let log = read_thread_log(&Where::Postgres(pg), t)?;
+        ensure!(
+            log.run_status == Some("completed"),
+            "{t}: {:?}",
+            log.run_status
+        );
+        check_timeline(Graph::Linear, &log.events).with_context(|| format!("thread {t}"))?;
+        let final_done = completions(&log.events);
+        let (ea, eb) = (
+            marks_a.get(t).unwrap_or(&none),
+            marks_b.get(t).unwrap_or(&none),
+        );
+        let key = |c: &Completion| (c.superstep, c.task);
+        for (who, execs) in [("A", ea), ("B", eb)] {
+            let mut seen = BTreeSet::new();
+            for x in execs {
+                ensure!(seen.insert(key(x)), "{t}: {who} ran {x:?} twice");
+            }
+        }
+        if won_by_a.contains(t) {
+            let kill = &at_kill[t];
+            ensure!(
+                log.events.len() >= kill.events.len()
+                    && log.events[..kill.events.len()] == kill.events[..],
+                "{t}: the events durable at A's kill are not a prefix of the final log"
+            );
+            let durable = completions(&kill.events);
+            durable_total += durable.len();
+            let durable_keys: BTreeSet<_> = durable.iter().map(key).collect();
+            for c in &durable {
+                ensure!(
+                    ea.contains(c),
+                    "{t}: {c:?} was durable at the kill but A has no exec mark for it"
+                );
+            }
+            for x in eb {
+                ensure!(
+                    !durable_keys.contains(&key(x)),
+                    "{t}: B ran {x:?} again although its completion was durable at A's kill"
+                );
+            }
+            let missing: Vec<&Completion> = final_done
+                .iter()
+                .filter(|c| !durable_keys.contains(&key(c)))
+                .collect();
+            ensure!(
+                eb.len() == missing.len() && missing.iter().all(|c| eb.contains(c)),
+                "{t}: B's executions {eb:?} are not exactly the completions missing at the kill {missing:?}"
+            );
+        } else {
+            ensure!(ea.is_empty(), "{t}: B's thread, but A ran {ea:?}");
+            ensure!(
+                eb.len() == final_done.len() && final_done.iter().all(|c| eb.contains(c)),
+                "{t}: B's executions {eb:?} are not its completions {final_done:?}"
+            );
+        }
+    }
+    eprintln!(
+        "two processes: A won {} of {SHARED_RUNS} threads both started at once (the other start refused: {} with RunActive, {conflicts} with a head conflict) and the {LATE_RUNS} late ones (B refused with RunActive), was killed with {durable_total} of its completions durable and {} runs unfinished; B recovered them",
+        won_by_a.len() - OWN_RUNS - LATE_RUNS,
+        SHARED_RUNS - conflicts,
+        unfinished.len()
+    );
+    Ok(())
 }

@@ -453,7 +453,20 @@ impl Engine {
             snapshot: None,
             durability: settings.durability,
         };
-        self.shared.write(commit).await?;
+        if let Err(e) = self.shared.write(commit).await {
+            // Another process started a run on this thread between our read and our commit:
+            // report it as the active run it is, not as a raw head conflict.
+            if let store::Error::Conflict { .. } = e
+                && let Some(t) = store.thread(&thread_id).await?
+                && let Some(active) = t.active_run
+            {
+                return Err(Error::RunActive {
+                    thread_id,
+                    run_id: active,
+                });
+            }
+            return Err(e.into());
+        }
         tracing::info!(thread_id = %thread_id, run_id = %run_id, graph = %g.name, "run started");
         let prior = match &origin {
             Some(o) => self.prior_steps(o).await?,
