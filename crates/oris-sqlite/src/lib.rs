@@ -39,12 +39,19 @@
 //! failure of the database itself (I/O error, disk full, lock timeout) refuses every
 //! commit of the group with [`Error::Unavailable`], and none is applied.
 //!
+//! # Backup and restore
+//! [`SqliteStore::backup_to`] writes a consistent copy while the store keeps serving
+//! (`VACUUM INTO` on a read-only connection of its own: one read transaction, which in WAL
+//! mode blocks no commit); [`SqliteStore::restore_from`] validates a backup and puts it in
+//! place for a store that is not open. `docs/storage.md` has the procedure.
+//!
 //! # Layout
 //! - `schema`: the tables, as versioned migrations applied on open (`PRAGMA user_version`).
 //! - `queries`: every SQL statement.
 //! - `codec`: event kind codes, snapshot state encoding, column decoding with validation.
 //! - `read`: reading threads, runs, events, snapshots, interrupts and deliveries back.
 //! - `writer`: the queue, group commit, the leader and the writer thread.
+//! - `backup`: online backup (`VACUUM INTO`) and restore.
 //!
 //! Stored per thread: a `threads` row, its `runs`, the `events` log (one row per event,
 //! about 25 bytes beyond its JSON: a 100-superstep run of 90-byte updates takes ~14 KB), at
@@ -120,6 +127,7 @@
 //! # }
 //! ```
 
+mod backup;
 mod codec;
 mod queries;
 mod read;
@@ -319,6 +327,93 @@ impl SqliteStore {
     /// [`Error::Unavailable`] on an SQLite failure.
     pub async fn bytes_used(&self) -> Result<u64> {
         self.send(|reply| Request::BytesUsed { reply }).await
+    }
+
+    /// Writes a consistent copy of the database to `path` while the store keeps serving:
+    /// `VACUUM INTO` on a read-only connection of its own, on Tokio's blocking pool.
+    ///
+    /// The copy holds exactly the commits that had returned when its read transaction
+    /// began (for `Batched` commits: those in the WAL, fsynced or not) and nothing later;
+    /// reads and commits go on meanwhile — in WAL mode a reader blocks neither. It is one
+    /// compact, self-contained file (no `-wal`, free pages dropped), fsynced before this
+    /// returns, that [`SqliteStore::open`] opens directly or [`SqliteStore::restore_from`]
+    /// puts in place. While it runs, the WAL cannot be checkpointed past the copy's start,
+    /// so it grows with the commits made meanwhile (afterwards it is reused from its
+    /// start; the file keeps its size).
+    ///
+    /// Why not SQLite's online backup API: it copies a few pages per step and starts over
+    /// whenever another connection writes between steps, which under a steady workload
+    /// may be always; `VACUUM INTO` reads everything in one transaction.
+    ///
+    /// Cancel safety: dropping the future does not stop the copy already started on the
+    /// blocking pool; the file is then still written (or removed if the copy fails).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when `path` already exists (a backup never overwrites a
+    /// file), is not valid UTF-8, or the copy fails (disk full, I/O error); a partial copy
+    /// is removed.
+    ///
+    /// # Example
+    /// ```
+    /// use oris_sqlite::{SqliteOptions, SqliteStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let store = SqliteStore::open(dir.path().join("oris.db"), SqliteOptions::default()).await?;
+    /// // … the store serves runs meanwhile …
+    /// store.backup_to(dir.path().join("oris-backup.db")).await?;
+    /// assert!(store.backup_to(dir.path().join("oris-backup.db")).await.is_err()); // exists
+    /// drop(store); // restore only onto a database nobody has open
+    ///
+    /// SqliteStore::restore_from(dir.path().join("oris-backup.db"), dir.path().join("oris.db")).await?;
+    /// let store = SqliteStore::open(dir.path().join("oris.db"), SqliteOptions::default()).await?;
+    /// # drop(store);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn backup_to(&self, path: impl AsRef<Path>) -> Result<()> {
+        let (source, dest) = (self.path.clone(), path.as_ref().to_path_buf());
+        let busy_timeout = self.readers.busy_timeout;
+        tokio::task::spawn_blocking(move || backup::backup(&source, &dest, busy_timeout))
+            .await
+            .map_err(|e| Error::Unavailable(format!("the backup task failed: {e}")))?
+    }
+
+    /// Puts the backup at `backup` in place as the database at `target`, for a store that
+    /// is **not open** — by no process, this one included: a process with `target` open
+    /// keeps using the file it opened (and its WAL), not the restored one, and may damage
+    /// the restored one when it closes. Runs on Tokio's blocking pool.
+    ///
+    /// Steps: the backup is copied next to `target` (the backup itself is never modified)
+    /// and the copy is validated — `PRAGMA integrity_check` must report `ok`, it must hold
+    /// an Oris schema no newer than this build's ([`SCHEMA_VERSION`]), and pending
+    /// migrations are applied as on [`SqliteStore::open`]; then the copy is fsynced, the
+    /// old database's `-wal`, `-shm` and `-journal` files are removed (they belong to the
+    /// replaced file and would be replayed onto the restored one), and the copy is renamed
+    /// over `target` (atomic: `target` is either the old file or the restored one) and the
+    /// directory fsynced. An existing `target` is **replaced**: move it aside first to keep
+    /// it. Restoring takes the store back to the instant of the backup; runs that were
+    /// unfinished then are unfinished again and recovery continues them.
+    ///
+    /// As a safeguard it refuses when it can see that `target` is open (SQLite's exclusive
+    /// lock on the file cannot be taken); that check cannot see a process that opens the
+    /// file after it, nor locks on file systems that lack them (some network file systems).
+    ///
+    /// # Errors
+    /// [`Error::Incompatible`] when the backup is not a sound SQLite database, holds no
+    /// Oris schema, or has a newer schema than this build — the message names the backup
+    /// and the problem, and `target` is left as it was. [`Error::Unavailable`] when
+    /// `target` is open, the backup cannot be read, or the copy or rename fails.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub async fn restore_from(backup: impl AsRef<Path>, target: impl AsRef<Path>) -> Result<()> {
+        let (backup, target) = (backup.as_ref().to_path_buf(), target.as_ref().to_path_buf());
+        let busy_timeout = SqliteOptions::default().busy_timeout;
+        tokio::task::spawn_blocking(move || backup::restore(&backup, &target, busy_timeout))
+            .await
+            .map_err(|e| Error::Unavailable(format!("the restore task failed: {e}")))?
     }
 
     /// Queues a request for the write connection and waits for its reply.

@@ -604,56 +604,6 @@ async fn a_hundred_superstep_run_is_compact() -> TestResult {
     Ok(())
 }
 
-/// Commit throughput on this machine's disk: one writer in a loop versus 32 concurrent
-/// runs. Not a pass/fail test; run with
-/// `cargo test --release -p oris-sqlite --test sqlite commit_rate -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement, not a check"]
-async fn commit_rate() -> TestResult {
-    use std::time::{Duration, Instant};
-    for durability in [Durability::Sync, Durability::Batched] {
-        for concurrency in [1usize, 32] {
-            let dir = tempfile::tempdir()?;
-            let store = Arc::new(open(&dir.path().join("oris.db")).await);
-            let started = Instant::now();
-            let budget = Duration::from_secs(2);
-            let tasks: Vec<_> = (0..concurrency)
-                .map(|i| {
-                    let store = store.clone();
-                    tokio::spawn(async move {
-                        let mut run = Run::new(&format!("t{i}"), Seq::ZERO);
-                        run.durability = durability;
-                        let mut commits = 0u64;
-                        while started.elapsed() < budget {
-                            let c = if run.head == Seq::ZERO {
-                                run.start()
-                            } else {
-                                run.step()
-                            };
-                            store.commit(c.clone()).await.unwrap();
-                            run.advance(&c);
-                            commits += 1;
-                        }
-                        commits
-                    })
-                })
-                .collect();
-            let mut commits = 0;
-            for t in tasks {
-                commits += t.await?;
-            }
-            let secs = started.elapsed().as_secs_f64();
-            let stats = store.stats();
-            println!(
-                "{durability:?} x{concurrency}: {:.0} commits/s, {:.1} commits per transaction",
-                commits as f64 / secs,
-                stats.commits as f64 / stats.transactions.max(1) as f64
-            );
-        }
-    }
-    Ok(())
-}
-
 #[tokio::test]
 async fn events_view_shows_the_log_unpacked() -> TestResult {
     let dir = tempfile::tempdir()?;
