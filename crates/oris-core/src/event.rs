@@ -612,6 +612,34 @@ impl EventKind {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
+
+    /// The stable storage code of this kind, shared by every SQL backend. These numbers are
+    /// on disk: never renumber, only add. `node_completed` is 0 because it is by far the
+    /// most frequent kind and SQLite stores the integers 0 and 1 in zero bytes.
+    pub const fn code(self) -> u8 {
+        match self {
+            EventKind::NodeCompleted => 0,
+            EventKind::RunStarted => 1,
+            EventKind::NodeFailed => 2,
+            EventKind::RunCompleted => 3,
+            EventKind::RunFailed => 4,
+            EventKind::RunCancelled => 5,
+            EventKind::StepRecorded => 6,
+            EventKind::InterruptRaised => 7,
+            EventKind::InterruptResumed => 8,
+            EventKind::RunSuspended => 9,
+            EventKind::RunResumed => 10,
+            EventKind::EventReceived => 11,
+            EventKind::RunRebased => 12,
+            EventKind::StateUpdated => 13,
+            EventKind::HistoryPruned => 14,
+        }
+    }
+
+    /// The kind with a storage code; `None` for a code no kind has.
+    pub fn from_code(code: i64) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| i64::from(k.code()) == code)
+    }
 }
 
 impl EventBody {

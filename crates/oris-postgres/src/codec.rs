@@ -149,36 +149,15 @@ pub(crate) fn invalid(thread_id: &ThreadId, detail: impl Into<String>) -> Fault 
 // ---------------------------------------------------------------------------------------
 // Event kinds
 
-/// The stable storage code of an event kind (the same numbers as the SQLite backend).
-/// These numbers are on disk: never renumber, only add. `None` for a kind this crate does
-/// not know yet (the enum is non-exhaustive); a unit test checks every kind has a code.
+/// The storage code of an event kind ([`EventKind::code`], the same numbers in every
+/// backend). `Option` for symmetry with [`kind_from_code`]: every kind has one.
 pub(crate) fn kind_code(kind: EventKind) -> Option<i16> {
-    match kind {
-        EventKind::NodeCompleted => Some(0),
-        EventKind::RunStarted => Some(1),
-        EventKind::NodeFailed => Some(2),
-        EventKind::RunCompleted => Some(3),
-        EventKind::RunFailed => Some(4),
-        EventKind::RunCancelled => Some(5),
-        EventKind::StepRecorded => Some(6),
-        EventKind::InterruptRaised => Some(7),
-        EventKind::InterruptResumed => Some(8),
-        EventKind::RunSuspended => Some(9),
-        EventKind::RunResumed => Some(10),
-        EventKind::EventReceived => Some(11),
-        EventKind::RunRebased => Some(12),
-        EventKind::StateUpdated => Some(13),
-        EventKind::HistoryPruned => Some(14),
-        _ => None,
-    }
+    Some(i16::from(kind.code()))
 }
 
 /// The inverse of [`kind_code`]; `None` for an unknown code.
 pub(crate) fn kind_from_code(code: i16) -> Option<EventKind> {
-    EventKind::ALL
-        .iter()
-        .copied()
-        .find(|k| kind_code(*k) == Some(code))
+    EventKind::from_code(i64::from(code))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -84,51 +84,15 @@ pub(crate) fn invalid(thread_id: &ThreadId, detail: impl Into<String>) -> Fault 
 // ---------------------------------------------------------------------------------------
 // Event kinds
 
-/// The stable storage code of an event kind. These numbers are on disk: never renumber,
-/// only add. `node_completed` is 0 because it is by far the most frequent kind and SQLite
-/// stores the integers 0 and 1 in zero bytes. `None` for a kind this crate does not know
-/// yet (the enum is non-exhaustive); a unit test checks every kind has a code.
+/// The storage code of an event kind ([`EventKind::code`], shared with every backend).
+/// `Option` for symmetry with [`kind_from_code`]: every kind has one.
 pub(crate) fn kind_code(kind: EventKind) -> Option<i64> {
-    match kind {
-        EventKind::NodeCompleted => Some(0),
-        EventKind::RunStarted => Some(1),
-        EventKind::NodeFailed => Some(2),
-        EventKind::RunCompleted => Some(3),
-        EventKind::RunFailed => Some(4),
-        EventKind::RunCancelled => Some(5),
-        EventKind::StepRecorded => Some(6),
-        EventKind::InterruptRaised => Some(7),
-        EventKind::InterruptResumed => Some(8),
-        EventKind::RunSuspended => Some(9),
-        EventKind::RunResumed => Some(10),
-        EventKind::EventReceived => Some(11),
-        EventKind::RunRebased => Some(12),
-        EventKind::StateUpdated => Some(13),
-        EventKind::HistoryPruned => Some(14),
-        _ => None,
-    }
+    Some(i64::from(kind.code()))
 }
 
 /// The inverse of [`kind_code`]; `None` for an unknown code.
 pub(crate) fn kind_from_code(code: i64) -> Option<EventKind> {
-    match code {
-        0 => Some(EventKind::NodeCompleted),
-        1 => Some(EventKind::RunStarted),
-        2 => Some(EventKind::NodeFailed),
-        3 => Some(EventKind::RunCompleted),
-        4 => Some(EventKind::RunFailed),
-        5 => Some(EventKind::RunCancelled),
-        6 => Some(EventKind::StepRecorded),
-        7 => Some(EventKind::InterruptRaised),
-        8 => Some(EventKind::InterruptResumed),
-        9 => Some(EventKind::RunSuspended),
-        10 => Some(EventKind::RunResumed),
-        11 => Some(EventKind::EventReceived),
-        12 => Some(EventKind::RunRebased),
-        13 => Some(EventKind::StateUpdated),
-        14 => Some(EventKind::HistoryPruned),
-        _ => None,
-    }
+    EventKind::from_code(code)
 }
 
 // ---------------------------------------------------------------------------------------
