@@ -425,6 +425,15 @@ impl Store for PostgresStore {
         read!(self.db, |conn| read::runs(conn, &self.db.sql, filter))
     }
 
+    async fn due_runs(&self, now: Timestamp, limit: usize) -> Result<Vec<RunRecord>> {
+        read!(self.db, |conn| read::due_runs(
+            conn,
+            &self.db.sql,
+            now,
+            limit
+        ))
+    }
+
     async fn events(&self, thread_id: &ThreadId, after: Seq, limit: usize) -> Result<Vec<Event>> {
         read!(self.db, |conn| read::events(
             conn,

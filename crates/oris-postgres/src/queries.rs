@@ -122,12 +122,17 @@ WHERE key = $1";
     /// Creates a run.
     insert_run = "\
 INSERT INTO {S}.runs (run_id, thread_key, graph, graph_version, status, status_data, first_seq,
-                      created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                      created_at, updated_at, wake_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 RETURNING key";
     /// Sets a run's status.
-    update_run_status =
-        "UPDATE {S}.runs SET status = $2, status_data = $3, updated_at = $4 WHERE key = $1";
+    update_run_status = "\
+UPDATE {S}.runs SET status = $2, status_data = $3, updated_at = $4, wake_at = $5 WHERE key = $1";
+    /// Waiting runs due at `$1`, earliest first, at most `$2` (columns of `run_select!`).
+    due_runs = concat!(
+        run_select!(),
+        "\nWHERE r.wake_at IS NOT NULL AND r.wake_at <= $1\nORDER BY r.wake_at, r.run_id\nLIMIT $2"
+    );
     /// Appends events: one row per array element.
     insert_events = "\
 INSERT INTO {S}.events (thread_key, seq, run_key, at, kind, superstep, task, node, attempt,

@@ -147,6 +147,22 @@ pub(crate) async fn runs(
         .collect()
 }
 
+/// Waiting runs due at `now`, earliest first.
+pub(crate) async fn due_runs(
+    conn: &Conn,
+    sql: &Sql,
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<RunRecord>, Fault> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = conn
+        .query(&sql.due_runs, &[(&now.0, Type::INT8), (&limit, Type::INT8)])
+        .await?;
+    rows.iter()
+        .map(|row| decode_run(row).map(|r| r.record))
+        .collect()
+}
+
 /// Decodes a row of `run_select!`; errors are [`Fault::Store`] with their thread.
 fn decode_run(row: &Row) -> Result<StoredRun, Fault> {
     let id = req::<uuid::Uuid>(row, 1, "run_id")

@@ -49,7 +49,9 @@ CREATE TABLE {S}.runs (
     status_data   text   NOT NULL,
     first_seq     bigint NOT NULL,
     created_at    bigint NOT NULL,
-    updated_at    bigint NOT NULL
+    updated_at    bigint NOT NULL,
+    -- When a waiting run must be woken up (ms since the epoch); NULL otherwise.
+    wake_at       bigint
 );
 
 ALTER TABLE {S}.threads
@@ -57,6 +59,9 @@ ALTER TABLE {S}.threads
     ADD FOREIGN KEY (last_run_key) REFERENCES {S}.runs (key);
 
 CREATE INDEX runs_by_thread ON {S}.runs (thread_key, run_id);
+
+-- Waiting runs by wake-up time: what a timer sweep reads.
+CREATE INDEX runs_due ON {S}.runs (wake_at) WHERE wake_at IS NOT NULL;
 
 -- Only unfinished runs are in it, so finished runs cost nothing here; recovery lists it.
 -- Queries must repeat this predicate with literals for the planner to use the index.

@@ -17,7 +17,7 @@ use oris_core::event::{Event, EventRow, Payload};
 use oris_core::id::{DeliveryId, InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::store::{
     Answer, Commit, Delivery, Error, InterruptRecord, Receipt, RunWrite, check_prune,
-    check_redelivery, consumed_deliveries, interrupt_effects, plan_answer, plan_commit,
+    check_redelivery, consumed_deliveries, interrupt_effects, plan_answer, plan_commit, wake_at,
 };
 use tokio_postgres::types::Type;
 
@@ -195,6 +195,7 @@ pub(crate) async fn commit(conn: &Conn, sql: &Sql, c: &Commit) -> Result<Receipt
                         (&first_seq, Type::INT8),
                         (&run.created_at.0, Type::INT8),
                         (&run.updated_at.0, Type::INT8),
+                        (&wake_at(&run.status).map(|t| t.0), Type::INT8),
                     ],
                 )
                 .await
@@ -220,6 +221,7 @@ pub(crate) async fn commit(conn: &Conn, sql: &Sql, c: &Commit) -> Result<Receipt
                     (kind, Type::TEXT),
                     (data, Type::TEXT),
                     (&run.updated_at.0, Type::INT8),
+                    (&wake_at(&run.status).map(|t| t.0), Type::INT8),
                 ],
             )
             .await?;

@@ -764,6 +764,65 @@ impl Engine {
         Ok(report)
     }
 
+    /// Continues every waiting run whose timer is due — found by the store's index on
+    /// wake-up times — and whose graph version is registered here, in the background.
+    /// Covers runs whose wake-up was scheduled by a process that has since stopped; the
+    /// engine that suspended a run wakes it on its own. Returns how many were continued.
+    ///
+    /// # Errors
+    /// Storage errors of the query.
+    pub async fn wake_due(&self) -> Result<usize, Error> {
+        let now = self.shared.options.clock.now();
+        let due = self.shared.store.due_runs(now, 256).await?;
+        let mut woken = 0;
+        for run in due {
+            let live = self
+                .shared
+                .live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&run.thread_id);
+            let graph = self
+                .shared
+                .graphs
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&(run.graph.clone(), run.graph_version.clone()))
+                .cloned();
+            let (false, Some(graph)) = (live, graph) else {
+                continue;
+            };
+            let engine = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = graph.resume(engine, run.thread_id.clone()).await {
+                    tracing::debug!(thread_id = %run.thread_id, error = %e, "due run not continued");
+                }
+            });
+            woken += 1;
+        }
+        Ok(woken)
+    }
+
+    /// Sweeps due timers ([`Engine::wake_due`]) every `every` until `shutdown` completes:
+    /// one indexed query per sweep, nothing else while idle.
+    pub async fn run_timers(
+        &self,
+        every: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(every) => {
+                    if let Err(e) = self.wake_due().await {
+                        tracing::warn!(error = %e, "timer sweep failed");
+                    }
+                }
+            }
+        }
+    }
+
     /// Cancels the thread's unfinished run, durably, with `reason`. A run driven by this
     /// engine stops at once (its node futures are dropped; nodes can watch
     /// [`Context::cancelled`](crate::Context::cancelled)); a run nobody drives is marked

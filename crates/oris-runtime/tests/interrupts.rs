@@ -941,6 +941,17 @@ impl Store for AnswerSignal {
     {
         self.inner.deliveries(t, pending_only)
     }
+    fn due_runs<'l0, 'at>(
+        &'l0 self,
+        now: oris_core::id::Timestamp,
+        limit: usize,
+    ) -> StoreFut<'at, Vec<oris_core::store::RunRecord>>
+    where
+        'l0: 'at,
+        Self: 'at,
+    {
+        self.inner.due_runs(now, limit)
+    }
     fn delete_thread<'l0, 'l1, 'at>(&'l0 self, t: &'l1 ThreadId) -> StoreFut<'at, ()>
     where
         'l0: 'at,

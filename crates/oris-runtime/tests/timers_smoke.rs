@@ -119,3 +119,41 @@ async fn events_sent_before_or_after_the_wait_are_delivered_once() {
     );
     assert!(h.verify("p1").await.unwrap().is_consistent());
 }
+
+#[tokio::test]
+async fn a_new_engine_wakes_due_runs_it_did_not_suspend() {
+    let clock = ManualClock::new(Timestamp(1_000_000));
+    let store = Arc::new(MemoryStore::new());
+    let options = || EngineOptions {
+        clock: Arc::new(clock.clone()),
+        ..EngineOptions::default()
+    };
+    let graph = || {
+        StateGraph::<Doc>::new("nap", "1")
+            .node("nap", |_s: Doc, ctx| async move {
+                ctx.sleep(Duration::from_secs(60)).await?;
+                Ok::<_, NodeError>(DocUpdate::default().log(vec!["woke".into()]))
+            })
+            .edge(START, "nap")
+            .edge("nap", END)
+            .compile()
+            .unwrap()
+    };
+    {
+        let first = Engine::with_options(store.clone(), options());
+        let h = first.register(graph());
+        let out = h.start("n1", Doc::default()).await.unwrap();
+        assert!(matches!(out, RunOutcome::Waiting { .. }), "{out:?}");
+        // `first` is dropped here, like a process that stopped: its wake-up is gone.
+    }
+    let second = Engine::with_options(store.clone(), options());
+    let h = second.register(graph());
+    assert_eq!(second.wake_due().await.unwrap(), 0, "not due yet");
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(second.wake_due().await.unwrap(), 1);
+    let t = ThreadId::new("n1").unwrap();
+    let run = second.wait_for(&t, |s| s.is_terminal()).await.unwrap();
+    assert!(matches!(run.status, RunStatus::Completed { .. }), "{run:?}");
+    assert_eq!(h.state("n1").await.unwrap().values.log, ["woke"]);
+    assert_eq!(second.wake_due().await.unwrap(), 0, "nothing left");
+}

@@ -590,6 +590,11 @@ impl Store for SqliteStore {
         self.read(move |conn| read::runs(conn, &filter)).await
     }
 
+    async fn due_runs(&self, now: Timestamp, limit: usize) -> Result<Vec<RunRecord>> {
+        self.read(move |conn| read::due_runs(conn, now, limit))
+            .await
+    }
+
     async fn events(&self, thread_id: &ThreadId, after: Seq, limit: usize) -> Result<Vec<Event>> {
         let thread_id = thread_id.clone();
         self.read(move |conn| read::events(conn, &thread_id, after, limit))

@@ -73,12 +73,18 @@ pub(crate) const RUN_REF_BY_ID: &str =
 /// Creates a run.
 pub(crate) const INSERT_RUN: &str = "\
 INSERT INTO runs (run_id, thread_key, graph, graph_version, status, status_data, first_seq,
-                  created_at, updated_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+                  created_at, updated_at, wake_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 
 /// Sets a run's status.
-pub(crate) const UPDATE_RUN_STATUS: &str =
-    "UPDATE runs SET status = ?2, status_data = ?3, updated_at = ?4 WHERE key = ?1";
+pub(crate) const UPDATE_RUN_STATUS: &str = "\
+UPDATE runs SET status = ?2, status_data = ?3, updated_at = ?4, wake_at = ?5 WHERE key = ?1";
+
+/// Waiting runs due at `?1`, earliest first, at most `?2` (columns of `run_select!`).
+pub(crate) const DUE_RUNS: &str = concat!(
+    run_select!(),
+    "\nWHERE r.wake_at IS NOT NULL AND r.wake_at <= ?1\nORDER BY r.wake_at, r.run_id\nLIMIT ?2"
+);
 
 /// Appends an event.
 pub(crate) const INSERT_EVENT: &str = "\

@@ -145,6 +145,22 @@ pub(crate) fn runs(conn: &Connection, filter: &RunFilter) -> Result<Vec<RunRecor
     Ok(out)
 }
 
+/// Waiting runs due at `now`, earliest first.
+pub(crate) fn due_runs(
+    conn: &Connection,
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<RunRecord>, Fault> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(queries::DUE_RUNS)?;
+    let mut rows = stmt.query(params![now.0, limit])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(decode_run(row)?.record);
+    }
+    Ok(out)
+}
+
 /// Decodes a row of `run_select!`; errors are [`Fault::Store`] with their thread.
 fn decode_run(row: &Row<'_>) -> Result<StoredRun, Fault> {
     let id = run_id(row, 1, "run_id")

@@ -47,10 +47,15 @@ CREATE TABLE runs (
     status_data   TEXT    NOT NULL,
     first_seq     INTEGER NOT NULL,
     created_at    INTEGER NOT NULL,
-    updated_at    INTEGER NOT NULL
+    updated_at    INTEGER NOT NULL,
+    -- When a waiting run must be woken up (ms since the epoch); NULL otherwise.
+    wake_at       INTEGER
 );
 
 CREATE INDEX runs_by_thread ON runs (thread_key, run_id);
+
+-- Waiting runs by wake-up time: what a timer sweep reads.
+CREATE INDEX runs_due ON runs (wake_at) WHERE wake_at IS NOT NULL;
 
 -- Only unfinished runs are in it, so finished runs cost nothing here; recovery lists it.
 CREATE INDEX runs_unfinished ON runs (run_id) WHERE status IN ('queued', 'running', 'interrupted', 'waiting');

@@ -38,7 +38,7 @@ use oris_core::event::{Durability, Event, EventRow, Payload};
 use oris_core::id::{DeliveryId, InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::store::{
     Answer, Commit, Delivery, Error, InterruptRecord, Receipt, RunWrite, check_prune,
-    check_redelivery, consumed_deliveries, interrupt_effects, plan_answer, plan_commit,
+    check_redelivery, consumed_deliveries, interrupt_effects, plan_answer, plan_commit, wake_at,
 };
 use rusqlite::{Connection, ErrorCode, params};
 use tokio::sync::oneshot;
@@ -700,7 +700,8 @@ impl Writer {
                     data,
                     first_seq,
                     run.created_at.0,
-                    run.updated_at.0
+                    run.updated_at.0,
+                    wake_at(&run.status).map(|t| t.0)
                 ])?;
                 Some(RunRef {
                     key: conn.last_insert_rowid(),
@@ -714,7 +715,13 @@ impl Writer {
                     .map(|r| r.key)
                     .expect("invariant: plan_commit accepted a status change of a stored run");
                 conn.prepare_cached(queries::UPDATE_RUN_STATUS)?
-                    .execute(params![key, kind, data, run.updated_at.0])?;
+                    .execute(params![
+                        key,
+                        kind,
+                        data,
+                        run.updated_at.0,
+                        wake_at(&run.status).map(|t| t.0)
+                    ])?;
                 Some(RunRef {
                     key,
                     id: run.run_id,

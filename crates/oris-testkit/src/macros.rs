@@ -123,6 +123,8 @@ macro_rules! __conformance_cases {
             // retention
             delete_thread_removes_everything,
             prune_keeps_a_self_contained_log,
+            // timers
+            due_runs_are_found_by_wake_time,
         }
     };
 }

@@ -96,6 +96,10 @@ mod guarded {
             self.inner.deliveries(t, pending_only).await
         }
 
+        async fn due_runs(&self, now: Timestamp, limit: usize) -> Result<Vec<RunRecord>> {
+            self.inner.due_runs(now, limit).await
+        }
+
         async fn delete_thread(&self, t: &ThreadId) -> Result<()> {
             self.inner.delete_thread(t).await
         }

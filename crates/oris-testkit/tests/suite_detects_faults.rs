@@ -296,6 +296,10 @@ impl Store for Faulty {
         }
     }
 
+    async fn due_runs(&self, now: Timestamp, limit: usize) -> Result<Vec<RunRecord>> {
+        self.inner.due_runs(now, limit).await
+    }
+
     async fn delete_thread(&self, thread_id: &ThreadId) -> Result<()> {
         self.inner.delete_thread(&self.tid(thread_id)).await
     }

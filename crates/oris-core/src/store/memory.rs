@@ -174,6 +174,19 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn due_runs(&self, now: Timestamp, limit: usize) -> Result<Vec<RunRecord>> {
+        let mut due: Vec<RunRecord> = self
+            .lock()
+            .runs
+            .values()
+            .filter(|r| super::wake_at(&r.status).is_some_and(|t| t <= now))
+            .cloned()
+            .collect();
+        due.sort_by_key(|r| (super::wake_at(&r.status), r.run_id));
+        due.truncate(limit);
+        Ok(due)
+    }
+
     async fn events(&self, thread_id: &ThreadId, after: Seq, limit: usize) -> Result<Vec<Event>> {
         let inner = self.lock();
         let Some(t) = inner.threads.get(thread_id) else {

@@ -340,6 +340,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Lists runs, oldest first.
     async fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
 
+    /// Waiting runs whose wake-up time (`RunStatus::Waiting { until }`) is at or before
+    /// `now`, earliest first, at most `limit`. Backends find them by an index on the wake-up
+    /// time, not by scanning runs.
+    async fn due_runs(&self, now: Timestamp, limit: usize) -> Result<Vec<RunRecord>>;
+
     /// Reads up to `limit` events with seq greater than `after`, in seq order.
     async fn events(&self, thread_id: &ThreadId, after: Seq, limit: usize) -> Result<Vec<Event>>;
 
@@ -499,6 +504,14 @@ pub enum Answer {
     Recorded,
     /// The same value had been recorded before; nothing changed.
     AlreadyAnswered,
+}
+
+/// When a run in `status` must be woken up: the `until` of a waiting run.
+pub fn wake_at(status: &RunStatus) -> Option<Timestamp> {
+    match status {
+        RunStatus::Waiting { until, .. } => *until,
+        _ => None,
+    }
 }
 
 /// Whether two JSON payloads are the same value (object key order and whitespace aside).

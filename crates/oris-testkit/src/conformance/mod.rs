@@ -30,6 +30,7 @@ mod retention;
 mod runs;
 mod snapshots;
 mod suspension;
+mod timers;
 mod validation;
 
 pub use atomicity::*;
@@ -46,6 +47,7 @@ pub use retention::*;
 pub use runs::*;
 pub use snapshots::*;
 pub use suspension::*;
+pub use timers::*;
 pub use validation::*;
 
 /// The name of every case, in the order [`store_conformance!`](crate::store_conformance)
