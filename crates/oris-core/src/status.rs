@@ -185,6 +185,41 @@ impl RunStatus {
     }
 }
 
+/// The two columns a SQL backend stores a status in: its kind (for filters and a CHECK
+/// constraint) and its JSON (the data). The one conversion every backend uses.
+impl RunStatus {
+    /// `(status, status_data)`.
+    ///
+    /// # Errors
+    /// Only if the status does not serialize, which its types rule out in practice.
+    pub fn to_columns(&self) -> Result<(&'static str, String), String> {
+        let data = serde_json::to_string(self).map_err(|e| e.to_string())?;
+        Ok((self.kind().as_str(), data))
+    }
+
+    /// Rebuilds a status from its two columns, checking they agree.
+    ///
+    /// # Errors
+    /// A message naming the column: an unknown status, JSON that does not decode (with the
+    /// field path), or a kind that disagrees with the data.
+    pub fn from_columns(status: &str, data: String) -> Result<RunStatus, String> {
+        let kind = StatusKind::parse(status)
+            .ok_or_else(|| format!("column `status`: unknown status {status:?}"))?;
+        let payload = crate::event::Payload::from_json(data)
+            .map_err(|e| format!("column `status_data` is not JSON: {e}"))?;
+        let decoded: RunStatus = payload
+            .decode()
+            .map_err(|e| format!("column `status_data` {e}"))?;
+        if decoded.kind() != kind {
+            return Err(format!(
+                "column `status` says {status} but `status_data` holds {}",
+                decoded.kind().as_str()
+            ));
+        }
+        Ok(decoded)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +277,31 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn column_round_trip_and_disagreement() {
+        for k in StatusKind::ALL {
+            let s = status(k);
+            let (kind, data) = s.to_columns().unwrap();
+            assert_eq!(RunStatus::from_columns(kind, data).unwrap(), s);
+        }
+        let (_, data) = RunStatus::Running.to_columns().unwrap();
+        assert!(
+            RunStatus::from_columns("queued", data.clone())
+                .unwrap_err()
+                .contains("says queued")
+        );
+        assert!(
+            RunStatus::from_columns("paused", data)
+                .unwrap_err()
+                .contains("unknown status")
+        );
+        assert!(
+            RunStatus::from_columns("running", "{".into())
+                .unwrap_err()
+                .contains("not JSON")
+        );
     }
 
     #[test]

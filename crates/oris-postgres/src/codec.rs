@@ -7,7 +7,7 @@
 
 use oris_core::event::{Boundary, EventKind, Payload};
 use oris_core::id::{Seq, ThreadId, Timestamp};
-use oris_core::status::{RunStatus, StatusKind};
+use oris_core::status::RunStatus;
 use oris_core::store::Error;
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
@@ -163,28 +163,14 @@ pub(crate) fn kind_from_code(code: i16) -> Option<EventKind> {
 // ---------------------------------------------------------------------------------------
 // Status and boundary
 
-/// The `status` and `status_data` columns of a status.
+/// The `status` and `status_data` columns of a status ([`RunStatus::to_columns`]).
 pub(crate) fn encode_status(status: &RunStatus) -> Result<(&'static str, String), String> {
-    let data = serde_json::to_string(status).map_err(|e| e.to_string())?;
-    Ok((status.kind().as_str(), data))
+    status.to_columns()
 }
 
-/// Rebuilds a status from its two columns, checking they agree.
+/// Rebuilds a status from its two columns ([`RunStatus::from_columns`]).
 pub(crate) fn decode_status(status: &str, data: String) -> Result<RunStatus, Fault> {
-    let kind = StatusKind::parse(status)
-        .ok_or_else(|| Fault::Bad(format!("column `status`: unknown status {status:?}")))?;
-    let payload = Payload::from_json(data)
-        .map_err(|e| Fault::Bad(format!("column `status_data` is not JSON: {e}")))?;
-    let decoded: RunStatus = payload
-        .decode()
-        .map_err(|e| Fault::Bad(format!("column `status_data` {e}")))?;
-    if decoded.kind() != kind {
-        return Err(Fault::Bad(format!(
-            "column `status` says {status} but `status_data` holds {}",
-            decoded.kind().as_str()
-        )));
-    }
-    Ok(decoded)
+    RunStatus::from_columns(status, data).map_err(Fault::Bad)
 }
 
 /// A snapshot's `boundary` column.

@@ -291,6 +291,31 @@ impl Engine {
         }
     }
 
+    /// The registered graph of a name and version.
+    fn registered(&self, graph: &str, version: &str) -> Option<Arc<dyn ErasedGraph>> {
+        self.shared
+            .graphs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(graph.to_owned(), version.to_owned()))
+            .cloned()
+    }
+
+    /// Whether a driver of this engine holds the thread.
+    fn is_live(&self, thread_id: &ThreadId) -> bool {
+        self.live_slot(thread_id).is_some()
+    }
+
+    /// The cancellation slot of the run this engine drives on the thread, if any.
+    fn live_slot(&self, thread_id: &ThreadId) -> Option<Arc<CancelSlot>> {
+        self.shared
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(thread_id)
+            .map(|l| l.slot.clone())
+    }
+
     fn claim(&self, thread_id: &ThreadId, run_id: RunId) -> Result<LiveGuard, Error> {
         let mut live = self.shared.live.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = live.get(thread_id) {
@@ -626,13 +651,7 @@ impl Engine {
             sleep.await;
             let Some(shared) = weak.upgrade() else { return };
             let engine = Engine { shared };
-            let erased = engine
-                .shared
-                .graphs
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&graph)
-                .cloned();
+            let erased = engine.registered(&graph.0, &graph.1);
             if let Some(g) = erased {
                 engine.wait_live(&thread_id).await;
                 match g.resume(engine, thread_id.clone()).await {
@@ -727,13 +746,7 @@ impl Engine {
             let Some(last) = page.last() else { break };
             filter.after = Some(last.run_id);
             for run in page {
-                let graph = self
-                    .shared
-                    .graphs
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&(run.graph.clone(), run.graph_version.clone()))
-                    .cloned();
+                let graph = self.registered(&run.graph, &run.graph_version);
                 let Some(graph) = graph else {
                     report.skipped.push((
                         run.thread_id.clone(),
@@ -776,19 +789,8 @@ impl Engine {
         let due = self.shared.store.due_runs(now, 256).await?;
         let mut woken = 0;
         for run in due {
-            let live = self
-                .shared
-                .live
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains_key(&run.thread_id);
-            let graph = self
-                .shared
-                .graphs
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&(run.graph.clone(), run.graph_version.clone()))
-                .cloned();
+            let live = self.is_live(&run.thread_id);
+            let graph = self.registered(&run.graph, &run.graph_version);
             let (false, Some(graph)) = (live, graph) else {
                 continue;
             };
@@ -836,13 +838,7 @@ impl Engine {
         reason: impl Into<String>,
     ) -> Result<RunRecord, Error> {
         let reason = reason.into();
-        let slot = self
-            .shared
-            .live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(thread_id)
-            .map(|l| l.slot.clone());
+        let slot = self.live_slot(thread_id);
         if let Some(slot) = slot {
             let mut finished = slot.finished.subscribe();
             slot.cancel(reason.clone());
@@ -968,13 +964,7 @@ impl Engine {
 
     /// Waits until no driver of this engine holds the thread.
     async fn wait_live(&self, thread_id: &ThreadId) {
-        let slot = self
-            .shared
-            .live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(thread_id)
-            .map(|l| l.slot.clone());
+        let slot = self.live_slot(thread_id);
         if let Some(slot) = slot {
             let mut finished = slot.finished.subscribe();
             let _ = finished.wait_for(|f| *f).await;
@@ -1052,13 +1042,7 @@ impl Engine {
             if !matches!(run.status, RunStatus::Waiting { .. }) {
                 return;
             }
-            let erased = engine
-                .shared
-                .graphs
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&(run.graph.clone(), run.graph_version.clone()))
-                .cloned();
+            let erased = engine.registered(&run.graph, &run.graph_version);
             if let Some(g) = erased
                 && let Err(e) = g.resume(engine, thread_id.clone()).await
             {
@@ -1079,12 +1063,7 @@ impl Engine {
     ) -> Result<RunRecord, Error> {
         let mut changes = self.shared.changes.subscribe();
         loop {
-            let live = self
-                .shared
-                .live
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains_key(thread_id);
+            let live = self.is_live(thread_id);
             if !live {
                 let run = self.latest_run(thread_id).await?;
                 if done(&run.status) {
