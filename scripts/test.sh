@@ -99,7 +99,7 @@ cargo nextest run --workspace --locked --no-fail-fast
 if [[ -n "${ORIS_TEST_PG_DATA:-}" ]]; then
     # Restarts the server, breaking every connection: alone, after the rest.
     step "PostgreSQL restart test"
-    cargo nextest run --workspace --locked --run-ignored only \
+    cargo nextest run --workspace --locked --ignore-default-filter \
         -E 'test(=operations_succeed_after_the_server_restarts)'
 fi
 

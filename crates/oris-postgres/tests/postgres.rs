@@ -349,10 +349,10 @@ async fn unfinished_runs_are_found_by_their_index() -> TestResult {
 /// Restarting the server breaks every pooled connection and the listener; the next
 /// operations succeed on fresh connections and the listener reports its reconnection.
 /// Needs `ORIS_TEST_PG_DATA` (the cluster's data directory, set by `scripts/test.sh`) and
-/// permission to run `pg_ctl` as its owner. Ignored by default because it must run alone
-/// (every other test's connections break too): `scripts/test.sh` runs it after the rest.
+/// permission to run `pg_ctl` as its owner. It must run alone (every other test's
+/// connections break too): nextest's default filter (`.config/nextest.toml`) leaves it out of
+/// the main run, and `scripts/test.sh` runs it by itself after the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "restarts the server: run alone, as scripts/test.sh does"]
 async fn operations_succeed_after_the_server_restarts() -> TestResult {
     let Ok(data) = std::env::var("ORIS_TEST_PG_DATA") else {
         panic!(
