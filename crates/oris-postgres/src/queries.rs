@@ -365,6 +365,7 @@ mod tests {
                 statuses: vec![StatusKind::Completed, StatusKind::Queued],
                 after: Some(RunId::generate()),
                 limit: 5,
+                ..Default::default()
             },
         );
         assert!(text.ends_with("LIMIT $4"), "{text}");

@@ -1044,6 +1044,7 @@ impl<S: State> Driver<S> {
             }),
             snapshot,
             durability: self.settings.durability,
+            fence: None,
         };
         self.shared.write(commit).await.map_err(|e| match e {
             store::Error::Conflict { .. } => Error::Superseded {

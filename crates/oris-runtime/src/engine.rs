@@ -474,9 +474,15 @@ impl Engine {
                 first_seq,
                 created_at: now,
                 updated_at: now,
+                priority: 0,
+                metadata: None,
+                ready_at: None,
+                lease_epoch: 0,
+                lease: None,
             })),
             snapshot: None,
             durability: settings.durability,
+            fence: None,
         };
         if let Err(e) = self.shared.write(commit).await {
             // Another process started a run on this thread between our read and our commit:
@@ -873,6 +879,7 @@ impl Engine {
                     }),
                     snapshot: None,
                     durability: Durability::Sync,
+                    fence: None,
                 };
                 match self.shared.write(commit).await {
                     Ok(_) => break,
@@ -1470,6 +1477,7 @@ impl<S: State> GraphHandle<S> {
             run: None,
             snapshot: None,
             durability: Durability::Sync,
+            fence: None,
         };
         self.engine.shared.write(commit).await?;
         drop(guard);

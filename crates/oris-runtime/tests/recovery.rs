@@ -377,9 +377,15 @@ async fn write_by_hand(
             first_seq: Seq(1),
             created_at: now,
             updated_at: now,
+            priority: 0,
+            metadata: None,
+            ready_at: None,
+            lease_epoch: 0,
+            lease: None,
         })),
         snapshot: None,
         durability: Durability::Sync,
+        fence: None,
     };
     store.commit(started).await.unwrap();
     let completed = Commit {
@@ -401,6 +407,7 @@ async fn write_by_hand(
         run: None,
         snapshot: None,
         durability: Durability::Sync,
+        fence: None,
     };
     store.commit(completed).await.unwrap();
 }

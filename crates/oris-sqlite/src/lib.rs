@@ -115,9 +115,15 @@
 //!             first_seq: Seq(1),
 //!             created_at: now,
 //!             updated_at: now,
+//!             priority: 0,
+//!             metadata: None,
+//!             ready_at: None,
+//!             lease_epoch: 0,
+//!             lease: None,
 //!         })),
 //!         snapshot: None,
 //!         durability: Durability::Sync,
+//!         fence: None,
 //!     })
 //!     .await?;
 //! assert_eq!(receipt.head, Seq(1));

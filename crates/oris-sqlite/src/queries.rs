@@ -416,6 +416,7 @@ mod tests {
             statuses: vec![StatusKind::Completed, StatusKind::Queued],
             after: Some(RunId::generate()),
             limit: 5,
+            ..Default::default()
         });
         assert_eq!(values.len(), 4);
         assert!(sql.ends_with("LIMIT ?4"), "{sql}");

@@ -180,6 +180,11 @@ fn decode_run(row: &Row<'_>) -> Result<StoredRun, Fault> {
                 first_seq: seq_col(row, 8, "first_seq")?,
                 created_at: time(row, 9, "created_at")?,
                 updated_at: time(row, 10, "updated_at")?,
+                priority: 0,
+                metadata: None,
+                ready_at: None,
+                lease_epoch: 0,
+                lease: None,
             },
         })
     };

@@ -55,6 +55,11 @@ pub fn run_record(thread: &ThreadId, graph: &str, first_seq: u64) -> RunRecord {
         first_seq: Seq(first_seq),
         created_at: at(first_seq),
         updated_at: at(first_seq),
+        priority: 0,
+        metadata: None,
+        ready_at: None,
+        lease_epoch: 0,
+        lease: None,
     }
 }
 
@@ -232,6 +237,7 @@ pub fn create(run: &RunRecord, events: Vec<Event>) -> Commit {
         run: Some(RunWrite::Create(run.clone())),
         snapshot: None,
         durability: Durability::Sync,
+        fence: None,
     }
 }
 
@@ -244,6 +250,7 @@ pub fn append(thread: &ThreadId, head: u64, events: Vec<Event>) -> Commit {
         run: None,
         snapshot: None,
         durability: Durability::Sync,
+        fence: None,
     }
 }
 

@@ -9,8 +9,15 @@
 //! [`plan_commit`]; backends persist its result. The conformance suite in `oris-testkit`
 //! checks every backend against the same cases.
 
+mod control;
 mod memory;
 
+pub use control::{
+    ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Fence, IdempotencyRecord,
+    InterruptFilter, LeaseHolder, Reservation, StoredResponse, check_fence, plan_claim,
+    plan_release, plan_renew, plan_reservation, ready_for_status, ready_on_answer,
+    ready_on_delivery,
+};
 pub use memory::MemoryStore;
 
 use async_trait::async_trait;
@@ -57,6 +64,57 @@ pub struct RunRecord {
     pub created_at: Timestamp,
     /// When its status last changed.
     pub updated_at: Timestamp,
+    /// Claim order: runs with a higher priority are claimed first. Default 0.
+    pub priority: i32,
+    /// Caller-supplied labels (a JSON object of strings), for filtering; `None` if none.
+    pub metadata: Option<Payload>,
+    /// When the run may be claimed by a worker (see [`plan_claim`]); `None` when it is
+    /// not claimable (finished, interrupted without answers, or driven in-process by the
+    /// library). Maintained by the store: set by [`plan_commit`] from the status, by claims,
+    /// renewals and releases, and by answers and deliveries that make a run ready.
+    pub ready_at: Option<Timestamp>,
+    /// The fencing epoch of the latest claim (0: never claimed). Only ever increases.
+    pub lease_epoch: u64,
+    /// The current lease holder, if the run is leased.
+    pub lease: Option<LeaseHolder>,
+}
+
+impl RunRecord {
+    /// A new run record with the defaults of the server-only fields (priority 0, no
+    /// metadata, not ready, never leased); [`plan_commit`] sets `ready_at` from the status.
+    pub fn new(
+        run_id: RunId,
+        thread_id: ThreadId,
+        graph: impl Into<String>,
+        graph_version: impl Into<String>,
+        status: RunStatus,
+        first_seq: Seq,
+        created_at: Timestamp,
+    ) -> Self {
+        RunRecord {
+            run_id,
+            thread_id,
+            graph: graph.into(),
+            graph_version: graph_version.into(),
+            status,
+            first_seq,
+            created_at,
+            updated_at: created_at,
+            priority: 0,
+            metadata: None,
+            ready_at: None,
+            lease_epoch: 0,
+            lease: None,
+        }
+    }
+
+    /// The metadata as a JSON object of strings (empty when absent or not such an object).
+    pub fn metadata_map(&self) -> std::collections::BTreeMap<String, String> {
+        self.metadata
+            .as_ref()
+            .and_then(|m| serde_json::from_str(m.json()).ok())
+            .unwrap_or_default()
+    }
 }
 
 /// Materialised state of a thread at a superstep boundary: the fold of events
@@ -108,6 +166,10 @@ pub struct Commit {
     pub snapshot: Option<Snapshot>,
     /// How durable the write must be before `commit` returns.
     pub durability: Durability,
+    /// The lease the writer holds on the run, if it drives the run under a lease: the
+    /// commit then succeeds only while that lease is current and unexpired
+    /// ([`check_fence`]), otherwise it fails with [`Error::LeaseLost`] and changes nothing.
+    pub fence: Option<Fence>,
 }
 
 /// Checks a prune: `base` must be a `HistoryPruned` event within the log, written by a run
@@ -174,6 +236,16 @@ pub struct RunFilter {
     pub after: Option<RunId>,
     /// At most this many (0: no limit).
     pub limit: usize,
+    /// Only runs created at or after this time.
+    pub created_from: Option<Timestamp>,
+    /// Only runs created before this time.
+    pub created_to: Option<Timestamp>,
+    /// Only runs whose status changed at or after this time.
+    pub updated_from: Option<Timestamp>,
+    /// Only runs whose status changed before this time.
+    pub updated_to: Option<Timestamp>,
+    /// Only runs whose metadata has every one of these top-level string values.
+    pub metadata: Vec<(String, String)>,
 }
 
 impl RunFilter {
@@ -195,6 +267,14 @@ impl RunFilter {
         self.thread_id.as_ref().is_none_or(|t| *t == run.thread_id)
             && self.graph.as_ref().is_none_or(|g| *g == run.graph)
             && (self.statuses.is_empty() || self.statuses.contains(&run.status.kind()))
+            && self.created_from.is_none_or(|t| run.created_at >= t)
+            && self.created_to.is_none_or(|t| run.created_at < t)
+            && self.updated_from.is_none_or(|t| run.updated_at >= t)
+            && self.updated_to.is_none_or(|t| run.updated_at < t)
+            && (self.metadata.is_empty() || {
+                let m = run.metadata_map();
+                self.metadata.iter().all(|(k, v)| m.get(k) == Some(v))
+            })
     }
 }
 
@@ -304,6 +384,25 @@ pub enum Error {
     ResumeConflict {
         /// The interrupt.
         interrupt_id: InterruptId,
+    },
+    /// The writer's lease on the run is not current (superseded, released or expired):
+    /// it must stop driving the run. Nothing was written.
+    #[error("lease on run {run_id} (epoch {epoch}) lost: {reason}")]
+    LeaseLost {
+        /// The run.
+        run_id: RunId,
+        /// The epoch the writer presented.
+        epoch: u64,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A record with this identity already exists (an API key id).
+    #[error("{what} `{id}` already exists")]
+    AlreadyExists {
+        /// What kind of record.
+        what: &'static str,
+        /// Its identity.
+        id: String,
     },
 }
 
@@ -423,6 +522,132 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// A thread's deliveries in arrival order; only unconsumed ones if `pending_only`.
     async fn deliveries(&self, thread_id: &ThreadId, pending_only: bool) -> Result<Vec<Delivery>>;
+
+    /// Interrupts across threads, oldest first (by id).
+    async fn list_interrupts(&self, filter: &InterruptFilter) -> Result<Vec<InterruptRecord>> {
+        let _ = filter;
+        Err(unsupported("list_interrupts"))
+    }
+
+    // --- Leases -------------------------------------------------------------------------
+
+    /// Claims up to `request.limit` ready runs for a worker, atomically: each returned record
+    /// is the run after [`plan_claim`], and no run is returned to two concurrent claimers.
+    /// Runs are taken by priority (highest first), then `ready_at`, then run id; backends
+    /// find them by an index on `ready_at`, not by scanning runs.
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<RunRecord>> {
+        let _ = request;
+        Err(unsupported("claim"))
+    }
+
+    /// Extends the lease `fence` for `ttl` from `now` ([`plan_renew`]); returns the run after.
+    ///
+    /// # Errors
+    /// [`Error::RunNotFound`], [`Error::LeaseLost`].
+    async fn renew_lease(
+        &self,
+        fence: &Fence,
+        worker_id: &str,
+        now: Timestamp,
+        ttl: std::time::Duration,
+    ) -> Result<RunRecord> {
+        let _ = (fence, worker_id, now, ttl);
+        Err(unsupported("renew_lease"))
+    }
+
+    /// Hands a leased run back ([`plan_release`]); returns the run after.
+    ///
+    /// # Errors
+    /// [`Error::RunNotFound`], [`Error::LeaseLost`].
+    async fn release_lease(&self, fence: &Fence, now: Timestamp) -> Result<RunRecord> {
+        let _ = (fence, now);
+        Err(unsupported("release_lease"))
+    }
+
+    // --- Idempotency --------------------------------------------------------------------
+
+    /// Reserves `candidate.key` within `candidate.scope` for a request, atomically with the
+    /// check ([`plan_reservation`]): of concurrent identical requests exactly one gets
+    /// [`Reservation::Reserved`]. Durable with the store's next durable commit.
+    async fn reserve_idempotency(
+        &self,
+        candidate: &IdempotencyRecord,
+        now: Timestamp,
+    ) -> Result<Reservation> {
+        let _ = (candidate, now);
+        Err(unsupported("reserve_idempotency"))
+    }
+
+    /// Stores the response of a reserved key; later identical requests get it as a replay.
+    async fn complete_idempotency(
+        &self,
+        scope: &str,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<()> {
+        let _ = (scope, key, response);
+        Err(unsupported("complete_idempotency"))
+    }
+
+    /// Drops an unfinished reservation (the request failed without doing anything), so a
+    /// retry may take the key. Does nothing to a completed record.
+    async fn release_idempotency(&self, scope: &str, key: &str) -> Result<()> {
+        let _ = (scope, key);
+        Err(unsupported("release_idempotency"))
+    }
+
+    /// Deletes idempotency records that expired at or before `now`; returns how many.
+    async fn purge_idempotency(&self, now: Timestamp) -> Result<u64> {
+        let _ = now;
+        Err(unsupported("purge_idempotency"))
+    }
+
+    // --- API keys -----------------------------------------------------------------------
+
+    /// Stores a new API key.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] when the key id is taken.
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+        let _ = key;
+        Err(unsupported("create_api_key"))
+    }
+
+    /// Reads an API key by id (revoked ones too).
+    async fn api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>> {
+        let _ = key_id;
+        Err(unsupported("api_key"))
+    }
+
+    /// Every API key, oldest first.
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        Err(unsupported("api_keys"))
+    }
+
+    /// Revokes a key; `false` when it does not exist or was already revoked.
+    async fn revoke_api_key(&self, key_id: &str, at: Timestamp) -> Result<bool> {
+        let _ = (key_id, at);
+        Err(unsupported("revoke_api_key"))
+    }
+
+    // --- Audit --------------------------------------------------------------------------
+
+    /// Appends an entry to the audit log and returns its id. Durable with the store's next
+    /// durable commit.
+    async fn append_audit(&self, record: &AuditRecord) -> Result<u64> {
+        let _ = record;
+        Err(unsupported("append_audit"))
+    }
+
+    /// Lists audit entries, oldest first.
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        let _ = filter;
+        Err(unsupported("audit"))
+    }
+}
+
+fn unsupported(op: &str) -> Error {
+    Error::Incompatible(format!("this store does not implement `{op}` yet"))
 }
 
 /// An external event sent to a thread, buffered until a node waiting for its name
@@ -612,7 +837,17 @@ pub struct CommitPlan {
 
 /// Decides whether `commit` may be applied to a thread whose stored record is `thread`,
 /// and what the thread and run records become. `run` is the stored record of the run
-/// named by [`RunWrite::SetStatus`], if the commit has one.
+/// named by [`RunWrite::SetStatus`] or by [`Commit::fence`], if the commit has either.
+///
+/// Leases: a fenced commit must hold the run's current, unexpired lease ([`check_fence`]).
+/// A created run is unleased and ready as [`ready_for_status`] says. A status change to
+/// running keeps the writer's lease when the commit is fenced (the run stays ready at the
+/// lease's expiry) and otherwise leaves the run unleased and not ready; any other status
+/// change ends the lease and sets `ready_at` from the status. Backends then adjust
+/// `ready_at` of a run entering `interrupted` with [`ready_on_answer`] (answers that
+/// arrived while it was suspending) and of a run entering `waiting` with the earliest
+/// pending delivery it waits for, so a resume or event that raced the suspension is not
+/// lost.
 ///
 /// # Errors
 /// [`Error::Conflict`], [`Error::RunActive`], [`Error::GraphMismatch`],
@@ -629,6 +864,17 @@ pub fn plan_commit(
         thread_id: tid.clone(),
         detail,
     };
+    if let Some(f) = &commit.fence {
+        let r = run
+            .filter(|r| r.run_id == f.run_id)
+            .ok_or(Error::RunNotFound { run_id: f.run_id })?;
+        check_fence(f, r, now)?;
+        if matches!(commit.run, Some(RunWrite::Create(_))) {
+            return Err(invalid(
+                "a run is created unleased: the commit must not be fenced".into(),
+            ));
+        }
+    }
     let actual = thread.map_or(Seq::ZERO, |t| t.head);
     if actual != commit.expected_head {
         return Err(Error::Conflict {
@@ -723,7 +969,11 @@ pub fn plan_commit(
             }
             next.active_run = Some(r.run_id);
             next.last_run = Some(r.run_id);
-            run_out = Some(r.clone());
+            let mut r = r.clone();
+            r.ready_at = ready_for_status(&r.status, Some(r.created_at));
+            r.lease_epoch = 0;
+            r.lease = None;
+            run_out = Some(r);
             run_is_new = true;
         }
         Some(RunWrite::SetStatus { run_id, status }) => {
@@ -746,6 +996,12 @@ pub fn plan_commit(
             let mut r = stored.clone();
             r.status = status.clone();
             r.updated_at = now;
+            let leased =
+                *status == RunStatus::Running && commit.fence.is_some_and(|f| f.run_id == *run_id);
+            if !leased {
+                r.lease = None;
+                r.ready_at = ready_for_status(status, None);
+            }
             if status.is_terminal() && next.active_run == Some(*run_id) {
                 next.active_run = None;
             }

@@ -71,6 +71,11 @@ impl Run {
             first_seq: self.head.next(),
             created_at: now,
             updated_at: now,
+            priority: 0,
+            metadata: None,
+            ready_at: None,
+            lease_epoch: 0,
+            lease: None,
         }
     }
 
@@ -101,6 +106,7 @@ impl Run {
             run: Some(RunWrite::Create(self.record())),
             snapshot: None,
             durability: self.durability,
+            fence: None,
         }
     }
 
@@ -140,6 +146,7 @@ impl Run {
             run: None,
             snapshot: None,
             durability: self.durability,
+            fence: None,
         }
     }
 
@@ -157,6 +164,7 @@ impl Run {
             }),
             snapshot: None,
             durability: self.durability,
+            fence: None,
         }
     }
 
@@ -191,6 +199,7 @@ impl Run {
             }),
             snapshot: None,
             durability: self.durability,
+            fence: None,
         }
     }
 
@@ -213,6 +222,7 @@ impl Run {
             }),
             snapshot: None,
             durability: self.durability,
+            fence: None,
         }
     }
 
@@ -265,6 +275,7 @@ impl Run {
             }),
             snapshot: None,
             durability: self.durability,
+            fence: None,
         }
     }
 
@@ -289,6 +300,7 @@ impl Run {
             }),
             snapshot: None,
             durability: self.durability,
+            fence: None,
         }
     }
 
@@ -312,6 +324,7 @@ impl Run {
             run: None,
             snapshot: None,
             durability: self.durability,
+            fence: None,
         }
     }
 
