@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use super::{Error, InterruptRecord, Result, RunRecord};
+use super::{Commit, Error, InterruptRecord, Result, RunRecord, RunWrite, ThreadRecord};
 use crate::event::Payload;
 use crate::id::{RunId, Timestamp};
 use crate::status::RunStatus;
@@ -66,7 +66,7 @@ impl ClaimRequest {
 /// then run id; a run is claimed by at most one of concurrent claimers.
 pub fn plan_claim(run: &RunRecord, request: &ClaimRequest) -> Option<RunRecord> {
     if run.status.is_terminal()
-        || !run.ready_at.is_some_and(|t| t <= request.now)
+        || run.ready_at.is_none_or(|t| t > request.now)
         || !request.accepts(&run.graph, &run.graph_version)
     {
         return None;
@@ -144,9 +144,14 @@ pub fn plan_renew(
 }
 
 /// The record of `run` after its holder hands it back at `now` (graceful shutdown, or a
-/// driver that stopped early). A running run becomes claimable at once; a suspended one
-/// keeps the wake-up time of its status. Releasing an expired lease is allowed (the holder
-/// gives up what it already lost) as long as no newer claim superseded it.
+/// driver that stopped early): unleased and claimable again at once. That holds for a
+/// suspended run too: it was claimed because it was ready (answered, due, or an event it
+/// waits for arrived) and, still suspended, it has not acted on that yet — taking the
+/// wake-up time of its status instead would strand an answered `interrupted` run (never
+/// ready) and a `waiting` run woken by an event (ready only at `until`, if ever). A run
+/// that ended has no lease to release (a status change ends it). Releasing an expired
+/// lease is allowed (the holder gives up what it already lost) as long as no newer claim
+/// superseded it.
 ///
 /// # Errors
 /// [`Error::LeaseLost`] when the epoch was superseded or the lease already released.
@@ -160,11 +165,37 @@ pub fn plan_release(run: &RunRecord, fence: &Fence, now: Timestamp) -> Result<Ru
     }
     let mut r = run.clone();
     r.lease = None;
-    r.ready_at = match &r.status {
-        RunStatus::Queued | RunStatus::Running => Some(now),
-        other => ready_for_status(other, None),
-    };
+    r.ready_at = (!r.status.is_terminal()).then_some(now);
     Ok(r)
+}
+
+/// Checks that a fenced commit is written by the run its fence names: the run whose status
+/// it sets or, without a status change, the thread's active run (`thread` is the stored
+/// record of the commit's thread). A lease on one run does not entitle its holder to write
+/// another run's events. Commits without a fence, run creations (refused fenced by
+/// [`plan_commit`](super::plan_commit)) and commits on a missing thread pass (the commit's
+/// other rules decide them).
+///
+/// # Errors
+/// [`Error::LeaseLost`] (`the lease names another run`), nothing written.
+pub fn check_fence_writer(commit: &Commit, thread: Option<&ThreadRecord>) -> Result<()> {
+    let Some(fence) = &commit.fence else {
+        return Ok(());
+    };
+    let writer = match (&commit.run, thread) {
+        (Some(RunWrite::Create(_)), _) | (None, None) => return Ok(()),
+        (Some(RunWrite::SetStatus { run_id, .. }), _) => Some(*run_id),
+        (None, Some(t)) => t.active_run,
+    };
+    if writer == Some(fence.run_id) {
+        Ok(())
+    } else {
+        Err(Error::LeaseLost {
+            run_id: fence.run_id,
+            epoch: fence.epoch,
+            reason: "the lease names another run",
+        })
+    }
 }
 
 /// When a run that just entered `status` becomes claimable (unleased): a queued run at once
@@ -193,9 +224,7 @@ pub fn ready_on_answer(
         .filter(|i| i.run_id == run.run_id && i.applied_seq.is_none());
     let mut any = false;
     for i in open {
-        if i.answer.is_none() {
-            return None;
-        }
+        i.answer.as_ref()?;
         any = true;
     }
     (any && matches!(run.status, RunStatus::Interrupted { .. }) && run.lease.is_none())

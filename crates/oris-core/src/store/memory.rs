@@ -1,18 +1,24 @@
 //! The in-memory store: for tests, benchmarks of engine overhead, and ephemeral graphs.
 //! Nothing survives the process.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
+use super::control::check_fence_writer;
 use super::{
-    Answer, Commit, Delivery, Error, InterruptRecord, Receipt, Result, RunFilter, RunRecord,
-    RunWrite, Snapshot, Store, ThreadRecord, check_prune, check_redelivery, consumed_deliveries,
-    interrupt_effects, plan_answer, plan_commit,
+    Answer, ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Commit, Delivery, Error, Fence,
+    IdempotencyRecord, InterruptFilter, InterruptRecord, Receipt, Reservation, Result, RunFilter,
+    RunRecord, RunWrite, Snapshot, Store, StoredResponse, ThreadRecord, check_prune,
+    check_redelivery, consumed_deliveries, interrupt_effects, plan_answer, plan_claim, plan_commit,
+    plan_release, plan_renew, plan_reservation, ready_on_answer, ready_on_delivery,
 };
 use crate::event::{Event, Payload};
 use crate::id::{DeliveryId, InterruptId, RunId, Seq, ThreadId, Timestamp};
+use crate::status::RunStatus;
 
 #[derive(Debug, Default)]
 struct Thread {
@@ -21,13 +27,97 @@ struct Thread {
     snapshot: Option<Snapshot>,
 }
 
+/// A claimable run's place in claim order: priority (highest first), `ready_at`, run id.
+type ReadyKey = (Reverse<i32>, Timestamp, RunId);
+
+fn ready_key(run: &RunRecord) -> Option<ReadyKey> {
+    match run.ready_at {
+        Some(t) if !run.status.is_terminal() => Some((Reverse(run.priority), t, run.run_id)),
+        _ => None,
+    }
+}
+
+/// The first ready key of priority `p` at or after `t`.
+fn key_from(p: Reverse<i32>, t: Timestamp) -> ReadyKey {
+    (p, t, RunId::from_uuid(uuid::Uuid::nil()))
+}
+
+/// The last ready key of priority `p` at or before `t`.
+fn key_to(p: Reverse<i32>, t: Timestamp) -> ReadyKey {
+    (p, t, RunId::from_uuid(uuid::Uuid::from_u128(u128::MAX)))
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     threads: HashMap<ThreadId, Thread>,
+    /// Written only through [`Inner::put_run`], which keeps `ready` in step.
     runs: BTreeMap<RunId, RunRecord>,
-    interrupts: HashMap<InterruptId, InterruptRecord>,
+    /// The runs with a `ready_at`, in claim order: the index claims walk.
+    ready: BTreeSet<ReadyKey>,
+    /// By id, i.e. creation order.
+    interrupts: BTreeMap<InterruptId, InterruptRecord>,
     /// Per thread, in arrival order.
     deliveries: HashMap<ThreadId, Vec<Delivery>>,
+    /// By (scope, key).
+    idempotency: HashMap<(String, String), IdempotencyRecord>,
+    api_keys: HashMap<String, ApiKeyRecord>,
+    /// In id order; the id of entry `i` is `i + 1`.
+    audit: Vec<AuditRecord>,
+}
+
+impl Inner {
+    /// Stores a run record, keeping the claim index in step.
+    fn put_run(&mut self, run: RunRecord) {
+        if let Some(key) = self.runs.get(&run.run_id).and_then(ready_key) {
+            self.ready.remove(&key);
+        }
+        if let Some(key) = ready_key(&run) {
+            self.ready.insert(key);
+        }
+        self.runs.insert(run.run_id, run);
+    }
+
+    /// The interrupts `run` raised, in id order.
+    fn interrupts_of_run(&self, run_id: RunId) -> Vec<InterruptRecord> {
+        self.interrupts
+            .values()
+            .filter(|i| i.run_id == run_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Sets `ready_at` of a run that just entered a suspended status, so that what raced the
+    /// suspension is not lost: an `interrupted` run whose open interrupts are all answered
+    /// is ready since its latest answer ([`ready_on_answer`]); a `waiting` run is ready at
+    /// the earliest of its `until` and the arrival of a pending delivery it waits for
+    /// ([`ready_on_delivery`]).
+    fn settle_suspension(&self, run: &mut RunRecord) {
+        match &run.status {
+            RunStatus::Interrupted { .. } => {
+                let interrupts = self.interrupts_of_run(run.run_id);
+                let last_answer = interrupts
+                    .iter()
+                    .filter(|i| i.applied_seq.is_none())
+                    .filter_map(|i| i.answer.as_ref().map(|(_, at)| *at))
+                    .max();
+                if let Some(at) = last_answer
+                    && let Some(t) = ready_on_answer(run, &interrupts, at)
+                {
+                    run.ready_at = Some(t);
+                }
+            }
+            RunStatus::Waiting { .. } => {
+                for d in self.deliveries.get(&run.thread_id).into_iter().flatten() {
+                    if d.consumed_seq.is_none()
+                        && let Some(t) = ready_on_delivery(run, &d.name, d.sent_at)
+                    {
+                        run.ready_at = Some(t);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// A [`Store`] in process memory. Commits are linearized by one mutex.
@@ -75,10 +165,17 @@ impl MemoryStore {
 impl Store for MemoryStore {
     async fn commit(&self, commit: Commit) -> Result<Receipt> {
         let mut inner = self.lock();
-        let stored_run = match &commit.run {
-            Some(RunWrite::SetStatus { run_id, .. }) => inner.runs.get(run_id).cloned(),
+        let thread = inner
+            .threads
+            .get(&commit.thread_id)
+            .and_then(|t| t.record.as_ref());
+        check_fence_writer(&commit, thread)?;
+        let named = match (&commit.run, &commit.fence) {
+            (Some(RunWrite::SetStatus { run_id, .. }), _) => Some(*run_id),
+            (_, Some(f)) => Some(f.run_id),
             _ => None,
         };
+        let stored_run = named.and_then(|id| inner.runs.get(&id).cloned());
         if let Some(RunWrite::Create(r)) = &commit.run
             && inner.runs.contains_key(&r.run_id)
         {
@@ -87,13 +184,7 @@ impl Store for MemoryStore {
                 detail: format!("run {} already exists", r.run_id),
             });
         }
-        let thread = inner.threads.get(&commit.thread_id);
-        let plan = plan_commit(
-            &commit,
-            thread.and_then(|t| t.record.as_ref()),
-            stored_run.as_ref(),
-            Timestamp::now(),
-        )?;
+        let plan = plan_commit(&commit, thread, stored_run.as_ref(), Timestamp::now())?;
         let effects = interrupt_effects(&commit);
         if let Some(r) = effects
             .raised
@@ -104,9 +195,6 @@ impl Store for MemoryStore {
                 thread_id: commit.thread_id.clone(),
                 detail: format!("interrupt {} already exists", r.interrupt_id),
             });
-        }
-        if let Some(run) = plan.run {
-            inner.runs.insert(run.run_id, run);
         }
         for r in effects.raised {
             inner.interrupts.insert(r.interrupt_id, r);
@@ -130,6 +218,12 @@ impl Store for MemoryStore {
                     r.answer = Some((value, Timestamp::now()));
                 }
             }
+        }
+        if let Some(mut run) = plan.run {
+            if !plan.run_is_new {
+                inner.settle_suspension(&mut run);
+            }
+            inner.put_run(run);
         }
         let head = plan.thread.head;
         let t = inner.threads.entry(commit.thread_id).or_default();
@@ -248,6 +342,14 @@ impl Store for MemoryStore {
             None => Ok((Answer::AlreadyAnswered, stored)),
             Some(updated) => {
                 inner.interrupts.insert(interrupt_id, updated.clone());
+                let interrupts = inner.interrupts_of_run(stored.run_id);
+                if let Some(run) = inner.runs.get(&stored.run_id)
+                    && let Some(t) = ready_on_answer(run, &interrupts, at)
+                {
+                    let mut run = run.clone();
+                    run.ready_at = Some(t);
+                    inner.put_run(run);
+                }
                 Ok((Answer::Recorded, updated))
             }
         }
@@ -262,11 +364,22 @@ impl Store for MemoryStore {
         at: Timestamp,
     ) -> Result<(Delivery, bool)> {
         let mut inner = self.lock();
-        if !inner.threads.contains_key(thread_id) {
+        let Some(active) = inner.threads.get(thread_id).map(|t| {
+            t.record
+                .as_ref()
+                .and_then(|r| r.active_run)
+                .and_then(|id| inner.runs.get(&id))
+        }) else {
             return Err(Error::ThreadNotFound {
                 thread_id: thread_id.clone(),
             });
-        }
+        };
+        let woken = active.and_then(|run| {
+            let t = ready_on_delivery(run, name, at)?;
+            let mut run = run.clone();
+            run.ready_at = Some(t);
+            Some(run)
+        });
         let list = inner.deliveries.entry(thread_id.clone()).or_default();
         if let Some(k) = &key
             && let Some(existing) = list.iter().find(|d| d.key.as_ref() == Some(k))
@@ -284,6 +397,9 @@ impl Store for MemoryStore {
             consumed_seq: None,
         };
         list.push(d.clone());
+        if let Some(run) = woken {
+            inner.put_run(run);
+        }
         Ok((d, true))
     }
 
@@ -303,7 +419,18 @@ impl Store for MemoryStore {
             });
         }
         inner.threads.remove(thread_id);
-        inner.runs.retain(|_, r| r.thread_id != *thread_id);
+        let gone: Vec<RunRecord> = inner
+            .runs
+            .values()
+            .filter(|r| r.thread_id == *thread_id)
+            .cloned()
+            .collect();
+        for r in gone {
+            if let Some(key) = ready_key(&r) {
+                inner.ready.remove(&key);
+            }
+            inner.runs.remove(&r.run_id);
+        }
         inner.interrupts.retain(|_, r| r.thread_id != *thread_id);
         inner.deliveries.remove(thread_id);
         Ok(())
@@ -367,5 +494,212 @@ impl Store for MemoryStore {
             });
         };
         Ok(u64::from(t.snapshot.take().is_some()))
+    }
+
+    async fn list_interrupts(&self, filter: &InterruptFilter) -> Result<Vec<InterruptRecord>> {
+        let inner = self.lock();
+        let start = match filter.after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Unbounded,
+        };
+        let limit = if filter.limit == 0 {
+            usize::MAX
+        } else {
+            filter.limit
+        };
+        let graph_of = |t: &ThreadId| {
+            inner
+                .threads
+                .get(t)
+                .and_then(|t| t.record.as_ref())
+                .map(|r| r.graph.as_str())
+        };
+        let open = |i: &InterruptRecord| {
+            i.applied_seq.is_none()
+                && inner
+                    .runs
+                    .get(&i.run_id)
+                    .is_some_and(|r| !r.status.is_terminal())
+        };
+        Ok(inner
+            .interrupts
+            .range((start, Bound::Unbounded))
+            .map(|(_, i)| i)
+            .filter(|i| filter.thread_id.as_ref().is_none_or(|t| *t == i.thread_id))
+            .filter(|i| {
+                filter
+                    .graph
+                    .as_deref()
+                    .is_none_or(|g| graph_of(&i.thread_id) == Some(g))
+            })
+            .filter(|i| !filter.open_only || open(i))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<RunRecord>> {
+        let mut inner = self.lock();
+        let mut claimed = Vec::new();
+        // Walk the index one priority at a time, each up to `now`: runs that become ready
+        // later (held leases among them) are skipped without being visited.
+        let mut from = Bound::Unbounded;
+        'priorities: while claimed.len() < request.limit {
+            let Some(&(priority, _, _)) = inner.ready.range((from, Bound::Unbounded)).next() else {
+                break;
+            };
+            let due = key_from(priority, Timestamp(i64::MIN))..=key_to(priority, request.now);
+            for (_, _, run_id) in inner.ready.range(due) {
+                if let Some(run) = inner.runs.get(run_id).and_then(|r| plan_claim(r, request)) {
+                    claimed.push(run);
+                    if claimed.len() == request.limit {
+                        break 'priorities;
+                    }
+                }
+            }
+            from = Bound::Excluded(key_to(priority, Timestamp(i64::MAX)));
+        }
+        for run in &claimed {
+            inner.put_run(run.clone());
+        }
+        Ok(claimed)
+    }
+
+    async fn renew_lease(
+        &self,
+        fence: &Fence,
+        worker_id: &str,
+        now: Timestamp,
+        ttl: std::time::Duration,
+    ) -> Result<RunRecord> {
+        let mut inner = self.lock();
+        let run = inner.runs.get(&fence.run_id).ok_or(Error::RunNotFound {
+            run_id: fence.run_id,
+        })?;
+        let renewed = plan_renew(run, fence, worker_id, now, ttl)?;
+        inner.put_run(renewed.clone());
+        Ok(renewed)
+    }
+
+    async fn release_lease(&self, fence: &Fence, now: Timestamp) -> Result<RunRecord> {
+        let mut inner = self.lock();
+        let run = inner.runs.get(&fence.run_id).ok_or(Error::RunNotFound {
+            run_id: fence.run_id,
+        })?;
+        let released = plan_release(run, fence, now)?;
+        inner.put_run(released.clone());
+        Ok(released)
+    }
+
+    async fn reserve_idempotency(
+        &self,
+        candidate: &IdempotencyRecord,
+        now: Timestamp,
+    ) -> Result<Reservation> {
+        let mut inner = self.lock();
+        let id = (candidate.scope.clone(), candidate.key.clone());
+        let (decision, write) = plan_reservation(inner.idempotency.get(&id), candidate, now);
+        if let Some(record) = write {
+            inner.idempotency.insert(id, record);
+        }
+        Ok(decision)
+    }
+
+    async fn complete_idempotency(
+        &self,
+        scope: &str,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<()> {
+        let mut inner = self.lock();
+        if let Some(r) = inner
+            .idempotency
+            .get_mut(&(scope.to_owned(), key.to_owned()))
+        {
+            r.response = Some(response.clone());
+        }
+        Ok(())
+    }
+
+    async fn release_idempotency(&self, scope: &str, key: &str) -> Result<()> {
+        let mut inner = self.lock();
+        let id = (scope.to_owned(), key.to_owned());
+        if inner
+            .idempotency
+            .get(&id)
+            .is_some_and(|r| r.response.is_none())
+        {
+            inner.idempotency.remove(&id);
+        }
+        Ok(())
+    }
+
+    async fn purge_idempotency(&self, now: Timestamp) -> Result<u64> {
+        let mut inner = self.lock();
+        let before = inner.idempotency.len();
+        inner.idempotency.retain(|_, r| r.expires_at > now);
+        Ok((before - inner.idempotency.len()) as u64)
+    }
+
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+        let mut inner = self.lock();
+        if inner.api_keys.contains_key(&key.key_id) {
+            return Err(Error::AlreadyExists {
+                what: "api key",
+                id: key.key_id.clone(),
+            });
+        }
+        inner.api_keys.insert(key.key_id.clone(), key.clone());
+        Ok(())
+    }
+
+    async fn api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>> {
+        Ok(self.lock().api_keys.get(key_id).cloned())
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        let mut keys: Vec<ApiKeyRecord> = self.lock().api_keys.values().cloned().collect();
+        keys.sort_by(|a, b| (a.created_at, &a.key_id).cmp(&(b.created_at, &b.key_id)));
+        Ok(keys)
+    }
+
+    async fn revoke_api_key(&self, key_id: &str, at: Timestamp) -> Result<bool> {
+        let mut inner = self.lock();
+        match inner.api_keys.get_mut(key_id) {
+            Some(k) if k.revoked_at.is_none() => {
+                k.revoked_at = Some(at);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn append_audit(&self, record: &AuditRecord) -> Result<u64> {
+        let mut inner = self.lock();
+        let id = inner.audit.len() as u64 + 1;
+        inner.audit.push(AuditRecord {
+            id,
+            ..record.clone()
+        });
+        Ok(id)
+    }
+
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        let inner = self.lock();
+        let from = filter
+            .after
+            .map_or(0, |a| usize::try_from(a).unwrap_or(usize::MAX))
+            .min(inner.audit.len());
+        let limit = if filter.limit == 0 {
+            usize::MAX
+        } else {
+            filter.limit
+        };
+        Ok(inner.audit[from..]
+            .iter()
+            .filter(|r| filter.matches(r))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 }

@@ -132,7 +132,8 @@ pub async fn events_of_inactive_run_are_invalid(store: Arc<dyn Store>) {
 
 /// A run must be created at `head + 1`, queued or running, on the commit's own thread;
 /// otherwise `InvalidCommit` and nothing is written. A queued run may be created without
-/// events, which creates the thread with head 0.
+/// events, which creates the thread with head 0; it is ready for a worker from its creation
+/// (`ready_at = created_at`).
 pub async fn run_creation_rules_are_enforced(store: Arc<dyn Store>) {
     let s = &*store;
     let t = build::thread_id("create-rules");
@@ -189,6 +190,11 @@ pub async fn run_creation_rules_are_enforced(store: Arc<dyn Store>) {
     let record = thread_record(s, &t).await;
     assert_eq!(record.graph, GRAPH);
     assert_thread(&record, 0, Some(queued.run_id), Some(queued.run_id));
+    // A queued run is ready for a worker at once: from its creation.
+    let queued = RunRecord {
+        ready_at: Some(queued.created_at),
+        ..queued
+    };
     assert_eq!(run_record(s, queued.run_id).await, queued);
     assert!(all_events(s, &t).await.is_empty());
 
@@ -197,6 +203,7 @@ pub async fn run_creation_rules_are_enforced(store: Arc<dyn Store>) {
     let what = "run id re-used on another thread";
     let dup = RunRecord {
         thread_id: elsewhere.clone(),
+        ready_at: None,
         ..queued.clone()
     };
     let e = err(s.commit(build::create(&dup, vec![])).await, what);
@@ -249,9 +256,12 @@ pub async fn allowed_transitions_succeed(store: Arc<dyn Store>) {
 
             let stored = run_record(s, run.run_id).await;
             assert_eq!(stored.status, status, "{what}: stored status");
+            // Unfenced, a run set running is driven in-process (not ready for a worker);
+            // an ended one is never ready.
             let expected = RunRecord {
                 status: status.clone(),
                 updated_at: stored.updated_at,
+                ready_at: None,
                 ..run.clone()
             };
             assert_eq!(
