@@ -29,7 +29,7 @@ use oris_core::graph::{RouteError, START, Target};
 use oris_core::id::{CheckpointId, InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::state::State;
 use oris_core::status::{PendingInterrupt, RunStatus};
-use oris_core::store::{self, Commit, RunWrite, Snapshot};
+use oris_core::store::{self, Commit, Fence, RunWrite, Snapshot};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -48,8 +48,54 @@ use crate::replay::Progress;
 type AttemptResult<S> = (u32, u32, Result<NodeOutput<S>, NodeError>);
 
 /// The attempts in flight in one superstep. Dropping it cancels them all: inline futures are
-/// dropped, spawned ones aborted.
+/// dropped, spawned ones aborted. `None`: an attempt that never ran its node (a spawned one
+/// was aborted, or a delayed retry was dropped by a graceful stop).
 type Running<S> = FuturesUnordered<BoxFuture<Option<AttemptResult<S>>>>;
+
+/// How a lease holder learns that it lost the lease: fired by the heartbeat when a renewal
+/// is refused, or by a newer claim of the same run in this process.
+#[derive(Debug, Default)]
+pub(crate) struct LeaseLoss {
+    token: CancellationToken,
+    reason: std::sync::OnceLock<&'static str>,
+}
+
+impl LeaseLoss {
+    pub fn fire(&self, reason: &'static str) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    pub fn is_fired(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    pub fn reason(&self) -> &'static str {
+        self.reason.get().copied().unwrap_or("lost")
+    }
+
+    pub async fn fired(&self) {
+        self.token.cancelled().await
+    }
+}
+
+/// The lease a run is driven under (a worker's claim), if any. Every commit carries its
+/// fence; the store refuses them once the lease is lost.
+pub(crate) struct LeaseCtl {
+    pub fence: Fence,
+    pub loss: Arc<LeaseLoss>,
+    /// Graceful stop: start no new node attempt, let the running ones finish and commit.
+    pub stop: CancellationToken,
+}
+
+/// How a driver returned.
+pub(crate) enum Driven<S> {
+    /// The run ended or suspended.
+    Ended(RunOutcome<S>),
+    /// A graceful stop: running attempts finished and were committed, the run still runs
+    /// (only leased drivers stop this way).
+    Stopped,
+}
 
 pub(crate) struct Driver<S: State> {
     pub g: Arc<GraphInner<S>>,
@@ -90,6 +136,13 @@ pub(crate) struct Driver<S: State> {
     pub wake_at: Option<Timestamp>,
     /// Recorded steps of the run a replay comes from.
     prior: crate::engine::PriorSteps,
+    /// The lease this driver holds, when a worker claimed the run.
+    pub lease: Option<LeaseCtl>,
+    /// Whether the lease is still held: false once a commit ended it (a status other than
+    /// running: the run suspended or finished).
+    pub holds_lease: bool,
+    /// A graceful stop was requested: no new attempts.
+    stopping: bool,
 }
 
 /// Where a run stands when a driver takes it over.
@@ -108,6 +161,7 @@ pub(crate) struct Position<S: State> {
 enum Step<S: State> {
     Continue,
     Ended(RunOutcome<S>),
+    Stopped,
 }
 
 /// Why planning the next superstep failed.
@@ -231,11 +285,58 @@ impl<S: State> Driver<S> {
             claimed: Default::default(),
             wake_at: None,
             prior,
+            lease: None,
+            holds_lease: false,
+            stopping: false,
         }
     }
 
-    /// Drives the run to its end.
-    pub(crate) async fn run(&mut self) -> Result<RunOutcome<S>, Error> {
+    /// Drives the run under a lease: every commit is fenced, a lost lease stops it at
+    /// once, `stop` stops it gracefully, and a suspension is never settled in-process.
+    pub(crate) fn with_lease(mut self, lease: LeaseCtl) -> Self {
+        self.lease = Some(lease);
+        self.holds_lease = true;
+        self
+    }
+
+    fn lease_lost(&self) -> Error {
+        match &self.lease {
+            Some(l) => Error::LeaseLost {
+                run_id: self.run_id,
+                epoch: l.fence.epoch,
+                reason: l.loss.reason(),
+            },
+            None => unreachable!("invariant: only a leased driver can lose its lease"),
+        }
+    }
+
+    /// Whether a graceful stop was requested (now or before).
+    fn stop_requested(&mut self) -> bool {
+        if !self.stopping && self.lease.as_ref().is_some_and(|l| l.stop.is_cancelled()) {
+            self.stopping = true;
+        }
+        self.stopping
+    }
+
+    /// Whether a task of the superstep is neither done nor paused: it needs an attempt
+    /// (one a graceful stop did not start).
+    fn has_unstarted(&self) -> bool {
+        (0..self.tasks.len() as u32)
+            .any(|i| !self.done.contains_key(&i) && blocked_on(&self.records, i).is_none())
+    }
+
+    /// Ends a graceful stop: what is still unwritten is committed, the run stays running.
+    async fn stopped(&mut self, events: Vec<EventBody>) -> Result<Step<S>, Error> {
+        if !events.is_empty() || !self.buffer.is_empty() {
+            self.commit(events, None, false).await?;
+        }
+        tracing::info!(thread_id = %self.thread_id, run_id = %self.run_id, superstep = self.superstep, "driver stopped gracefully");
+        Ok(Step::Stopped)
+    }
+
+    /// Drives the run to its end (or, under a lease, until it is stopped or the lease is
+    /// lost: [`Error::LeaseLost`]).
+    pub(crate) async fn run(&mut self) -> Result<Driven<S>, Error> {
         let deadline = self.settings.deadline.map(|d| {
             let left = d.0.saturating_sub(Timestamp::now().0).max(0) as u64;
             tokio::time::Instant::now() + Duration::from_millis(left)
@@ -245,7 +346,7 @@ impl<S: State> Driver<S> {
             // value, a due timer, an arrived event, a passed deadline.
             let (resumed, ready) = self.wakeable().await?;
             if !ready {
-                return Ok(self.paused_outcome());
+                return Ok(Driven::Ended(self.paused_outcome()));
             }
             let mut events = resumed;
             events.push(EventBody::RunResumed);
@@ -254,8 +355,11 @@ impl<S: State> Driver<S> {
             tracing::info!(thread_id = %self.thread_id, run_id = %self.run_id, "run resumed");
         }
         loop {
+            if self.lease.as_ref().is_some_and(|l| l.loss.is_fired()) {
+                return Err(self.lease_lost());
+            }
             if self.tasks.is_empty() {
-                return self.complete().await;
+                return self.complete().await.map(Driven::Ended);
             }
             if self.superstep >= self.settings.superstep_limit {
                 let f = Failure::new(
@@ -265,11 +369,16 @@ impl<S: State> Driver<S> {
                         self.settings.superstep_limit
                     ),
                 );
-                return self.end_failed(Vec::new(), f).await;
+                return self.end_failed(Vec::new(), f).await.map(Driven::Ended);
+            }
+            if self.stop_requested() {
+                self.stopped(Vec::new()).await?;
+                return Ok(Driven::Stopped);
             }
             match self.superstep(deadline).await? {
                 Step::Continue => {}
-                Step::Ended(outcome) => return Ok(outcome),
+                Step::Ended(outcome) => return Ok(Driven::Ended(outcome)),
+                Step::Stopped => return Ok(Driven::Stopped),
             }
         }
     }
@@ -318,9 +427,20 @@ impl<S: State> Driver<S> {
             }),
         };
         let state = self.state.clone();
+        let stop = self.lease.as_ref().map(|l| l.stop.clone());
         let fut = async move {
             if let Some(d) = delay {
-                tokio::time::sleep(d).await;
+                // A retry that has not started by a graceful stop does not start: its
+                // `NodeFailed` already records when it is due, for the next driver.
+                match &stop {
+                    Some(stop) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(d) => {}
+                            _ = stop.cancelled() => return None,
+                        }
+                    }
+                    None => tokio::time::sleep(d).await,
+                }
             }
             // The node function is called inside `catch_unwind` too: a panic in its
             // synchronous part, before its future exists, is a node panic like any other.
@@ -342,16 +462,16 @@ impl<S: State> Driver<S> {
                 )
                 .into_permanent())
             });
-            (task, attempt, result)
+            Some((task, attempt, result))
         };
         // A superstep of several tasks runs them on the runtime's worker threads (true
         // parallelism); a lone task runs inside the driver's own task, which saves two
         // cross-thread wake-ups per node.
         if parallel {
             let handle = AbortOnDropHandle::new(tokio::spawn(fut));
-            set.push(Box::pin(async move { handle.await.ok() }));
+            set.push(Box::pin(async move { handle.await.ok().flatten() }));
         } else {
-            set.push(Box::pin(async move { Some(fut.await) }));
+            set.push(Box::pin(fut));
         }
     }
 
@@ -565,7 +685,13 @@ impl<S: State> Driver<S> {
         set: &mut Running<S>,
         mut events: Vec<EventBody>,
     ) -> Result<Option<RunOutcome<S>>, Error> {
-        let (resumed, ready) = self.wakeable().await?;
+        // Under a lease the run always suspends: the store makes it ready again (answers
+        // and events that raced the suspension included) and a worker claims it.
+        let (resumed, ready) = if self.lease.is_some() {
+            (Vec::new(), false)
+        } else {
+            self.wakeable().await?
+        };
         if ready {
             events.extend(resumed);
             events.extend(self.start_tasks(set));
@@ -595,10 +721,15 @@ impl<S: State> Driver<S> {
         &mut self,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Step<S>, Error> {
+        let loss = self.lease.as_ref().map(|l| l.loss.clone());
+        let stop = self.lease.as_ref().map(|l| l.stop.clone());
         let mut set = Running::<S>::new();
         let mut carried = self.start_tasks(&mut set);
         loop {
             if set.is_empty() && self.done.len() < self.tasks.len() {
+                if self.stopping && self.has_unstarted() {
+                    return self.stopped(std::mem::take(&mut carried)).await;
+                }
                 // Nothing runs and the superstep is not complete: every remaining task waits
                 // on an interrupt.
                 match self.settle(&mut set, std::mem::take(&mut carried)).await? {
@@ -612,11 +743,21 @@ impl<S: State> Driver<S> {
                     set.clear();
                     return self.end_cancelled().await.map(Step::Ended);
                 }
+                _ = lease_lost(loss.as_deref()) => {
+                    // Nothing more may be written: drop the attempts, stop at once.
+                    set.clear();
+                    return Err(self.lease_lost());
+                }
                 _ = sleep_until(deadline) => {
                     set.clear();
                     self.cancel.cancel();
                     let f = Failure::new(FailureKind::RunTimeout, "the run exceeded its timeout");
                     return self.end_failed(Vec::new(), f).await.map(Step::Ended);
+                }
+                _ = stop_requested(stop.as_ref()), if !self.stopping => {
+                    self.stopping = true;
+                    tracing::info!(thread_id = %self.thread_id, run_id = %self.run_id, running = set.len(), "graceful stop: finishing running attempts");
+                    continue;
                 }
                 Some(req) = self.requests.recv() => {
                     self.record_requests(req, std::mem::take(&mut carried)).await?;
@@ -701,6 +842,9 @@ impl<S: State> Driver<S> {
                         });
                         self.failed.insert(task, attempt);
                         match delay {
+                            // A graceful stop starts no new attempt: the next driver
+                            // retries at the recorded `retry_at`.
+                            Some(_) if self.stopping => {}
                             Some(d) => {
                                 let parallel = self.tasks.len() > 1;
                                 self.spawn_attempt(&mut set, task, attempt + 1, Some(d), parallel)
@@ -1000,8 +1144,10 @@ impl<S: State> Driver<S> {
             });
         }
         let ends = status.as_ref().is_some_and(RunStatus::is_terminal);
-        // `exit` durability writes only at status changes: the end and interrupts.
-        if self.settings.durability == Durability::Exit && status.is_none() {
+        let ends_lease = status.as_ref().is_some_and(|s| *s != RunStatus::Running);
+        // `exit` durability writes only at status changes: the end and interrupts — and a
+        // graceful stop, which hands the run over with everything done so far.
+        if self.settings.durability == Durability::Exit && status.is_none() && !self.stopping {
             return Ok(());
         }
         let snapshot = if snapshot
@@ -1044,7 +1190,7 @@ impl<S: State> Driver<S> {
             }),
             snapshot,
             durability: self.settings.durability,
-            fence: None,
+            fence: self.lease.as_ref().map(|l| l.fence),
         };
         self.shared.write(commit).await.map_err(|e| match e {
             store::Error::Conflict { .. } => Error::Superseded {
@@ -1054,7 +1200,24 @@ impl<S: State> Driver<S> {
             other => Error::from(other),
         })?;
         self.durable_head = self.head;
+        if ends_lease {
+            self.holds_lease = false;
+        }
         Ok(())
+    }
+}
+
+async fn lease_lost(loss: Option<&LeaseLoss>) {
+    match loss {
+        Some(l) => l.fired().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn stop_requested(stop: Option<&CancellationToken>) {
+    match stop {
+        Some(s) => s.cancelled().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -17,13 +17,18 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
-use crate::driver::{Driver, Position, first_tasks};
+use crate::driver::{Driven, Driver, LeaseLoss, Position, first_tasks};
+use crate::erased::ErasedGraph;
 use crate::error::Error;
 use crate::graph::{CompiledGraph, GraphInner};
-use crate::node::BoxFuture;
 use crate::outcome::{CheckpointInfo, RunOutcome, ThreadState, Verification};
 use crate::record::Record;
 use crate::replay::{Progress, fold};
+
+/// How soon [`Engine::wait_for`] first reads the store again for changes made elsewhere.
+pub const WAIT_POLL_MIN: Duration = Duration::from_millis(10);
+/// The longest interval between two reads of [`Engine::wait_for`] (it backs off to it).
+pub const WAIT_POLL_MAX: Duration = Duration::from_millis(500);
 
 /// Engine-wide settings. Every field has a default; see each.
 #[derive(Clone)]
@@ -86,7 +91,7 @@ pub struct RunOptions {
 }
 
 /// How a run starts.
-enum Start<S> {
+pub(crate) enum Start<S> {
     /// From the thread's current state plus an input.
     Input(S),
     /// From a checkpoint's state and tasks (replay on the same thread, or a fork).
@@ -96,6 +101,29 @@ enum Start<S> {
         origin: Origin,
         fork: bool,
     },
+}
+
+/// Whether a new run is driven by its creator or queued for a worker.
+pub(crate) enum Launch {
+    /// Running, driven by this process at once (`GraphHandle::start`).
+    Drive,
+    /// Queued: a worker claims and executes it (`Engine::enqueue`).
+    Enqueue {
+        priority: i32,
+        metadata: Option<Payload>,
+    },
+}
+
+/// A run just recorded by [`Engine::create_run`].
+pub(crate) struct Created<S: State> {
+    /// Holds the thread in this engine until dropped.
+    pub guard: LiveGuard,
+    /// The run as stored.
+    pub record: RunRecord,
+    /// Where it stands (without the prior steps of a replay).
+    pub position: Position<S>,
+    /// Where a replay or fork comes from.
+    pub origin: Option<Origin>,
 }
 
 /// Recorded steps of an original run: (replay superstep, task) → (node, index → record).
@@ -146,35 +174,28 @@ impl CancelSlot {
 struct Live {
     run_id: RunId,
     slot: Arc<CancelSlot>,
+    /// The lease epoch a worker drives the run under, and how to tell it the lease is lost.
+    lease: Option<(u64, Arc<LeaseLoss>)>,
 }
 
-pub(crate) trait ErasedGraph: Send + Sync {
-    fn resume(&self, engine: Engine, thread_id: ThreadId) -> BoxFuture<Result<StatusKind, Error>>;
-}
-
-impl<S: State> ErasedGraph for CompiledGraph<S> {
-    fn resume(&self, engine: Engine, thread_id: ThreadId) -> BoxFuture<Result<StatusKind, Error>> {
-        let graph = self.clone();
-        Box::pin(async move {
-            let outcome = engine.resume_typed(&graph, thread_id).await?;
-            Ok(match outcome {
-                RunOutcome::Completed { .. } => StatusKind::Completed,
-                RunOutcome::Failed { .. } => StatusKind::Failed,
-                RunOutcome::Cancelled { .. } => StatusKind::Cancelled,
-                RunOutcome::Interrupted { .. } => StatusKind::Interrupted,
-                RunOutcome::Waiting { .. } => StatusKind::Waiting,
-            })
-        })
-    }
+/// A registered graph and when it was registered (the latest version of a name is the one
+/// registered last).
+#[derive(Clone)]
+pub(crate) struct Registered {
+    pub graph: Arc<dyn ErasedGraph>,
+    pub order: u64,
 }
 
 pub(crate) struct Shared {
     pub store: Arc<dyn Store>,
     pub options: EngineOptions,
-    graphs: RwLock<HashMap<(String, String), Arc<dyn ErasedGraph>>>,
+    pub(crate) graphs: RwLock<HashMap<(String, String), Registered>>,
+    registrations: std::sync::atomic::AtomicU64,
     live: Mutex<HashMap<ThreadId, Live>>,
     /// Bumped after every commit and every finished driver: what `wait_for` watches.
     changes: watch::Sender<u64>,
+    /// Bumped when this engine made a run claimable (enqueued, answered, handed back).
+    pub(crate) ready: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -193,19 +214,26 @@ impl Shared {
         Ok(r)
     }
 
-    fn changed(&self) {
+    pub(crate) fn changed(&self) {
         // Only tasks inside `Engine::wait_for` subscribe; without them this is one atomic.
         if self.changes.receiver_count() > 0 {
             self.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
+
+    /// Tells workers of this process that a run may have become claimable.
+    pub(crate) fn made_ready(&self) {
+        if self.ready.receiver_count() > 0 {
+            self.ready.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
 }
 
 /// Removes a run from the live set when its driver ends, however it ends.
-struct LiveGuard {
+pub(crate) struct LiveGuard {
     shared: Arc<Shared>,
     thread_id: ThreadId,
-    slot: Arc<CancelSlot>,
+    pub(crate) slot: Arc<CancelSlot>,
 }
 
 impl Drop for LiveGuard {
@@ -263,8 +291,10 @@ impl Engine {
                 store,
                 options,
                 graphs: RwLock::new(HashMap::new()),
+                registrations: std::sync::atomic::AtomicU64::new(0),
                 live: Mutex::new(HashMap::new()),
                 changes: watch::channel(0).0,
+                ready: watch::channel(0).0,
             }),
         }
     }
@@ -277,13 +307,20 @@ impl Engine {
     /// Registers a graph (replacing one with the same name and version) and returns a typed
     /// handle to run it.
     pub fn register<S: State>(&self, graph: CompiledGraph<S>) -> GraphHandle<S> {
+        let order = self
+            .shared
+            .registrations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.shared
             .graphs
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(
                 (graph.name().to_owned(), graph.version().to_owned()),
-                Arc::new(graph.clone()),
+                Registered {
+                    graph: Arc::new(graph.clone()),
+                    order,
+                },
             );
         GraphHandle {
             engine: self.clone(),
@@ -292,13 +329,13 @@ impl Engine {
     }
 
     /// The registered graph of a name and version.
-    fn registered(&self, graph: &str, version: &str) -> Option<Arc<dyn ErasedGraph>> {
+    pub(crate) fn registered(&self, graph: &str, version: &str) -> Option<Arc<dyn ErasedGraph>> {
         self.shared
             .graphs
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&(graph.to_owned(), version.to_owned()))
-            .cloned()
+            .map(|r| r.graph.clone())
     }
 
     /// Whether a driver of this engine holds the thread.
@@ -316,7 +353,7 @@ impl Engine {
             .map(|l| l.slot.clone())
     }
 
-    fn claim(&self, thread_id: &ThreadId, run_id: RunId) -> Result<LiveGuard, Error> {
+    pub(crate) fn claim(&self, thread_id: &ThreadId, run_id: RunId) -> Result<LiveGuard, Error> {
         let mut live = self.shared.live.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = live.get(thread_id) {
             return Err(Error::RunActive {
@@ -324,6 +361,64 @@ impl Engine {
                 run_id: l.run_id,
             });
         }
+        Ok(self.insert_live(&mut live, thread_id, run_id, None))
+    }
+
+    /// Holds the thread for a driver working under the lease `epoch` of `run_id`. A driver
+    /// of this engine on an older lease of the run lost it to this claim: it is told so and
+    /// stops at once; anything else holding the thread here (a short operation) is waited
+    /// for.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] when this engine already drives the run under a newer lease.
+    pub(crate) async fn claim_leased(
+        &self,
+        thread_id: &ThreadId,
+        run_id: RunId,
+        epoch: u64,
+        loss: Arc<LeaseLoss>,
+    ) -> Result<LiveGuard, Error> {
+        loop {
+            let busy = {
+                let mut live = self.shared.live.lock().unwrap_or_else(|e| e.into_inner());
+                match live.get(thread_id) {
+                    None => {
+                        return Ok(self.insert_live(
+                            &mut live,
+                            thread_id,
+                            run_id,
+                            Some((epoch, loss)),
+                        ));
+                    }
+                    Some(l) => {
+                        if let Some((held, old)) = &l.lease
+                            && l.run_id == run_id
+                        {
+                            if *held >= epoch {
+                                return Err(Error::LeaseLost {
+                                    run_id,
+                                    epoch,
+                                    reason: "superseded by a newer claim",
+                                });
+                            }
+                            old.fire("superseded by a newer claim");
+                        }
+                        l.slot.clone()
+                    }
+                }
+            };
+            let mut finished = busy.finished.subscribe();
+            let _ = finished.wait_for(|f| *f).await;
+        }
+    }
+
+    fn insert_live(
+        &self,
+        live: &mut HashMap<ThreadId, Live>,
+        thread_id: &ThreadId,
+        run_id: RunId,
+        lease: Option<(u64, Arc<LeaseLoss>)>,
+    ) -> LiveGuard {
         let slot = Arc::new(CancelSlot {
             token: CancellationToken::new(),
             reason: Mutex::new(None),
@@ -334,13 +429,14 @@ impl Engine {
             Live {
                 run_id,
                 slot: slot.clone(),
+                lease,
             },
         );
-        Ok(LiveGuard {
+        LiveGuard {
             shared: self.shared.clone(),
             thread_id: thread_id.clone(),
             slot,
-        })
+        }
     }
 
     pub(crate) async fn start_typed<S: State>(
@@ -362,6 +458,42 @@ impl Engine {
         start: Start<S>,
         options: RunOptions,
     ) -> Result<RunOutcome<S>, Error> {
+        let Created {
+            guard,
+            position: at,
+            origin,
+            ..
+        } = self
+            .create_run(graph, thread_id.clone(), start, options, Launch::Drive)
+            .await?;
+        let prior = match &origin {
+            Some(o) => self.prior_steps(o).await?,
+            None => Default::default(),
+        };
+        let at = Position { prior, ..at };
+        let mut driver = Driver::new(
+            graph.inner.clone(),
+            self.shared.clone(),
+            thread_id,
+            at,
+            guard.slot.clone(),
+        );
+        let outcome = self.drive(&mut driver).await;
+        drop(guard);
+        outcome
+    }
+
+    /// Validates and records a new run (its `RunStarted`, and a `RunRebased` before it when
+    /// it starts from a checkpoint): running, for this process to drive at once, or queued
+    /// for a worker. Returns where the run stands, holding the thread in this engine.
+    pub(crate) async fn create_run<S: State>(
+        &self,
+        graph: &CompiledGraph<S>,
+        thread_id: ThreadId,
+        start: Start<S>,
+        options: RunOptions,
+        launch: Launch,
+    ) -> Result<Created<S>, Error> {
         let g: &Arc<GraphInner<S>> = &graph.inner;
         let run_id = RunId::generate();
         let guard = self.claim(&thread_id, run_id)?;
@@ -452,6 +584,23 @@ impl Engine {
         });
         let first_seq = head.next();
         let started_seq = Seq(head.0 + events.len() as u64);
+        let (status, priority, metadata) = match launch {
+            Launch::Drive => (RunStatus::Running, 0, None),
+            Launch::Enqueue { priority, metadata } => (RunStatus::Queued, priority, metadata),
+        };
+        let mut record = RunRecord::new(
+            run_id,
+            thread_id.clone(),
+            g.name.clone(),
+            g.version.clone(),
+            status,
+            first_seq,
+            now,
+        );
+        record.priority = priority;
+        record.metadata = metadata;
+        // What the store makes of it (`plan_commit`): a queued run is claimable at once.
+        record.ready_at = store::ready_for_status(&record.status, Some(now));
         let commit = Commit {
             thread_id: thread_id.clone(),
             expected_head: head,
@@ -465,21 +614,7 @@ impl Engine {
                     body,
                 })
                 .collect(),
-            run: Some(RunWrite::Create(RunRecord {
-                run_id,
-                thread_id: thread_id.clone(),
-                graph: g.name.clone(),
-                graph_version: g.version.clone(),
-                status: RunStatus::Running,
-                first_seq,
-                created_at: now,
-                updated_at: now,
-                priority: 0,
-                metadata: None,
-                ready_at: None,
-                lease_epoch: 0,
-                lease: None,
-            })),
+            run: Some(RunWrite::Create(record.clone())),
             snapshot: None,
             durability: settings.durability,
             fence: None,
@@ -498,11 +633,12 @@ impl Engine {
             }
             return Err(e.into());
         }
-        tracing::info!(thread_id = %thread_id, run_id = %run_id, graph = %g.name, "run started");
-        let prior = match &origin {
-            Some(o) => self.prior_steps(o).await?,
-            None => Default::default(),
-        };
+        if record.status == RunStatus::Queued {
+            tracing::info!(thread_id = %thread_id, run_id = %run_id, graph = %g.name, version = %g.version, priority = record.priority, "run queued");
+            self.shared.made_ready();
+        } else {
+            tracing::info!(thread_id = %thread_id, run_id = %run_id, graph = %g.name, "run started");
+        }
         let progress = Progress {
             run_id,
             settings,
@@ -514,32 +650,28 @@ impl Engine {
             failed: Default::default(),
             retry_at: Default::default(),
             records: Default::default(),
-            origin,
+            origin: origin.clone(),
         };
-        let at = Position {
+        let position = Position {
             state,
             head: started_seq,
             last_boundary: started_seq,
             since_snapshot,
             progress,
             suspended: false,
-            prior,
+            prior: Default::default(),
         };
-        let mut driver = Driver::new(
-            g.clone(),
-            self.shared.clone(),
-            thread_id,
-            at,
-            guard.slot.clone(),
-        );
-        let outcome = self.drive(&mut driver).await;
-        drop(guard);
-        outcome
+        Ok(Created {
+            guard,
+            record,
+            position,
+            origin,
+        })
     }
 
     /// The recorded steps of the run a replay or fork comes from, by the replay's superstep
     /// and task, so the replay can return them instead of executing step bodies again.
-    async fn prior_steps(&self, origin: &Origin) -> Result<PriorSteps, Error> {
+    pub(crate) async fn prior_steps(&self, origin: &Origin) -> Result<PriorSteps, Error> {
         let mut prior = PriorSteps::new();
         if origin.reexecute_steps {
             return Ok(prior);
@@ -577,7 +709,7 @@ impl Engine {
     }
 
     /// The state and boundary at a checkpoint of a thread, and where it stands in its run.
-    async fn checkpoint_of<S: State>(
+    pub(crate) async fn checkpoint_of<S: State>(
         &self,
         graph: &CompiledGraph<S>,
         thread_id: &ThreadId,
@@ -636,7 +768,10 @@ impl Engine {
 
     /// Runs a driver; when the run ends up waiting on a timer, schedules its wake-up.
     async fn drive<S: State>(&self, driver: &mut Driver<S>) -> Result<RunOutcome<S>, Error> {
-        let outcome = driver.run().await?;
+        let outcome = match driver.run().await? {
+            Driven::Ended(outcome) => outcome,
+            Driven::Stopped => unreachable!("invariant: only a leased driver stops gracefully"),
+        };
         if let Some(at) = driver.wake_at {
             self.schedule_wake(
                 driver.thread_id.clone(),
@@ -845,47 +980,56 @@ impl Engine {
     ) -> Result<RunRecord, Error> {
         let reason = reason.into();
         let slot = self.live_slot(thread_id);
+        let was_live = slot.is_some();
         if let Some(slot) = slot {
             let mut finished = slot.finished.subscribe();
             slot.cancel(reason.clone());
             let _ = finished.wait_for(|f| *f).await;
-        } else {
-            loop {
-                let t = self
-                    .shared
-                    .store
-                    .thread(thread_id)
-                    .await?
-                    .ok_or_else(|| Error::ThreadNotFound(thread_id.clone()))?;
-                let Some(run_id) = t.active_run else {
-                    return Err(Error::NoActiveRun(thread_id.clone()));
-                };
-                let commit = Commit {
-                    thread_id: thread_id.clone(),
-                    expected_head: t.head,
-                    events: vec![Event {
-                        seq: t.head.next(),
-                        run_id,
-                        at: Timestamp::now(),
-                        body: EventBody::RunCancelled {
-                            reason: reason.clone(),
-                        },
-                    }],
-                    run: Some(RunWrite::SetStatus {
-                        run_id,
-                        status: RunStatus::Cancelled {
-                            reason: reason.clone(),
-                        },
-                    }),
-                    snapshot: None,
-                    durability: Durability::Sync,
-                    fence: None,
-                };
-                match self.shared.write(commit).await {
-                    Ok(_) => break,
-                    Err(store::Error::Conflict { .. }) => continue,
-                    Err(e) => return Err(e.into()),
+        }
+        // Not driven here — or the driver here could not record the cancellation (its lease
+        // was lost meanwhile): mark the run cancelled in the store. A driver of another
+        // process fails its next commit (or lease renewal) and stops.
+        loop {
+            let t = self
+                .shared
+                .store
+                .thread(thread_id)
+                .await?
+                .ok_or_else(|| Error::ThreadNotFound(thread_id.clone()))?;
+            let Some(run_id) = t.active_run else {
+                if was_live {
+                    break;
                 }
+                return Err(Error::NoActiveRun(thread_id.clone()));
+            };
+            let commit = Commit {
+                thread_id: thread_id.clone(),
+                expected_head: t.head,
+                events: vec![Event {
+                    seq: t.head.next(),
+                    run_id,
+                    at: Timestamp::now(),
+                    body: EventBody::RunCancelled {
+                        reason: reason.clone(),
+                    },
+                }],
+                run: Some(RunWrite::SetStatus {
+                    run_id,
+                    status: RunStatus::Cancelled {
+                        reason: reason.clone(),
+                    },
+                }),
+                snapshot: None,
+                durability: Durability::Sync,
+                fence: None,
+            };
+            match self.shared.write(commit).await {
+                Ok(_) => {
+                    tracing::info!(thread_id = %thread_id, run_id = %run_id, reason = %reason, "run cancelled");
+                    break;
+                }
+                Err(store::Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
             }
         }
         let t = self
@@ -1061,6 +1205,13 @@ impl Engine {
     /// Waits until the thread's latest run satisfies `done` (e.g. `RunStatus::is_terminal`)
     /// and no driver of this engine holds it, and returns the run.
     ///
+    /// What it sees: every commit of this engine (runs it drives in-process or executes for
+    /// a worker, cancellations, edits) wakes it at once. Changes made elsewhere — another
+    /// engine on the same store, another process, a remote worker — are seen by reading the
+    /// store again, first after [`WAIT_POLL_MIN`] and then backing off to every
+    /// [`WAIT_POLL_MAX`]; so such a change is observed at most [`WAIT_POLL_MAX`] after it
+    /// was committed. Cancel safe: dropping the future stops the wait and nothing else.
+    ///
     /// # Errors
     /// [`Error::ThreadNotFound`], storage errors.
     pub async fn wait_for(
@@ -1069,6 +1220,7 @@ impl Engine {
         done: impl Fn(&RunStatus) -> bool,
     ) -> Result<RunRecord, Error> {
         let mut changes = self.shared.changes.subscribe();
+        let mut poll = WAIT_POLL_MIN;
         loop {
             let live = self.is_live(thread_id);
             if !live {
@@ -1077,8 +1229,13 @@ impl Engine {
                     return Ok(run);
                 }
             }
-            if changes.changed().await.is_err() {
-                return self.latest_run(thread_id).await;
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return self.latest_run(thread_id).await;
+                    }
+                }
+                _ = tokio::time::sleep(poll) => poll = (poll * 2).min(WAIT_POLL_MAX),
             }
         }
     }
@@ -1223,8 +1380,8 @@ impl Engine {
 
 /// A graph registered with an engine: start runs, resume them, read their threads.
 pub struct GraphHandle<S: State> {
-    engine: Engine,
-    graph: CompiledGraph<S>,
+    pub(crate) engine: Engine,
+    pub(crate) graph: CompiledGraph<S>,
 }
 
 impl<S: State> Clone for GraphHandle<S> {

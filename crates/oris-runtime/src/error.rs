@@ -52,6 +52,25 @@ pub enum Error {
         /// Graph version.
         version: String,
     },
+    /// No graph of this name (and version, if given) is registered with this engine.
+    #[error("graph `{graph}`{} is not registered", version.as_ref().map(|v| format!(" version `{v}`")).unwrap_or_default())]
+    GraphNotFound {
+        /// Graph name.
+        graph: String,
+        /// The version asked for; `None` when any version would do.
+        version: Option<String>,
+    },
+    /// This engine no longer holds the lease it drove the run under (it expired, was
+    /// released, or a newer claim superseded it): it stopped, and wrote nothing more.
+    #[error("lease on run {run_id} (epoch {epoch}) lost: {reason}")]
+    LeaseLost {
+        /// The run.
+        run_id: RunId,
+        /// The epoch this engine held.
+        epoch: u64,
+        /// Why.
+        reason: &'static str,
+    },
     /// No such checkpoint.
     #[error("thread `{thread_id}` has no checkpoint {checkpoint}")]
     CheckpointNotFound {
@@ -137,6 +156,15 @@ impl From<store::Error> for Error {
                 status,
             },
             store::Error::ResumeConflict { interrupt_id } => Error::ResumeConflict(interrupt_id),
+            store::Error::LeaseLost {
+                run_id,
+                epoch,
+                reason,
+            } => Error::LeaseLost {
+                run_id,
+                epoch,
+                reason,
+            },
             other => Error::Store(other),
         }
     }

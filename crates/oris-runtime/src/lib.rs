@@ -6,7 +6,11 @@
 //! - [`node`](Context): node functions, [`NodeError`], [`Context`].
 //! - [`retry`](RetryPolicy): per-node retry policies.
 //! - [`engine`](Engine): [`Engine`], [`GraphHandle`], options, recovery, cancellation, reads.
+//! - `api`: the engine at the JSON level for a server — [`GraphInfo`], [`Engine::enqueue`],
+//!   [`Engine::answer`], [`StateView`].
+//! - `lease`: [`Engine::execute`], a worker's execution of a claimed run under its lease.
 //! - `driver`: the superstep loop and the commit protocol (see `ARCHITECTURE.md`).
+//! - `erased`: registered graphs without their state type.
 //! - `replay`: the fold of a thread's log into typed state.
 //!
 //! # Example
@@ -41,23 +45,32 @@
 //! # });
 //! ```
 
+mod api;
 mod clock;
 mod driver;
 mod engine;
+mod erased;
 mod error;
 mod graph;
+mod lease;
 mod node;
 mod outcome;
 mod record;
 mod replay;
 mod retry;
 
+pub use api::{
+    EdgeInfo, EdgeKind, Enqueue, EnqueueOptions, GraphInfo, LeaseView, RunRecordView, StateField,
+    StateView,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
     Engine, EngineOptions, GraphHandle, Observer, RecoveryReport, ReplayOptions, RunOptions,
+    WAIT_POLL_MAX, WAIT_POLL_MIN,
 };
 pub use error::Error;
 pub use graph::{CompiledGraph, NodePolicy, Route, StateGraph};
+pub use lease::{Executed, LeaseOptions, Stop};
 pub use node::{BoxFuture, Context, NodeError, NodeOutput};
 pub use outcome::{CheckpointInfo, RunOutcome, ThreadState, Verification};
 pub use retry::RetryPolicy;
