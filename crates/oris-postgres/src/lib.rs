@@ -78,6 +78,7 @@
 mod codec;
 #[macro_use]
 mod conn;
+mod control;
 mod listen;
 mod queries;
 mod read;
@@ -93,8 +94,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use oris_core::event::{Durability, Event, Payload};
 use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::store::{
-    Answer, Commit, Delivery, Error, InterruptRecord, Receipt, Result, RunFilter, RunRecord,
-    Snapshot, Store, ThreadRecord,
+    Answer, ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Commit, Delivery, Error, Fence,
+    IdempotencyRecord, InterruptFilter, InterruptRecord, Receipt, Reservation, Result, RunFilter,
+    RunRecord, Snapshot, Store, StoredResponse, ThreadRecord,
 };
 use tokio_postgres::NoTls;
 use tokio_postgres::types::Type;
@@ -104,6 +106,10 @@ use crate::codec::{Fault, describe};
 use crate::conn::Db;
 pub use crate::listen::{Listener, Wake};
 pub use crate::schema::LATEST as SCHEMA_VERSION;
+/// The migrations, `{S}.` standing for the quoted schema: for tests that build a database
+/// at an older version.
+#[doc(hidden)]
+pub use crate::schema::MIGRATIONS;
 
 /// How a [`PostgresStore`] connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -415,7 +421,7 @@ impl Store for PostgresStore {
 
     async fn run(&self, run_id: RunId) -> Result<Option<RunRecord>> {
         read!(self.db, |conn| async {
-            Ok(read::run(conn, &self.db.sql, run_id)
+            Ok(read::run(conn, &self.db.sql, run_id, false)
                 .await?
                 .map(|r| r.record))
         })
@@ -552,5 +558,153 @@ impl Store for PostgresStore {
             thread_id,
             pending_only
         ))
+    }
+
+    async fn list_interrupts(&self, filter: &InterruptFilter) -> Result<Vec<InterruptRecord>> {
+        read!(self.db, |conn| read::list_interrupts(
+            conn,
+            &self.db.sql,
+            filter
+        ))
+    }
+
+    /// One statement: ready runs in claim order from an index, locked with `SKIP LOCKED`
+    /// (concurrent claimers neither wait for each other nor take the same run) and updated
+    /// as `plan_claim` says. Durable when it returns.
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<RunRecord>> {
+        let (db, request) = (self.db.clone(), request.clone());
+        self.spawn_write(async move {
+            transact!(db, None, true, |conn| control::claim(
+                conn, &db.sql, &request
+            ))
+        })
+        .await
+    }
+
+    async fn renew_lease(
+        &self,
+        fence: &Fence,
+        worker_id: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<RunRecord> {
+        let (db, fence, worker_id) = (self.db.clone(), *fence, worker_id.to_owned());
+        self.spawn_write(async move {
+            transact!(db, None, true, |conn| control::renew_lease(
+                conn, &db.sql, &fence, &worker_id, now, ttl
+            ))
+        })
+        .await
+    }
+
+    async fn release_lease(&self, fence: &Fence, now: Timestamp) -> Result<RunRecord> {
+        let (db, fence) = (self.db.clone(), *fence);
+        self.spawn_write(async move {
+            transact!(db, None, true, |conn| control::release_lease(
+                conn, &db.sql, &fence, now
+            ))
+        })
+        .await
+    }
+
+    /// `synchronous_commit = off`: durable with the next durable commit of any session
+    /// (the WAL is flushed in order), which the work the reservation guards makes.
+    async fn reserve_idempotency(
+        &self,
+        candidate: &IdempotencyRecord,
+        now: Timestamp,
+    ) -> Result<Reservation> {
+        let (db, candidate) = (self.db.clone(), candidate.clone());
+        self.spawn_write(async move {
+            transact!(db, None, false, |conn| control::reserve_idempotency(
+                conn, &db.sql, &candidate, now
+            ))
+        })
+        .await
+    }
+
+    /// Durable when it returns: a stored response must outlive a server crash, or a
+    /// replay would redo the work.
+    async fn complete_idempotency(
+        &self,
+        scope: &str,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<()> {
+        let (db, scope, key, response) = (
+            self.db.clone(),
+            scope.to_owned(),
+            key.to_owned(),
+            response.clone(),
+        );
+        self.spawn_write(async move {
+            transact!(db, None, true, |conn| control::complete_idempotency(
+                conn, &db.sql, &scope, &key, &response
+            ))
+        })
+        .await
+    }
+
+    async fn release_idempotency(&self, scope: &str, key: &str) -> Result<()> {
+        let (db, scope, key) = (self.db.clone(), scope.to_owned(), key.to_owned());
+        self.spawn_write(async move {
+            transact!(db, None, false, |conn| control::release_idempotency(
+                conn, &db.sql, &scope, &key
+            ))
+        })
+        .await
+    }
+
+    async fn purge_idempotency(&self, now: Timestamp) -> Result<u64> {
+        let db = self.db.clone();
+        self.spawn_write(async move {
+            transact!(db, None, false, |conn| control::purge_idempotency(
+                conn, &db.sql, now
+            ))
+        })
+        .await
+    }
+
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+        let (db, key) = (self.db.clone(), key.clone());
+        self.spawn_write(async move {
+            transact!(db, None, true, |conn| control::create_api_key(
+                conn, &db.sql, &key
+            ))
+        })
+        .await
+    }
+
+    async fn api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>> {
+        read!(self.db, |conn| read::api_key(conn, &self.db.sql, key_id))
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        read!(self.db, |conn| read::api_keys(conn, &self.db.sql))
+    }
+
+    async fn revoke_api_key(&self, key_id: &str, at: Timestamp) -> Result<bool> {
+        let (db, key_id) = (self.db.clone(), key_id.to_owned());
+        self.spawn_write(async move {
+            transact!(db, None, true, |conn| control::revoke_api_key(
+                conn, &db.sql, &key_id, at
+            ))
+        })
+        .await
+    }
+
+    /// `synchronous_commit = off`: durable with the next durable commit of any session.
+    async fn append_audit(&self, record: &AuditRecord) -> Result<u64> {
+        let (db, record) = (self.db.clone(), record.clone());
+        self.spawn_write(async move {
+            transact!(db, None, false, |conn| control::append_audit(
+                conn, &db.sql, &record
+            ))
+        })
+        .await
+    }
+
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        read!(self.db, |conn| read::audit(conn, &self.db.sql, filter))
     }
 }

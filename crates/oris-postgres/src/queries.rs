@@ -3,7 +3,7 @@
 //! strings afterwards (and the same text each time, for the statement cache).
 
 use oris_core::status::StatusKind;
-use oris_core::store::RunFilter;
+use oris_core::store::{AuditFilter, InterruptFilter, RunFilter};
 
 /// Declares the statements: one `String` field of [`Sql`] per template.
 macro_rules! statements {
@@ -57,15 +57,70 @@ WHERE t.thread_id = $1"
     };
 }
 
-/// Columns of a run: 0 key, 1 run_id, 2 thread_key, 3 thread_id, 4 graph,
-/// 5 graph_version, 6 status, 7 status_data, 8 first_seq, 9 created_at, 10 updated_at.
+/// Columns of a run (`run_columns!`), from `runs r` joined with its thread `t`.
 macro_rules! run_select {
     () => {
+        concat!(
+            "SELECT ",
+            run_columns!(),
+            "\nFROM {S}.runs r\nJOIN {S}.threads t ON t.key = r.thread_key"
+        )
+    };
+}
+
+/// The columns of a run, from `runs r` and `threads t`: 0 key, 1 run_id, 2 thread_key,
+/// 3 thread_id, 4 graph, 5 graph_version, 6 status, 7 status_data, 8 first_seq,
+/// 9 created_at, 10 updated_at, 11 priority, 12 metadata, 13 ready_at, 14 lease_epoch,
+/// 15 lease_worker, 16 lease_expires.
+macro_rules! run_columns {
+    () => {
         "\
-SELECT r.key, r.run_id, r.thread_key, t.thread_id, r.graph, r.graph_version,
-       r.status, r.status_data, r.first_seq, r.created_at, r.updated_at
-FROM {S}.runs r
-JOIN {S}.threads t ON t.key = r.thread_key"
+r.key, r.run_id, r.thread_key, t.thread_id, r.graph, r.graph_version,
+       r.status, r.status_data, r.first_seq, r.created_at, r.updated_at,
+       r.priority, r.metadata, r.ready_at, r.lease_epoch, r.lease_worker, r.lease_expires"
+    };
+}
+
+/// The claim statement, with `$graphs` standing for the graph filter (empty, or a clause
+/// on `r`). Parameters: $1 now, $2 limit, $3 worker, $4 lease expiry, $5 the
+/// `status_data` of a running run, then those of the filter.
+///
+/// One statement: the CTE picks the ready runs in claim order from the index `runs_claim`
+/// (its predicate repeated with literals) and locks them, skipping rows other claimers or
+/// writers hold, so concurrent claimers never wait for each other nor take the same run;
+/// the `UPDATE` applies `plan_claim` to them. The returned rows are the runs after the
+/// claim (columns of `run_columns!`), then the columns the claim changed as they were
+/// before it: 17 status, 18 status_data, 19 updated_at, 20 ready_at, 21 lease_epoch,
+/// 22 lease_worker, 23 lease_expires — so that the caller checks the result against
+/// `plan_claim` and orders it.
+macro_rules! claim_template {
+    () => {
+        concat!(
+            "\
+WITH c AS (
+    SELECT r.key, r.status, r.status_data, r.updated_at, r.ready_at, r.lease_epoch,
+           r.lease_worker, r.lease_expires
+    FROM {S}.runs r
+    WHERE r.ready_at <= $1
+      AND r.ready_at IS NOT NULL AND r.status IN ('queued', 'running', 'interrupted', 'waiting')
+      $graphs
+    ORDER BY r.priority DESC, r.ready_at, r.run_id
+    LIMIT $2
+    FOR NO KEY UPDATE OF r SKIP LOCKED
+)
+UPDATE {S}.runs r
+SET lease_epoch = c.lease_epoch + 1, lease_worker = $3, lease_expires = $4, ready_at = $4,
+    status = CASE WHEN c.status = 'queued' THEN 'running' ELSE c.status END,
+    status_data = CASE WHEN c.status = 'queued' THEN $5 ELSE c.status_data END,
+    updated_at = CASE WHEN c.status = 'queued' THEN $1 ELSE c.updated_at END
+FROM c, {S}.threads t
+WHERE r.key = ANY (ARRAY(SELECT c.key FROM c)) AND r.key = c.key AND t.key = r.thread_key
+RETURNING ",
+            run_columns!(),
+            ",
+       c.status, c.status_data, c.updated_at, c.ready_at, c.lease_epoch, c.lease_worker,
+       c.lease_expires"
+        )
     };
 }
 
@@ -94,6 +149,25 @@ FROM {S}.deliveries d"
     };
 }
 
+/// Columns of an API key: 0 key_id, 1 name, 2 role, 3 secret_hash, 4 created_at,
+/// 5 revoked_at.
+macro_rules! api_key_select {
+    () => {
+        "SELECT key_id, name, role, secret_hash, created_at, revoked_at FROM {S}.api_keys"
+    };
+}
+
+/// Columns of an audit entry: 0 id, 1 at, 2 actor, 3 role, 4 action, 5 target,
+/// 6 request_id, 7 status, 8 outcome, 9 details.
+macro_rules! audit_select {
+    () => {
+        "\
+SELECT a.id, a.at, a.actor, a.role, a.action, a.target, a.request_id, a.status, a.outcome,
+       a.details
+FROM {S}.audit a"
+    };
+}
+
 statements! {
     /// A thread by id (columns of `thread_select!`).
     thread = thread_select!();
@@ -103,8 +177,10 @@ statements! {
     thread_for_update = concat!(thread_select!(), "\nFOR NO KEY UPDATE OF t");
     /// A thread by id, locked exclusively (deleting it).
     thread_for_delete = concat!(thread_select!(), "\nFOR UPDATE OF t");
-    /// A thread's key, locked so that it is not deleted meanwhile.
-    thread_key_share = "SELECT key FROM {S}.threads WHERE thread_id = $1 FOR KEY SHARE";
+    /// A thread's key and its active run's key, the thread locked so that it is not
+    /// deleted meanwhile.
+    thread_key_share =
+        "SELECT key, active_run_key FROM {S}.threads WHERE thread_id = $1 FOR KEY SHARE";
     /// Creates a thread; no row when another transaction created it first.
     insert_thread = "\
 INSERT INTO {S}.threads (thread_id, graph, head, created_at, updated_at)
@@ -117,17 +193,47 @@ UPDATE {S}.threads SET head = $2, active_run_key = $3, last_run_key = $4, update
 WHERE key = $1";
     /// A run by id (columns of `run_select!`).
     run = concat!(run_select!(), "\nWHERE r.run_id = $1");
+    /// A run by id, locked against other writers (commits, claims, lease changes, answers,
+    /// deliveries) until the transaction ends. `NO KEY UPDATE`: foreign-key checks of
+    /// rows referring to it do not wait.
+    run_for_update = concat!(run_select!(), "\nWHERE r.run_id = $1\nFOR NO KEY UPDATE OF r");
+    /// A run by key, locked as `run_for_update`.
+    run_by_key_for_update = concat!(run_select!(), "\nWHERE r.key = $1\nFOR NO KEY UPDATE OF r");
+    /// Locks the run of interrupt `$1` as `run_for_update` (an answer locks the run before
+    /// the interrupt, in the order commits take them); returns its key.
+    interrupt_run_for_update = "\
+SELECT r.key FROM {S}.interrupts i JOIN {S}.runs r ON r.key = i.run_key
+WHERE i.interrupt_id = $1
+FOR NO KEY UPDATE OF r";
     /// A run's key and thread key, by id.
     run_ref = "SELECT key, thread_key FROM {S}.runs WHERE run_id = $1";
-    /// Creates a run.
+    /// Creates a run (unleased: epoch 0).
     insert_run = "\
 INSERT INTO {S}.runs (run_id, thread_key, graph, graph_version, status, status_data, first_seq,
-                      created_at, updated_at, wake_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                      created_at, updated_at, wake_at, priority, metadata, ready_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 RETURNING key";
-    /// Sets a run's status.
+    /// Sets a run's status, readiness and lease holder (a commit never changes the epoch).
     update_run_status = "\
-UPDATE {S}.runs SET status = $2, status_data = $3, updated_at = $4, wake_at = $5 WHERE key = $1";
+UPDATE {S}.runs SET status = $2, status_data = $3, updated_at = $4, wake_at = $5, ready_at = $6,
+                    lease_worker = $7, lease_expires = $8
+WHERE key = $1";
+    /// Sets when a run is ready (an answer or delivery made it ready, or a suspension found
+    /// one that raced it).
+    set_ready_at = "UPDATE {S}.runs SET ready_at = $2 WHERE key = $1";
+    /// Sets a run's readiness and lease (renewal, release).
+    set_lease = "\
+UPDATE {S}.runs SET ready_at = $2, lease_epoch = $3, lease_worker = $4, lease_expires = $5
+WHERE key = $1";
+    /// Claims ready runs of any graph (see `claim_template!`).
+    claim = claim_template!().replace("$graphs", "");
+    /// Claims ready runs of the (graph, version) pairs `$6[i]`, `$7[i]` (see
+    /// `claim_template!`).
+    claim_graphs = claim_template!().replace(
+        "$graphs",
+        "AND (r.graph, r.graph_version) IN\n          \
+         (SELECT l.g, l.v FROM unnest($6::text[], $7::text[]) AS l (g, v))",
+    );
     /// Waiting runs due at `$1`, earliest first, at most `$2` (columns of `run_select!`).
     due_runs = concat!(
         run_select!(),
@@ -210,6 +316,11 @@ WHERE interrupt_id = $1";
     interrupt = concat!(interrupt_select!(), "\nWHERE i.interrupt_id = $1");
     /// An interrupt by id, locked until the transaction ends.
     interrupt_for_update = concat!(interrupt_select!(), "\nWHERE i.interrupt_id = $1\nFOR UPDATE OF i");
+    /// A run's interrupts (by run key), in raised order.
+    interrupts_of_run = concat!(
+        interrupt_select!(),
+        "\nWHERE i.run_key = $1\nORDER BY i.raised_seq"
+    );
     /// A thread's interrupts, in raised order.
     interrupts_of_thread = concat!(
         interrupt_select!(),
@@ -237,9 +348,63 @@ INSERT INTO {S}.deliveries (delivery_id, thread_key, name, payload, idem_key, se
 VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (thread_key, idem_key) WHERE idem_key IS NOT NULL DO NOTHING
 RETURNING key";
+    /// A thread's (by key) earliest unconsumed delivery named one of `$2`: name and
+    /// arrival time.
+    earliest_pending_delivery = "\
+SELECT d.name, d.sent_at FROM {S}.deliveries d
+WHERE d.thread_key = $1 AND d.consumed_seq IS NULL AND d.name = ANY ($2)
+ORDER BY d.sent_at, d.key
+LIMIT 1";
     /// Marks a thread's delivery consumed by the `EventReceived` event at seq `$3`.
     consume_delivery =
         "UPDATE {S}.deliveries SET consumed_seq = $3 WHERE delivery_id = $1 AND thread_key = $2";
+    /// Records a reservation of an idempotency key unless the key has a record; returns a
+    /// row when it did.
+    insert_idempotency = "\
+INSERT INTO {S}.idempotency (scope, key, request_hash, created_at, expires_at, locked_until)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (scope, key) DO NOTHING
+RETURNING 1";
+    /// An idempotency record, locked until the transaction ends. Columns: 0 request_hash,
+    /// 1 created_at, 2 expires_at, 3 locked_until, 4 response_status, 5 response_body.
+    idempotency_for_update = "\
+SELECT request_hash, created_at, expires_at, locked_until, response_status, response_body
+FROM {S}.idempotency WHERE scope = $1 AND key = $2
+FOR UPDATE";
+    /// Replaces an idempotency record (a taken-over or renewed reservation).
+    update_idempotency = "\
+UPDATE {S}.idempotency SET request_hash = $3, created_at = $4, expires_at = $5, locked_until = $6,
+                           response_status = $7, response_body = $8
+WHERE scope = $1 AND key = $2";
+    /// Stores the response of a reserved key.
+    complete_idempotency = "\
+UPDATE {S}.idempotency SET response_status = $3, response_body = $4 WHERE scope = $1 AND key = $2";
+    /// Drops an unfinished reservation.
+    release_idempotency = "\
+DELETE FROM {S}.idempotency WHERE scope = $1 AND key = $2 AND response_status IS NULL";
+    /// Deletes the idempotency records expired at `$1`.
+    purge_idempotency = "DELETE FROM {S}.idempotency WHERE expires_at <= $1";
+    /// Stores an API key unless its id is taken; returns a row when it did.
+    insert_api_key = "\
+INSERT INTO {S}.api_keys (key_id, name, role, secret_hash, created_at, revoked_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (key_id) DO NOTHING
+RETURNING key";
+    /// An API key by id (columns of `api_key_select!`).
+    api_key = concat!(api_key_select!(), "\nWHERE key_id = $1");
+    /// Every API key, oldest first.
+    api_keys = concat!(api_key_select!(), "\nORDER BY created_at, key");
+    /// Revokes an API key unless it is revoked already.
+    revoke_api_key =
+        "UPDATE {S}.api_keys SET revoked_at = $2 WHERE key_id = $1 AND revoked_at IS NULL";
+    /// Serializes audit appends until the transaction ends (the key is the channel name,
+    /// unique per schema).
+    audit_lock = "SELECT pg_advisory_xact_lock(hashtext($1))";
+    /// Appends an audit entry; returns its id.
+    insert_audit = "\
+INSERT INTO {S}.audit (at, actor, role, action, target, request_id, status, outcome, details)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+RETURNING id";
     /// The schema's version.
     version = "SELECT max(version) FROM {S}.oris_schema_migrations";
     /// Records a migration.
@@ -272,27 +437,61 @@ pub(crate) fn channel(schema: &str) -> String {
 /// commits).
 pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
+/// Numbers the parameters of a query built from optional clauses.
+#[derive(Debug, Default)]
+struct Clauses {
+    clauses: Vec<String>,
+    n: usize,
+}
+
+impl Clauses {
+    /// The next parameter, as `$n`.
+    fn param(&mut self) -> String {
+        self.n += 1;
+        format!("${}", self.n)
+    }
+
+    /// Adds a clause.
+    fn push(&mut self, clause: String) {
+        self.clauses.push(clause);
+    }
+
+    /// Appends the clauses as a `WHERE` to `text`, then `tail` with the limit parameter
+    /// (`{limit}` in it).
+    fn finish(mut self, mut text: String, tail: &str) -> String {
+        for (i, clause) in self.clauses.iter().enumerate() {
+            text.push_str(if i == 0 { "\nWHERE " } else { "\n  AND " });
+            text.push_str(clause);
+        }
+        let limit = self.param();
+        text.push_str(&tail.replace("{limit}", &limit));
+        text
+    }
+}
+
 /// The run listing for `filter`, oldest first. Parameters, in order and only when the
-/// filter has them: thread id (text), graph (text), after (uuid); then the limit (bigint).
+/// filter has them: thread id (text), graph (text), after (uuid), created from, created
+/// to, updated from, updated to (bigint), then a key and a value (text) per metadata pair;
+/// then the limit (bigint).
 ///
 /// Statuses are inlined as literals (they are `StatusKind::as_str` constants, not input).
 /// When every requested status is unfinished, the predicate of the partial index
 /// `runs_unfinished` is added with literals, so the planner can prove the index applies
-/// (it cannot with a bound parameter under a generic plan).
+/// (it cannot with a bound parameter under a generic plan). Metadata is compared as
+/// `jsonb` with bound keys and values; like `RunRecord::metadata_map`, metadata that is
+/// not an object of strings matches no pair.
 pub(crate) fn runs(sql: &Sql, filter: &RunFilter) -> String {
-    let mut text = sql.fill(run_select!());
-    let mut clauses = Vec::new();
-    let mut n = 0;
+    let mut q = Clauses::default();
     if filter.thread_id.is_some() {
-        n += 1;
-        clauses.push(format!(
-            "r.thread_key = (SELECT key FROM {}threads WHERE thread_id = ${n})",
+        let p = q.param();
+        q.push(format!(
+            "r.thread_key = (SELECT key FROM {}threads WHERE thread_id = {p})",
             sql.prefix
         ));
     }
     if filter.graph.is_some() {
-        n += 1;
-        clauses.push(format!("r.graph = ${n}"));
+        let p = q.param();
+        q.push(format!("r.graph = {p}"));
     }
     if !filter.statuses.is_empty() {
         let list: Vec<String> = filter
@@ -300,22 +499,92 @@ pub(crate) fn runs(sql: &Sql, filter: &RunFilter) -> String {
             .iter()
             .map(|s| format!("'{}'", s.as_str()))
             .collect();
-        clauses.push(format!("r.status IN ({})", list.join(", ")));
+        q.push(format!("r.status IN ({})", list.join(", ")));
         if filter.statuses.iter().all(|s| !s.is_terminal()) {
-            clauses.push(unfinished_predicate());
+            q.push(unfinished_predicate());
         }
     }
     if filter.after.is_some() {
-        n += 1;
-        clauses.push(format!("r.run_id > ${n}"));
+        let p = q.param();
+        q.push(format!("r.run_id > {p}"));
     }
-    for (i, clause) in clauses.iter().enumerate() {
-        text.push_str(if i == 0 { "\nWHERE " } else { "\n  AND " });
-        text.push_str(clause);
+    for (present, clause) in [
+        (filter.created_from.is_some(), "r.created_at >= "),
+        (filter.created_to.is_some(), "r.created_at < "),
+        (filter.updated_from.is_some(), "r.updated_at >= "),
+        (filter.updated_to.is_some(), "r.updated_at < "),
+    ] {
+        if present {
+            let p = q.param();
+            q.push(format!("{clause}{p}"));
+        }
     }
-    n += 1;
-    text.push_str(&format!("\nORDER BY r.run_id\nLIMIT ${n}"));
-    text
+    if !filter.metadata.is_empty() {
+        q.push(
+            "r.metadata IS NOT NULL AND jsonb_typeof(r.metadata::jsonb) = 'object'
+  AND NOT EXISTS (SELECT 1 FROM jsonb_each(r.metadata::jsonb) m
+                  WHERE jsonb_typeof(m.value) <> 'string')"
+                .to_owned(),
+        );
+        for _ in &filter.metadata {
+            let (k, v) = (q.param(), q.param());
+            q.push(format!("(r.metadata::jsonb ->> {k}) = {v}"));
+        }
+    }
+    q.finish(
+        sql.fill(run_select!()),
+        "\nORDER BY r.run_id\nLIMIT {limit}",
+    )
+}
+
+/// The interrupt listing for `filter`, oldest (lowest id) first. Parameters, in order and
+/// only when the filter has them: thread id (text), graph (text), after (uuid); then the
+/// limit (bigint). `open_only` adds literals: not applied (the predicate of the partial
+/// index `interrupts_open`), raised by an unfinished run.
+pub(crate) fn interrupts(sql: &Sql, filter: &InterruptFilter) -> String {
+    let mut q = Clauses::default();
+    if filter.thread_id.is_some() {
+        let p = q.param();
+        q.push(format!(
+            "i.thread_key = (SELECT key FROM {}threads WHERE thread_id = {p})",
+            sql.prefix
+        ));
+    }
+    if filter.graph.is_some() {
+        let p = q.param();
+        q.push(format!("t.graph = {p}"));
+    }
+    if filter.open_only {
+        q.push("i.applied_seq IS NULL".to_owned());
+        q.push(unfinished_predicate());
+    }
+    if filter.after.is_some() {
+        let p = q.param();
+        q.push(format!("i.interrupt_id > {p}"));
+    }
+    q.finish(
+        sql.fill(interrupt_select!()),
+        "\nORDER BY i.interrupt_id\nLIMIT {limit}",
+    )
+}
+
+/// The audit listing for `filter`, oldest first. Parameters, in order and only when the
+/// filter has them: after (bigint), actor (text), action (text); then the limit (bigint).
+pub(crate) fn audit(sql: &Sql, filter: &AuditFilter) -> String {
+    let mut q = Clauses::default();
+    if filter.after.is_some() {
+        let p = q.param();
+        q.push(format!("a.id > {p}"));
+    }
+    if filter.actor.is_some() {
+        let p = q.param();
+        q.push(format!("a.actor = {p}"));
+    }
+    if filter.action.is_some() {
+        let p = q.param();
+        q.push(format!("a.action = {p}"));
+    }
+    q.finish(sql.fill(audit_select!()), "\nORDER BY a.id\nLIMIT {limit}")
 }
 
 /// `r.status IN ('queued', 'running', 'interrupted', 'waiting')`: the predicate of the

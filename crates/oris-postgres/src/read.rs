@@ -4,7 +4,10 @@
 use oris_core::event::{Event, EventKind, EventRow};
 use oris_core::id::{DeliveryId, InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::status::RunStatus;
-use oris_core::store::{Delivery, InterruptRecord, RunFilter, RunRecord, Snapshot, ThreadRecord};
+use oris_core::store::{
+    ApiKeyRecord, AuditFilter, AuditRecord, Delivery, Error, IdempotencyRecord, InterruptFilter,
+    InterruptRecord, LeaseHolder, RunFilter, RunRecord, Snapshot, StoredResponse, ThreadRecord,
+};
 use tokio_postgres::Row;
 use tokio_postgres::types::Type;
 
@@ -107,10 +110,31 @@ pub(crate) async fn run_ref(
     Ok(Some((req(&row, 0, "key")?, req(&row, 1, "thread_key")?)))
 }
 
-/// Reads a run.
-pub(crate) async fn run(conn: &Conn, sql: &Sql, id: RunId) -> Result<Option<StoredRun>, Fault> {
+/// Reads a run; `lock` locks it against other writers until the transaction ends.
+pub(crate) async fn run(
+    conn: &Conn,
+    sql: &Sql,
+    id: RunId,
+    lock: bool,
+) -> Result<Option<StoredRun>, Fault> {
     let uuid = id.as_uuid();
-    match conn.query_opt(&sql.run, &[(&uuid, Type::UUID)]).await? {
+    let text = if lock { &sql.run_for_update } else { &sql.run };
+    match conn.query_opt(text, &[(&uuid, Type::UUID)]).await? {
+        None => Ok(None),
+        Some(row) => decode_run(&row).map(Some),
+    }
+}
+
+/// Reads a run by key, locked against other writers until the transaction ends.
+pub(crate) async fn run_by_key_locked(
+    conn: &Conn,
+    sql: &Sql,
+    key: i64,
+) -> Result<Option<StoredRun>, Fault> {
+    match conn
+        .query_opt(&sql.run_by_key_for_update, &[(&key, Type::INT8)])
+        .await?
+    {
         None => Ok(None),
         Some(row) => decode_run(&row).map(Some),
     }
@@ -125,11 +149,17 @@ pub(crate) async fn runs(
     let text = queries::runs(sql, filter);
     let thread = filter.thread_id.as_ref().map(|t| t.as_str());
     let after = filter.after.map(|r| r.as_uuid());
-    let limit = if filter.limit == 0 {
-        i64::MAX
-    } else {
-        i64::try_from(filter.limit).unwrap_or(i64::MAX)
-    };
+    let limit = limit_param(filter.limit);
+    let times: Vec<i64> = [
+        filter.created_from,
+        filter.created_to,
+        filter.updated_from,
+        filter.updated_to,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|t| t.0)
+    .collect();
     let mut params: Vec<Param<'_>> = Vec::new();
     if let Some(t) = &thread {
         params.push((t, Type::TEXT));
@@ -139,6 +169,13 @@ pub(crate) async fn runs(
     }
     if let Some(a) = &after {
         params.push((a, Type::UUID));
+    }
+    for t in &times {
+        params.push((t, Type::INT8));
+    }
+    for (k, v) in &filter.metadata {
+        params.push((k, Type::TEXT));
+        params.push((v, Type::TEXT));
     }
     params.push((&limit, Type::INT8));
     let rows = conn.query(&text, &params).await?;
@@ -163,8 +200,17 @@ pub(crate) async fn due_runs(
         .collect()
 }
 
+/// The `LIMIT` of a listing: 0 means none.
+fn limit_param(limit: usize) -> i64 {
+    if limit == 0 {
+        i64::MAX
+    } else {
+        i64::try_from(limit).unwrap_or(i64::MAX)
+    }
+}
+
 /// Decodes a row of `run_select!`; errors are [`Fault::Store`] with their thread.
-fn decode_run(row: &Row) -> Result<StoredRun, Fault> {
+pub(crate) fn decode_run(row: &Row) -> Result<StoredRun, Fault> {
     let id = req::<uuid::Uuid>(row, 1, "run_id")
         .map(RunId::from_uuid)
         .map_err(|f| f.within("run record").at(&unknown_thread(), None))?;
@@ -186,15 +232,45 @@ fn decode_run(row: &Row) -> Result<StoredRun, Fault> {
                 first_seq: seq(row, 8, "first_seq")?,
                 created_at: time(row, 9, "created_at")?,
                 updated_at: time(row, 10, "updated_at")?,
-                priority: 0,
-                metadata: None,
-                ready_at: None,
-                lease_epoch: 0,
-                lease: None,
+                priority: req(row, 11, "priority")?,
+                metadata: opt_payload(row, 12, "metadata")?,
+                ready_at: opt::<i64>(row, 13, "ready_at")?.map(Timestamp),
+                lease_epoch: epoch(row, 14, "lease_epoch")?,
+                lease: lease(row, 15, 16)?,
             },
         })
     };
     decode().map_err(|f| f.within(format!("run {id}")).at(&thread_id, None))
+}
+
+/// A NOT NULL `bigint` holding a lease epoch.
+pub(crate) fn epoch(row: &Row, i: usize, col: &str) -> Result<u64, Fault> {
+    let v: i64 = req(row, i, col)?;
+    u64::try_from(v).map_err(|_| Fault::Bad(format!("column `{col}`: {v} is not an epoch")))
+}
+
+/// The lease holder from its worker and expiry columns (both null, or neither).
+pub(crate) fn lease(
+    row: &Row,
+    worker_col: usize,
+    expires_col: usize,
+) -> Result<Option<LeaseHolder>, Fault> {
+    match (
+        opt::<String>(row, worker_col, "lease_worker")?,
+        opt::<i64>(row, expires_col, "lease_expires")?,
+    ) {
+        (None, None) => Ok(None),
+        (Some(worker_id), Some(at)) => Ok(Some(LeaseHolder {
+            worker_id,
+            expires_at: Timestamp(at),
+        })),
+        (Some(_), None) => Err(Fault::Bad(
+            "column `lease_expires` is null but `lease_worker` is not".into(),
+        )),
+        (None, Some(_)) => Err(Fault::Bad(
+            "column `lease_worker` is null but `lease_expires` is not".into(),
+        )),
+    }
 }
 
 /// Reads up to `limit` events after `after`, checking the log has no gap.
@@ -363,6 +439,52 @@ pub(crate) async fn interrupt(
     decode_interrupt(&row, &thread_id).map(Some)
 }
 
+/// Reads a run's (by key) interrupts, in raised order.
+pub(crate) async fn interrupts_of_run(
+    conn: &Conn,
+    sql: &Sql,
+    run_key: i64,
+    thread_id: &ThreadId,
+) -> Result<Vec<InterruptRecord>, Fault> {
+    let rows = conn
+        .query(&sql.interrupts_of_run, &[(&run_key, Type::INT8)])
+        .await?;
+    rows.iter()
+        .map(|row| decode_interrupt(row, thread_id).map(|i| i.record))
+        .collect()
+}
+
+/// Lists interrupts across threads.
+pub(crate) async fn list_interrupts(
+    conn: &Conn,
+    sql: &Sql,
+    filter: &InterruptFilter,
+) -> Result<Vec<InterruptRecord>, Fault> {
+    let text = queries::interrupts(sql, filter);
+    let thread = filter.thread_id.as_ref().map(|t| t.as_str());
+    let after = filter.after.map(|i| i.as_uuid());
+    let limit = limit_param(filter.limit);
+    let mut params: Vec<Param<'_>> = Vec::new();
+    if let Some(t) = &thread {
+        params.push((t, Type::TEXT));
+    }
+    if let Some(g) = &filter.graph {
+        params.push((g, Type::TEXT));
+    }
+    if let Some(a) = &after {
+        params.push((a, Type::UUID));
+    }
+    params.push((&limit, Type::INT8));
+    let rows = conn.query(&text, &params).await?;
+    rows.iter()
+        .map(|row| {
+            let thread_id = thread_id_col(row, 3, "thread_id")
+                .map_err(|f| f.within("interrupt record").at(&unknown_thread(), None))?;
+            decode_interrupt(row, &thread_id).map(|i| i.record)
+        })
+        .collect()
+}
+
 /// Reads a thread's interrupts, in raised order.
 pub(crate) async fn interrupts(
     conn: &Conn,
@@ -490,4 +612,148 @@ fn decode_delivery(row: &Row, thread_id: &ThreadId) -> Result<Delivery, Fault> {
         })
     };
     decode().map_err(|f| f.within(format!("delivery {id}")).at(thread_id, None))
+}
+
+/// Reads the idempotency record of `key` in `scope`, locked until the transaction ends.
+pub(crate) async fn idempotency_locked(
+    conn: &Conn,
+    sql: &Sql,
+    scope: &str,
+    key: &str,
+) -> Result<Option<IdempotencyRecord>, Fault> {
+    let Some(row) = conn
+        .query_opt(
+            &sql.idempotency_for_update,
+            &[(&scope, Type::TEXT), (&key, Type::TEXT)],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let decode = || -> Result<IdempotencyRecord, Fault> {
+        let response = match (
+            opt::<i32>(&row, 4, "response_status")?,
+            opt::<String>(&row, 5, "response_body")?,
+        ) {
+            (None, None) => None,
+            (Some(status), Some(body)) => Some(StoredResponse {
+                status: u16::try_from(status).map_err(|_| {
+                    Fault::Bad(format!(
+                        "column `response_status`: {status} is out of range"
+                    ))
+                })?,
+                body,
+            }),
+            _ => {
+                return Err(Fault::Bad(
+                    "columns `response_status` and `response_body` are not both set".into(),
+                ));
+            }
+        };
+        Ok(IdempotencyRecord {
+            scope: scope.to_owned(),
+            key: key.to_owned(),
+            request_hash: req(&row, 0, "request_hash")?,
+            created_at: time(&row, 1, "created_at")?,
+            expires_at: time(&row, 2, "expires_at")?,
+            locked_until: time(&row, 3, "locked_until")?,
+            response,
+        })
+    };
+    decode()
+        .map(Some)
+        .map_err(|f| corrupt_record(f, format!("idempotency record `{scope}`/`{key}`")))
+}
+
+/// A control-plane record that does not decode: corruption, named after the record (it
+/// belongs to no thread).
+fn corrupt_record(f: Fault, what: String) -> Fault {
+    match f.within(what) {
+        Fault::Bad(detail) => Fault::Store(Error::Corrupt {
+            thread_id: unknown_thread(),
+            seq: None,
+            detail,
+        }),
+        other => other,
+    }
+}
+
+/// Reads an API key by id.
+pub(crate) async fn api_key(
+    conn: &Conn,
+    sql: &Sql,
+    key_id: &str,
+) -> Result<Option<ApiKeyRecord>, Fault> {
+    conn.query_opt(&sql.api_key, &[(&key_id, Type::TEXT)])
+        .await?
+        .map(|row| decode_api_key(&row))
+        .transpose()
+}
+
+/// Every API key, oldest first.
+pub(crate) async fn api_keys(conn: &Conn, sql: &Sql) -> Result<Vec<ApiKeyRecord>, Fault> {
+    let rows = conn.query(&sql.api_keys, &[]).await?;
+    rows.iter().map(decode_api_key).collect()
+}
+
+fn decode_api_key(row: &Row) -> Result<ApiKeyRecord, Fault> {
+    let key_id: String =
+        req(row, 0, "key_id").map_err(|f| corrupt_record(f, "api key".to_owned()))?;
+    let decode = || -> Result<ApiKeyRecord, Fault> {
+        Ok(ApiKeyRecord {
+            key_id: key_id.clone(),
+            name: req(row, 1, "name")?,
+            role: req(row, 2, "role")?,
+            secret_hash: req(row, 3, "secret_hash")?,
+            created_at: time(row, 4, "created_at")?,
+            revoked_at: opt::<i64>(row, 5, "revoked_at")?.map(Timestamp),
+        })
+    };
+    decode().map_err(|f| corrupt_record(f, format!("api key `{key_id}`")))
+}
+
+/// Lists audit entries, oldest first.
+pub(crate) async fn audit(
+    conn: &Conn,
+    sql: &Sql,
+    filter: &AuditFilter,
+) -> Result<Vec<AuditRecord>, Fault> {
+    let text = queries::audit(sql, filter);
+    let after = filter.after.map(|a| i64::try_from(a).unwrap_or(i64::MAX));
+    let limit = limit_param(filter.limit);
+    let mut params: Vec<Param<'_>> = Vec::new();
+    if let Some(a) = &after {
+        params.push((a, Type::INT8));
+    }
+    if let Some(a) = &filter.actor {
+        params.push((a, Type::TEXT));
+    }
+    if let Some(a) = &filter.action {
+        params.push((a, Type::TEXT));
+    }
+    params.push((&limit, Type::INT8));
+    let rows = conn.query(&text, &params).await?;
+    rows.iter().map(decode_audit).collect()
+}
+
+fn decode_audit(row: &Row) -> Result<AuditRecord, Fault> {
+    let id: i64 = req(row, 0, "id").map_err(|f| corrupt_record(f, "audit entry".to_owned()))?;
+    let decode = || -> Result<AuditRecord, Fault> {
+        let status: i32 = req(row, 7, "status")?;
+        Ok(AuditRecord {
+            id: u64::try_from(id)
+                .map_err(|_| Fault::Bad(format!("column `id`: {id} is negative")))?,
+            at: time(row, 1, "at")?,
+            actor: req(row, 2, "actor")?,
+            role: req(row, 3, "role")?,
+            action: req(row, 4, "action")?,
+            target: opt(row, 5, "target")?,
+            request_id: req(row, 6, "request_id")?,
+            status: u16::try_from(status)
+                .map_err(|_| Fault::Bad(format!("column `status`: {status} is out of range")))?,
+            outcome: req(row, 8, "outcome")?,
+            details: opt_payload(row, 9, "details")?,
+        })
+    };
+    decode().map_err(|f| corrupt_record(f, format!("audit entry {id}")))
 }

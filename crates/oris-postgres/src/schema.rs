@@ -139,8 +139,102 @@ CREATE UNIQUE INDEX deliveries_by_idem_key ON {S}.deliveries (thread_key, idem_k
     WHERE idem_key IS NOT NULL;
 "#;
 
-/// The migrations, in order; `MIGRATIONS[i]` upgrades version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1];
+/// Version 2: what a control-plane server keeps beside the threads — run priority,
+/// metadata, readiness and leases, idempotency records, API keys and the audit log.
+///
+/// `ready_at` is when a run may be claimed (NULL: not claimable), maintained by every
+/// write as the core's rules say; `wake_at` keeps its meaning (the timer of a waiting run,
+/// for `due_runs`). Existing runs are backfilled by the same rules: queued ones are ready
+/// since their creation, waiting ones at their timer or the earliest pending delivery they
+/// wait for, interrupted ones whose open interrupts are all answered at the last answer;
+/// running ones are unleased and stay with the process that drives them.
+pub(crate) const V2: &str = r#"
+ALTER TABLE {S}.runs
+    ADD COLUMN priority      integer NOT NULL DEFAULT 0,
+    -- A JSON object of strings, as text (returned byte for byte); filtered as jsonb.
+    ADD COLUMN metadata      text,
+    ADD COLUMN ready_at      bigint,
+    ADD COLUMN lease_epoch   bigint  NOT NULL DEFAULT 0 CHECK (lease_epoch >= 0),
+    ADD COLUMN lease_worker  text,
+    ADD COLUMN lease_expires bigint,
+    ADD CONSTRAINT runs_lease_check CHECK ((lease_worker IS NULL) = (lease_expires IS NULL));
+
+UPDATE {S}.runs SET ready_at = created_at WHERE status = 'queued';
+
+UPDATE {S}.runs r SET ready_at = (
+    SELECT min(v.t) FROM (VALUES (r.wake_at), ((
+        SELECT min(d.sent_at) FROM {S}.deliveries d
+        WHERE d.thread_key = r.thread_key AND d.consumed_seq IS NULL
+          AND d.name IN (SELECT jsonb_array_elements_text(
+                             coalesce(r.status_data::jsonb -> 'events', '[]'::jsonb)))
+    ))) AS v (t))
+WHERE r.status = 'waiting';
+
+UPDATE {S}.runs r SET ready_at = a.last_answer
+FROM (SELECT i.run_key, max(i.answered_at) AS last_answer,
+             bool_and(i.answer IS NOT NULL) AS all_answered
+      FROM {S}.interrupts i WHERE i.applied_seq IS NULL GROUP BY i.run_key) a
+WHERE r.status = 'interrupted' AND a.run_key = r.key AND a.all_answered;
+
+-- Claiming: runs in claim order, only those that are or will become claimable (ready_at is
+-- NULL for finished runs). Queries must repeat this predicate with literals.
+CREATE INDEX runs_claim ON {S}.runs (priority DESC, ready_at, run_id)
+    WHERE ready_at IS NOT NULL AND status IN ('queued', 'running', 'interrupted', 'waiting');
+
+-- Interrupts not applied yet: what an operator's inbox lists.
+CREATE INDEX interrupts_open ON {S}.interrupts (interrupt_id) WHERE applied_seq IS NULL;
+
+-- Idempotency keys of state-changing requests, per caller (`scope`). A reservation holds
+-- the key until `locked_until`; the response is stored once the request finished.
+CREATE TABLE {S}.idempotency (
+    scope           text    NOT NULL,
+    key             text    NOT NULL,
+    request_hash    text    NOT NULL,
+    created_at      bigint  NOT NULL,
+    expires_at      bigint  NOT NULL,
+    locked_until    bigint  NOT NULL,
+    response_status integer CHECK (response_status BETWEEN 0 AND 65535),
+    response_body   text,
+    PRIMARY KEY (scope, key),
+    CHECK ((response_status IS NULL) = (response_body IS NULL))
+);
+
+CREATE INDEX idempotency_expiry ON {S}.idempotency (expires_at);
+
+-- API keys: only a keyed hash of the secret. `key` orders them by creation.
+CREATE TABLE {S}.api_keys (
+    key         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    key_id      text   NOT NULL UNIQUE,
+    name        text   NOT NULL,
+    role        text   NOT NULL,
+    secret_hash text   NOT NULL,
+    created_at  bigint NOT NULL,
+    revoked_at  bigint
+);
+
+-- The audit log. Appends are serialized (see `write::append_audit`), so ids become visible
+-- in increasing order and a reader paging by id never skips one.
+CREATE TABLE {S}.audit (
+    id         bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at         bigint  NOT NULL,
+    actor      text    NOT NULL,
+    role       text    NOT NULL,
+    action     text    NOT NULL,
+    target     text,
+    request_id text    NOT NULL,
+    status     integer NOT NULL CHECK (status BETWEEN 0 AND 65535),
+    outcome    text    NOT NULL,
+    details    text
+);
+
+CREATE INDEX audit_by_actor ON {S}.audit (actor, id);
+
+CREATE INDEX audit_by_action ON {S}.audit (action, id);
+"#;
+
+/// The migrations, in order; `MIGRATIONS[i]` upgrades version `i` to `i + 1`. Released
+/// migrations never change: a change is a new one.
+pub const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this code writes and understands.
 pub const LATEST: i32 = MIGRATIONS.len() as i32;

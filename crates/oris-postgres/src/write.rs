@@ -15,9 +15,11 @@
 
 use oris_core::event::{Event, EventRow, Payload};
 use oris_core::id::{DeliveryId, InterruptId, RunId, Seq, ThreadId, Timestamp};
+use oris_core::status::RunStatus;
 use oris_core::store::{
-    Answer, Commit, Delivery, Error, InterruptRecord, Receipt, RunWrite, check_prune,
-    check_redelivery, consumed_deliveries, interrupt_effects, plan_answer, plan_commit, wake_at,
+    Answer, Commit, Delivery, Error, InterruptRecord, Receipt, RunRecord, RunWrite, check_prune,
+    check_redelivery, consumed_deliveries, interrupt_effects, plan_answer, plan_commit,
+    ready_on_answer, ready_on_delivery, wake_at,
 };
 use tokio_postgres::types::Type;
 
@@ -27,7 +29,7 @@ use crate::queries::{NOTIFY, Sql};
 use crate::read::{self, Lock, StoredThread};
 
 /// Queues a wake-up for `thread_id`, sent when the transaction commits.
-async fn notify(conn: &Conn, sql: &Sql, thread_id: &ThreadId) -> Result<(), Fault> {
+pub(crate) async fn notify(conn: &Conn, sql: &Sql, thread_id: &ThreadId) -> Result<(), Fault> {
     conn.query(
         NOTIFY,
         &[
@@ -105,9 +107,17 @@ impl EventColumns {
 pub(crate) async fn commit(conn: &Conn, sql: &Sql, c: &Commit) -> Result<Receipt, Fault> {
     let tid = &c.thread_id;
     let stored = read::thread(conn, sql, tid, Lock::Write).await?;
-    let stored_run = match &c.run {
-        Some(RunWrite::SetStatus { run_id, .. }) => read::run(conn, sql, *run_id).await?,
+    // The run whose status changes, or else whose lease fences the commit, locked (after
+    // the thread: every writer locks in that order) so that a claim, renewal, release,
+    // answer or delivery cannot change it between the check and the write.
+    let run_to_lock = match (&c.run, &c.fence) {
+        (Some(RunWrite::SetStatus { run_id, .. }), _) => Some(*run_id),
+        (_, Some(fence)) => Some(fence.run_id),
         _ => None,
+    };
+    let stored_run = match run_to_lock {
+        Some(id) => read::run(conn, sql, id, true).await?,
+        None => None,
     };
     let now = Timestamp::now();
     let plan = plan_commit(
@@ -182,6 +192,8 @@ pub(crate) async fn commit(conn: &Conn, sql: &Sql, c: &Commit) -> Result<Receipt
             }
             let first_seq = seq_param(tid, run.first_seq)?;
             let uuid = run.run_id.as_uuid();
+            let metadata = run.metadata.as_ref().map(|m| m.json());
+            let ready_at = run.ready_at.map(|t| t.0);
             let row = conn
                 .query_opt(
                     &sql.insert_run,
@@ -196,6 +208,9 @@ pub(crate) async fn commit(conn: &Conn, sql: &Sql, c: &Commit) -> Result<Receipt
                         (&run.created_at.0, Type::INT8),
                         (&run.updated_at.0, Type::INT8),
                         (&wake_at(&run.status).map(|t| t.0), Type::INT8),
+                        (&run.priority, Type::INT4),
+                        (&metadata, Type::TEXT),
+                        (&ready_at, Type::INT8),
                     ],
                 )
                 .await
@@ -214,6 +229,9 @@ pub(crate) async fn commit(conn: &Conn, sql: &Sql, c: &Commit) -> Result<Receipt
                 .as_ref()
                 .map(|r| r.key)
                 .expect("invariant: plan_commit accepted a status change of a stored run");
+            let ready_at = run.ready_at.map(|t| t.0);
+            let worker = run.lease.as_ref().map(|l| l.worker_id.as_str());
+            let expires = run.lease.as_ref().map(|l| l.expires_at.0);
             conn.execute(
                 &sql.update_run_status,
                 &[
@@ -222,6 +240,9 @@ pub(crate) async fn commit(conn: &Conn, sql: &Sql, c: &Commit) -> Result<Receipt
                     (data, Type::TEXT),
                     (&run.updated_at.0, Type::INT8),
                     (&wake_at(&run.status).map(|t| t.0), Type::INT8),
+                    (&ready_at, Type::INT8),
+                    (&worker, Type::TEXT),
+                    (&expires, Type::INT8),
                 ],
             )
             .await?;
@@ -358,12 +379,76 @@ pub(crate) async fn commit(conn: &Conn, sql: &Sql, c: &Commit) -> Result<Receipt
         )
         .await?;
     }
+    // A suspension that raced an answer or a delivery: the run is ready at once.
+    if let (Some(RunWrite::SetStatus { .. }), Some(run), Some((_, run_key))) =
+        (&c.run, &plan.run, writer)
+    {
+        let ready = match &run.status {
+            RunStatus::Interrupted { .. } => {
+                let interrupts = read::interrupts_of_run(conn, sql, run_key, tid).await?;
+                ready_on_answer(run, &interrupts, now)
+            }
+            RunStatus::Waiting { events, .. } if !events.is_empty() => {
+                earliest_pending(conn, sql, thread_key, events)
+                    .await?
+                    .and_then(|(name, sent_at)| ready_on_delivery(run, &name, sent_at))
+            }
+            _ => None,
+        };
+        make_ready(conn, sql, run_key, run, ready).await?;
+    }
     if c.run.is_some() {
         notify(conn, sql, tid).await?;
     }
     Ok(Receipt {
         head: plan.thread.head,
     })
+}
+
+/// The thread's (by key) earliest pending delivery named one of `names`: name and arrival.
+async fn earliest_pending(
+    conn: &Conn,
+    sql: &Sql,
+    thread_key: i64,
+    names: &[String],
+) -> Result<Option<(String, Timestamp)>, Fault> {
+    let row = conn
+        .query_opt(
+            &sql.earliest_pending_delivery,
+            &[(&thread_key, Type::INT8), (&names, Type::TEXT_ARRAY)],
+        )
+        .await?;
+    row.map(|row| {
+        Ok((
+            crate::codec::req(&row, 0, "name")?,
+            crate::codec::time(&row, 1, "sent_at")?,
+        ))
+    })
+    .transpose()
+}
+
+/// Sets when the run (by key) is ready.
+async fn set_ready_at(conn: &Conn, sql: &Sql, run_key: i64, at: Timestamp) -> Result<(), Fault> {
+    conn.execute(
+        &sql.set_ready_at,
+        &[(&run_key, Type::INT8), (&Some(at.0), Type::INT8)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Applies `ready` (from `ready_on_answer` or `ready_on_delivery`) to `run` (by key).
+async fn make_ready(
+    conn: &Conn,
+    sql: &Sql,
+    run_key: i64,
+    run: &RunRecord,
+    ready: Option<Timestamp>,
+) -> Result<(), Fault> {
+    match ready {
+        Some(at) if run.ready_at != Some(at) => set_ready_at(conn, sql, run_key, at).await,
+        _ => Ok(()),
+    }
 }
 
 /// Finds the keys of runs a commit refers to.
@@ -459,7 +544,9 @@ pub(crate) async fn prune(
         .await?
         .ok_or_else(|| not_found(thread_id))?;
     let active_first = match stored.record.active_run {
-        Some(id) => read::run(conn, sql, id).await?.map(|r| r.record.first_seq),
+        Some(id) => read::run(conn, sql, id, false)
+            .await?
+            .map(|r| r.record.first_seq),
         None => None,
     };
     let at = base.seq;
@@ -522,7 +609,12 @@ pub(crate) async fn prune(
 }
 
 /// Decides an answer with [`plan_answer`] on the interrupt (locked) and its run's status,
-/// and records it: of concurrent answers, exactly one is `Recorded`.
+/// and records it: of concurrent answers, exactly one is `Recorded`. An answer that makes
+/// the run ready ([`ready_on_answer`]) sets its `ready_at`.
+///
+/// The run is locked before the interrupt, as commits lock them; so a commit suspending
+/// the run and this answer are serialized, and whichever comes second sees the other
+/// (the answer sees the run interrupted, or the commit sees the answer).
 pub(crate) async fn answer_interrupt(
     conn: &Conn,
     sql: &Sql,
@@ -530,6 +622,12 @@ pub(crate) async fn answer_interrupt(
     value: &Payload,
     at: Timestamp,
 ) -> Result<(Answer, InterruptRecord), Fault> {
+    let uuid = interrupt_id.as_uuid();
+    let run_key: i64 = conn
+        .query_opt(&sql.interrupt_run_for_update, &[(&uuid, Type::UUID)])
+        .await?
+        .ok_or(Error::InterruptNotFound { interrupt_id })?
+        .get(0);
     let stored = read::interrupt(conn, sql, interrupt_id, true)
         .await?
         .ok_or(Error::InterruptNotFound { interrupt_id })?;
@@ -545,13 +643,21 @@ pub(crate) async fn answer_interrupt(
                 ],
             )
             .await?;
-            notify(conn, sql, &stored.record.thread_id).await?;
+            let tid = &stored.record.thread_id;
+            if let Some(run) = read::run_by_key_locked(conn, sql, run_key).await? {
+                let interrupts = read::interrupts_of_run(conn, sql, run_key, tid).await?;
+                let ready = ready_on_answer(&run.record, &interrupts, at);
+                make_ready(conn, sql, run_key, &run.record, ready).await?;
+            }
+            notify(conn, sql, tid).await?;
             Ok((Answer::Recorded, updated))
         }
     }
 }
 
 /// Buffers a delivery, or returns the one recorded earlier with the same idempotency key.
+/// A new delivery the thread's active run waits for makes it ready ([`ready_on_delivery`]);
+/// the run is locked for that, after the thread, as commits lock them.
 pub(crate) async fn deliver(
     conn: &Conn,
     sql: &Sql,
@@ -561,11 +667,12 @@ pub(crate) async fn deliver(
     key: Option<&str>,
     at: Timestamp,
 ) -> Result<(Delivery, bool), Fault> {
-    let thread_key: i64 = conn
+    let row = conn
         .query_opt(&sql.thread_key_share, &[(&thread_id.as_str(), Type::TEXT)])
         .await?
-        .ok_or_else(|| not_found(thread_id))?
-        .get(0);
+        .ok_or_else(|| not_found(thread_id))?;
+    let thread_key: i64 = row.get(0);
+    let active_key: Option<i64> = row.get(1);
     if let Some(k) = key
         && let Some(existing) =
             read::delivery_by_idem_key(conn, sql, thread_key, thread_id, k).await?
@@ -599,6 +706,12 @@ pub(crate) async fn deliver(
     if inserted.is_none() {
         // A concurrent sender recorded the same key first: decide again on its row.
         return Err(Fault::Retry);
+    }
+    if let Some(run_key) = active_key
+        && let Some(run) = read::run_by_key_locked(conn, sql, run_key).await?
+    {
+        let ready = ready_on_delivery(&run.record, name, at);
+        make_ready(conn, sql, run_key, &run.record, ready).await?;
     }
     notify(conn, sql, thread_id).await?;
     Ok((delivery, true))
