@@ -11,7 +11,7 @@ use oris_core::event::{
 };
 use oris_core::id::{CheckpointId, DeliveryId, InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::status::{PendingInterrupt, RunStatus};
-use oris_core::store::{Commit, RunRecord, RunWrite, Snapshot};
+use oris_core::store::{ClaimRequest, Commit, Fence, RunRecord, RunWrite, Snapshot};
 
 /// The graph name the builders use unless told otherwise.
 pub const GRAPH: &str = "conformance";
@@ -450,5 +450,54 @@ pub fn status_waiting(until: Option<Timestamp>, events: &[&str]) -> RunStatus {
     RunStatus::Waiting {
         until,
         events: events.iter().map(|e| (*e).to_owned()).collect(),
+    }
+}
+
+/// A claim by `worker` at `now` for a lease of `ttl`, of at most `limit` runs of any graph.
+pub fn claim_request(
+    worker: &str,
+    now: Timestamp,
+    ttl: std::time::Duration,
+    limit: usize,
+) -> ClaimRequest {
+    ClaimRequest {
+        worker_id: worker.to_owned(),
+        now,
+        ttl,
+        limit,
+        graphs: Vec::new(),
+    }
+}
+
+/// The fence of `run` at `epoch`.
+pub fn fence(run: RunId, epoch: u64) -> Fence {
+    Fence { run_id: run, epoch }
+}
+
+/// `commit`, fenced by `fence`.
+pub fn fenced(commit: Commit, fence: Fence) -> Commit {
+    Commit {
+        fence: Some(fence),
+        ..commit
+    }
+}
+
+/// A queued run of `graph` version `version` on `thread` (its first event will be seq 1),
+/// created at `created` (also its `updated_at`), with `priority` and `metadata_json`.
+pub fn queued_run(
+    thread: &ThreadId,
+    graph: &str,
+    version: &str,
+    created: Timestamp,
+    priority: i32,
+    metadata_json: Option<&str>,
+) -> RunRecord {
+    RunRecord {
+        graph_version: version.to_owned(),
+        created_at: created,
+        updated_at: created,
+        priority,
+        metadata: metadata_json.map(payload),
+        ..queued(run_record(thread, graph, 1))
     }
 }

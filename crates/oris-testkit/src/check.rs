@@ -2,6 +2,7 @@
 
 use oris_core::event::Event;
 use oris_core::id::{InterruptId, RunId, Seq, ThreadId};
+use oris_core::store::ClaimRequest;
 use oris_core::store::{
     Delivery, Error, InterruptRecord, Result, RunFilter, RunRecord, Snapshot, Store, ThreadRecord,
 };
@@ -223,4 +224,35 @@ impl FullView {
             "{what}: the deliveries of thread `{thread}` changed"
         );
     }
+}
+
+/// Asserts that `error` is [`Error::LeaseLost`] for `run` at `epoch` (any reason).
+#[track_caller]
+pub fn assert_lease_lost(error: &Error, run: RunId, epoch: u64, what: &str) {
+    match error {
+        Error::LeaseLost {
+            run_id, epoch: e, ..
+        } if *run_id == run && *e == epoch => {}
+        other => panic!("{what}: expected LeaseLost for run {run} at epoch {epoch}, got {other:?}"),
+    }
+}
+
+/// Claims with `request`, which must succeed; returns the claimed records.
+pub async fn claim(store: &dyn Store, request: &ClaimRequest) -> Vec<RunRecord> {
+    ok(
+        store.claim(request).await,
+        &format!(
+            "claim by {} at {:?} (limit {})",
+            request.worker_id, request.now, request.limit
+        ),
+    )
+}
+
+/// The ids of the runs a claim with `request` takes, in the order returned.
+pub async fn claim_ids(store: &dyn Store, request: &ClaimRequest) -> Vec<RunId> {
+    claim(store, request)
+        .await
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect()
 }

@@ -125,6 +125,32 @@ macro_rules! __conformance_cases {
             prune_keeps_a_self_contained_log,
             // timers
             due_runs_are_found_by_wake_time,
+            // claims
+            queued_runs_are_claimed_once_per_lease,
+            claims_follow_priority_then_readiness,
+            claims_honour_the_graph_filter,
+            only_ready_unfinished_runs_are_claimable,
+            concurrent_claimers_take_each_run_once,
+            // leases
+            fenced_commits_need_the_current_lease,
+            fenced_commit_of_another_run_is_lost,
+            renewals_extend_only_a_live_lease,
+            releases_hand_runs_back,
+            // readiness
+            status_changes_end_or_keep_the_lease,
+            answers_make_interrupted_runs_ready,
+            deliveries_make_waiting_runs_ready,
+            released_suspended_runs_stay_ready,
+            // listing
+            runs_filter_by_time_and_metadata,
+            interrupts_are_listed_across_threads,
+            // idempotency
+            idempotency_keys_reserve_replay_and_expire,
+            purge_deletes_expired_idempotency_records,
+            concurrent_reservations_reserve_once,
+            // access
+            api_keys_are_stored_listed_and_revoked,
+            audit_log_appends_and_filters,
         }
     };
 }

@@ -15,8 +15,9 @@ mod guarded {
     use oris_core::event::{Event, Payload};
     use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
     use oris_core::store::{
-        Answer, Commit, Delivery, InterruptRecord, MemoryStore, Receipt, Result, RunFilter,
-        RunRecord, Snapshot, Store, ThreadRecord,
+        Answer, ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Commit, Delivery, Fence,
+        IdempotencyRecord, InterruptFilter, InterruptRecord, MemoryStore, Receipt, Reservation,
+        Result, RunFilter, RunRecord, Snapshot, Store, StoredResponse, ThreadRecord,
     };
 
     /// Stands for a temporary directory or schema: marks itself dropped.
@@ -106,6 +107,77 @@ mod guarded {
 
         async fn prune(&self, t: &ThreadId, base: Event) -> Result<u64> {
             self.inner.prune(t, base).await
+        }
+
+        async fn list_interrupts(&self, f: &InterruptFilter) -> Result<Vec<InterruptRecord>> {
+            self.inner.list_interrupts(f).await
+        }
+
+        async fn claim(&self, request: &ClaimRequest) -> Result<Vec<RunRecord>> {
+            self.inner.claim(request).await
+        }
+
+        async fn renew_lease(
+            &self,
+            fence: &Fence,
+            worker_id: &str,
+            now: Timestamp,
+            ttl: std::time::Duration,
+        ) -> Result<RunRecord> {
+            self.inner.renew_lease(fence, worker_id, now, ttl).await
+        }
+
+        async fn release_lease(&self, fence: &Fence, now: Timestamp) -> Result<RunRecord> {
+            self.inner.release_lease(fence, now).await
+        }
+
+        async fn reserve_idempotency(
+            &self,
+            candidate: &IdempotencyRecord,
+            now: Timestamp,
+        ) -> Result<Reservation> {
+            self.inner.reserve_idempotency(candidate, now).await
+        }
+
+        async fn complete_idempotency(
+            &self,
+            scope: &str,
+            key: &str,
+            response: &StoredResponse,
+        ) -> Result<()> {
+            self.inner.complete_idempotency(scope, key, response).await
+        }
+
+        async fn release_idempotency(&self, scope: &str, key: &str) -> Result<()> {
+            self.inner.release_idempotency(scope, key).await
+        }
+
+        async fn purge_idempotency(&self, now: Timestamp) -> Result<u64> {
+            self.inner.purge_idempotency(now).await
+        }
+
+        async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+            self.inner.create_api_key(key).await
+        }
+
+        async fn api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>> {
+            self.inner.api_key(key_id).await
+        }
+
+        async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+            self.inner.api_keys().await
+        }
+
+        async fn revoke_api_key(&self, key_id: &str, at: Timestamp) -> Result<bool> {
+            self.inner.revoke_api_key(key_id, at).await
+        }
+
+        async fn append_audit(&self, record: &AuditRecord) -> Result<u64> {
+            self.inner.append_audit(record).await
+        }
+
+        async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+            self.inner.audit(filter).await
         }
     }
 

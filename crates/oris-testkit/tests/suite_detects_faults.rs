@@ -9,8 +9,9 @@ use oris_core::event::{Event, EventBody, Payload};
 use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::status::{RunStatus, StatusKind};
 use oris_core::store::{
-    Answer, Commit, Delivery, Error, InterruptRecord, MemoryStore, Receipt, Result, RunFilter,
-    RunRecord, RunWrite, Snapshot, Store, ThreadRecord,
+    Answer, ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Commit, Delivery, Error, Fence,
+    IdempotencyRecord, InterruptFilter, InterruptRecord, MemoryStore, Receipt, Reservation, Result,
+    RunFilter, RunRecord, RunWrite, Snapshot, Store, StoredResponse, ThreadRecord,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,12 +68,65 @@ enum Fault {
     KeyConflictIgnored,
     /// A commit of `StateUpdated` events on an idle thread is refused.
     RefusesEdits,
+    /// A claim returns its runs in reverse order.
+    ClaimsReversed,
+    /// Runs claimed by one claim are handed out again by the next (no exclusion).
+    ClaimsTwice,
+    /// The (graph, version) list of a claim is ignored.
+    ClaimIgnoresGraphs,
+    /// Commits are not fenced (the fence is dropped).
+    FenceIgnored,
+    /// A fence is checked against its own run only, not against the commit's writer.
+    FenceOfAnyRun,
+    /// A renewal by another worker is accepted.
+    RenewIgnoresWorker,
+    /// A renewal at or after the expiry revives the lease.
+    RenewRevivesExpired,
+    /// A release with a superseded epoch releases the current lease.
+    ReleaseAnyEpoch,
+    /// Answers and deliveries that make a suspended run ready are not reflected in
+    /// `ready_at` (only the status's own wake-up time is).
+    SuspendedReadyOnlyByStatus,
+    /// A reservation racing an identical one at the same instant also wins (check, then set).
+    ReserveCheckThenSet,
+    /// A key used with another request reads as in flight instead of a mismatch.
+    MismatchAsInFlight,
+    /// `purge_idempotency` always says 0.
+    PurgeCountsZero,
+    /// A duplicate API key id is reported as created.
+    DuplicateKeyAccepted,
+    /// Revoking always says `true`.
+    RevokeAlwaysTrue,
+    /// API keys are listed by id.
+    KeysById,
+    /// `audit` ignores its cursor.
+    AuditIgnoresCursor,
+    /// Only the first metadata pair of a run filter is applied.
+    MetadataFirstPairOnly,
+    /// `created_to` includes its bound.
+    CreatedToInclusive,
+    /// `list_interrupts` ignores `open_only`.
+    OpenIgnored,
+    /// `list_interrupts` ignores the graph.
+    InterruptGraphIgnored,
 }
 
 #[derive(Debug)]
 struct Faulty {
     inner: MemoryStore,
     fault: Fault,
+    /// The runs of the latest claim (for `ClaimsTwice`).
+    last_claim: std::sync::Mutex<Vec<RunRecord>>,
+}
+
+impl Faulty {
+    fn new(fault: Fault) -> Self {
+        Faulty {
+            inner: MemoryStore::new(),
+            fault,
+            last_claim: std::sync::Mutex::new(Vec::new()),
+        }
+    }
 }
 
 fn normalise(p: &Payload) -> Payload {
@@ -90,6 +144,15 @@ impl Faulty {
     }
 
     fn read_run(&self, mut r: RunRecord) -> RunRecord {
+        if self.fault == Fault::SuspendedReadyOnlyByStatus
+            && r.lease.is_none()
+            && matches!(
+                r.status,
+                RunStatus::Interrupted { .. } | RunStatus::Waiting { .. }
+            )
+        {
+            r.ready_at = oris_core::store::wake_at(&r.status);
+        }
         if self.fault == Fault::DropsWaitingData
             && let RunStatus::Waiting { until, events } = &mut r.status
         {
@@ -136,6 +199,29 @@ impl Store for Faulty {
                 detail: "edits refused".into(),
             });
         }
+        if self.fault == Fault::FenceIgnored {
+            commit.fence = None;
+        }
+        if self.fault == Fault::FenceOfAnyRun
+            && let Some(f) = commit.fence
+        {
+            let writer = match &commit.run {
+                Some(RunWrite::SetStatus { run_id, .. }) => Some(*run_id),
+                _ => self
+                    .inner
+                    .thread(&commit.thread_id)
+                    .await?
+                    .and_then(|t| t.active_run),
+            };
+            if writer != Some(f.run_id) {
+                // Checks the fence on its own, then commits unfenced.
+                let run = self.inner.run(f.run_id).await?;
+                if let Some(run) = run {
+                    oris_core::store::check_fence(&f, &run, Timestamp::now())?;
+                }
+                commit.fence = None;
+            }
+        }
         let attempt = commit.clone();
         match (self.inner.commit(commit).await, self.fault) {
             (Err(Error::Conflict { .. }), Fault::SwallowsConflicts) => Ok(Receipt {
@@ -173,6 +259,10 @@ impl Store for Faulty {
                 .statuses
                 .retain(|k| !matches!(k, StatusKind::Interrupted | StatusKind::Waiting)),
             Fault::RunsIgnoreCursor => filter.after = None,
+            Fault::MetadataFirstPairOnly => filter.metadata.truncate(1),
+            Fault::CreatedToInclusive => {
+                filter.created_to = filter.created_to.map(|t| Timestamp(t.0 + 1));
+            }
             Fault::RunsNewestFirst => {
                 let mut all = self.inner.runs(&filter).await?;
                 all.reverse();
@@ -317,6 +407,139 @@ impl Store for Faulty {
         }
         Ok(all)
     }
+
+    async fn list_interrupts(&self, filter: &InterruptFilter) -> Result<Vec<InterruptRecord>> {
+        let mut filter = filter.clone();
+        match self.fault {
+            Fault::OpenIgnored => filter.open_only = false,
+            Fault::InterruptGraphIgnored => filter.graph = None,
+            _ => {}
+        }
+        self.inner.list_interrupts(&filter).await
+    }
+
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<RunRecord>> {
+        let mut request = request.clone();
+        if self.fault == Fault::ClaimIgnoresGraphs {
+            request.graphs.clear();
+        }
+        let mut got = self.inner.claim(&request).await?;
+        match self.fault {
+            Fault::ClaimsReversed => got.reverse(),
+            Fault::ClaimsTwice => {
+                let mut last = self.last_claim.lock().expect("last claim");
+                let again = std::mem::replace(&mut *last, got.clone());
+                got.extend(again);
+                got.truncate(request.limit);
+            }
+            _ => {}
+        }
+        Ok(got.into_iter().map(|r| self.read_run(r)).collect())
+    }
+
+    async fn renew_lease(
+        &self,
+        fence: &Fence,
+        worker_id: &str,
+        now: Timestamp,
+        ttl: std::time::Duration,
+    ) -> Result<RunRecord> {
+        let stored = self.inner.run(fence.run_id).await?;
+        let lease = stored.and_then(|r| r.lease);
+        let (worker, at) = match (self.fault, &lease) {
+            (Fault::RenewIgnoresWorker, Some(l)) => (l.worker_id.clone(), now),
+            (Fault::RenewRevivesExpired, Some(l)) if l.expires_at <= now => {
+                (worker_id.to_owned(), Timestamp(l.expires_at.0 - 1))
+            }
+            _ => (worker_id.to_owned(), now),
+        };
+        self.inner.renew_lease(fence, &worker, at, ttl).await
+    }
+
+    async fn release_lease(&self, fence: &Fence, now: Timestamp) -> Result<RunRecord> {
+        let mut fence = *fence;
+        if self.fault == Fault::ReleaseAnyEpoch
+            && let Some(r) = self.inner.run(fence.run_id).await?
+            && r.lease.is_some()
+        {
+            fence.epoch = r.lease_epoch;
+        }
+        self.inner.release_lease(&fence, now).await
+    }
+
+    async fn reserve_idempotency(
+        &self,
+        candidate: &IdempotencyRecord,
+        now: Timestamp,
+    ) -> Result<Reservation> {
+        let got = self.inner.reserve_idempotency(candidate, now).await?;
+        Ok(match (got, self.fault) {
+            // Lost the race, but had seen no record: "reserves" too.
+            (Reservation::InFlight, Fault::ReserveCheckThenSet) if candidate.created_at == now => {
+                Reservation::Reserved
+            }
+            (Reservation::Mismatch, Fault::MismatchAsInFlight) => Reservation::InFlight,
+            (got, _) => got,
+        })
+    }
+
+    async fn complete_idempotency(
+        &self,
+        scope: &str,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<()> {
+        self.inner.complete_idempotency(scope, key, response).await
+    }
+
+    async fn release_idempotency(&self, scope: &str, key: &str) -> Result<()> {
+        self.inner.release_idempotency(scope, key).await
+    }
+
+    async fn purge_idempotency(&self, now: Timestamp) -> Result<u64> {
+        let n = self.inner.purge_idempotency(now).await?;
+        Ok(if self.fault == Fault::PurgeCountsZero {
+            0
+        } else {
+            n
+        })
+    }
+
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+        match (self.inner.create_api_key(key).await, self.fault) {
+            (Err(Error::AlreadyExists { .. }), Fault::DuplicateKeyAccepted) => Ok(()),
+            (result, _) => result,
+        }
+    }
+
+    async fn api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>> {
+        self.inner.api_key(key_id).await
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        let mut keys = self.inner.api_keys().await?;
+        if self.fault == Fault::KeysById {
+            keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+        }
+        Ok(keys)
+    }
+
+    async fn revoke_api_key(&self, key_id: &str, at: Timestamp) -> Result<bool> {
+        let revoked = self.inner.revoke_api_key(key_id, at).await?;
+        Ok(revoked || self.fault == Fault::RevokeAlwaysTrue)
+    }
+
+    async fn append_audit(&self, record: &AuditRecord) -> Result<u64> {
+        self.inner.append_audit(record).await
+    }
+
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        let mut filter = filter.clone();
+        if self.fault == Fault::AuditIgnoresCursor {
+            filter.after = None;
+        }
+        self.inner.audit(&filter).await
+    }
 }
 
 /// Runs `case` against a store with `fault` on its own thread and asserts that it panics.
@@ -330,16 +553,7 @@ where
     let outcome = std::thread::Builder::new()
         .name(format!("expected-to-fail {label}"))
         .spawn(move || {
-            oris_testkit::__private::run_case(
-                "mutant",
-                || async move {
-                    Faulty {
-                        inner: MemoryStore::new(),
-                        fault,
-                    }
-                },
-                case,
-            )
+            oris_testkit::__private::run_case("mutant", || async move { Faulty::new(fault) }, case)
         })
         .expect("spawn")
         .join();
@@ -409,6 +623,29 @@ detects! {
     redelivery_recorded_in_race: RedeliveryRecorded => concurrent_deliveries_with_one_key_record_one;
     key_conflict_ignored: KeyConflictIgnored => delivery_keys_are_idempotent;
     edits_refused: RefusesEdits => idle_thread_accepts_edits_by_last_run;
+    claims_reversed: ClaimsReversed => claims_follow_priority_then_readiness;
+    claims_twice: ClaimsTwice => queued_runs_are_claimed_once_per_lease;
+    claims_twice_in_race: ClaimsTwice => concurrent_claimers_take_each_run_once;
+    claim_ignores_graphs: ClaimIgnoresGraphs => claims_honour_the_graph_filter;
+    fence_ignored: FenceIgnored => fenced_commits_need_the_current_lease;
+    fence_ignored_on_status: FenceIgnored => status_changes_end_or_keep_the_lease;
+    fence_of_any_run: FenceOfAnyRun => fenced_commit_of_another_run_is_lost;
+    renew_ignores_worker: RenewIgnoresWorker => renewals_extend_only_a_live_lease;
+    renew_revives_expired: RenewRevivesExpired => renewals_extend_only_a_live_lease;
+    release_any_epoch: ReleaseAnyEpoch => releases_hand_runs_back;
+    answers_do_not_wake: SuspendedReadyOnlyByStatus => answers_make_interrupted_runs_ready;
+    deliveries_do_not_wake: SuspendedReadyOnlyByStatus => deliveries_make_waiting_runs_ready;
+    reserve_check_then_set: ReserveCheckThenSet => concurrent_reservations_reserve_once;
+    mismatch_as_in_flight: MismatchAsInFlight => idempotency_keys_reserve_replay_and_expire;
+    purge_counts_zero: PurgeCountsZero => purge_deletes_expired_idempotency_records;
+    duplicate_key_accepted: DuplicateKeyAccepted => api_keys_are_stored_listed_and_revoked;
+    revoke_always_true: RevokeAlwaysTrue => api_keys_are_stored_listed_and_revoked;
+    keys_by_id: KeysById => api_keys_are_stored_listed_and_revoked;
+    audit_cursor_ignored: AuditIgnoresCursor => audit_log_appends_and_filters;
+    metadata_first_pair_only: MetadataFirstPairOnly => runs_filter_by_time_and_metadata;
+    created_to_inclusive: CreatedToInclusive => runs_filter_by_time_and_metadata;
+    open_ignored: OpenIgnored => interrupts_are_listed_across_threads;
+    interrupt_graph_ignored: InterruptGraphIgnored => interrupts_are_listed_across_threads;
 }
 
 /// With no fault planted, the wrapper passes the cases above: their mutants fail because of
@@ -422,12 +659,7 @@ macro_rules! sound {
                 fn $case() {
                     oris_testkit::__private::run_case(
                         stringify!($case),
-                        || async {
-                            Faulty {
-                                inner: MemoryStore::new(),
-                                fault: Fault::Nothing,
-                            }
-                        },
+                        || async { Faulty::new(Fault::Nothing) },
                         oris_testkit::conformance::$case,
                     );
                 }
@@ -449,4 +681,22 @@ sound! {
     delivery_keys_are_idempotent,
     concurrent_deliveries_with_one_key_record_one,
     idle_thread_accepts_edits_by_last_run,
+    queued_runs_are_claimed_once_per_lease,
+    claims_follow_priority_then_readiness,
+    claims_honour_the_graph_filter,
+    concurrent_claimers_take_each_run_once,
+    fenced_commits_need_the_current_lease,
+    fenced_commit_of_another_run_is_lost,
+    renewals_extend_only_a_live_lease,
+    releases_hand_runs_back,
+    status_changes_end_or_keep_the_lease,
+    answers_make_interrupted_runs_ready,
+    deliveries_make_waiting_runs_ready,
+    idempotency_keys_reserve_replay_and_expire,
+    purge_deletes_expired_idempotency_records,
+    concurrent_reservations_reserve_once,
+    api_keys_are_stored_listed_and_revoked,
+    audit_log_appends_and_filters,
+    runs_filter_by_time_and_metadata,
+    interrupts_are_listed_across_threads,
 }

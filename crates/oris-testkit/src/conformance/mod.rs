@@ -13,18 +13,28 @@
 //! (paging), snapshots (including whose run may write one), run listing, payloads (every
 //! event variant, size, verbatim JSON), edges (thread ids, durabilities), atomicity,
 //! concurrency, suspension (the `Interrupted` and `Waiting` statuses), interrupts (records,
-//! answers, uniqueness), deliveries (buffering, consumption, idempotency keys) and edits
-//! (`StateUpdated` commits on an idle thread). [`CASES`] lists them all.
+//! answers, uniqueness), deliveries (buffering, consumption, idempotency keys), edits
+//! (`StateUpdated` commits on an idle thread), and what a server keeps: claims (order,
+//! eligibility, concurrent claimers), leases (fenced commits, renewals, releases),
+//! readiness (`ready_at` and the lease across status changes, answers and deliveries),
+//! listing (run time ranges and metadata, interrupts across threads), idempotency records,
+//! API keys and the audit log. [`CASES`] lists them all.
 
+mod access;
 mod atomicity;
+mod claims;
 mod concurrency;
 mod deliveries;
 mod edges;
 mod edits;
 mod endings;
+mod idempotency;
 mod interrupts;
+mod leases;
 mod lifecycle;
+mod listing;
 mod payloads;
+mod readiness;
 mod reads;
 mod retention;
 mod runs;
@@ -33,15 +43,21 @@ mod suspension;
 mod timers;
 mod validation;
 
+pub use access::*;
 pub use atomicity::*;
+pub use claims::*;
 pub use concurrency::*;
 pub use deliveries::*;
 pub use edges::*;
 pub use edits::*;
 pub use endings::*;
+pub use idempotency::*;
 pub use interrupts::*;
+pub use leases::*;
 pub use lifecycle::*;
+pub use listing::*;
 pub use payloads::*;
+pub use readiness::*;
 pub use reads::*;
 pub use retention::*;
 pub use runs::*;
