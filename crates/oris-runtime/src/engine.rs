@@ -276,6 +276,16 @@ pub struct RecoveryReport {
     pub resumed: Vec<(ThreadId, RunId, StatusKind)>,
     /// Runs left alone, with why (graph version not registered, already live, error).
     pub skipped: Vec<(ThreadId, RunId, Error)>,
+    /// Runs that belong to workers, left to them: queued runs and runs a worker has
+    /// claimed (they are continued through [`Engine::execute`] after a claim).
+    pub left_to_workers: Vec<(ThreadId, RunId)>,
+}
+
+/// Whether a run is executed by workers (queued for them, or claimed by one at least once)
+/// rather than driven in-process: in-process recovery and wake-ups leave such runs alone,
+/// the store hands them to a worker when they are ready.
+fn for_workers(run: &RunRecord) -> bool {
+    run.status == RunStatus::Queued || run.lease_epoch > 0
 }
 
 impl Engine {
@@ -871,7 +881,8 @@ impl Engine {
 
     /// Continues every unfinished run in the store whose graph version is registered, from
     /// its last durable point, and waits for them to end. Completed nodes and supersteps
-    /// are not executed again.
+    /// are not executed again. Runs queued for workers or claimed by one are left to
+    /// workers (`left_to_workers`).
     ///
     /// # Errors
     /// Only if the store cannot list runs; per-run problems are in the report.
@@ -887,6 +898,10 @@ impl Engine {
             let Some(last) = page.last() else { break };
             filter.after = Some(last.run_id);
             for run in page {
+                if for_workers(&run) {
+                    report.left_to_workers.push((run.thread_id, run.run_id));
+                    continue;
+                }
                 let graph = self.registered(&run.graph, &run.graph_version);
                 let Some(graph) = graph else {
                     report.skipped.push((
@@ -921,7 +936,8 @@ impl Engine {
     /// Continues every waiting run whose timer is due — found by the store's index on
     /// wake-up times — and whose graph version is registered here, in the background.
     /// Covers runs whose wake-up was scheduled by a process that has since stopped; the
-    /// engine that suspended a run wakes it on its own. Returns how many were continued.
+    /// engine that suspended a run wakes it on its own. Runs executed by workers are left to
+    /// them (the store makes a due run claimable). Returns how many were continued.
     ///
     /// # Errors
     /// Storage errors of the query.
@@ -929,7 +945,7 @@ impl Engine {
         let now = self.shared.options.clock.now();
         let due = self.shared.store.due_runs(now, 256).await?;
         let mut woken = 0;
-        for run in due {
+        for run in due.into_iter().filter(|r| !for_workers(r)) {
             let live = self.is_live(&run.thread_id);
             let graph = self.registered(&run.graph, &run.graph_version);
             let (false, Some(graph)) = (live, graph) else {
@@ -1178,6 +1194,8 @@ impl Engine {
             .deliver(thread_id, name, payload, key, Timestamp::now())
             .await?;
         self.kick(thread_id.clone());
+        // A worker's waiting run is made claimable by the store instead.
+        self.shared.made_ready();
         Ok(delivery)
     }
 
@@ -1190,7 +1208,7 @@ impl Engine {
             let Ok(run) = engine.latest_run(&thread_id).await else {
                 return;
             };
-            if !matches!(run.status, RunStatus::Waiting { .. }) {
+            if !matches!(run.status, RunStatus::Waiting { .. }) || for_workers(&run) {
                 return;
             }
             let erased = engine.registered(&run.graph, &run.graph_version);

@@ -166,8 +166,10 @@ impl Engine {
         let (driven, holds_lease) = match driven {
             Ok(d) => d,
             Err(Error::LeaseLost { reason, .. }) => return self.lost(&run, reason).await,
-            // Another writer changed the thread: this worker does not own the run any more.
+            // Another writer changed the thread (an operator's edit raced a commit): the
+            // driver's view is stale. Hand the run back so a fresh execution continues it.
             Err(Error::Superseded { .. }) => {
+                self.release(fence).await;
                 return self
                     .lost(&run, "the thread was changed by another writer")
                     .await;
@@ -186,9 +188,11 @@ impl Engine {
                     Stop::Suspended
                 };
                 if holds_lease {
-                    // Claimed, but nothing it waits on was due (no status was written, so
-                    // the lease is still held): hand it back as it was.
-                    self.release(fence).await;
+                    // Claimed, yet nothing it waits on is due by this engine's clock (the
+                    // claimer's clock disagreed): no status was written, the lease is still
+                    // held. Releasing would make it claimable at once, again and again;
+                    // letting the lease expire retries it one `ttl` later.
+                    tracing::debug!("claimed suspended run is not due yet; lease left to expire");
                 }
                 Executed { status, stop }
             }
