@@ -370,6 +370,17 @@ impl PostgresStore {
         })
     }
 
+    /// The text of the claim statement (see [`Store::claim`]), with or without the graph
+    /// filter, for tests that check its query plan.
+    #[doc(hidden)]
+    pub fn claim_statement(&self, with_graphs: bool) -> &str {
+        if with_graphs {
+            &self.db.sql.claim_graphs
+        } else {
+            &self.db.sql.claim
+        }
+    }
+
     /// The schema holding the tables.
     pub fn schema(&self) -> &str {
         &self.schema

@@ -389,11 +389,12 @@ DELETE FROM {S}.idempotency WHERE scope = $1 AND key = $2 AND response_status IS
 INSERT INTO {S}.api_keys (key_id, name, role, secret_hash, created_at, revoked_at)
 VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (key_id) DO NOTHING
-RETURNING key";
+RETURNING 1";
     /// An API key by id (columns of `api_key_select!`).
     api_key = concat!(api_key_select!(), "\nWHERE key_id = $1");
-    /// Every API key, oldest first.
-    api_keys = concat!(api_key_select!(), "\nORDER BY created_at, key");
+    /// Every API key, oldest first, equal creation times by id (bytewise, as Rust orders
+    /// strings).
+    api_keys = concat!(api_key_select!(), "\nORDER BY created_at, key_id COLLATE \"C\"");
     /// Revokes an API key unless it is revoked already.
     revoke_api_key =
         "UPDATE {S}.api_keys SET revoked_at = $2 WHERE key_id = $1 AND revoked_at IS NULL";

@@ -201,10 +201,9 @@ CREATE TABLE {S}.idempotency (
 
 CREATE INDEX idempotency_expiry ON {S}.idempotency (expires_at);
 
--- API keys: only a keyed hash of the secret. `key` orders them by creation.
+-- API keys: only a keyed hash of the secret.
 CREATE TABLE {S}.api_keys (
-    key         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    key_id      text   NOT NULL UNIQUE,
+    key_id      text   PRIMARY KEY,
     name        text   NOT NULL,
     role        text   NOT NULL,
     secret_hash text   NOT NULL,

@@ -1,0 +1,570 @@
+//! PostgreSQL-specific behaviour of the control-plane data: migrating a version 1 database
+//! in place, the claim statement's index, claimers that skip locked runs instead of
+//! waiting, two pools claiming one queue, answers and deliveries racing suspensions across
+//! connections, wake-ups on release, and metadata filters with awkward keys.
+//!
+//! Needs `ORIS_TEST_PG_URL`; see `support`.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oris_core::id::{InterruptId, RunId, Timestamp};
+use oris_core::status::RunStatus;
+use oris_core::store::{RunFilter, RunRecord, Store};
+use oris_postgres::{MIGRATIONS, PostgresStore, SCHEMA_VERSION, Wake};
+use oris_testkit::build::{self, GRAPH, GRAPH_VERSION};
+use oris_testkit::writer::Writer;
+use support::{SchemaGuard, fresh, fresh_schema, options, raw, raw_query, url};
+use tokio::sync::Barrier;
+use tokio_postgres::{Client, NoTls};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// A connection of its own (not the store's pool), with its driver running.
+async fn client() -> Client {
+    let (client, conn) = tokio_postgres::connect(&url(), NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+/// Creates a queued run on a new thread `thread` (no events), created at `created`.
+async fn enqueue(s: &dyn Store, thread: &str, created: Timestamp, priority: i32) -> RunRecord {
+    let t = build::thread_id(thread);
+    let run = build::queued_run(&t, GRAPH, GRAPH_VERSION, created, priority, None);
+    s.commit(build::create(&run, vec![]))
+        .await
+        .expect("enqueue");
+    s.run(run.run_id).await.expect("read").expect("stored")
+}
+
+fn status_json(status: &RunStatus) -> (String, String) {
+    let (kind, data) = status.to_columns().expect("status columns");
+    (kind.to_owned(), data)
+}
+
+/// A database left at schema version 1 with runs in every status migrates in place when
+/// a store connects: the new columns have their defaults (priority 0, no metadata, never
+/// leased), and `ready_at` is backfilled by the readiness rules — a queued run is ready
+/// since its creation, a waiting one at its timer or the earliest pending delivery it waits
+/// for, an interrupted one whose open interrupts are all answered at the last answer;
+/// running, unanswered and finished runs are not ready. Everything else reads as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_migrates_in_place() -> TestResult {
+    let schema = fresh_schema();
+    let _guard = SchemaGuard {
+        url: url(),
+        schema: schema.clone(),
+    };
+    let quoted = format!("\"{schema}\".");
+    raw(
+        &schema,
+        &format!(
+            "CREATE SCHEMA \"{schema}\";
+             CREATE TABLE oris_schema_migrations (
+                 version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());
+             {}
+             INSERT INTO oris_schema_migrations (version) VALUES (1);",
+            MIGRATIONS[0].replace("{S}.", &quoted)
+        ),
+    )
+    .await;
+
+    let db = client().await;
+    db.batch_execute(&format!("SET search_path TO \"{schema}\""))
+        .await?;
+    // One thread per run; returns the run id.
+    let add_run =
+        async |thread: &str, status: &RunStatus, created: i64, wake: Option<i64>| {
+            let (kind, data) = status_json(status);
+            let run_id = RunId::generate();
+            let row = db
+                .query_one(
+                    "INSERT INTO threads (thread_id, graph, head, created_at, updated_at)
+                 VALUES ($1, 'g', 1, $2, $2) RETURNING key",
+                    &[&thread, &created],
+                )
+                .await
+                .expect("thread");
+            let thread_key: i64 = row.get(0);
+            let row = db
+            .query_one(
+                "INSERT INTO runs (run_id, thread_key, graph, graph_version, status, status_data,
+                                   first_seq, created_at, updated_at, wake_at)
+                 VALUES ($1, $2, 'g', 'v1', $3, $4, 1, $5, $5, $6) RETURNING key",
+                &[&run_id.as_uuid(), &thread_key, &kind, &data, &created, &wake],
+            )
+            .await
+            .expect("run");
+            let run_key: i64 = row.get(0);
+            db.execute(
+                "UPDATE threads SET active_run_key = $2, last_run_key = $2 WHERE key = $1",
+                &[&thread_key, &run_key],
+            )
+            .await
+            .expect("active run");
+            (run_id, thread_key, run_key)
+        };
+    let add_interrupt = async |thread_key: i64, run_key: i64, answered: Option<i64>| {
+        let id = InterruptId::generate();
+        db.execute(
+            "INSERT INTO interrupts (interrupt_id, thread_key, run_key, node, payload,
+                                     raised_seq, raised_at, answer, answered_at)
+             VALUES ($1, $2, $3, 'ask', '{}', 1, 1, $4, $5)",
+            &[
+                &id.as_uuid(),
+                &thread_key,
+                &run_key,
+                &answered.map(|_| "true"),
+                &answered,
+            ],
+        )
+        .await
+        .expect("interrupt");
+        id
+    };
+    let add_delivery = async |thread_key: i64, name: &str, sent: i64, consumed: Option<i64>| {
+        db.execute(
+            "INSERT INTO deliveries (delivery_id, thread_key, name, payload, sent_at, consumed_seq)
+             VALUES ($1, $2, $3, '{}', $4, $5)",
+            &[&uuid::Uuid::now_v7(), &thread_key, &name, &sent, &consumed],
+        )
+        .await
+        .expect("delivery");
+    };
+
+    let (queued, ..) = add_run("queued", &RunStatus::Queued, 100, None).await;
+    let (running, ..) = add_run("running", &RunStatus::Running, 101, None).await;
+    let waiting = build::status_waiting(Some(Timestamp(500)), &["paid", "shipped"]);
+    let (woken, tk, _) = add_run("woken", &waiting, 102, Some(500)).await;
+    add_delivery(tk, "other", 200, None).await;
+    add_delivery(tk, "paid", 250, Some(1)).await;
+    add_delivery(tk, "shipped", 300, None).await;
+    add_delivery(tk, "paid", 350, None).await;
+    let (sleeping, tk, _) = add_run("sleeping", &waiting, 103, Some(500)).await;
+    add_delivery(tk, "other", 200, None).await;
+    let events_only = build::status_waiting(None, &["paid"]);
+    let (idle, ..) = add_run("idle", &events_only, 104, None).await;
+    let pending = build::pending(InterruptId::generate(), "ask", "{}");
+    let interrupted = build::status_interrupted(vec![pending]);
+    let (answered, tk, rk) = add_run("answered", &interrupted, 105, None).await;
+    add_interrupt(tk, rk, Some(60)).await;
+    add_interrupt(tk, rk, Some(40)).await;
+    let (unanswered, tk, rk) = add_run("unanswered", &interrupted, 106, None).await;
+    add_interrupt(tk, rk, Some(60)).await;
+    add_interrupt(tk, rk, None).await;
+    let (done, ..) = add_run("done", &build::status_completed(1), 107, None).await;
+
+    let store = PostgresStore::connect(&url(), options(&schema, true)).await?;
+    let versions = raw_query(
+        &schema,
+        "SELECT version FROM oris_schema_migrations ORDER BY version",
+    )
+    .await;
+    let every: Vec<String> = (1..=SCHEMA_VERSION).map(|v| v.to_string()).collect();
+    assert_eq!(versions, every);
+
+    for (run, ready) in [
+        (queued, Some(100)),
+        (running, None),
+        (woken, Some(300)),
+        (sleeping, Some(500)),
+        (idle, None),
+        (answered, Some(60)),
+        (unanswered, None),
+        (done, None),
+    ] {
+        let r = store.run(run).await?.expect("the run reads back");
+        assert_eq!(
+            r.ready_at,
+            ready.map(Timestamp),
+            "ready_at of {}",
+            r.thread_id
+        );
+        assert_eq!(
+            (r.priority, &r.metadata, r.lease_epoch, &r.lease),
+            (0, &None, 0, &None),
+            "defaults of {}",
+            r.thread_id
+        );
+    }
+    // The migrated queue works: the ready runs are claimed in order of readiness.
+    let claimed = store
+        .claim(&build::claim_request("w", Timestamp(1_000), MINUTE, 10))
+        .await?;
+    let ids: Vec<RunId> = claimed.iter().map(|r| r.run_id).collect();
+    assert_eq!(ids, vec![answered, queued, woken, sleeping]);
+    Ok(())
+}
+
+/// `count` queued runs on threads of their own, ready at 1…, half of them at priority 1,
+/// plus as many not ready yet (leased far into the future): what a busy queue looks like.
+async fn fill_queue(schema: &str, count: u32) {
+    let (kind, data) = status_json(&RunStatus::Queued);
+    raw(
+        schema,
+        &format!(
+            "INSERT INTO threads (thread_id, graph, head, created_at, updated_at)
+             SELECT 'bulk-' || g, 'g', 0, g, g FROM generate_series(1, {n}) g;
+             INSERT INTO runs (run_id, thread_key, graph, graph_version, status, status_data,
+                               first_seq, created_at, updated_at, priority, ready_at,
+                               lease_epoch, lease_worker, lease_expires)
+             SELECT gen_random_uuid(), t.key, 'g', 'v1', '{kind}', '{data}', 1, t.created_at,
+                    t.created_at, (t.created_at % 2)::int,
+                    CASE WHEN t.created_at > {half} THEN 10000000 ELSE t.created_at END,
+                    CASE WHEN t.created_at > {half} THEN 1 ELSE 0 END,
+                    CASE WHEN t.created_at > {half} THEN 'busy' END,
+                    CASE WHEN t.created_at > {half} THEN 10000000 END
+             FROM threads t WHERE t.thread_id LIKE 'bulk-%';
+             ANALYZE",
+            n = count * 2,
+            half = count,
+        ),
+    )
+    .await;
+}
+
+/// The claim statement, with and without the graph filter, under the generic plan a
+/// cached statement ends up with and a custom plan for its values, reads ready runs in
+/// claim order from the index `runs_claim` and finds the rows to update by key — it never
+/// scans the runs table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_are_served_by_the_claim_index() -> TestResult {
+    let (store, guard) = fresh(true).await;
+    fill_queue(&guard.schema, 2_000).await;
+    let db = client().await;
+    for (with_graphs, types, args) in [
+        (
+            false,
+            "bigint, bigint, text, bigint, text",
+            "500, 5, 'w', 600, '{}'",
+        ),
+        (
+            true,
+            "bigint, bigint, text, bigint, text, text[], text[]",
+            "500, 5, 'w', 600, '{}', '{g}', '{v1}'",
+        ),
+    ] {
+        db.batch_execute(&format!(
+            "DEALLOCATE ALL; PREPARE claim ({types}) AS {}",
+            store.claim_statement(with_graphs)
+        ))
+        .await?;
+        for mode in ["force_generic_plan", "force_custom_plan"] {
+            db.batch_execute(&format!("SET plan_cache_mode = {mode}"))
+                .await?;
+            let plan: Vec<String> = db
+                .simple_query(&format!("EXPLAIN EXECUTE claim ({args})"))
+                .await?
+                .into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        Some(r.get(0).unwrap_or("").to_owned())
+                    }
+                    _ => None,
+                })
+                .collect();
+            let plan = plan.join("\n");
+            assert!(
+                plan.contains("Index Scan using runs_claim"),
+                "{mode}:\n{plan}"
+            );
+            assert!(!plan.contains("Seq Scan"), "{mode}:\n{plan}");
+            // The runs to claim come in claim order from the index (the only sort may be
+            // of the few picked keys, to join them).
+            let pick = plan
+                .split("CTE c")
+                .nth(1)
+                .and_then(|rest| rest.split("InitPlan").next())
+                .unwrap_or_default();
+            assert!(pick.contains("runs_claim"), "{mode}:\n{plan}");
+            assert!(
+                !pick.contains("Sort"),
+                "{mode}: served in index order\n{plan}"
+            );
+        }
+    }
+    // And it claims the most urgent ready runs: priority 1 first, earliest first.
+    let got = store
+        .claim(&build::claim_request("w", Timestamp(500), MINUTE, 3))
+        .await?;
+    let created: Vec<i64> = got.iter().map(|r| r.created_at.0).collect();
+    assert_eq!(created, vec![1, 3, 5]);
+    Ok(())
+}
+
+/// A claimer skips runs another transaction holds (a commit on the run, another claim)
+/// instead of waiting for them: with the first run in claim order locked by an open
+/// transaction elsewhere, a claim returns the next ones at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claimers_skip_locked_runs_instead_of_waiting() -> TestResult {
+    let (store, guard) = fresh(false).await;
+    let a = enqueue(&store, "locked-a", build::at(1), 0).await;
+    let b = enqueue(&store, "locked-b", build::at(2), 0).await;
+    let c = enqueue(&store, "locked-c", build::at(3), 0).await;
+    let holder = client().await;
+    holder
+        .batch_execute(&format!(
+            "SET search_path TO \"{}\"; BEGIN;
+             SELECT 1 FROM runs WHERE run_id = '{}' FOR NO KEY UPDATE",
+            guard.schema,
+            a.run_id.as_uuid()
+        ))
+        .await?;
+    let started = Instant::now();
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        store.claim(&build::claim_request("w", build::at(10), MINUTE, 2)),
+    )
+    .await
+    .expect("the claim did not wait for the locked run")?;
+    let ids: Vec<RunId> = got.iter().map(|r| r.run_id).collect();
+    assert_eq!(ids, vec![b.run_id, c.run_id]);
+    eprintln!("claim past a locked run took {:?}", started.elapsed());
+    holder.batch_execute("ROLLBACK").await?;
+    let got = store
+        .claim(&build::claim_request("w", build::at(10), MINUTE, 2))
+        .await?;
+    assert_eq!(
+        got.iter().map(|r| r.run_id).collect::<Vec<_>>(),
+        vec![a.run_id],
+        "once unlocked, the first run is claimed"
+    );
+    Ok(())
+}
+
+/// Two pools (two processes) with eight claimers each drain a queue of 120 runs: every
+/// run is claimed exactly once, at epoch 1, by the claimer that got it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_pools_claim_each_run_exactly_once() -> TestResult {
+    let (a, _guard) = fresh(true).await;
+    let b = PostgresStore::connect(&url(), options(a.schema(), false)).await?;
+    let stores: [Arc<dyn Store>; 2] = [Arc::new(a), Arc::new(b)];
+    let mut queued = BTreeSet::new();
+    for i in 0..120 {
+        queued.insert(
+            enqueue(&*stores[0], &format!("pool-{i}"), build::at(i), 0)
+                .await
+                .run_id,
+        );
+    }
+    let barrier = Arc::new(Barrier::new(16));
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (store, barrier) = (stores[i % 2].clone(), barrier.clone());
+            tokio::spawn(async move {
+                let worker = format!("w{i}");
+                barrier.wait().await;
+                let mut mine = Vec::new();
+                loop {
+                    let got = store
+                        .claim(&build::claim_request(&worker, build::at(1_000), MINUTE, 3))
+                        .await
+                        .expect("claim");
+                    if got.is_empty() {
+                        return (worker, mine);
+                    }
+                    mine.extend(got);
+                }
+            })
+        })
+        .collect();
+    let mut seen = BTreeSet::new();
+    for t in tasks {
+        let (worker, mine) = t.await?;
+        for r in mine {
+            assert!(seen.insert(r.run_id), "run {} claimed twice", r.run_id);
+            assert_eq!(r.lease_epoch, 1);
+            assert_eq!(
+                r.lease.as_ref().map(|l| l.worker_id.as_str()),
+                Some(&*worker)
+            );
+            let stored = stores[0].run(r.run_id).await?.expect("stored");
+            assert_eq!(stored, r, "the stored record is the returned one");
+        }
+    }
+    assert_eq!(seen, queued, "every run claimed");
+    Ok(())
+}
+
+/// An answer and the commit that suspends the run on that interrupt, sent at the same
+/// time through two pools, in either order: the run always ends up interrupted and ready
+/// since the answer (whichever transaction came second saw the other's write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn answers_racing_suspensions_always_make_the_run_ready() -> TestResult {
+    let (a, _guard) = fresh(true).await;
+    let b = PostgresStore::connect(&url(), options(a.schema(), true)).await?;
+    let (a, b): (Arc<dyn Store>, Arc<dyn Store>) = (Arc::new(a), Arc::new(b));
+    for round in 0..30 {
+        let mut w = Writer::start(&*a, &format!("answer-race-{round}")).await;
+        let (r, head, i) = (w.run.run_id, w.head, InterruptId::generate());
+        let raised = build::append(
+            &w.thread,
+            head,
+            vec![build::interrupt_raised(r, head + 1, "ask", i, "{}")],
+        );
+        w.commit(&*a, raised).await;
+        let suspend = build::set_status(
+            &w.thread,
+            w.head,
+            r,
+            build::status_interrupted(vec![build::pending(i, "ask", "{}")]),
+            vec![build::run_suspended(r, w.head + 1, &[i], None, &[])],
+        );
+        let barrier = Arc::new(Barrier::new(2));
+        let (s1, b1) = (a.clone(), barrier.clone());
+        let commit = tokio::spawn(async move {
+            b1.wait().await;
+            s1.commit(suspend).await
+        });
+        let (s2, b2) = (b.clone(), barrier.clone());
+        let answer = tokio::spawn(async move {
+            b2.wait().await;
+            s2.answer_interrupt(i, build::payload("true"), build::at(7))
+                .await
+        });
+        commit.await?.expect("the suspension commits");
+        answer.await?.expect("the answer is recorded");
+        let run = a.run(r).await?.expect("stored");
+        assert!(matches!(run.status, RunStatus::Interrupted { .. }));
+        assert_eq!(run.ready_at, Some(build::at(7)), "round {round}");
+    }
+    Ok(())
+}
+
+/// A delivery and the commit that suspends the run waiting for it, at the same time
+/// through two pools: the run always ends up waiting and ready since the delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deliveries_racing_suspensions_always_make_the_run_ready() -> TestResult {
+    let (a, _guard) = fresh(false).await;
+    let b = PostgresStore::connect(&url(), options(a.schema(), false)).await?;
+    let (a, b): (Arc<dyn Store>, Arc<dyn Store>) = (Arc::new(a), Arc::new(b));
+    for round in 0..30 {
+        let w = Writer::start(&*a, &format!("delivery-race-{round}")).await;
+        let (r, head) = (w.run.run_id, w.head);
+        let suspend = build::set_status(
+            &w.thread,
+            head,
+            r,
+            build::status_waiting(Some(build::at(900)), &["paid"]),
+            vec![build::run_suspended(
+                r,
+                head + 1,
+                &[],
+                Some(build::at(900)),
+                &["paid"],
+            )],
+        );
+        let barrier = Arc::new(Barrier::new(2));
+        let (s1, b1) = (a.clone(), barrier.clone());
+        let commit = tokio::spawn(async move {
+            b1.wait().await;
+            s1.commit(suspend).await
+        });
+        let (s2, b2, t) = (b.clone(), barrier.clone(), w.thread.clone());
+        let deliver = tokio::spawn(async move {
+            b2.wait().await;
+            s2.deliver(&t, "paid", build::payload("{}"), None, build::at(9))
+                .await
+        });
+        commit.await?.expect("the suspension commits");
+        deliver.await?.expect("the delivery is recorded");
+        let run = a.run(r).await?.expect("stored");
+        assert!(matches!(run.status, RunStatus::Waiting { .. }));
+        assert_eq!(run.ready_at, Some(build::at(9)), "round {round}");
+    }
+    Ok(())
+}
+
+/// A new queued run and a released lease wake a listener of another pool at once (the
+/// payload is the thread id), so a server's workers need not poll to find them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_runs_and_releases_wake_listeners() -> TestResult {
+    let (a, _guard) = fresh(true).await;
+    let b = PostgresStore::connect(&url(), options(a.schema(), true)).await?;
+    let mut listener = b.listen_ready().await?;
+    let mut next = async || loop {
+        match tokio::time::timeout(Duration::from_secs(5), listener.recv()).await {
+            Ok(Some(Wake::Changed(t))) if !t.as_str().starts_with("oris-listen-probe") => {
+                return t;
+            }
+            Ok(Some(_)) => continue,
+            other => panic!("no wake-up within 5 s: {other:?}"),
+        }
+    };
+    let q = enqueue(&a, "wake-queued", Timestamp::now(), 0).await;
+    assert_eq!(next().await, q.thread_id, "a new queued run");
+    let now = Timestamp::now();
+    let claimed = a.claim(&build::claim_request("w", now, MINUTE, 1)).await?;
+    assert_eq!(claimed.len(), 1);
+    let fence = build::fence(q.run_id, 1);
+    let released = a.release_lease(&fence, now).await?;
+    assert_eq!(released.ready_at, Some(now));
+    assert_eq!(next().await, q.thread_id, "a released run");
+    Ok(())
+}
+
+/// Metadata filters bind keys and values as parameters: keys and values with quotes,
+/// backslashes and SQL in them match exactly, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_filters_bind_awkward_keys() -> TestResult {
+    let (store, _guard) = fresh(false).await;
+    let odd = r#"{"it's \"odd\"":"a'; DROP TABLE runs; --","path\\key":"v"}"#;
+    let t = build::thread_id("meta-odd");
+    let run = build::queued_run(&t, GRAPH, GRAPH_VERSION, build::at(1), 0, Some(odd));
+    store.commit(build::create(&run, vec![])).await?;
+    let other = build::thread_id("meta-other");
+    let plain = build::queued_run(&other, GRAPH, GRAPH_VERSION, build::at(2), 0, Some("{}"));
+    store.commit(build::create(&plain, vec![])).await?;
+    let filter = |pairs: &[(&str, &str)]| RunFilter {
+        metadata: pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..RunFilter::default()
+    };
+    let ids = async |f: RunFilter| -> Vec<RunId> {
+        store
+            .runs(&f)
+            .await
+            .expect("runs")
+            .into_iter()
+            .map(|r| r.run_id)
+            .collect()
+    };
+    assert_eq!(
+        ids(filter(&[(r#"it's "odd""#, "a'; DROP TABLE runs; --")])).await,
+        vec![run.run_id]
+    );
+    assert_eq!(
+        ids(filter(&[
+            (r#"it's "odd""#, "a'; DROP TABLE runs; --"),
+            ("path\\key", "v")
+        ]))
+        .await,
+        vec![run.run_id]
+    );
+    assert_eq!(
+        ids(filter(&[("path\\key", "w")])).await,
+        Vec::<RunId>::new()
+    );
+    assert_eq!(ids(filter(&[("it's", "a")])).await, Vec::<RunId>::new());
+    let stored = store.run(run.run_id).await?.expect("stored");
+    assert_eq!(
+        stored.metadata.as_ref().map(|m| m.json()),
+        Some(odd),
+        "metadata reads back byte for byte"
+    );
+    assert_eq!(
+        ids(RunFilter::default()).await.len(),
+        2,
+        "both runs are still there"
+    );
+    Ok(())
+}
