@@ -374,6 +374,33 @@ impl Engine {
         Ok(self.insert_live(&mut live, thread_id, run_id, None))
     }
 
+    /// Holds the thread to record a queued run. Something of this engine holding the thread
+    /// is waited for when the thread has no unfinished run in the store (a driver that just
+    /// wrote the end of its run, a short edit); only a run still unfinished is
+    /// [`Error::RunActive`].
+    async fn claim_to_enqueue(
+        &self,
+        thread_id: &ThreadId,
+        run_id: RunId,
+    ) -> Result<LiveGuard, Error> {
+        loop {
+            match self.claim(thread_id, run_id) {
+                Err(Error::RunActive { .. }) => {
+                    if let Some(t) = self.shared.store.thread(thread_id).await?
+                        && let Some(active) = t.active_run
+                    {
+                        return Err(Error::RunActive {
+                            thread_id: thread_id.clone(),
+                            run_id: active,
+                        });
+                    }
+                    self.wait_live(thread_id).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Holds the thread for a driver working under the lease `epoch` of `run_id`. A driver
     /// of this engine on an older lease of the run lost it to this claim: it is told so and
     /// stops at once; anything else holding the thread here (a short operation) is waited
@@ -506,7 +533,10 @@ impl Engine {
     ) -> Result<Created<S>, Error> {
         let g: &Arc<GraphInner<S>> = &graph.inner;
         let run_id = RunId::generate();
-        let guard = self.claim(&thread_id, run_id)?;
+        let guard = match launch {
+            Launch::Drive => self.claim(&thread_id, run_id)?,
+            Launch::Enqueue { .. } => self.claim_to_enqueue(&thread_id, run_id).await?,
+        };
         let store = &*self.shared.store;
         let existing = store.thread(&thread_id).await?;
         let (current, head, since_snapshot) = match &existing {

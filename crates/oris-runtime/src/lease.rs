@@ -95,6 +95,71 @@ impl Engine {
     ///
     /// Emits a span `execute` with `thread_id`, `run_id`, `lease_epoch` and `worker_id`.
     ///
+    /// # Example
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use oris_core::graph::{END, START};
+    /// use oris_core::id::{ThreadId, Timestamp};
+    /// use oris_core::store::{ClaimRequest, MemoryStore, Store};
+    /// use oris_runtime::{Engine, Enqueue, LeaseOptions, NodeError, StateGraph, Stop};
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// #[derive(Clone, Default, Debug, serde::Serialize, serde::Deserialize)]
+    /// struct Count { n: i64 }
+    /// impl oris_core::state::State for Count {
+    ///     type Update = Option<i64>;
+    ///     fn apply(&mut self, ups: Vec<(&str, Option<i64>)>) -> Result<(), oris_core::state::ReduceError> {
+    ///         for (_, u) in ups { if let Some(n) = u { self.n = n } }
+    ///         Ok(())
+    ///     }
+    ///     fn into_update(self) -> Option<i64> { Some(self.n) }
+    /// }
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let store = Arc::new(MemoryStore::new());
+    /// let engine = Engine::new(store.clone());
+    /// engine.register(
+    ///     StateGraph::<Count>::new("count", "1")
+    ///         .node("inc", |s: Count, _ctx| async move { Ok::<_, NodeError>(Some(s.n + 1)) })
+    ///         .edge(START, "inc")
+    ///         .edge("inc", END)
+    ///         .compile()
+    ///         .unwrap(),
+    /// );
+    /// // An API call records the run…
+    /// engine
+    ///     .enqueue(Enqueue {
+    ///         graph: "count".into(),
+    ///         version: None,
+    ///         thread_id: ThreadId::new("t1").unwrap(),
+    ///         input: serde_json::json!({"n": 41}),
+    ///         options: Default::default(),
+    ///     })
+    ///     .await
+    ///     .unwrap();
+    /// // …a worker claims it and executes it under the lease.
+    /// let claimed = store
+    ///     .claim(&ClaimRequest {
+    ///         worker_id: "w1".into(),
+    ///         now: Timestamp::now(),
+    ///         ttl: Duration::from_secs(30),
+    ///         limit: 1,
+    ///         graphs: Vec::new(),
+    ///     })
+    ///     .await
+    ///     .unwrap();
+    /// let run = claimed.into_iter().next().unwrap();
+    /// let done = engine
+    ///     .execute(run, LeaseOptions::new("w1"), CancellationToken::new())
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!(done.stop, Stop::Finished);
+    /// let state = engine.state_json(&ThreadId::new("t1").unwrap()).await.unwrap();
+    /// assert_eq!(state.values["n"], 42);
+    /// # });
+    /// ```
+    ///
     /// Cancel safety: dropping the future drops the driver like a crash would; the lease
     /// expires and another worker continues the run.
     ///

@@ -853,8 +853,19 @@ async fn cancelling_a_run_executed_here_stops_its_driver() {
     engine.register(gated("1", &probe).compile().unwrap());
     engine.enqueue(job("w", "t")).await.unwrap();
     let run = claim_one(&store, "w1").await;
-    let task = spawn_execute(&engine, run, quiet("w1"), CancellationToken::new());
+    let task = spawn_execute(&engine, run.clone(), quiet("w1"), CancellationToken::new());
     probe.started(1).await;
+    // The thread has an unfinished run: another is refused at once.
+    let err = within("enqueue", engine.enqueue(job("w", "t")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::RunActive {
+            thread_id: tid("t"),
+            run_id: run.run_id
+        }
+    );
     let record = within("cancel", engine.cancel(&tid("t"), "stop it"))
         .await
         .unwrap();
