@@ -1,0 +1,205 @@
+//! The embedded worker pool: claims ready runs through the store — the same claim and lease
+//! path remote workers use — and executes each under its lease.
+//!
+//! The loop claims up to the number of free slots, for the graph versions this server has
+//! (runs pinned to other versions are never claimed), spawns one execution per run, and
+//! sleeps until one of: the engine made a run claimable here (enqueue, answer, release…), a
+//! handler or a timer woke it, an execution finished (a slot is free), or `poll_interval`
+//! passed (runs made ready elsewhere: other processes, timers, expired leases). Idle, it
+//! costs one claim query per `poll_interval`.
+//!
+//! Shutdown: no new claims; executions are told to stop (running node attempts finish and
+//! commit, leases are handed back); whatever has not stopped after the grace period is
+//! dropped and its lease released, so the next start — or another worker — continues it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oris_core::id::{RunId, Timestamp};
+use oris_core::store::{ClaimRequest, Fence, RunRecord};
+use oris_runtime::{LeaseOptions, Stop};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::{AppState, PoolState};
+
+/// Back-off after a failed claim.
+const CLAIM_RETRY: Duration = Duration::from_millis(500);
+
+/// The worker id: `host-pid-random`.
+pub(crate) fn worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let suffix: u32 = rand::random();
+    format!("{host}-{}-{suffix:08x}", std::process::id())
+}
+
+pub(crate) async fn run(app: AppState, stop: CancellationToken) {
+    let concurrency = app.config.workers;
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let running: Arc<Mutex<HashMap<RunId, Fence>>> = Arc::default();
+    let exec_stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let mut ready = app.engine.subscribe_ready();
+    let lease = LeaseOptions {
+        worker_id: app.worker_id.clone(),
+        ttl: app.config.lease_ttl,
+        heartbeat: app.config.heartbeat,
+    };
+    app.set_pool_state(PoolState::Running);
+    tracing::info!(worker_id = %app.worker_id, concurrency, "worker pool started");
+    let mut delay = app.config.poll_interval;
+    while !stop.is_cancelled() {
+        while tasks.try_join_next().is_some() {}
+        let free = slots.available_permits();
+        let graphs: Vec<(String, String)> = app
+            .engine
+            .graphs()
+            .into_iter()
+            .map(|g| (g.name, g.version))
+            .collect();
+        // An empty list would mean "any graph": a server without graphs claims nothing.
+        if free > 0 && !graphs.is_empty() {
+            let request = ClaimRequest {
+                worker_id: app.worker_id.clone(),
+                now: Timestamp::now(),
+                ttl: app.config.lease_ttl,
+                limit: free,
+                graphs,
+            };
+            match app.store.claim(&request).await {
+                Ok(runs) => {
+                    delay = app.config.poll_interval;
+                    for run in runs {
+                        let Ok(permit) = slots.clone().try_acquire_owned() else {
+                            // Cannot happen: only this loop takes permits.
+                            tracing::error!(run_id = %run.run_id, "claimed more runs than free slots");
+                            break;
+                        };
+                        let app = app.clone();
+                        let lease = lease.clone();
+                        let stop = exec_stop.child_token();
+                        let running = running.clone();
+                        tasks.spawn(async move {
+                            execute(&app, run, lease, stop, &running).await;
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "claim failed; retrying");
+                    delay = CLAIM_RETRY.max(app.config.poll_interval.min(Duration::from_secs(5)));
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = ready.changed() => {}
+            _ = app.hub.pool_wake.notified() => {}
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    // Graceful stop.
+    exec_stop.cancel();
+    let in_flight = tasks.len();
+    if in_flight > 0 {
+        tracing::info!(in_flight, grace = ?app.config.shutdown_grace, "worker pool stopping: letting running nodes finish");
+    }
+    let drained = tokio::time::timeout(app.config.shutdown_grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_ok();
+    if !drained {
+        tasks.shutdown().await;
+        let left: Vec<Fence> = running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, f)| f)
+            .collect();
+        tracing::warn!(
+            runs = left.len(),
+            "grace period over: executions dropped, leases released"
+        );
+        for f in left {
+            if let Err(e) = app.store.release_lease(&f, Timestamp::now()).await {
+                tracing::warn!(run_id = %f.run_id, error = %e, "lease not released; it expires on its own");
+            }
+        }
+    }
+    app.set_pool_state(PoolState::Stopped);
+    tracing::info!(worker_id = %app.worker_id, "worker pool stopped");
+}
+
+async fn execute(
+    app: &AppState,
+    run: RunRecord,
+    lease: LeaseOptions,
+    stop: CancellationToken,
+    running: &Mutex<HashMap<RunId, Fence>>,
+) {
+    let fence = Fence {
+        run_id: run.run_id,
+        epoch: run.lease_epoch,
+    };
+    let run_id = run.run_id;
+    let thread_id = run.thread_id.clone();
+    if run.lease_epoch == 1 {
+        let waited = Timestamp::now().as_millis() - run.created_at.as_millis();
+        app.metrics
+            .claim_wait(Duration::from_millis(u64::try_from(waited).unwrap_or(0)));
+    }
+    running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(run_id, fence);
+    let result = app.engine.execute(run, lease, stop).await;
+    running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&run_id);
+    match result {
+        Ok(done) => {
+            tracing::debug!(%thread_id, %run_id, stop = ?done.stop, status = ?done.status, "execution ended");
+            if done.stop == Stop::Suspended {
+                arm_wake(app, run_id).await;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(%thread_id, %run_id, error = %e, "execution failed; lease released");
+            if let Err(e) = app.store.release_lease(&fence, Timestamp::now()).await {
+                tracing::debug!(%run_id, error = %e, "lease not released");
+            }
+        }
+    }
+}
+
+/// A run suspended on a timer: wake the pool when it is due (polling would find it too,
+/// within a poll interval).
+async fn arm_wake(app: &AppState, run_id: RunId) {
+    let Ok(Some(run)) = app.store.run(run_id).await else {
+        return;
+    };
+    let Some(at) = run.ready_at else { return };
+    let wait = at.as_millis() - Timestamp::now().as_millis();
+    let wake = app.hub.pool_wake.clone();
+    let stop = app.shutdown.clone();
+    if wait <= 0 {
+        wake.notify_one();
+        return;
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => wake.notify_one(),
+            _ = stop.cancelled() => {}
+        }
+    });
+}

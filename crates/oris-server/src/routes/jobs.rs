@@ -1,0 +1,642 @@
+//! `/v1/jobs`: runs keyed by their thread. Handlers record intent through the engine and
+//! return; the worker pool executes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::{OriginalUri, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use oris_core::event::{Durability, Payload};
+use oris_core::id::{RunId, Seq, ThreadId, Timestamp};
+use oris_core::status::{RunStatus, StatusKind};
+use oris_core::store::{RunFilter, RunRecord};
+use oris_runtime::{Enqueue, EnqueueOptions, RunOptions};
+use serde_json::json;
+
+use super::query::{self, MAX_LIMIT, Params, bad};
+use crate::error::{ApiError, ErrorCode, Json, Path, Query};
+use crate::guard::{AuditTarget, job_location};
+use crate::state::AppState;
+use crate::time::parse_duration;
+use crate::wire::{
+    CancelJob, CheckpointList, CheckpointView, CreateJob, DurationInput, EventView, ForkJob,
+    JobDetail, JobList, JobView, ReplayJob, ResumeJob, SendEvent, SentEvent, StateView, Timeline,
+    UpdateState, WaitResult,
+};
+
+/// Longest `wait` timeout.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// `wait` timeout when none is given.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+
+/// 202 with the job and its Location.
+fn accepted(uri: &OriginalUri, run: &RunRecord) -> Response {
+    let mut resp = (StatusCode::ACCEPTED, Json(JobView::of(run))).into_response();
+    if let Ok(v) = HeaderValue::from_str(&job_location(uri.0.path(), run.thread_id.as_str())) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.extensions_mut()
+        .insert(AuditTarget(run.thread_id.to_string()));
+    resp
+}
+
+fn options(
+    priority: i32,
+    metadata: Option<BTreeMap<String, String>>,
+    run: RunOptions,
+) -> EnqueueOptions {
+    EnqueueOptions {
+        priority,
+        metadata: metadata.filter(|m| !m.is_empty()),
+        run,
+    }
+}
+
+fn enqueued(run: &RunRecord) {
+    tracing::Span::current().record("thread_id", run.thread_id.as_str());
+    tracing::info!(thread_id = %run.thread_id, run_id = %run.run_id, graph = %run.graph, graph_version = %run.graph_version, "run enqueued");
+}
+
+/// Create a job: a queued run of a graph on a thread.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body = CreateJob,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the call safe to repeat (see the idempotency contract)")),
+    responses(
+        (status = 202, description = "The run is queued; a worker executes it", body = JobView,
+            headers(("location" = String, description = "The job's URL"))),
+        (status = 400, description = "`invalid_input`: bad JSON, thread id, input not matching the state", body = crate::error::ErrorEnvelope),
+        (status = 404, description = "`graph_not_found`", body = crate::error::ErrorEnvelope),
+        (status = 409, description = "`run_active`, `graph_mismatch`, `idempotency_conflict`, `idempotency_in_flight`", body = crate::error::ErrorEnvelope),
+    ))]
+pub(crate) async fn create(
+    State(app): State<AppState>,
+    uri: OriginalUri,
+    Json(body): Json<CreateJob>,
+) -> Result<Response, ApiError> {
+    let thread_id = query::thread(&body.thread_id)?;
+    tracing::Span::current().record("thread_id", thread_id.as_str());
+    if let Some(s) = body.multitask_strategy.as_deref()
+        && s != "reject"
+    {
+        return Err(ApiError::invalid(format!(
+            "multitask_strategy `{s}` is not supported (only `reject`)"
+        ))
+        .details(json!({ "field": "multitask_strategy" })));
+    }
+    if let Some(k) = &body.idempotency_key {
+        crate::idempotency::validate_key(k)?;
+    }
+    let durability = body
+        .durability
+        .as_deref()
+        .map(str::parse::<Durability>)
+        .transpose()
+        .map_err(|e| ApiError::invalid(e).details(json!({ "field": "durability" })))?;
+    let timeout = body
+        .timeout
+        .map(|t| {
+            match t {
+                DurationInput::Seconds(s) => Some(Duration::from_secs(s)),
+                DurationInput::Text(s) => parse_duration(&s),
+            }
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                ApiError::invalid("timeout must be a positive duration (`30s`, `5m`, or seconds)")
+                    .details(json!({ "field": "timeout" }))
+            })
+        })
+        .transpose()?;
+    if body.metadata.as_ref().is_some_and(|m| m.len() > 64) {
+        return Err(ApiError::invalid("metadata holds at most 64 labels")
+            .details(json!({ "field": "metadata" })));
+    }
+    let run = app
+        .engine
+        .enqueue(Enqueue {
+            graph: body.graph,
+            version: body.version,
+            thread_id,
+            input: body.input,
+            options: options(
+                body.priority,
+                body.metadata,
+                RunOptions {
+                    durability,
+                    timeout,
+                    superstep_limit: None,
+                    interrupt_before: body.interrupt_before,
+                    interrupt_after: body.interrupt_after,
+                },
+            ),
+        })
+        .await?;
+    enqueued(&run);
+    Ok(accepted(&uri, &run))
+}
+
+/// List jobs (runs), oldest first, with filters and a cursor.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
+    params(
+        ("status" = Option<String>, Query, description = "Comma-separated statuses (`queued,running,…`)"),
+        ("graph" = Option<String>, Query, description = "Graph name"),
+        ("thread_id" = Option<String>, Query, description = "Only runs of this thread"),
+        ("created_after" = Option<String>, Query, description = "RFC 3339; created at or after"),
+        ("created_before" = Option<String>, Query, description = "RFC 3339; created before"),
+        ("updated_after" = Option<String>, Query, description = "RFC 3339; status changed at or after"),
+        ("updated_before" = Option<String>, Query, description = "RFC 3339; status changed before"),
+        ("metadata.{key}" = Option<String>, Query, description = "Label equals value; repeat for several"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1–500, default 50"),
+    ),
+    responses((status = 200, description = "A page of jobs", body = JobList)))]
+pub(crate) async fn list(
+    State(app): State<AppState>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Json<JobList>, ApiError> {
+    let p = Params::new(
+        pairs,
+        &[
+            "status",
+            "graph",
+            "thread_id",
+            "created_after",
+            "created_before",
+            "updated_after",
+            "updated_before",
+            "metadata.",
+            "cursor",
+            "limit",
+        ],
+    )?;
+    let limit = p.limit(MAX_LIMIT)?;
+    let statuses = match p.get("status") {
+        None | Some("") => Vec::new(),
+        Some(s) => s
+            .split(',')
+            .map(|k| {
+                StatusKind::parse(k.trim()).ok_or_else(|| {
+                    bad("status", format!("unknown status `{k}` (queued, running, interrupted, waiting, completed, failed, cancelled)"))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let filter = RunFilter {
+        thread_id: p.get("thread_id").map(query::thread).transpose()?,
+        graph: p.get("graph").map(str::to_owned),
+        statuses,
+        after: p.parsed::<RunId>("cursor")?,
+        limit: limit + 1,
+        created_from: p.time("created_after")?,
+        created_to: p.time("created_before")?,
+        updated_from: p.time("updated_after")?,
+        updated_to: p.time("updated_before")?,
+        metadata: p
+            .prefixed("metadata.")
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    };
+    let mut runs = app.store.runs(&filter).await?;
+    let more = runs.len() > limit;
+    runs.truncate(limit);
+    Ok(Json(JobList {
+        next_cursor: more
+            .then(|| runs.last().map(|r| r.run_id.to_string()))
+            .flatten(),
+        jobs: runs.iter().map(JobView::of).collect(),
+    }))
+}
+
+/// The job view of a thread's latest run with its state (state omitted when this server
+/// lacks the run's graph version).
+pub(crate) async fn detail(app: &AppState, thread_id: &ThreadId) -> Result<JobDetail, ApiError> {
+    let run = app.engine.latest_run(thread_id).await?;
+    let (values, checkpoint_id, next) = if app.has_graph(&run.graph, &run.graph_version) {
+        let s = app.engine.state_json(thread_id).await?;
+        (
+            Some(s.values),
+            s.checkpoint.map(|c| c.to_string()),
+            if run.status.is_terminal() {
+                Vec::new()
+            } else {
+                s.next
+            },
+        )
+    } else {
+        (None, None, Vec::new())
+    };
+    Ok(JobDetail {
+        job: JobView::of(&run),
+        values,
+        checkpoint_id,
+        next,
+    })
+}
+
+/// A job: the thread's latest run, its state and pending interrupts.
+#[utoipa::path(get, path = "/v1/jobs/{thread_id}", tag = "jobs",
+    params(("thread_id" = String, Path, description = "The thread")),
+    responses((status = 200, description = "The job", body = JobDetail),
+        (status = 404, description = "`thread_not_found`", body = crate::error::ErrorEnvelope)))]
+pub(crate) async fn get(
+    State(app): State<AppState>,
+    Path(thread_id): Path<String>,
+) -> Result<Json<JobDetail>, ApiError> {
+    let t = query::thread(&thread_id)?;
+    Ok(Json(detail(&app, &t).await?))
+}
+
+/// The thread's checkpoints (superstep boundaries), oldest first.
+#[utoipa::path(get, path = "/v1/jobs/{thread_id}/history", tag = "jobs",
+    params(("thread_id" = String, Path, description = "The thread")),
+    responses((status = 200, description = "Checkpoints", body = CheckpointList),
+        (status = 404, description = "`thread_not_found`", body = crate::error::ErrorEnvelope)))]
+pub(crate) async fn history(
+    State(app): State<AppState>,
+    Path(thread_id): Path<String>,
+) -> Result<Json<CheckpointList>, ApiError> {
+    let t = query::thread(&thread_id)?;
+    let cps = app.engine.checkpoints(&t).await?;
+    Ok(Json(CheckpointList {
+        checkpoints: cps
+            .iter()
+            .map(|c| CheckpointView {
+                checkpoint_id: c.id.to_string(),
+                run_id: c.run_id.to_string(),
+                superstep: c.superstep,
+                next: c.next.iter().map(|t| t.node().to_owned()).collect(),
+                at: crate::time::rfc3339(c.at),
+            })
+            .collect(),
+    }))
+}
+
+/// The thread's state at a checkpoint.
+#[utoipa::path(get, path = "/v1/jobs/{thread_id}/checkpoints/{checkpoint_id}", tag = "jobs",
+    params(("thread_id" = String, Path, description = "The thread"),
+        ("checkpoint_id" = String, Path, description = "`ckpt_<seq>`")),
+    responses((status = 200, description = "The state there", body = StateView),
+        (status = 404, description = "`thread_not_found`, `checkpoint_not_found`", body = crate::error::ErrorEnvelope),
+        (status = 409, description = "`graph_version_missing`", body = crate::error::ErrorEnvelope)))]
+pub(crate) async fn checkpoint(
+    State(app): State<AppState>,
+    Path((thread_id, checkpoint_id)): Path<(String, String)>,
+) -> Result<Json<StateView>, ApiError> {
+    let t = query::thread(&thread_id)?;
+    let c = query::checkpoint(&checkpoint_id)?;
+    Ok(Json(state_view(app.engine.state_at_json(&t, c).await?)))
+}
+
+fn state_view(s: oris_runtime::StateView) -> StateView {
+    StateView {
+        thread_id: s.thread_id.to_string(),
+        values: s.values,
+        checkpoint_id: s.checkpoint.map(|c| c.to_string()),
+        next: s.next,
+    }
+}
+
+/// The thread's events, in order, a page at a time.
+#[utoipa::path(get, path = "/v1/jobs/{thread_id}/timeline", tag = "jobs",
+    params(("thread_id" = String, Path, description = "The thread"),
+        ("after" = Option<u64>, Query, description = "Events after this seq (default 0)"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1–1000, default 50")),
+    responses((status = 200, description = "A page of events", body = Timeline),
+        (status = 404, description = "`thread_not_found`", body = crate::error::ErrorEnvelope)))]
+pub(crate) async fn timeline(
+    State(app): State<AppState>,
+    Path(thread_id): Path<String>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Json<Timeline>, ApiError> {
+    let t = query::thread(&thread_id)?;
+    let p = Params::new(pairs, &["after", "limit"])?;
+    let limit = p.limit(1000)?;
+    let after = p.parsed::<u64>("after")?.unwrap_or(0);
+    if app.store.thread(&t).await?.is_none() {
+        return Err(oris_runtime::Error::ThreadNotFound(t).into());
+    }
+    let mut events = app.engine.timeline(&t, Seq(after), limit + 1).await?;
+    let more = events.len() > limit;
+    events.truncate(limit);
+    Ok(Json(Timeline {
+        next_after: more.then(|| events.last().map(|e| e.seq.0)).flatten(),
+        events: events.iter().map(EventView::of).collect(),
+    }))
+}
+
+/// Whether a run has settled: it will not change without outside input or time.
+fn settled(s: &RunStatus) -> bool {
+    !matches!(s.kind(), StatusKind::Queued | StatusKind::Running)
+}
+
+/// Long-poll until the thread's latest run settles (terminal, interrupted or waiting).
+#[utoipa::path(get, path = "/v1/jobs/{thread_id}/wait", tag = "jobs",
+    params(("thread_id" = String, Path, description = "The thread"),
+        ("timeout" = Option<String>, Query, description = "How long to wait: `30s` (default), at most `60s`")),
+    responses((status = 200, description = "The job once settled, or at the timeout (`timed_out: true`)", body = WaitResult),
+        (status = 404, description = "`thread_not_found`", body = crate::error::ErrorEnvelope)))]
+pub(crate) async fn wait(
+    State(app): State<AppState>,
+    Path(thread_id): Path<String>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Json<WaitResult>, ApiError> {
+    let t = query::thread(&thread_id)?;
+    let p = Params::new(pairs, &["timeout"])?;
+    let timeout = match p.get("timeout") {
+        None => DEFAULT_WAIT,
+        Some(s) => parse_duration(s)
+            .filter(|d| *d <= MAX_WAIT)
+            .ok_or_else(|| {
+                bad(
+                    "timeout",
+                    "must be a duration up to 60s (`30s`, `500ms`)".into(),
+                )
+            })?,
+    };
+    // Fails fast on an unknown thread.
+    app.engine.latest_run(&t).await?;
+    let timed_out = tokio::select! {
+        r = tokio::time::timeout(timeout, app.engine.wait_for(&t, settled)) => match r {
+            Ok(r) => { r?; false }
+            Err(_) => true,
+        },
+        _ = app.shutdown.cancelled() => true,
+    };
+    Ok(Json(WaitResult {
+        timed_out,
+        job: detail(&app, &t).await?,
+    }))
+}
+
+/// Resume the thread's interrupted run with a value.
+#[utoipa::path(post, path = "/v1/jobs/{thread_id}/resume", tag = "jobs",
+    request_body = ResumeJob,
+    params(("thread_id" = String, Path, description = "The thread"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the call safe to repeat")),
+    responses((status = 202, description = "The value is recorded; a worker continues the run", body = JobView),
+        (status = 400, description = "`invalid_input` (several interrupts pending and none named)", body = crate::error::ErrorEnvelope),
+        (status = 404, description = "`thread_not_found`, `interrupt_not_found`", body = crate::error::ErrorEnvelope),
+        (status = 409, description = "`interrupt_not_pending`, `resume_conflict`, `graph_version_missing`", body = crate::error::ErrorEnvelope)))]
+pub(crate) async fn resume(
+    State(app): State<AppState>,
+    Path(thread_id): Path<String>,
+    Json(body): Json<ResumeJob>,
+) -> Result<Response, ApiError> {
+    let t = query::thread(&thread_id)?;
+    let run = app.engine.latest_run(&t).await?;
+    let id = match body.interrupt_id {
+        Some(s) => {
+            let id = query::interrupt(&s)?;
+            let rec = app.store.interrupt(id).await?;
+            if rec.is_none_or(|r| r.thread_id != t) {
+                return Err(ApiError::new(
+                    ErrorCode::InterruptNotFound,
+                    format!("thread `{t}` has no interrupt {id}"),
+                )
+                .details(json!({ "interrupt_id": id, "thread_id": t })));
+            }
+            id
+        }
+        None => {
+            let RunStatus::Interrupted { interrupts } = &run.status else {
+                return Err(ApiError::new(
+                    ErrorCode::InterruptNotPending,
+                    format!(
+                        "the latest run of thread `{t}` is {}, not interrupted",
+                        run.status.kind().as_str()
+                    ),
+                )
+                .details(json!({ "thread_id": t, "status": run.status.kind().as_str() })));
+            };
+            let open: Vec<_> = {
+                let mut open = Vec::new();
+                for i in interrupts {
+                    let answered = app
+                        .store
+                        .interrupt(i.interrupt_id)
+                        .await?
+                        .is_some_and(|r| r.answer.is_some());
+                    if !answered {
+                        open.push(i.interrupt_id);
+                    }
+                }
+                open
+            };
+            match open.as_slice() {
+                [one] => *one,
+                [] => {
+                    return Err(ApiError::new(
+                        ErrorCode::InterruptNotPending,
+                        "every interrupt of the run is already answered",
+                    ));
+                }
+                many => {
+                    return Err(ApiError::invalid(
+                        "the run waits on several interrupts: name one with `interrupt_id`",
+                    )
+                    .details(json!({ "interrupts": many })));
+                }
+            }
+        }
+    };
+    answer(&app, id, body.value).await?;
+    let run = app.engine.latest_run(&t).await?;
+    Ok((StatusCode::ACCEPTED, Json(JobView::of(&run))).into_response())
+}
+
+/// Records a resume value after checking this server can continue the run.
+pub(crate) async fn answer(
+    app: &AppState,
+    id: oris_core::id::InterruptId,
+    value: serde_json::Value,
+) -> Result<oris_core::store::InterruptRecord, ApiError> {
+    let rec = app
+        .store
+        .interrupt(id)
+        .await?
+        .ok_or(oris_runtime::Error::InterruptNotFound(id))?;
+    tracing::Span::current().record("thread_id", rec.thread_id.as_str());
+    if let Some(run) = app.store.run(rec.run_id).await?
+        && !run.status.is_terminal()
+        && !app.has_graph(&run.graph, &run.graph_version)
+    {
+        return Err(oris_runtime::Error::GraphNotRegistered {
+            thread_id: run.thread_id,
+            run_id: run.run_id,
+            graph: run.graph,
+            version: run.graph_version,
+        }
+        .into());
+    }
+    let payload = Payload::encode(&value).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let (_, rec) = app.engine.answer(id, payload).await?;
+    app.hub.pool_wake.notify_one();
+    Ok(rec)
+}
+
+/// Queue a replay of the thread from one of its checkpoints.
+#[utoipa::path(post, path = "/v1/jobs/{thread_id}/replay", tag = "jobs",
+    request_body = ReplayJob,
+    params(("thread_id" = String, Path, description = "The thread"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the call safe to repeat")),
+    responses((status = 202, description = "The replay run is queued", body = JobView,
+            headers(("location" = String, description = "The job's URL"))),
+        (status = 404, description = "`thread_not_found`, `checkpoint_not_found`", body = crate::error::ErrorEnvelope),
+        (status = 409, description = "`run_active`, `graph_version_missing`", body = crate::error::ErrorEnvelope)))]
+pub(crate) async fn replay(
+    State(app): State<AppState>,
+    uri: OriginalUri,
+    Path(thread_id): Path<String>,
+    Json(body): Json<ReplayJob>,
+) -> Result<Response, ApiError> {
+    let t = query::thread(&thread_id)?;
+    let c = query::checkpoint(&body.checkpoint_id)?;
+    let run = app
+        .engine
+        .enqueue_replay(
+            &t,
+            c,
+            options(body.priority, body.metadata, RunOptions::default()),
+        )
+        .await?;
+    enqueued(&run);
+    Ok(accepted(&uri, &run))
+}
+
+/// Queue a run on a new thread from a checkpoint of this one.
+#[utoipa::path(post, path = "/v1/jobs/{thread_id}/fork", tag = "jobs",
+    request_body = ForkJob,
+    params(("thread_id" = String, Path, description = "The source thread"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the call safe to repeat")),
+    responses((status = 202, description = "The new thread's run is queued", body = JobView,
+            headers(("location" = String, description = "The new job's URL"))),
+        (status = 404, description = "`thread_not_found`, `checkpoint_not_found`", body = crate::error::ErrorEnvelope),
+        (status = 409, description = "`thread_exists`, `graph_version_missing`", body = crate::error::ErrorEnvelope)))]
+pub(crate) async fn fork(
+    State(app): State<AppState>,
+    uri: OriginalUri,
+    Path(thread_id): Path<String>,
+    Json(body): Json<ForkJob>,
+) -> Result<Response, ApiError> {
+    let t = query::thread(&thread_id)?;
+    let c = query::checkpoint(&body.checkpoint_id)?;
+    let new = query::thread(&body.new_thread_id)?;
+    let run = app
+        .engine
+        .enqueue_fork(
+            &t,
+            c,
+            new,
+            options(body.priority, body.metadata, RunOptions::default()),
+        )
+        .await?;
+    enqueued(&run);
+    Ok(accepted(&uri, &run))
+}
+
+/// Cancel the thread's unfinished run.
+#[utoipa::path(post, path = "/v1/jobs/{thread_id}/cancel", tag = "jobs",
+    request_body(content = Option<CancelJob>, description = "Optional"),
+    params(("thread_id" = String, Path, description = "The thread"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the call safe to repeat")),
+    responses((status = 200, description = "The run, cancelled", body = JobView),
+        (status = 404, description = "`thread_not_found`", body = crate::error::ErrorEnvelope),
+        (status = 409, description = "`run_not_active`", body = crate::error::ErrorEnvelope)))]
+pub(crate) async fn cancel(
+    State(app): State<AppState>,
+    Path(thread_id): Path<String>,
+    body: OptionalJson<CancelJob>,
+) -> Result<Json<JobView>, ApiError> {
+    let t = query::thread(&thread_id)?;
+    let reason = body.0.reason.unwrap_or_else(|| "cancelled via API".into());
+    let run = app.engine.cancel(&t, reason).await?;
+    tracing::info!(thread_id = %t, run_id = %run.run_id, "run cancelled");
+    Ok(Json(JobView::of(&run)))
+}
+
+/// Edit the thread's state as if a node had returned the update.
+#[utoipa::path(post, path = "/v1/jobs/{thread_id}/state", tag = "jobs",
+    request_body = UpdateState,
+    params(("thread_id" = String, Path, description = "The thread"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the call safe to repeat")),
+    responses((status = 200, description = "The state after the edit", body = StateView),
+        (status = 400, description = "`invalid_input` (update not matching the state)", body = crate::error::ErrorEnvelope),
+        (status = 404, description = "`thread_not_found`", body = crate::error::ErrorEnvelope),
+        (status = 409, description = "`run_active`, `graph_version_missing`", body = crate::error::ErrorEnvelope)))]
+pub(crate) async fn update_state(
+    State(app): State<AppState>,
+    Path(thread_id): Path<String>,
+    Json(body): Json<UpdateState>,
+) -> Result<Json<StateView>, ApiError> {
+    let t = query::thread(&thread_id)?;
+    let s = app
+        .engine
+        .update_state_json(&t, body.as_node, body.values)
+        .await?;
+    Ok(Json(state_view(s)))
+}
+
+/// Send an external event to the thread (what `ctx.wait_for_event` waits for).
+#[utoipa::path(post, path = "/v1/jobs/{thread_id}/events", tag = "jobs",
+    request_body = SendEvent,
+    params(("thread_id" = String, Path, description = "The thread"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the call safe to repeat")),
+    responses((status = 202, description = "Buffered; a waiting run continues", body = SentEvent),
+        (status = 404, description = "`thread_not_found`", body = crate::error::ErrorEnvelope),
+        (status = 409, description = "`idempotency_conflict` (the key was used for another event)", body = crate::error::ErrorEnvelope)))]
+pub(crate) async fn send_event(
+    State(app): State<AppState>,
+    Path(thread_id): Path<String>,
+    Json(body): Json<SendEvent>,
+) -> Result<Response, ApiError> {
+    let t = query::thread(&thread_id)?;
+    if body.name.is_empty() || body.name.len() > 200 {
+        return Err(
+            ApiError::invalid("name must be 1–200 characters").details(json!({ "field": "name" }))
+        );
+    }
+    let payload = Payload::encode(&body.payload).map_err(|e| ApiError::invalid(e.to_string()))?;
+    // The store makes a run waiting for the event claimable; the pool continues it (the
+    // engine's own `send_event` would continue it in-process, outside any lease).
+    let (d, _) = app
+        .store
+        .deliver(&t, &body.name, payload, body.key, Timestamp::now())
+        .await?;
+    app.hub.pool_wake.notify_one();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(SentEvent {
+            delivery_id: d.delivery_id.to_string(),
+            thread_id: d.thread_id.to_string(),
+            name: d.name,
+            sent_at: crate::time::rfc3339(d.sent_at),
+        }),
+    )
+        .into_response())
+}
+
+/// A JSON body that may be absent (empty): then `T::default()`.
+#[derive(Debug)]
+pub(crate) struct OptionalJson<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for OptionalJson<T>
+where
+    T: serde::de::DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let empty = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v == "0")
+            || (!req.headers().contains_key(header::CONTENT_TYPE)
+                && axum::body::HttpBody::size_hint(req.body()).exact() == Some(0));
+        if empty {
+            return Ok(OptionalJson(T::default()));
+        }
+        let Json(v) = Json::<T>::from_request(req, state).await?;
+        Ok(OptionalJson(v))
+    }
+}

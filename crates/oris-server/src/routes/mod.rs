@@ -1,0 +1,269 @@
+//! The route table: every route once, with the role it needs and, for state-changing
+//! routes, the audit action. The router, the guard, the OpenAPI check and `docs/api.md`'s
+//! role table all follow this one list.
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
+use axum::routing::MethodRouter;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::auth::Access;
+use crate::error::{self, ApiError};
+use crate::guard::{Guarded, guard};
+use crate::request_id;
+use crate::state::AppState;
+
+pub(crate) mod admin;
+pub(crate) mod graphs;
+pub(crate) mod interrupts;
+pub(crate) mod jobs;
+mod query;
+pub(crate) mod stream;
+pub(crate) mod system;
+
+/// An HTTP method of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// GET.
+    Get,
+    /// POST.
+    Post,
+    /// DELETE.
+    Delete,
+}
+
+impl Verb {
+    /// Lower-case name (as in OpenAPI).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "get",
+            Verb::Post => "post",
+            Verb::Delete => "delete",
+        }
+    }
+}
+
+/// One route: what it needs and what it does.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSpec {
+    /// Method.
+    pub method: Verb,
+    /// Path template (`{param}` segments).
+    pub path: &'static str,
+    /// The role it needs.
+    pub access: Access,
+    /// The audit action of a state-changing route (`jobs.create`); `None` for reads.
+    pub action: Option<&'static str>,
+    /// Whether the body may carry `idempotency_key`.
+    pub body_key: bool,
+    /// Whether a success names a job whose Location is returned.
+    pub location: bool,
+}
+
+impl RouteSpec {
+    const fn read(method: Verb, path: &'static str, access: Access) -> Self {
+        RouteSpec {
+            method,
+            path,
+            access,
+            action: None,
+            body_key: false,
+            location: false,
+        }
+    }
+
+    const fn write(method: Verb, path: &'static str, access: Access, action: &'static str) -> Self {
+        RouteSpec {
+            method,
+            path,
+            access,
+            action: Some(action),
+            body_key: false,
+            location: false,
+        }
+    }
+
+    const fn with_location(mut self) -> Self {
+        self.location = true;
+        self
+    }
+
+    const fn with_body_key(mut self) -> Self {
+        self.body_key = true;
+        self
+    }
+}
+
+pub(crate) struct Route {
+    pub spec: RouteSpec,
+    pub handler: MethodRouter<AppState>,
+}
+
+fn get(path: &'static str, access: Access) -> RouteSpec {
+    RouteSpec::read(Verb::Get, path, access)
+}
+
+fn post(path: &'static str, access: Access, action: &'static str) -> RouteSpec {
+    RouteSpec::write(Verb::Post, path, access, action)
+}
+
+fn table() -> Vec<Route> {
+    use axum::routing::{delete as d, get as g, post as p};
+    let r = |spec: RouteSpec, handler| Route { spec, handler };
+    vec![
+        r(
+            post("/v1/jobs", Access::Operate, "jobs.create")
+                .with_body_key()
+                .with_location(),
+            p(jobs::create),
+        ),
+        r(get("/v1/jobs", Access::Read), g(jobs::list)),
+        r(get("/v1/jobs/{thread_id}", Access::Read), g(jobs::get)),
+        r(
+            get("/v1/jobs/{thread_id}/history", Access::Read),
+            g(jobs::history),
+        ),
+        r(
+            get(
+                "/v1/jobs/{thread_id}/checkpoints/{checkpoint_id}",
+                Access::Read,
+            ),
+            g(jobs::checkpoint),
+        ),
+        r(
+            get("/v1/jobs/{thread_id}/timeline", Access::Read),
+            g(jobs::timeline),
+        ),
+        r(
+            get("/v1/jobs/{thread_id}/wait", Access::Read),
+            g(jobs::wait),
+        ),
+        r(
+            get("/v1/jobs/{thread_id}/stream", Access::Read),
+            g(stream::stream),
+        ),
+        r(
+            post(
+                "/v1/jobs/{thread_id}/resume",
+                Access::Operate,
+                "jobs.resume",
+            ),
+            p(jobs::resume),
+        ),
+        r(
+            post(
+                "/v1/jobs/{thread_id}/replay",
+                Access::Operate,
+                "jobs.replay",
+            )
+            .with_location(),
+            p(jobs::replay),
+        ),
+        r(
+            post("/v1/jobs/{thread_id}/fork", Access::Operate, "jobs.fork").with_location(),
+            p(jobs::fork),
+        ),
+        r(
+            post(
+                "/v1/jobs/{thread_id}/cancel",
+                Access::Operate,
+                "jobs.cancel",
+            ),
+            p(jobs::cancel),
+        ),
+        r(
+            post(
+                "/v1/jobs/{thread_id}/state",
+                Access::Operate,
+                "jobs.update_state",
+            ),
+            p(jobs::update_state),
+        ),
+        r(
+            post(
+                "/v1/jobs/{thread_id}/events",
+                Access::Operate,
+                "jobs.send_event",
+            ),
+            p(jobs::send_event),
+        ),
+        r(get("/v1/interrupts", Access::Read), g(interrupts::list)),
+        r(
+            get("/v1/interrupts/{interrupt_id}", Access::Read),
+            g(interrupts::get),
+        ),
+        r(
+            post(
+                "/v1/interrupts/{interrupt_id}/resume",
+                Access::Operate,
+                "interrupts.resume",
+            ),
+            p(interrupts::resume),
+        ),
+        r(
+            post(
+                "/v1/interrupts/{interrupt_id}/reject",
+                Access::Operate,
+                "interrupts.reject",
+            ),
+            p(interrupts::reject),
+        ),
+        r(get("/v1/graphs", Access::Graphs), g(graphs::list)),
+        r(get("/v1/graphs/{name}", Access::Graphs), g(graphs::get)),
+        r(get("/v1/audit", Access::Admin), g(admin::audit)),
+        r(
+            post("/v1/keys", Access::Admin, "keys.create"),
+            p(admin::create_key),
+        ),
+        r(get("/v1/keys", Access::Admin), g(admin::list_keys)),
+        r(
+            RouteSpec::write(
+                Verb::Delete,
+                "/v1/keys/{key_id}",
+                Access::Admin,
+                "keys.revoke",
+            ),
+            d(admin::revoke_key),
+        ),
+        r(get("/healthz", Access::Public), g(system::healthz)),
+        r(get("/readyz", Access::Public), g(system::readyz)),
+        r(get("/metrics", Access::Public), g(system::metrics)),
+        r(get("/v1/openapi.json", Access::Public), g(system::openapi)),
+    ]
+}
+
+/// Every route of the API.
+pub fn specs() -> Vec<RouteSpec> {
+    table().into_iter().map(|r| r.spec).collect()
+}
+
+/// The application: the table's routes behind their guards, the envelope fallbacks, the
+/// body limit, panic catching and the request-id middleware.
+pub(crate) fn router(app: AppState) -> Router {
+    let mut router = Router::new();
+    for route in table() {
+        let guarded = Guarded {
+            app: app.clone(),
+            spec: route.spec,
+        };
+        router = router.route(
+            route.spec.path,
+            route
+                .handler
+                .route_layer(from_fn_with_state(guarded, guard)),
+        );
+    }
+    router
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(app.config.body_limit))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(from_fn_with_state(app.clone(), request_id::middleware))
+        .with_state(app)
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ApiError::internal(&"a request handler panicked").into_response()
+}

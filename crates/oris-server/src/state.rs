@@ -1,0 +1,106 @@
+//! What every handler shares.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oris_core::id::RunId;
+use oris_core::store::Store;
+use oris_runtime::Engine;
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Authenticator;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+pub(crate) type AppState = Arc<Inner>;
+
+/// Settings, with the builder's defaults.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub workers: usize,
+    pub body_limit: usize,
+    pub idempotency_ttl: Duration,
+    pub lease_ttl: Duration,
+    pub heartbeat: Duration,
+    pub poll_interval: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// The worker pool's state, for `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum PoolState {
+    NotStarted = 0,
+    Running = 1,
+    Stopped = 2,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub engine: Engine,
+    pub store: Arc<dyn Store>,
+    pub config: Config,
+    pub auth: Authenticator,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    /// JSON Schema of the input of graph versions registered with one.
+    pub schemas: HashMap<(String, String), Value>,
+    /// Signalled whenever an idempotent request finished here (waiting duplicates re-check).
+    pub idempotency_done: Notify,
+    /// Cancelled when the server shuts down: streams and long-polls end.
+    pub shutdown: CancellationToken,
+    pub worker_id: String,
+    pool: AtomicU8,
+    /// Ids of runs that ended (from the hub), taken by the metrics task.
+    pub ended: Mutex<Option<mpsc::UnboundedReceiver<RunId>>>,
+}
+
+impl Inner {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        engine: Engine,
+        config: Config,
+        auth: Authenticator,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        schemas: HashMap<(String, String), Value>,
+        worker_id: String,
+        ended: mpsc::UnboundedReceiver<RunId>,
+    ) -> Self {
+        Inner {
+            store: engine.store().clone(),
+            engine,
+            config,
+            auth,
+            hub,
+            metrics,
+            schemas,
+            idempotency_done: Notify::new(),
+            shutdown: CancellationToken::new(),
+            worker_id,
+            pool: AtomicU8::new(PoolState::NotStarted as u8),
+            ended: Mutex::new(Some(ended)),
+        }
+    }
+
+    pub fn pool_state(&self) -> PoolState {
+        match self.pool.load(Ordering::Acquire) {
+            1 => PoolState::Running,
+            2 => PoolState::Stopped,
+            _ => PoolState::NotStarted,
+        }
+    }
+
+    pub fn set_pool_state(&self, s: PoolState) {
+        self.pool.store(s as u8, Ordering::Release);
+    }
+
+    /// Whether this server has the graph version.
+    pub fn has_graph(&self, graph: &str, version: &str) -> bool {
+        self.engine.graph_info(graph, Some(version)).is_some()
+    }
+}
