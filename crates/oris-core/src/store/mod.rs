@@ -14,8 +14,8 @@ mod memory;
 
 pub use control::{
     ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Fence, IdempotencyRecord,
-    InterruptFilter, LeaseHolder, Reservation, StoredResponse, check_fence, plan_claim,
-    plan_release, plan_renew, plan_reservation, ready_for_status, ready_on_answer,
+    InterruptFilter, LeaseHolder, Reservation, StoredResponse, check_fence, check_fence_writer,
+    plan_claim, plan_release, plan_renew, plan_reservation, ready_for_status, ready_on_answer,
     ready_on_delivery,
 };
 pub use memory::MemoryStore;
@@ -839,7 +839,8 @@ pub struct CommitPlan {
 /// and what the thread and run records become. `run` is the stored record of the run
 /// named by [`RunWrite::SetStatus`] or by [`Commit::fence`], if the commit has either.
 ///
-/// Leases: a fenced commit must hold the run's current, unexpired lease ([`check_fence`]).
+/// Leases: a fenced commit must hold the run's current, unexpired lease ([`check_fence`])
+/// and be written by that run ([`check_fence_writer`]).
 /// A created run is unleased and ready as [`ready_for_status`] says. A status change to
 /// running keeps the writer's lease when the commit is fenced (the run stays ready at the
 /// lease's expiry) and otherwise leaves the run unleased and not ready; any other status
@@ -865,6 +866,7 @@ pub fn plan_commit(
         detail,
     };
     if let Some(f) = &commit.fence {
+        check_fence_writer(commit, thread)?;
         let r = run
             .filter(|r| r.run_id == f.run_id)
             .ok_or(Error::RunNotFound { run_id: f.run_id })?;
