@@ -1352,3 +1352,152 @@ async fn recovery_leaves_queued_and_claimed_runs_to_workers() {
     assert_eq!(left, expected);
     assert_eq!(probe.count("a"), 0);
 }
+
+// ---------------------------------------------------------------------------------------
+// Timers and events
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_sleeping_run_is_claimed_again_when_due_and_not_before() {
+    let clock = oris_runtime::ManualClock::new(Timestamp::now());
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::with_options(
+        store.clone(),
+        EngineOptions {
+            clock: Arc::new(clock.clone()),
+            ..EngineOptions::default()
+        },
+    );
+    let runs = Counters::new();
+    let r = runs.clone();
+    let g = StateGraph::<W>::new("sleepy", "1")
+        .node("remind", move |_s: W, ctx| {
+            let r = r.clone();
+            async move {
+                ctx.step("before", async move {
+                    r.hit("before");
+                    Ok(())
+                })
+                .await?;
+                ctx.sleep(Duration::from_secs(3600)).await?;
+                Ok::<_, NodeError>(WUpdate::default().log(vec!["reminded".into()]))
+            }
+        })
+        .edge(START, "remind")
+        .edge("remind", END)
+        .compile()
+        .unwrap();
+    engine.register(g);
+    engine.enqueue(job("sleepy", "t")).await.unwrap();
+    let run = claim_one(&store, "w1").await;
+    let out = engine
+        .execute(run.clone(), quiet("w1"), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        Executed {
+            status: StatusKind::Waiting,
+            stop: Stop::Suspended
+        }
+    );
+    let stored = store.run(run.run_id).await.unwrap().unwrap();
+    let RunStatus::Waiting {
+        until: Some(until), ..
+    } = stored.status
+    else {
+        panic!("{:?}", stored.status)
+    };
+    assert_eq!(
+        stored.ready_at,
+        Some(until),
+        "claimable when the timer is due"
+    );
+    assert_eq!(stored.lease, None);
+    assert!(
+        claim_at(&store, "w1", Timestamp::now(), Duration::from_secs(30))
+            .await
+            .is_empty()
+    );
+
+    // A claimer whose clock runs ahead of the engine's: the run is not due here, so the
+    // worker leaves it as it was and keeps the lease until it expires (no hot loop).
+    let ttl = Duration::from_secs(30);
+    let early = claim_at(&store, "w2", until, ttl).await.remove(0);
+    let out = engine
+        .execute(early, quiet("w2"), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(out.stop, Stop::Suspended);
+    let stored = store.run(run.run_id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.lease.as_ref().map(|l| l.worker_id.as_str()),
+        Some("w2")
+    );
+    assert!(claim_at(&store, "w3", until, ttl).await.is_empty());
+    assert_eq!(
+        count_kind(&all_events(&engine, "t").await, EventKind::RunResumed),
+        0
+    );
+
+    // Due now: after that lease ran out, a worker continues the run.
+    clock.advance(Duration::from_secs(3600));
+    let due = claim_at(&store, "w3", until.plus(ttl), ttl).await.remove(0);
+    assert_eq!(due.lease_epoch, 3);
+    let out = engine
+        .execute(due, quiet("w3"), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(out.status, StatusKind::Completed);
+    assert_eq!(runs.count("before"), 1, "the recorded step is not re-run");
+    assert_eq!(log_of(&engine, "t").await, json!(["in", "reminded"]));
+}
+
+#[tokio::test]
+async fn an_event_makes_a_waiting_run_claimable() {
+    let (store, engine) = memory_engine(EngineOptions::default());
+    let g = StateGraph::<W>::new("events", "1")
+        .node("listen", |_s: W, ctx| async move {
+            let got: Option<String> = ctx.wait_for_event("go", Duration::from_secs(3600)).await?;
+            Ok::<_, NodeError>(WUpdate::default().log(vec![format!("got:{got:?}")]))
+        })
+        .edge(START, "listen")
+        .edge("listen", END)
+        .compile()
+        .unwrap();
+    engine.register(g);
+    engine.enqueue(job("events", "t")).await.unwrap();
+    let run = claim_one(&store, "w1").await;
+    let out = engine
+        .execute(run, quiet("w1"), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(out.status, StatusKind::Waiting);
+    assert!(
+        claim_at(&store, "w1", Timestamp::now(), Duration::from_secs(30))
+            .await
+            .is_empty()
+    );
+    engine
+        .send_event(&tid("t"), "go", &"now", None)
+        .await
+        .unwrap();
+    // The engine does not continue a worker's run in-process: it stays waiting for a claim.
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        engine.latest_run(&tid("t")).await.unwrap().status.kind(),
+        StatusKind::Waiting
+    );
+    let run = claim_one(&store, "w2").await;
+    let out = engine
+        .execute(run, quiet("w2"), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(out.status, StatusKind::Completed);
+    assert_eq!(
+        log_of(&engine, "t").await,
+        json!(["in", "got:Some(\"now\")"])
+    );
+}
