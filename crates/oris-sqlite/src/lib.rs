@@ -49,8 +49,11 @@
 //! - `schema`: the tables, as versioned migrations applied on open (`PRAGMA user_version`).
 //! - `queries`: every SQL statement.
 //! - `codec`: event kind codes, snapshot state encoding, column decoding with validation.
-//! - `read`: reading threads, runs, events, snapshots, interrupts and deliveries back.
+//! - `read`: reading threads, runs, events, snapshots, interrupts, deliveries, idempotency
+//!   records, API keys and audit entries back.
 //! - `writer`: the queue, group commit, the leader and the writer thread.
+//! - `control`: claims, leases, idempotency records, API keys and the audit log on the
+//!   write connection.
 //! - `backup`: online backup (`VACUUM INTO`) and restore.
 //!
 //! Stored per thread: a `threads` row, its `runs`, the `events` log (one row per event,
@@ -71,6 +74,43 @@
 //! [`check_redelivery`](oris_core::store::check_redelivery)) inside the group transaction,
 //! so they are atomic and serialized with commits — of concurrent answers to one interrupt
 //! exactly one is `Recorded` — and they are fsynced before they return.
+//!
+//! # Leases, idempotency, API keys, audit
+//! What a server keeps beside the threads (schema version 2). Every run has a `priority`,
+//! optional `metadata` (a JSON object of strings, stored as sent), a `ready_at` — when a
+//! worker may claim it — and its lease: the fencing epoch of the latest claim and the
+//! current holder with its expiry. The store maintains `ready_at` by the rules of
+//! `oris_core::store` ([`plan_commit`](oris_core::store::plan_commit) from the status, and
+//! in the same transaction [`ready_on_answer`](oris_core::store::ready_on_answer) for a run
+//! that suspends with its answers already recorded or whose last open interrupt gets
+//! answered, and the earliest pending matching delivery for a run that starts waiting or
+//! [`ready_on_delivery`](oris_core::store::ready_on_delivery) when one arrives).
+//!
+//! - [`Store::claim`], [`Store::renew_lease`] and [`Store::release_lease`] are write
+//!   requests of their own in the writer's queue, decided by
+//!   [`plan_claim`](oris_core::store::plan_claim) and its siblings on rows read in the group
+//!   transaction: no run is claimed twice, even by concurrent claimers or by another process
+//!   on the file (`BEGIN IMMEDIATE`). A claim reads the partial index `runs_ready`
+//!   (`priority, ready_at, run_id` of runs with a `ready_at`): it seeks the highest priority
+//!   present, takes that priority's runs ready by now in order, and moves to the next
+//!   priority only if it needs more — it never scans the runs.
+//! - A commit with a [`fence`](oris_core::store::Commit::fence) reads the fenced run in its
+//!   own transaction and is refused with [`Error::LeaseLost`] (writing nothing) unless the
+//!   lease is current and unexpired by the store's clock.
+//! - Idempotency records (`idempotency`, keyed by scope and key, purged by an index on
+//!   expiry), API keys (`api_keys`, the secret's hash only) and the audit log (`audit`, ids
+//!   from `AUTOINCREMENT`, never reused) are written through the same queue; listings of
+//!   interrupts, keys and audit entries are reads on the read connections.
+//!
+//! Durability: claims, renewals, releases, idempotency records and audit entries do not
+//! ask for an fsync of their own. Once one returned, its transaction is in the WAL (written
+//! to the operating system with `synchronous=NORMAL`), so killing the process cannot lose
+//! it; the next fsync of the sequential WAL — the store's next durable commit — makes it
+//! survive a power loss as well. A power loss can undo only the unfsynced tail: a claim or
+//! renewal (the lease ends early; the process's workers died with it), a release (the run
+//! stays leased until expiry), an audit entry, or an idempotency response (a retry runs the
+//! request again once its lock expires). API key creation and revocation are fsynced
+//! before they return.
 //!
 //! # Example
 //! ```
@@ -135,6 +175,7 @@
 
 mod backup;
 mod codec;
+mod control;
 mod queries;
 mod read;
 mod schema;
@@ -150,8 +191,9 @@ use async_trait::async_trait;
 use oris_core::event::{Event, Payload};
 use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::store::{
-    Answer, Commit, Delivery, Error, InterruptRecord, Receipt, Result, RunFilter, RunRecord,
-    Snapshot, Store, ThreadRecord,
+    Answer, ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Commit, Delivery, Error, Fence,
+    IdempotencyRecord, InterruptFilter, InterruptRecord, Receipt, Reservation, Result, RunFilter,
+    RunRecord, Snapshot, Store, StoredResponse, ThreadRecord,
 };
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
@@ -696,5 +738,128 @@ impl Store for SqliteStore {
         let thread_id = thread_id.clone();
         self.read(move |conn| read::deliveries(conn, &thread_id, pending_only))
             .await
+    }
+
+    async fn list_interrupts(&self, filter: &InterruptFilter) -> Result<Vec<InterruptRecord>> {
+        let filter = filter.clone();
+        self.read(move |conn| read::list_interrupts(conn, &filter))
+            .await
+    }
+
+    /// A write on the write connection, in a group transaction; durable with the store's
+    /// next durable commit (a process kill cannot lose it once it returned; see
+    /// [the durability of control-plane writes](crate#leases-idempotency-api-keys-audit)).
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<RunRecord>> {
+        if request.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let request = Box::new(request.clone());
+        self.send(|reply| Request::Write(Write::Claim { request, reply }))
+            .await
+    }
+
+    async fn renew_lease(
+        &self,
+        fence: &Fence,
+        worker_id: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<RunRecord> {
+        let (fence, worker_id) = (*fence, worker_id.to_owned());
+        self.send(|reply| {
+            Request::Write(Write::RenewLease {
+                fence,
+                worker_id,
+                now,
+                ttl,
+                reply,
+            })
+        })
+        .await
+    }
+
+    async fn release_lease(&self, fence: &Fence, now: Timestamp) -> Result<RunRecord> {
+        let fence = *fence;
+        self.send(|reply| Request::Write(Write::ReleaseLease { fence, now, reply }))
+            .await
+    }
+
+    async fn reserve_idempotency(
+        &self,
+        candidate: &IdempotencyRecord,
+        now: Timestamp,
+    ) -> Result<Reservation> {
+        let candidate = Box::new(candidate.clone());
+        self.send(|reply| {
+            Request::Write(Write::ReserveIdempotency {
+                candidate,
+                now,
+                reply,
+            })
+        })
+        .await
+    }
+
+    async fn complete_idempotency(
+        &self,
+        scope: &str,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<()> {
+        let (scope, key, response) = (scope.to_owned(), key.to_owned(), response.clone());
+        self.send(|reply| {
+            Request::Write(Write::CompleteIdempotency {
+                scope,
+                key,
+                response,
+                reply,
+            })
+        })
+        .await
+    }
+
+    async fn release_idempotency(&self, scope: &str, key: &str) -> Result<()> {
+        let (scope, key) = (scope.to_owned(), key.to_owned());
+        self.send(|reply| Request::Write(Write::ReleaseIdempotency { scope, key, reply }))
+            .await
+    }
+
+    async fn purge_idempotency(&self, now: Timestamp) -> Result<u64> {
+        self.send(|reply| Request::Write(Write::PurgeIdempotency { now, reply }))
+            .await
+    }
+
+    /// Fsynced before it returns.
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+        let key = Box::new(key.clone());
+        self.send(|reply| Request::Write(Write::CreateApiKey { key, reply }))
+            .await
+    }
+
+    async fn api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>> {
+        let key_id = key_id.to_owned();
+        self.read(move |conn| read::api_key(conn, &key_id)).await
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        self.read(read::api_keys).await
+    }
+
+    /// Fsynced before it returns.
+    async fn revoke_api_key(&self, key_id: &str, at: Timestamp) -> Result<bool> {
+        let key_id = key_id.to_owned();
+        self.send(|reply| Request::Write(Write::RevokeApiKey { key_id, at, reply }))
+            .await
+    }
+
+    async fn append_audit(&self, record: &AuditRecord) -> Result<u64> {
+        let record = Box::new(record.clone());
+        self.send(|reply| Request::Write(Write::AppendAudit { record, reply }))
+            .await
+    }
+
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        let filter = filter.clone();
+        self.read(move |conn| read::audit(conn, &filter)).await
     }
 }

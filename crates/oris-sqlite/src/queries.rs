@@ -4,10 +4,10 @@
 //! the position they have here.
 
 use oris_core::status::StatusKind;
-use oris_core::store::RunFilter;
+use oris_core::store::{AuditFilter, InterruptFilter, RunFilter};
 use rusqlite::types::Value;
 
-use crate::codec::run_id_blob;
+use crate::codec::{interrupt_id_blob, run_id_blob};
 
 /// Write-ahead logging: readers and the writer do not block each other.
 pub(crate) const JOURNAL_WAL: &str = "PRAGMA journal_mode = WAL";
@@ -52,12 +52,14 @@ WHERE key = ?1";
 
 /// The columns of a run record, joined with its thread, as a literal for `concat!`.
 /// Columns: 0 key, 1 run_id, 2 thread_key, 3 thread_id, 4 graph, 5 graph_version,
-/// 6 status, 7 status_data, 8 first_seq, 9 created_at, 10 updated_at.
+/// 6 status, 7 status_data, 8 first_seq, 9 created_at, 10 updated_at, 11 priority,
+/// 12 metadata, 13 ready_at, 14 lease_epoch, 15 lease_worker, 16 lease_expires.
 macro_rules! run_select {
     () => {
         "\
 SELECT r.key, r.run_id, r.thread_key, t.thread_id, r.graph, r.graph_version,
-       r.status, r.status_data, r.first_seq, r.created_at, r.updated_at
+       r.status, r.status_data, r.first_seq, r.created_at, r.updated_at, r.priority,
+       r.metadata, r.ready_at, r.lease_epoch, r.lease_worker, r.lease_expires
 FROM runs r
 JOIN threads t ON t.key = r.thread_key"
     };
@@ -70,15 +72,43 @@ pub(crate) const RUN_BY_ID: &str = concat!(run_select!(), "\nWHERE r.run_id = ?1
 pub(crate) const RUN_REF_BY_ID: &str =
     "SELECT key, thread_key, created_at FROM runs WHERE run_id = ?1";
 
-/// Creates a run.
+/// Creates a run (unleased, epoch 0).
 pub(crate) const INSERT_RUN: &str = "\
 INSERT INTO runs (run_id, thread_key, graph, graph_version, status, status_data, first_seq,
-                  created_at, updated_at, wake_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+                  created_at, updated_at, wake_at, priority, metadata, ready_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
 
-/// Sets a run's status.
+/// Sets a run's status, with the readiness and lease that go with it (`plan_commit`).
 pub(crate) const UPDATE_RUN_STATUS: &str = "\
-UPDATE runs SET status = ?2, status_data = ?3, updated_at = ?4, wake_at = ?5 WHERE key = ?1";
+UPDATE runs SET status = ?2, status_data = ?3, updated_at = ?4, wake_at = ?5, ready_at = ?6,
+                lease_worker = ?7, lease_expires = ?8
+WHERE key = ?1";
+
+/// Sets when a run may be claimed (an answer or a delivery made it ready).
+pub(crate) const SET_READY: &str = "UPDATE runs SET ready_at = ?2 WHERE key = ?1";
+
+/// The highest priority below `?1` among claimable runs (a seek on `runs_ready`).
+pub(crate) const NEXT_READY_PRIORITY: &str = "\
+SELECT priority FROM runs WHERE ready_at IS NOT NULL AND priority < ?1
+ORDER BY priority DESC LIMIT 1";
+
+/// Runs of priority `?1` ready at `?2`, in claim order (a range of `runs_ready`; columns
+/// of `run_select!`). The caller reads only as many as it claims.
+pub(crate) const READY_RUNS: &str = concat!(
+    run_select!(),
+    "\nWHERE r.ready_at IS NOT NULL AND r.priority = ?1 AND r.ready_at <= ?2",
+    "\nORDER BY r.ready_at, r.run_id"
+);
+
+/// Writes a claim: status (a queued run starts running), readiness and the new lease.
+pub(crate) const CLAIM_RUN: &str = "\
+UPDATE runs SET status = ?2, status_data = ?3, updated_at = ?4, ready_at = ?5,
+                lease_epoch = ?6, lease_worker = ?7, lease_expires = ?8
+WHERE key = ?1";
+
+/// Writes a renewed or released lease and the readiness that goes with it.
+pub(crate) const SET_LEASE: &str = "\
+UPDATE runs SET ready_at = ?2, lease_worker = ?3, lease_expires = ?4 WHERE key = ?1";
 
 /// Waiting runs due at `?1`, earliest first, at most `?2` (columns of `run_select!`).
 pub(crate) const DUE_RUNS: &str = concat!(
@@ -184,6 +214,12 @@ LEFT JOIN runs r ON r.key = i.run_key"
 pub(crate) const INTERRUPT_BY_ID: &str =
     concat!(interrupt_select!(), "\nWHERE i.interrupt_id = ?1");
 
+/// A run's open (not applied) interrupts by its key (columns of `interrupt_select!`).
+pub(crate) const OPEN_INTERRUPTS_OF_RUN: &str = concat!(
+    interrupt_select!(),
+    "\nWHERE i.run_key = ?1 AND i.applied_seq IS NULL"
+);
+
 /// A thread's interrupts by its key, in raised order (columns of `interrupt_select!`).
 pub(crate) const INTERRUPTS_OF_THREAD: &str = concat!(
     interrupt_select!(),
@@ -223,6 +259,10 @@ pub(crate) const DELIVERY_BY_IDEM_KEY: &str = concat!(
 pub(crate) const INSERT_DELIVERY: &str = "\
 INSERT INTO deliveries (delivery_id, thread_key, name, payload, idem_key, sent_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// Names and arrival times of a thread's unconsumed deliveries by its key, in arrival order.
+pub(crate) const PENDING_DELIVERY_TIMES: &str = "\
+SELECT name, sent_at FROM deliveries WHERE thread_key = ?1 AND consumed_seq IS NULL ORDER BY key";
 
 /// Marks a thread's delivery consumed by the `EventReceived` event at seq `?3`.
 pub(crate) const CONSUME_DELIVERY: &str =
@@ -264,20 +304,185 @@ pub(crate) fn runs(filter: &RunFilter) -> (String, Vec<Value>) {
         params.push(Value::Blob(run_id_blob(after).to_vec()));
         clauses.push(format!("r.run_id > ?{}", params.len()));
     }
+    let ranges = [
+        (filter.created_from, "r.created_at >="),
+        (filter.created_to, "r.created_at <"),
+        (filter.updated_from, "r.updated_at >="),
+        (filter.updated_to, "r.updated_at <"),
+    ];
+    for (bound, op) in ranges {
+        if let Some(t) = bound {
+            params.push(Value::Integer(t.0));
+            clauses.push(format!("{op} ?{}", params.len()));
+        }
+    }
+    if !filter.metadata.is_empty() {
+        // As `RunRecord::metadata_map`: metadata that is not an object of strings has no
+        // labels at all. Keys are bound, never spliced into a JSON path.
+        clauses.push(
+            "json_type(r.metadata) = 'object' AND NOT EXISTS \
+             (SELECT 1 FROM json_each(r.metadata) m WHERE m.type <> 'text')"
+                .to_owned(),
+        );
+        for (k, v) in &filter.metadata {
+            params.push(Value::Text(k.clone()));
+            params.push(Value::Text(v.clone()));
+            clauses.push(format!(
+                "EXISTS (SELECT 1 FROM json_each(r.metadata) m WHERE m.key = ?{} AND m.value = ?{})",
+                params.len() - 1,
+                params.len()
+            ));
+        }
+    }
+    finish(&mut sql, &mut params, &clauses, "r.run_id", filter.limit);
+    (sql, params)
+}
+
+/// Appends the `WHERE` clauses, the order and the limit (0: none) to a listing.
+fn finish(
+    sql: &mut String,
+    params: &mut Vec<Value>,
+    clauses: &[String],
+    order: &str,
+    limit: usize,
+) {
     for (i, clause) in clauses.iter().enumerate() {
         sql.push_str(if i == 0 { "\nWHERE " } else { "\n  AND " });
         sql.push_str(clause);
     }
-    sql.push_str("\nORDER BY r.run_id");
-    let limit = if filter.limit == 0 {
+    sql.push_str("\nORDER BY ");
+    sql.push_str(order);
+    let limit = if limit == 0 {
         -1
     } else {
-        i64::try_from(filter.limit).unwrap_or(i64::MAX)
+        i64::try_from(limit).unwrap_or(i64::MAX)
     };
     params.push(Value::Integer(limit));
     sql.push_str(&format!("\nLIMIT ?{}", params.len()));
+}
+
+/// The interrupt listing for `filter`, oldest (lowest id) first, and its parameters
+/// (columns of `interrupt_select!`). Open-only listings read the partial index
+/// `interrupts_open`, whose predicate is repeated word for word.
+pub(crate) fn interrupts(filter: &InterruptFilter) -> (String, Vec<Value>) {
+    let mut sql = String::from(interrupt_select!());
+    let mut params = Vec::new();
+    let mut clauses = Vec::new();
+    if let Some(thread_id) = &filter.thread_id {
+        params.push(Value::Text(thread_id.as_str().to_owned()));
+        clauses.push(format!(
+            "i.thread_key = (SELECT key FROM threads WHERE thread_id = ?{})",
+            params.len()
+        ));
+    }
+    if let Some(graph) = &filter.graph {
+        params.push(Value::Text(graph.clone()));
+        clauses.push(format!("t.graph = ?{}", params.len()));
+    }
+    if filter.open_only {
+        clauses.push("i.applied_seq IS NULL".to_owned());
+        clauses.push(unfinished_predicate());
+    }
+    if let Some(after) = filter.after {
+        params.push(Value::Blob(interrupt_id_blob(after).to_vec()));
+        clauses.push(format!("i.interrupt_id > ?{}", params.len()));
+    }
+    finish(
+        &mut sql,
+        &mut params,
+        &clauses,
+        "i.interrupt_id",
+        filter.limit,
+    );
     (sql, params)
 }
+
+/// The audit listing for `filter`, oldest first, and its parameters (columns of
+/// `AUDIT_SELECT`).
+pub(crate) fn audit(filter: &AuditFilter) -> (String, Vec<Value>) {
+    let mut sql = String::from(AUDIT_SELECT);
+    let after = filter
+        .after
+        .map_or(0, |a| i64::try_from(a).unwrap_or(i64::MAX));
+    let mut params = vec![Value::Integer(after)];
+    let mut clauses = vec!["id > ?1".to_owned()];
+    if let Some(actor) = &filter.actor {
+        params.push(Value::Text(actor.clone()));
+        clauses.push(format!("actor = ?{}", params.len()));
+    }
+    if let Some(action) = &filter.action {
+        params.push(Value::Text(action.clone()));
+        clauses.push(format!("action = ?{}", params.len()));
+    }
+    finish(&mut sql, &mut params, &clauses, "id", filter.limit);
+    (sql, params)
+}
+
+// ---------------------------------------------------------------------------------------
+// Idempotency records, API keys, audit
+
+/// An idempotency record. Columns: 0 request_hash, 1 created_at, 2 expires_at,
+/// 3 locked_until, 4 status, 5 body.
+pub(crate) const IDEMPOTENCY_BY_KEY: &str = "\
+SELECT request_hash, created_at, expires_at, locked_until, status, body
+FROM idempotency WHERE scope = ?1 AND key = ?2";
+
+/// Writes an idempotency record (a new or taken-over reservation).
+pub(crate) const UPSERT_IDEMPOTENCY: &str = "\
+INSERT INTO idempotency (scope, key, request_hash, created_at, expires_at, locked_until,
+                         status, body)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+ON CONFLICT (scope, key) DO UPDATE SET
+    request_hash = excluded.request_hash, created_at = excluded.created_at,
+    expires_at = excluded.expires_at, locked_until = excluded.locked_until,
+    status = excluded.status, body = excluded.body";
+
+/// Stores the response of a reservation.
+pub(crate) const COMPLETE_IDEMPOTENCY: &str =
+    "UPDATE idempotency SET status = ?3, body = ?4 WHERE scope = ?1 AND key = ?2";
+
+/// Drops an unfinished reservation.
+pub(crate) const RELEASE_IDEMPOTENCY: &str =
+    "DELETE FROM idempotency WHERE scope = ?1 AND key = ?2 AND status IS NULL";
+
+/// Deletes records expired at `?1` (a range of `idempotency_expiry`).
+pub(crate) const PURGE_IDEMPOTENCY: &str = "DELETE FROM idempotency WHERE expires_at <= ?1";
+
+/// The columns of an API key, as a literal for `concat!`. Columns: 0 key_id, 1 name,
+/// 2 role, 3 secret_hash, 4 created_at, 5 revoked_at.
+macro_rules! api_key_select {
+    () => {
+        "SELECT key_id, name, role, secret_hash, created_at, revoked_at FROM api_keys"
+    };
+}
+
+/// An API key by id.
+pub(crate) const API_KEY_BY_ID: &str = concat!(api_key_select!(), " WHERE key_id = ?1");
+
+/// Every API key, oldest first.
+pub(crate) const API_KEYS: &str = concat!(api_key_select!(), " ORDER BY created_at, key_id");
+
+/// Whether an API key id is taken.
+pub(crate) const API_KEY_EXISTS: &str = "SELECT 1 FROM api_keys WHERE key_id = ?1";
+
+/// Stores an API key.
+pub(crate) const INSERT_API_KEY: &str = "\
+INSERT INTO api_keys (key_id, name, role, secret_hash, created_at, revoked_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// Revokes an API key that is not revoked yet.
+pub(crate) const REVOKE_API_KEY: &str =
+    "UPDATE api_keys SET revoked_at = ?2 WHERE key_id = ?1 AND revoked_at IS NULL";
+
+/// The columns of an audit entry. Columns: 0 id, 1 at, 2 actor, 3 role, 4 action,
+/// 5 target, 6 request_id, 7 status, 8 outcome, 9 details.
+pub(crate) const AUDIT_SELECT: &str = "\
+SELECT id, at, actor, role, action, target, request_id, status, outcome, details FROM audit";
+
+/// Appends an audit entry.
+pub(crate) const INSERT_AUDIT: &str = "\
+INSERT INTO audit (at, actor, role, action, target, request_id, status, outcome, details)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
 /// `r.status IN ('queued', 'running', 'interrupted', 'waiting')`: the predicate of the partial index
 /// `runs_unfinished`, word for word (modulo the table alias, which the planner ignores).
@@ -341,6 +546,16 @@ mod tests {
             DELIVERY_BY_IDEM_KEY,
             PENDING_DELIVERIES_OF_THREAD,
             CONSUME_DELIVERY,
+            INSERT_RUN,
+            SET_READY,
+            NEXT_READY_PRIORITY,
+            READY_RUNS,
+            CLAIM_RUN,
+            SET_LEASE,
+            OPEN_INTERRUPTS_OF_RUN,
+            PENDING_DELIVERY_TIMES,
+            IDEMPOTENCY_BY_KEY,
+            PURGE_IDEMPOTENCY,
         ] {
             let mut stmt = conn.prepare(sql).unwrap();
             for i in 0..5i64 {
@@ -406,6 +621,107 @@ mod tests {
             assert!(p.contains(index), "{sql}\n{p}");
             assert!(!p.contains("TEMP B-TREE"), "{sql}\n{p}");
         }
+    }
+
+    /// A claim seeks: the highest priority by the partial index, then that priority's
+    /// ready runs as a range of it, already in claim order (no sort, no scan of runs).
+    #[test]
+    fn claims_read_the_ready_index_in_order() {
+        for sql in [NEXT_READY_PRIORITY, READY_RUNS] {
+            let p = plan_of(sql);
+            assert!(
+                p.starts_with("SEARCH") && p.contains("INDEX runs_ready"),
+                "{sql}\n{p}"
+            );
+            assert!(!p.contains("TEMP B-TREE"), "{sql}\n{p}");
+            assert!(!p.contains("SCAN"), "{sql}\n{p}");
+        }
+        let p = plan_of(READY_RUNS);
+        assert!(
+            p.contains("runs_ready (priority=? AND ready_at>? AND ready_at<?)"),
+            "{p}"
+        );
+        for sql in [CLAIM_RUN, SET_LEASE, SET_READY] {
+            let p = plan_of(sql);
+            assert!(p.contains("INTEGER PRIMARY KEY (rowid=?)"), "{sql}\n{p}");
+        }
+    }
+
+    #[test]
+    fn control_plane_reads_use_their_indexes() {
+        for (sql, index) in [
+            (OPEN_INTERRUPTS_OF_RUN, "interrupts_open_by_run"),
+            (PENDING_DELIVERY_TIMES, "deliveries_pending"),
+            (IDEMPOTENCY_BY_KEY, "PRIMARY KEY"),
+            (PURGE_IDEMPOTENCY, "idempotency_expiry"),
+            (RELEASE_IDEMPOTENCY, "PRIMARY KEY"),
+            (COMPLETE_IDEMPOTENCY, "PRIMARY KEY"),
+            (API_KEY_BY_ID, "sqlite_autoindex_api_keys_1"),
+            (API_KEY_EXISTS, "sqlite_autoindex_api_keys_1"),
+            (REVOKE_API_KEY, "sqlite_autoindex_api_keys_1"),
+        ] {
+            let p = plan_of(sql);
+            assert!(p.contains(index), "{sql}\n{p}");
+            assert!(!p.contains("TEMP B-TREE"), "{sql}\n{p}");
+        }
+        // Open interrupts in id order: the partial index, no sort.
+        let (sql, _) = interrupts(&InterruptFilter {
+            open_only: true,
+            after: Some(oris_core::id::InterruptId::generate()),
+            limit: 10,
+            ..Default::default()
+        });
+        let p = plan_of(&sql);
+        assert!(p.contains("interrupts_open"), "{sql}\n{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{sql}\n{p}");
+        // Every interrupt in id order: the unique index, no sort.
+        let (sql, _) = interrupts(&InterruptFilter::default());
+        let p = plan_of(&sql);
+        assert!(p.contains("sqlite_autoindex_interrupts_1"), "{sql}\n{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{sql}\n{p}");
+        // The audit log from a cursor: a rowid range, no sort.
+        let (sql, _) = audit(&AuditFilter {
+            after: Some(5),
+            actor: Some("a".into()),
+            action: Some("b".into()),
+            limit: 3,
+        });
+        let p = plan_of(&sql);
+        assert!(p.contains("INTEGER PRIMARY KEY (rowid>?)"), "{sql}\n{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{sql}\n{p}");
+    }
+
+    #[test]
+    fn new_listing_filters_bind_their_values() {
+        use oris_core::id::Timestamp;
+        let (sql, values) = runs(&RunFilter {
+            created_from: Some(Timestamp(1)),
+            created_to: Some(Timestamp(2)),
+            updated_from: Some(Timestamp(3)),
+            updated_to: Some(Timestamp(4)),
+            metadata: vec![("a\"'.$[0]".into(), "x'); DROP TABLE runs; --".into())],
+            limit: 5,
+            ..Default::default()
+        });
+        assert_eq!(values.len(), 7, "{sql}");
+        assert!(sql.contains("r.created_at >= ?1"), "{sql}");
+        assert!(sql.contains("r.created_at < ?2"), "{sql}");
+        assert!(sql.contains("r.updated_at >= ?3"), "{sql}");
+        assert!(sql.contains("r.updated_at < ?4"), "{sql}");
+        assert!(sql.contains("m.key = ?5 AND m.value = ?6"), "{sql}");
+        assert!(!sql.contains("DROP"), "{sql}");
+        assert!(sql.ends_with("LIMIT ?7"), "{sql}");
+        // The statement prepares and runs on the real schema.
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::schema::migrate(&mut conn, std::path::Path::new(":memory:")).unwrap();
+        let n = conn
+            .prepare(&sql)
+            .unwrap()
+            .query(params_from_iter(values))
+            .unwrap()
+            .mapped(|_| Ok(()))
+            .count();
+        assert_eq!(n, 0);
     }
 
     #[test]

@@ -4,7 +4,10 @@
 use oris_core::event::{Event, EventKind, EventRow};
 use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::status::RunStatus;
-use oris_core::store::{Delivery, InterruptRecord, RunFilter, RunRecord, Snapshot, ThreadRecord};
+use oris_core::store::{
+    ApiKeyRecord, AuditFilter, AuditRecord, Delivery, IdempotencyRecord, InterruptFilter,
+    InterruptRecord, LeaseHolder, RunFilter, RunRecord, Snapshot, StoredResponse, ThreadRecord,
+};
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
 use crate::codec::{
@@ -162,7 +165,7 @@ pub(crate) fn due_runs(
 }
 
 /// Decodes a row of `run_select!`; errors are [`Fault::Store`] with their thread.
-fn decode_run(row: &Row<'_>) -> Result<StoredRun, Fault> {
+pub(crate) fn decode_run(row: &Row<'_>) -> Result<StoredRun, Fault> {
     let id = run_id(row, 1, "run_id")
         .map_err(|f| within("run record")(f).at(&unknown_thread(), None))?;
     let thread_id = thread_id_col(row, 3, "thread_id")
@@ -180,11 +183,27 @@ fn decode_run(row: &Row<'_>) -> Result<StoredRun, Fault> {
                 first_seq: seq_col(row, 8, "first_seq")?,
                 created_at: time(row, 9, "created_at")?,
                 updated_at: time(row, 10, "updated_at")?,
-                priority: 0,
-                metadata: None,
-                ready_at: None,
-                lease_epoch: 0,
-                lease: None,
+                priority: i32::try_from(int(row, 11, "priority")?)
+                    .map_err(|_| Fault::Bad("column `priority` is out of range".into()))?,
+                metadata: opt_payload(row, 12, "metadata")?,
+                ready_at: opt_int(row, 13, "ready_at")?.map(Timestamp),
+                lease_epoch: u64::try_from(int(row, 14, "lease_epoch")?)
+                    .map_err(|_| Fault::Bad("column `lease_epoch` is negative".into()))?,
+                lease: match (
+                    opt_text(row, 15, "lease_worker")?,
+                    opt_int(row, 16, "lease_expires")?,
+                ) {
+                    (Some(worker_id), Some(expires)) => Some(LeaseHolder {
+                        worker_id,
+                        expires_at: Timestamp(expires),
+                    }),
+                    (None, None) => None,
+                    _ => {
+                        return Err(Fault::Bad(
+                            "columns `lease_worker` and `lease_expires` disagree".into(),
+                        ));
+                    }
+                },
             },
         })
     };
@@ -331,9 +350,15 @@ pub(crate) fn interrupt(
     let Some(row) = rows.next()? else {
         return Ok(None);
     };
+    let thread_id = interrupt_thread(row, &id.to_string())?;
+    decode_interrupt(row, &thread_id, with_status).map(Some)
+}
+
+/// The thread of a row of `interrupt_select!`, read from its joined `threads` row.
+fn interrupt_thread(row: &Row<'_>, what: &str) -> Result<ThreadId, Fault> {
     let thread_key = int(row, 2, "thread_key")
-        .map_err(|f| within(format!("interrupt {id}"))(f).at(&unknown_thread(), None))?;
-    let thread_id = opt_text(row, 3, "thread_id")
+        .map_err(|f| within(format!("interrupt {what}"))(f).at(&unknown_thread(), None))?;
+    opt_text(row, 3, "thread_id")
         .and_then(|t| {
             t.ok_or_else(|| {
                 Fault::Bad(format!(
@@ -345,8 +370,38 @@ pub(crate) fn interrupt(
             ThreadId::new(&raw)
                 .map_err(|e| Fault::Bad(format!("column `thread_id` holds {raw:?}: {e}")))
         })
-        .map_err(|f| within(format!("interrupt {id}"))(f).at(&unknown_thread(), None))?;
-    decode_interrupt(row, &thread_id, with_status).map(Some)
+        .map_err(|f| within(format!("interrupt {what}"))(f).at(&unknown_thread(), None))
+}
+
+/// Lists interrupts across threads, by id.
+pub(crate) fn list_interrupts(
+    conn: &Connection,
+    filter: &InterruptFilter,
+) -> Result<Vec<InterruptRecord>, Fault> {
+    let (sql, values) = queries::interrupts(filter);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params_from_iter(values))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let thread_id = interrupt_thread(row, "record")?;
+        out.push(decode_interrupt(row, &thread_id, false)?.record);
+    }
+    Ok(out)
+}
+
+/// A run's interrupts not applied yet (by the run's key), of thread `thread_id`.
+pub(crate) fn open_interrupts_of_run(
+    conn: &Connection,
+    run_key: i64,
+    thread_id: &ThreadId,
+) -> Result<Vec<InterruptRecord>, Fault> {
+    let mut stmt = conn.prepare_cached(queries::OPEN_INTERRUPTS_OF_RUN)?;
+    let mut rows = stmt.query(params![run_key])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(decode_interrupt(row, thread_id, false)?.record);
+    }
+    Ok(out)
 }
 
 /// Reads a thread's interrupts, in raised order.
@@ -481,4 +536,144 @@ fn decode_delivery(row: &Row<'_>, thread_id: &ThreadId) -> Result<Delivery, Faul
         })
     };
     decode().map_err(|f| within(format!("delivery {id}"))(f).at(thread_id, None))
+}
+
+/// The earliest arrival time of a thread's unconsumed deliveries named in `names`.
+pub(crate) fn earliest_pending_delivery(
+    conn: &Connection,
+    thread_key: i64,
+    thread_id: &ThreadId,
+    names: &[String],
+) -> Result<Option<Timestamp>, Fault> {
+    let mut stmt = conn.prepare_cached(queries::PENDING_DELIVERY_TIMES)?;
+    let mut rows = stmt.query(params![thread_key])?;
+    let mut earliest: Option<Timestamp> = None;
+    while let Some(row) = rows.next()? {
+        let decode = || -> Result<(String, Timestamp), Fault> {
+            Ok((text(row, 0, "name")?, time(row, 1, "sent_at")?))
+        };
+        let (name, at) = decode().map_err(|f| within("delivery")(f).at(thread_id, None))?;
+        if names.contains(&name) {
+            earliest = Some(earliest.map_or(at, |e| e.min(at)));
+        }
+    }
+    Ok(earliest)
+}
+
+// ---------------------------------------------------------------------------------------
+// Idempotency records, API keys, audit (not tied to a thread: a damaged row is reported
+// as corruption of the `unknown` thread, its table and key named in the detail)
+
+/// Reads the idempotency record of `key` within `scope`.
+pub(crate) fn idempotency(
+    conn: &Connection,
+    scope: &str,
+    key: &str,
+) -> Result<Option<IdempotencyRecord>, Fault> {
+    let mut stmt = conn.prepare_cached(queries::IDEMPOTENCY_BY_KEY)?;
+    let mut rows = stmt.query(params![scope, key])?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let decode = || -> Result<IdempotencyRecord, Fault> {
+        let response = match (opt_int(row, 4, "status")?, opt_text(row, 5, "body")?) {
+            (Some(status), Some(body)) => Some(StoredResponse {
+                status: u16::try_from(status)
+                    .map_err(|_| Fault::Bad(format!("column `status`: {status} is not HTTP")))?,
+                body,
+            }),
+            (None, None) => None,
+            _ => return Err(Fault::Bad("columns `status` and `body` disagree".into())),
+        };
+        Ok(IdempotencyRecord {
+            scope: scope.to_owned(),
+            key: key.to_owned(),
+            request_hash: text(row, 0, "request_hash")?,
+            created_at: time(row, 1, "created_at")?,
+            expires_at: time(row, 2, "expires_at")?,
+            locked_until: time(row, 3, "locked_until")?,
+            response,
+        })
+    };
+    decode().map(Some).map_err(|f| {
+        within(format!("idempotency record {scope:?}/{key:?}"))(f).at(&unknown_thread(), None)
+    })
+}
+
+fn decode_api_key(row: &Row<'_>) -> Result<ApiKeyRecord, Fault> {
+    let key_id =
+        text(row, 0, "key_id").map_err(|f| within("api key")(f).at(&unknown_thread(), None))?;
+    let decode = || -> Result<ApiKeyRecord, Fault> {
+        Ok(ApiKeyRecord {
+            key_id: key_id.clone(),
+            name: text(row, 1, "name")?,
+            role: text(row, 2, "role")?,
+            secret_hash: text(row, 3, "secret_hash")?,
+            created_at: time(row, 4, "created_at")?,
+            revoked_at: opt_int(row, 5, "revoked_at")?.map(Timestamp),
+        })
+    };
+    decode().map_err(|f| within(format!("api key `{key_id}`"))(f).at(&unknown_thread(), None))
+}
+
+/// Reads an API key by id.
+pub(crate) fn api_key(conn: &Connection, key_id: &str) -> Result<Option<ApiKeyRecord>, Fault> {
+    let mut stmt = conn.prepare_cached(queries::API_KEY_BY_ID)?;
+    let mut rows = stmt.query(params![key_id])?;
+    match rows.next()? {
+        None => Ok(None),
+        Some(row) => decode_api_key(row).map(Some),
+    }
+}
+
+/// Whether an API key id is taken.
+pub(crate) fn api_key_exists(conn: &Connection, key_id: &str) -> Result<bool, Fault> {
+    Ok(conn
+        .prepare_cached(queries::API_KEY_EXISTS)?
+        .exists(params![key_id])?)
+}
+
+/// Every API key, oldest first.
+pub(crate) fn api_keys(conn: &Connection) -> Result<Vec<ApiKeyRecord>, Fault> {
+    let mut stmt = conn.prepare_cached(queries::API_KEYS)?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(decode_api_key(row)?);
+    }
+    Ok(out)
+}
+
+/// Lists audit entries, oldest first.
+pub(crate) fn audit(conn: &Connection, filter: &AuditFilter) -> Result<Vec<AuditRecord>, Fault> {
+    let (sql, values) = queries::audit(filter);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params_from_iter(values))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let id =
+            int(row, 0, "id").map_err(|f| within("audit entry")(f).at(&unknown_thread(), None))?;
+        let decode = || -> Result<AuditRecord, Fault> {
+            let status = int(row, 7, "status")?;
+            Ok(AuditRecord {
+                id: u64::try_from(id)
+                    .map_err(|_| Fault::Bad(format!("column `id`: {id} is negative")))?,
+                at: time(row, 1, "at")?,
+                actor: text(row, 2, "actor")?,
+                role: text(row, 3, "role")?,
+                action: text(row, 4, "action")?,
+                target: opt_text(row, 5, "target")?,
+                request_id: text(row, 6, "request_id")?,
+                status: u16::try_from(status)
+                    .map_err(|_| Fault::Bad(format!("column `status`: {status} is not HTTP")))?,
+                outcome: text(row, 8, "outcome")?,
+                details: opt_payload(row, 9, "details")?,
+            })
+        };
+        out.push(
+            decode()
+                .map_err(|f| within(format!("audit entry {id}"))(f).at(&unknown_thread(), None))?,
+        );
+    }
+    Ok(out)
 }

@@ -142,8 +142,99 @@ CREATE UNIQUE INDEX deliveries_by_idem_key ON deliveries (thread_key, idem_key)
     WHERE idem_key IS NOT NULL;
 "#;
 
+/// Version 2: what a server keeps beside the threads — run priority, metadata, readiness
+/// and leases (with fencing epochs), idempotency records, API keys and the audit log.
+///
+/// `ready_at` is when a worker may claim the run (`oris_core::store::plan_claim`); `wake_at`
+/// stays what it was (the `until` of a waiting run, for `due_runs`). Existing runs get the
+/// `ready_at` the rules give them: a queued run at its creation, a waiting run at its
+/// wake-up time or at the earliest pending delivery it waits for, an interrupted run whose
+/// open interrupts are all answered at the last answer.
+const V2: &str = r#"
+ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+-- A JSON object of strings (caller-supplied labels), as sent.
+ALTER TABLE runs ADD COLUMN metadata TEXT;
+-- When a worker may claim the run (ms since the epoch); NULL: not claimable.
+ALTER TABLE runs ADD COLUMN ready_at INTEGER;
+-- The fencing epoch of the latest claim (0: never claimed); only ever increases.
+ALTER TABLE runs ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0 CHECK (lease_epoch >= 0);
+ALTER TABLE runs ADD COLUMN lease_worker TEXT;
+ALTER TABLE runs ADD COLUMN lease_expires INTEGER
+    CHECK ((lease_worker IS NULL) = (lease_expires IS NULL));
+
+UPDATE runs SET ready_at = created_at WHERE status = 'queued';
+UPDATE runs SET ready_at = coalesce(
+    min(wake_at, (SELECT min(d.sent_at) FROM deliveries d
+                  WHERE d.thread_key = runs.thread_key AND d.consumed_seq IS NULL
+                    AND d.name IN (SELECT value FROM json_each(runs.status_data, '$.events')))),
+    wake_at,
+    (SELECT min(d.sent_at) FROM deliveries d
+     WHERE d.thread_key = runs.thread_key AND d.consumed_seq IS NULL
+       AND d.name IN (SELECT value FROM json_each(runs.status_data, '$.events'))))
+WHERE status = 'waiting';
+UPDATE runs SET ready_at = (SELECT max(i.answered_at) FROM interrupts i
+                            WHERE i.run_key = runs.key AND i.applied_seq IS NULL)
+WHERE status = 'interrupted'
+  AND EXISTS (SELECT 1 FROM interrupts i WHERE i.run_key = runs.key AND i.applied_seq IS NULL)
+  AND NOT EXISTS (SELECT 1 FROM interrupts i
+                  WHERE i.run_key = runs.key AND i.applied_seq IS NULL AND i.answer IS NULL);
+
+-- Claimable runs, by priority then readiness: a claim seeks the highest priority present,
+-- then reads that priority's runs ready by now in order, and stops at its limit. Only
+-- runs with a `ready_at` are in it (not finished ones, nor interrupted ones awaiting
+-- answers), so the index stays as small as the backlog.
+CREATE INDEX runs_ready ON runs (priority, ready_at, run_id) WHERE ready_at IS NOT NULL;
+
+-- Open interrupts only (applied ones cost nothing here): the listing of open interrupts
+-- in id order, and a run's open interrupts when an answer may make it ready.
+CREATE INDEX interrupts_open ON interrupts (interrupt_id) WHERE applied_seq IS NULL;
+CREATE INDEX interrupts_open_by_run ON interrupts (run_key) WHERE applied_seq IS NULL;
+
+-- A stored response per (caller, idempotency key). `status`/`body` are the response, NULL
+-- while the first request is in flight (until `locked_until`). Purged after `expires_at`.
+CREATE TABLE idempotency (
+    scope        TEXT    NOT NULL,
+    key          TEXT    NOT NULL,
+    request_hash TEXT    NOT NULL,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    locked_until INTEGER NOT NULL,
+    status       INTEGER CHECK (status BETWEEN 0 AND 65535),
+    body         TEXT,
+    PRIMARY KEY (scope, key),
+    CHECK ((status IS NULL) = (body IS NULL))
+) WITHOUT ROWID;
+
+CREATE INDEX idempotency_expiry ON idempotency (expires_at);
+
+-- API keys: the secret is never stored, only its keyed hash. `key` is creation order.
+CREATE TABLE api_keys (
+    key         INTEGER PRIMARY KEY,
+    key_id      TEXT    NOT NULL UNIQUE,
+    name        TEXT    NOT NULL,
+    role        TEXT    NOT NULL,
+    secret_hash TEXT    NOT NULL,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+
+-- The audit log. AUTOINCREMENT: an id is never handed out twice, even after deletions.
+CREATE TABLE audit (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    at         INTEGER NOT NULL,
+    actor      TEXT    NOT NULL,
+    role       TEXT    NOT NULL,
+    action     TEXT    NOT NULL,
+    target     TEXT,
+    request_id TEXT    NOT NULL,
+    status     INTEGER NOT NULL CHECK (status BETWEEN 0 AND 65535),
+    outcome    TEXT    NOT NULL,
+    details    TEXT
+);
+"#;
+
 /// The migrations, in order; `MIGRATIONS[i]` upgrades version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this code writes and understands.
 pub const LATEST: i64 = MIGRATIONS.len() as i64;
@@ -154,6 +245,12 @@ pub const LATEST: i64 = MIGRATIONS.len() as i64;
 /// [`Error::Incompatible`] when the database is newer than this code, [`Error::Unavailable`]
 /// on an SQLite error.
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
+    migrate_to(conn, path, LATEST)
+}
+
+/// Brings the database to version `target` (at most [`LATEST`]; tests build databases of
+/// older versions with it).
+fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Result<(), Error> {
     let sql = |e: rusqlite::Error| Error::Unavailable(format!("migrating {}: {e}", path.display()));
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -174,11 +271,17 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
             path.display()
         )));
     }
-    for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    let target = target.clamp(version, LATEST);
+    for (i, step) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(target as usize)
+        .skip(version as usize)
+    {
         tx.execute_batch(step).map_err(sql)?;
         tracing::info!(path = %path.display(), version = i + 1, "sqlite schema migrated");
     }
-    tx.pragma_update(None, "user_version", LATEST)
+    tx.pragma_update(None, "user_version", target)
         .map_err(sql)?;
     tx.commit().map_err(sql)
 }
@@ -226,6 +329,192 @@ mod tests {
         for code in listed {
             assert!(kind_from_code(code).is_some(), "code {code}");
         }
+    }
+
+    /// A run row of schema version 1: key, status, created_at, wake_at.
+    fn v1_run(conn: &Connection, key: i64, status: &oris_core::status::RunStatus, created: i64) {
+        let (kind, data) = status.to_columns().unwrap();
+        let mut id = [0u8; 16];
+        id[15] = key as u8;
+        id[6] = 0x70; // a version-7 UUID
+        id[8] = 0x80;
+        conn.execute(
+            "INSERT INTO threads (key, thread_id, graph, head, created_at, updated_at)
+             VALUES (?1, 't' || ?1, 'g', 1, ?2, ?2)",
+            rusqlite::params![key, created],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO runs (key, run_id, thread_key, graph, graph_version, status, status_data,
+                               first_seq, created_at, updated_at, wake_at)
+             VALUES (?1, ?2, ?1, 'g', '1', ?3, ?4, 1, ?5, ?5, ?6)",
+            rusqlite::params![
+                key,
+                id,
+                kind,
+                data,
+                created,
+                oris_core::store::wake_at(status).map(|t| t.0)
+            ],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE threads SET active_run_key = ?1, last_run_key = ?1 WHERE key = ?1",
+            [key],
+        )
+        .unwrap();
+    }
+
+    fn v1_interrupt(conn: &Connection, run: i64, n: u8, answered: Option<i64>, applied: bool) {
+        let mut id = [0u8; 16];
+        id[0] = run as u8;
+        id[15] = n;
+        conn.execute(
+            "INSERT INTO interrupts (interrupt_id, thread_key, run_key, node, payload, raised_seq,
+                                     raised_at, answer, answered_at, applied_seq)
+             VALUES (?1, ?2, ?2, 'n', '1', 1, 10, ?3, ?4, ?5)",
+            rusqlite::params![
+                id,
+                run,
+                answered.map(|_| "true"),
+                answered,
+                applied.then_some(2)
+            ],
+        )
+        .unwrap();
+    }
+
+    fn v1_delivery(conn: &Connection, thread: i64, n: u8, name: &str, sent: i64, consumed: bool) {
+        let mut id = [0u8; 16];
+        id[0] = thread as u8;
+        id[15] = n;
+        conn.execute(
+            "INSERT INTO deliveries (delivery_id, thread_key, name, payload, sent_at, consumed_seq)
+             VALUES (?1, ?2, ?3, '{}', ?4, ?5)",
+            rusqlite::params![id, thread, name, sent, consumed.then_some(2)],
+        )
+        .unwrap();
+    }
+
+    /// A database written by the previous version (1) is upgraded in place on open: its
+    /// rows stay, runs get the readiness the rules give them, and the store works on them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_1_database_migrates_in_place_on_open() {
+        use oris_core::id::{InterruptId, Timestamp};
+        use oris_core::status::{PendingInterrupt, RunStatus};
+        use oris_core::store::{ClaimRequest, RunFilter, Store};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "journal_mode", "wal").unwrap();
+            migrate_to(&mut conn, &path, 1).unwrap();
+            let v: i64 = conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            assert_eq!(v, 1);
+            let waiting = |until: Option<i64>, events: &[&str]| RunStatus::Waiting {
+                until: until.map(Timestamp),
+                events: events.iter().map(|e| (*e).to_owned()).collect(),
+            };
+            let interrupted = RunStatus::Interrupted {
+                interrupts: vec![PendingInterrupt {
+                    interrupt_id: InterruptId::generate(),
+                    node: "n".into(),
+                    payload: serde_json::json!(1),
+                }],
+            };
+            v1_run(&conn, 1, &RunStatus::Queued, 1_000);
+            v1_run(&conn, 2, &RunStatus::Running, 1_100);
+            // Waits until 5,000 or for `go`, which arrived at 3,000 (the `go` of 2,000 was
+            // consumed, `other` is not waited for).
+            v1_run(&conn, 3, &waiting(Some(5_000), &["go"]), 1_200);
+            v1_delivery(&conn, 3, 1, "other", 1_500, false);
+            v1_delivery(&conn, 3, 2, "go", 2_000, true);
+            v1_delivery(&conn, 3, 3, "go", 3_000, false);
+            v1_run(&conn, 4, &waiting(Some(7_000), &[]), 1_300);
+            // Both open interrupts answered (the last at 4,500); a third was applied.
+            v1_run(&conn, 5, &interrupted, 1_400);
+            v1_interrupt(&conn, 5, 1, Some(4_000), false);
+            v1_interrupt(&conn, 5, 2, Some(4_500), false);
+            v1_interrupt(&conn, 5, 3, Some(100), true);
+            // One open interrupt still unanswered: not ready.
+            v1_run(&conn, 6, &interrupted, 1_500);
+            v1_interrupt(&conn, 6, 1, Some(4_000), false);
+            v1_interrupt(&conn, 6, 2, None, false);
+            v1_run(
+                &conn,
+                7,
+                &RunStatus::Cancelled { reason: "x".into() },
+                1_600,
+            );
+            // Waits for `x` only, which arrived at 2,500.
+            v1_run(&conn, 8, &waiting(None, &["x"]), 1_700);
+            v1_delivery(&conn, 8, 1, "x", 2_500, false);
+            v1_run(&conn, 9, &waiting(None, &["y"]), 1_800);
+        }
+
+        let store = crate::SqliteStore::open(&path, crate::SqliteOptions::default())
+            .await
+            .unwrap();
+        let runs = store.runs(&RunFilter::default()).await.unwrap();
+        let ready: Vec<(i64, Option<i64>)> = runs
+            .iter()
+            .map(|r| (r.created_at.0, r.ready_at.map(|t| t.0)))
+            .collect();
+        assert_eq!(
+            ready,
+            vec![
+                (1_000, Some(1_000)),
+                (1_100, None),
+                (1_200, Some(3_000)),
+                (1_300, Some(7_000)),
+                (1_400, Some(4_500)),
+                (1_500, None),
+                (1_600, None),
+                (1_700, Some(2_500)),
+                (1_800, None),
+            ]
+        );
+        for r in &runs {
+            assert_eq!(
+                (r.priority, &r.metadata, r.lease_epoch, &r.lease),
+                (0, &None, 0, &None)
+            );
+        }
+
+        // Claimable in readiness order; the queued one starts running.
+        let claimed = store
+            .claim(&ClaimRequest {
+                worker_id: "w".into(),
+                now: Timestamp(10_000),
+                ttl: std::time::Duration::from_secs(30),
+                limit: 10,
+                graphs: vec![],
+            })
+            .await
+            .unwrap();
+        let order: Vec<i64> = claimed.iter().map(|r| r.created_at.0).collect();
+        assert_eq!(order, vec![1_000, 1_700, 1_200, 1_400, 1_300]);
+        assert_eq!(claimed[0].status, RunStatus::Running);
+        assert!(claimed.iter().all(|r| r.lease_epoch == 1));
+        drop(store);
+
+        let conn = Connection::open(&path).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, LATEST);
+        let (threads, deliveries, interrupts): (i64, i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM threads), (SELECT count(*) FROM deliveries),
+                        (SELECT count(*) FROM interrupts)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((threads, deliveries, interrupts), (9, 4, 5));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Group commit on the one write connection: the queue, the leader and the writer thread.
 //!
-//! Requests (commits, snapshot deletions, interrupt answers, deliveries, size measures) go
-//! into one queue. Whoever serves it takes everything queued (up to `max_group`) and
+//! Requests (commits, snapshot deletions, interrupt answers, deliveries, claims and lease
+//! changes, idempotency records, API keys, audit entries, size measures) go into one queue. Whoever serves it takes everything queued (up to `max_group`) and
 //! applies the writes in one `BEGIN IMMEDIATE … COMMIT`, so N concurrent runs share one
 //! fsync. Each write runs inside
 //! its own `SAVEPOINT`: one that fails validation (a conflict, a refused transition) is
@@ -27,18 +27,21 @@
 //! Durability: a group that contains a `Sync` or `Exit` commit runs with
 //! `synchronous=FULL` (the WAL is fsynced at `COMMIT`); a group of `Batched` commits only
 //! runs with `synchronous=NORMAL` (the WAL is written, not fsynced: it survives a process
-//! crash, not a power loss).
+//! crash, not a power loss). Other writes decide by [`Write::needs_fsync`].
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use oris_core::event::{Durability, Event, EventRow, Payload};
 use oris_core::id::{DeliveryId, InterruptId, RunId, Seq, ThreadId, Timestamp};
+use oris_core::status::RunStatus;
 use oris_core::store::{
-    Answer, Commit, Delivery, Error, InterruptRecord, Receipt, RunWrite, check_prune,
-    check_redelivery, consumed_deliveries, interrupt_effects, plan_answer, plan_commit, wake_at,
+    Answer, ApiKeyRecord, AuditRecord, ClaimRequest, Commit, Delivery, Error, Fence,
+    IdempotencyRecord, InterruptRecord, Receipt, Reservation, RunRecord, RunWrite, StoredResponse,
+    ThreadRecord, check_prune, check_redelivery, consumed_deliveries, interrupt_effects,
+    plan_answer, plan_commit, ready_on_answer, ready_on_delivery, wake_at,
 };
 use rusqlite::{Connection, ErrorCode, params};
 use tokio::sync::oneshot;
@@ -103,6 +106,65 @@ pub(crate) enum Write {
         at: Timestamp,
         reply: oneshot::Sender<Result<(Delivery, bool), Error>>,
     },
+    /// Claim ready runs for a worker.
+    Claim {
+        request: Box<ClaimRequest>,
+        reply: oneshot::Sender<Result<Vec<RunRecord>, Error>>,
+    },
+    /// Extend a lease.
+    RenewLease {
+        fence: Fence,
+        worker_id: String,
+        now: Timestamp,
+        ttl: Duration,
+        reply: oneshot::Sender<Result<RunRecord, Error>>,
+    },
+    /// Hand a leased run back.
+    ReleaseLease {
+        fence: Fence,
+        now: Timestamp,
+        reply: oneshot::Sender<Result<RunRecord, Error>>,
+    },
+    /// Reserve an idempotency key.
+    ReserveIdempotency {
+        candidate: Box<IdempotencyRecord>,
+        now: Timestamp,
+        reply: oneshot::Sender<Result<Reservation, Error>>,
+    },
+    /// Store the response of a reserved idempotency key.
+    CompleteIdempotency {
+        scope: String,
+        key: String,
+        response: StoredResponse,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    /// Drop an unfinished reservation.
+    ReleaseIdempotency {
+        scope: String,
+        key: String,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    /// Delete expired idempotency records.
+    PurgeIdempotency {
+        now: Timestamp,
+        reply: oneshot::Sender<Result<u64, Error>>,
+    },
+    /// Store a new API key.
+    CreateApiKey {
+        key: Box<ApiKeyRecord>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    /// Revoke an API key.
+    RevokeApiKey {
+        key_id: String,
+        at: Timestamp,
+        reply: oneshot::Sender<Result<bool, Error>>,
+    },
+    /// Append to the audit log.
+    AppendAudit {
+        record: Box<AuditRecord>,
+        reply: oneshot::Sender<Result<u64, Error>>,
+    },
 }
 
 /// What a write did, before it is sent to its caller.
@@ -118,6 +180,16 @@ enum Done {
     Answered(Answer, InterruptRecord),
     /// A delivery, and whether it is new.
     Delivered(Delivery, bool),
+    /// Claimed runs.
+    Claimed(Vec<RunRecord>),
+    /// A run after a lease change.
+    Run(Box<RunRecord>),
+    /// A reservation's outcome.
+    Reserved(Reservation),
+    /// Whether something changed.
+    Flag(bool),
+    /// An assigned id.
+    Id(u64),
 }
 
 impl Write {
@@ -129,7 +201,17 @@ impl Write {
             | Write::Deliver { thread_id, .. }
             | Write::DeleteThread { thread_id, .. }
             | Write::Prune { thread_id, .. } => Some(thread_id),
-            Write::AnswerInterrupt { .. } => None,
+            Write::AnswerInterrupt { .. }
+            | Write::Claim { .. }
+            | Write::RenewLease { .. }
+            | Write::ReleaseLease { .. }
+            | Write::ReserveIdempotency { .. }
+            | Write::CompleteIdempotency { .. }
+            | Write::ReleaseIdempotency { .. }
+            | Write::PurgeIdempotency { .. }
+            | Write::CreateApiKey { .. }
+            | Write::RevokeApiKey { .. }
+            | Write::AppendAudit { .. } => None,
         }
     }
 
@@ -150,6 +232,20 @@ impl Write {
             Write::AnswerInterrupt { .. } => false,
             // A delivery is acknowledged to its sender before anything else is written.
             Write::Deliver { .. } => true,
+            // Leases, idempotency records and the audit log ride on the group's
+            // transaction: once `COMMIT` returned they are in the WAL (a process kill
+            // cannot lose them), and the next fsync of the sequential WAL — the next
+            // durable commit — makes them survive a power loss too. See `crate::control`.
+            Write::Claim { .. }
+            | Write::RenewLease { .. }
+            | Write::ReleaseLease { .. }
+            | Write::ReserveIdempotency { .. }
+            | Write::CompleteIdempotency { .. }
+            | Write::ReleaseIdempotency { .. }
+            | Write::PurgeIdempotency { .. }
+            | Write::AppendAudit { .. } => false,
+            // Rare, and a revoked key must stay revoked whatever happens next.
+            Write::CreateApiKey { .. } | Write::RevokeApiKey { .. } => true,
         }
     }
 
@@ -197,6 +293,50 @@ impl Write {
             Write::Deliver { reply, .. } => {
                 let _ = reply.send(outcome.and_then(|o| match o {
                     Done::Delivered(d, new) => Ok((d, new)),
+                    o => mismatch(o),
+                }));
+            }
+            Write::Claim { reply, .. } => {
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    Done::Claimed(runs) => Ok(runs),
+                    o => mismatch(o),
+                }));
+            }
+            Write::RenewLease { reply, .. } | Write::ReleaseLease { reply, .. } => {
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    Done::Run(run) => Ok(*run),
+                    o => mismatch(o),
+                }));
+            }
+            Write::ReserveIdempotency { reply, .. } => {
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    Done::Reserved(r) => Ok(r),
+                    o => mismatch(o),
+                }));
+            }
+            Write::CompleteIdempotency { reply, .. }
+            | Write::ReleaseIdempotency { reply, .. }
+            | Write::CreateApiKey { reply, .. } => {
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    Done::Unit => Ok(()),
+                    o => mismatch(o),
+                }));
+            }
+            Write::PurgeIdempotency { reply, .. } => {
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    Done::Deleted(n) => Ok(n),
+                    o => mismatch(o),
+                }));
+            }
+            Write::RevokeApiKey { reply, .. } => {
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    Done::Flag(b) => Ok(b),
+                    o => mismatch(o),
+                }));
+            }
+            Write::AppendAudit { reply, .. } => {
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    Done::Id(id) => Ok(id),
                     o => mismatch(o),
                 }));
             }
@@ -584,6 +724,41 @@ impl Writer {
                 } => self
                     .deliver(thread_id, name, payload, key.as_deref(), *at)
                     .map(|(d, new)| Done::Delivered(d, new)),
+                Write::Claim { request, .. } => self.claim(request).map(Done::Claimed),
+                Write::RenewLease {
+                    fence,
+                    worker_id,
+                    now,
+                    ttl,
+                    ..
+                } => self
+                    .renew_lease(fence, worker_id, *now, *ttl)
+                    .map(|r| Done::Run(Box::new(r))),
+                Write::ReleaseLease { fence, now, .. } => self
+                    .release_lease(fence, *now)
+                    .map(|r| Done::Run(Box::new(r))),
+                Write::ReserveIdempotency { candidate, now, .. } => self
+                    .reserve_idempotency(candidate, *now)
+                    .map(Done::Reserved),
+                Write::CompleteIdempotency {
+                    scope,
+                    key,
+                    response,
+                    ..
+                } => self
+                    .complete_idempotency(scope, key, response)
+                    .map(|()| Done::Unit),
+                Write::ReleaseIdempotency { scope, key, .. } => {
+                    self.release_idempotency(scope, key).map(|()| Done::Unit)
+                }
+                Write::PurgeIdempotency { now, .. } => {
+                    self.purge_idempotency(*now).map(Done::Deleted)
+                }
+                Write::CreateApiKey { key, .. } => self.create_api_key(key).map(|()| Done::Unit),
+                Write::RevokeApiKey { key_id, at, .. } => {
+                    self.revoke_api_key(key_id, *at).map(Done::Flag)
+                }
+                Write::AppendAudit { record, .. } => self.append_audit(record).map(Done::Id),
             };
             match result {
                 Ok(value) => {
@@ -626,10 +801,16 @@ impl Writer {
         let conn = &self.conn;
         let tid = &c.thread_id;
         let stored = read::thread(conn, tid)?;
-        let stored_run = match &c.run {
-            Some(RunWrite::SetStatus { run_id, .. }) => read::run(conn, *run_id)?,
-            _ => None,
+        // The run whose status changes, or else the one the commit is fenced on.
+        let load = match &c.run {
+            Some(RunWrite::SetStatus { run_id, .. }) => Some(*run_id),
+            _ => c.fence.map(|f| f.run_id),
         };
+        let stored_run = match load {
+            Some(id) => read::run(conn, id)?,
+            None => None,
+        };
+        fence_writer(c, stored.as_ref().map(|s| &s.record))?;
         let now = Timestamp::now();
         let plan = plan_commit(
             c,
@@ -701,7 +882,10 @@ impl Writer {
                     first_seq,
                     run.created_at.0,
                     run.updated_at.0,
-                    wake_at(&run.status).map(|t| t.0)
+                    wake_at(&run.status).map(|t| t.0),
+                    run.priority,
+                    run.metadata.as_ref().map(Payload::json),
+                    run.ready_at.map(|t| t.0)
                 ])?;
                 Some(RunRef {
                     key: conn.last_insert_rowid(),
@@ -720,7 +904,10 @@ impl Writer {
                         kind,
                         data,
                         run.updated_at.0,
-                        wake_at(&run.status).map(|t| t.0)
+                        wake_at(&run.status).map(|t| t.0),
+                        run.ready_at.map(|t| t.0),
+                        run.lease.as_ref().map(|l| l.worker_id.as_str()),
+                        run.lease.as_ref().map(|l| l.expires_at.0)
                     ])?;
                 Some(RunRef {
                     key,
@@ -818,6 +1005,32 @@ impl Writer {
                     boundary,
                     s.created_at.0
                 ])?;
+        }
+
+        // A run that suspends becomes ready at once when what it waits for already arrived
+        // (an answer or a delivery that raced the suspension), read after this commit's own
+        // interrupt and delivery rows.
+        if let (Some(RunWrite::SetStatus { .. }), Some(run), Some(w)) = (&c.run, &plan.run, writer)
+        {
+            let ready = match &run.status {
+                RunStatus::Interrupted { .. } => {
+                    // Ready since the latest of the answers, if all are in.
+                    let open = read::open_interrupts_of_run(conn, w.key, tid)?;
+                    open.iter()
+                        .filter_map(|i| i.answer.as_ref().map(|(_, at)| *at))
+                        .max()
+                        .and_then(|at| ready_on_answer(run, &open, at))
+                }
+                RunStatus::Waiting { events, .. } if !events.is_empty() => {
+                    read::earliest_pending_delivery(conn, thread_key, tid, events)?
+                        .map(|at| run.ready_at.map_or(at, |r| r.min(at)))
+                }
+                _ => None,
+            };
+            if let Some(at) = ready.filter(|at| Some(*at) != run.ready_at) {
+                conn.prepare_cached(queries::SET_READY)?
+                    .execute(params![w.key, at.0])?;
+            }
         }
         Ok(Receipt {
             head: plan.thread.head,
@@ -923,6 +1136,18 @@ impl Writer {
                 conn.prepare_cached(queries::ANSWER_INTERRUPT)?
                     .execute(params![stored.key, value.json(), at.0])
                     .map_err(|e| refused(e, tid))?;
+                // The last open interrupt answered makes the run claimable.
+                if matches!(status, RunStatus::Interrupted { .. })
+                    && let Some(run) = read::run(conn, updated.run_id)?
+                {
+                    let open = read::open_interrupts_of_run(conn, run.key, tid)?;
+                    if let Some(ready) = ready_on_answer(&run.record, &open, at)
+                        && Some(ready) != run.record.ready_at
+                    {
+                        conn.prepare_cached(queries::SET_READY)?
+                            .execute(params![run.key, ready.0])?;
+                    }
+                }
                 Ok((Answer::Recorded, updated))
             }
         }
@@ -939,10 +1164,10 @@ impl Writer {
         at: Timestamp,
     ) -> Result<(Delivery, bool), Fault> {
         let conn = &self.conn;
-        let thread_key =
-            read::thread_key(conn, thread_id)?.ok_or_else(|| Error::ThreadNotFound {
-                thread_id: thread_id.clone(),
-            })?;
+        let stored = read::thread(conn, thread_id)?.ok_or_else(|| Error::ThreadNotFound {
+            thread_id: thread_id.clone(),
+        })?;
+        let thread_key = stored.key;
         if let Some(k) = key
             && let Some(existing) = read::delivery_by_idem_key(conn, thread_key, thread_id, k)?
         {
@@ -967,6 +1192,15 @@ impl Writer {
                 key,
                 at.0
             ])?;
+        // A run waiting for this event becomes claimable.
+        if let Some(active) = stored.active
+            && let Some(run) = read::run(conn, active.id)?
+            && let Some(ready) = ready_on_delivery(&run.record, name, at)
+            && Some(ready) != run.record.ready_at
+        {
+            conn.prepare_cached(queries::SET_READY)?
+                .execute(params![run.key, ready.0])?;
+        }
         Ok((delivery, true))
     }
 
@@ -981,6 +1215,30 @@ impl Writer {
             Ok(u64::try_from(pages.saturating_mul(page_size)).unwrap_or(0))
         };
         count().map_err(unavailable)
+    }
+}
+
+/// Checks that a fenced commit is written by the run its fence names: the run whose status
+/// it sets or, without a status change, the thread's active run (`thread` is the stored
+/// record). The same rule as `check_fence_writer` in `oris_core::store` (not exported by it
+/// yet): a lease on one run does not entitle its holder to write another run's events.
+fn fence_writer(commit: &Commit, thread: Option<&ThreadRecord>) -> Result<(), Error> {
+    let Some(fence) = &commit.fence else {
+        return Ok(());
+    };
+    let writer = match (&commit.run, thread) {
+        (Some(RunWrite::Create(_)), _) | (None, None) => return Ok(()),
+        (Some(RunWrite::SetStatus { run_id, .. }), _) => Some(*run_id),
+        (None, Some(t)) => t.active_run,
+    };
+    if writer == Some(fence.run_id) {
+        Ok(())
+    } else {
+        Err(Error::LeaseLost {
+            run_id: fence.run_id,
+            epoch: fence.epoch,
+            reason: "the lease names another run",
+        })
     }
 }
 

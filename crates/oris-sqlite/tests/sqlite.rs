@@ -967,6 +967,10 @@ async fn damaged_interrupt_and_delivery_rows_are_corrupt() -> TestResult {
 
     raw(
         &path,
+        "CREATE TABLE kept AS SELECT key, status_data FROM runs",
+    );
+    raw(
+        &path,
         "UPDATE runs SET status_data = '{\"status\":\"paused\"}'",
     );
     // Reading an interrupt does not need its run's status; answering one does.
@@ -979,6 +983,24 @@ async fn damaged_interrupt_and_delivery_rows_are_corrupt() -> TestResult {
     );
     assert_eq!(thread, "t");
     assert!(detail.contains("`status_data`"), "{detail}");
+    // A delivery may make the thread's active run ready, so it reads its status too.
+    let (thread, _, detail) = corrupt(
+        store
+            .deliver(&tid("t"), "other", json("{}"), None, Timestamp(3))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(thread, "t");
+    assert!(detail.contains("`status_data`"), "{detail}");
+    raw(
+        &path,
+        "UPDATE runs SET status_data = (SELECT status_data FROM kept WHERE kept.key = runs.key)",
+    );
+    assert_eq!(
+        store.deliveries(&tid("t"), false).await?.len(),
+        1,
+        "nothing delivered"
+    );
 
     raw(&path, "UPDATE interrupts SET interrupt_id = X'0102'");
     let (thread, _, detail) = corrupt(store.interrupts(&tid("t")).await.unwrap_err());
