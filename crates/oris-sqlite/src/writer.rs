@@ -40,8 +40,8 @@ use oris_core::status::RunStatus;
 use oris_core::store::{
     Answer, ApiKeyRecord, AuditRecord, ClaimRequest, Commit, Delivery, Error, Fence,
     IdempotencyRecord, InterruptRecord, Receipt, Reservation, RunRecord, RunWrite, StoredResponse,
-    ThreadRecord, check_prune, check_redelivery, consumed_deliveries, interrupt_effects,
-    plan_answer, plan_commit, ready_on_answer, ready_on_delivery, wake_at,
+    check_prune, check_redelivery, consumed_deliveries, interrupt_effects, plan_answer,
+    plan_commit, ready_on_answer, ready_on_delivery, wake_at,
 };
 use rusqlite::{Connection, ErrorCode, params};
 use tokio::sync::oneshot;
@@ -810,7 +810,6 @@ impl Writer {
             Some(id) => read::run(conn, id)?,
             None => None,
         };
-        fence_writer(c, stored.as_ref().map(|s| &s.record))?;
         let now = Timestamp::now();
         let plan = plan_commit(
             c,
@@ -1215,30 +1214,6 @@ impl Writer {
             Ok(u64::try_from(pages.saturating_mul(page_size)).unwrap_or(0))
         };
         count().map_err(unavailable)
-    }
-}
-
-/// Checks that a fenced commit is written by the run its fence names: the run whose status
-/// it sets or, without a status change, the thread's active run (`thread` is the stored
-/// record). The same rule as `check_fence_writer` in `oris_core::store` (not exported by it
-/// yet): a lease on one run does not entitle its holder to write another run's events.
-fn fence_writer(commit: &Commit, thread: Option<&ThreadRecord>) -> Result<(), Error> {
-    let Some(fence) = &commit.fence else {
-        return Ok(());
-    };
-    let writer = match (&commit.run, thread) {
-        (Some(RunWrite::Create(_)), _) | (None, None) => return Ok(()),
-        (Some(RunWrite::SetStatus { run_id, .. }), _) => Some(*run_id),
-        (None, Some(t)) => t.active_run,
-    };
-    if writer == Some(fence.run_id) {
-        Ok(())
-    } else {
-        Err(Error::LeaseLost {
-            run_id: fence.run_id,
-            epoch: fence.epoch,
-            reason: "the lease names another run",
-        })
     }
 }
 
