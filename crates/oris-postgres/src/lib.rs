@@ -10,12 +10,32 @@
 //! process, so 32 concurrent runs use up to [`PostgresOptions::pool_size`] connections in
 //! parallel. Two writers of one thread — in one process or in many — are serialized by a
 //! row lock on the thread (`SELECT … FOR NO KEY UPDATE`), taken before the head is
-//! compared: the second sees the first's head and fails with
-//! [`Error::Conflict`](oris_core::store::Error::Conflict); history never forks. Every
-//! commit is validated by [`plan_commit`](oris_core::store::plan_commit) on the rows read
-//! in its own transaction. Serialization failures and deadlocks (`40001`, `40P01`) and a
-//! connection found broken before `COMMIT` re-run the transaction a few times, then give
-//! [`Error::Unavailable`](oris_core::store::Error::Unavailable).
+//! compared: the second sees the first's head and fails with [`Error::Conflict`]; history
+//! never forks. Every commit is validated by
+//! [`plan_commit`](oris_core::store::plan_commit) on the rows read in its own transaction.
+//! Serialization failures and deadlocks (`40001`, `40P01`) and a connection found broken
+//! before `COMMIT` re-run the transaction a few times, then give [`Error::Unavailable`].
+//!
+//! Writers that touch a run lock its row (`FOR NO KEY UPDATE`), always after the thread's
+//! row and before interrupt rows, so they do not deadlock each other: a commit changing a
+//! run's status or fenced by its lease, a renewal or release, an answer to one of its
+//! interrupts, a delivery to its thread. Readiness is therefore never lost to a race: an
+//! answer (or delivery) and the commit suspending the run on it are serialized on the run's
+//! row, and whichever comes second sees the other's write.
+//!
+//! # Claims and leases
+//! [`Store::claim`] is one statement: a CTE takes the ready runs in claim order (priority,
+//! then `ready_at`, then run id) from the partial index `runs_claim`, locks them `FOR NO KEY
+//! UPDATE SKIP LOCKED` — concurrent claimers, in any number of processes, neither wait for
+//! each other nor take the same run, and a run a commit holds is skipped, not waited for —
+//! and an `UPDATE` applies the core's `plan_claim`. The statement returns each run before
+//! and after; the transaction checks every pair against `plan_claim` and rolls the claim
+//! back ([`Error::Corrupt`]) on any disagreement, so the SQL cannot drift from the rule.
+//! A claim reads the index entries of ready runs plus, when fewer than `limit` are ready,
+//! the entries of runs not ready yet (leased or sleeping) of the priorities it scans: an
+//! idle poll costs one scan of the index entries of leased and sleeping runs, without
+//! touching the table. A fenced commit checks its lease (`plan_commit`) on the run's
+//! locked row in its own transaction; a lost lease writes nothing.
 //!
 //! # Durability
 //! `Sync` and `Exit` commits return once PostgreSQL committed them with its configured
@@ -24,19 +44,30 @@
 //! Oris process, and may be lost (never half-applied) if the PostgreSQL server crashes
 //! within ~3× `wal_writer_delay`.
 //!
+//! Claims, renewals, releases, stored idempotent responses and API-key changes are
+//! durable when they return (a claim lost in a server crash could hand its epoch out
+//! twice). Idempotency reservations, their release and purge, and audit entries run with
+//! `synchronous_commit = off`: the trait only asks them to be durable with the next durable
+//! commit, which they are — the WAL is flushed in order, so any later durable commit of any
+//! session flushes them too (and the work a reservation guards makes one).
+//!
 //! # Wake-ups
-//! Every commit that creates a run or changes its status, every recorded interrupt answer
-//! and every new delivery sends `NOTIFY oris_changed, '<thread_id>'` from inside its
-//! transaction (the channel is `oris_changed.<schema>` for a schema other than `public`) (so it is delivered at `COMMIT`, and never for a rolled-back write).
-//! [`PostgresStore::listen`] opens a dedicated `LISTEN` connection and yields the thread
+//! Every commit that creates a run (a queued run: ready at once) or changes its status,
+//! every recorded interrupt answer, every new delivery and every released lease sends
+//! `NOTIFY oris_changed, '<thread_id>'` from inside its transaction, so it is delivered at
+//! `COMMIT`, and never for a rolled-back write. The channel is `oris_changed.<schema>` for
+//! a schema other than `public`; the payload is the thread id, nothing else (listeners
+//! re-read what they need; a claimer simply claims). Claims and renewals send nothing. A
+//! server's workers can so sleep until a wake-up or their next due time instead of polling
+//! often. [`PostgresStore::listen`] opens a dedicated `LISTEN` connection and yields the thread
 //! ids; it reconnects after the server restarts and says so ([`Wake::Reconnected`]).
 //!
 //! # Migrations
 //! The schema is versioned in `oris_schema_migrations (version, applied_at)`.
 //! [`PostgresStore::connect`] applies pending migrations in one transaction under an
 //! advisory lock (two processes starting together do not both migrate); a database of a
-//! newer version is refused with [`Error::Incompatible`](oris_core::store::Error::Incompatible)
-//! naming both versions. [`PostgresStore::migrate`] does the same explicitly.
+//! newer version is refused with [`Error::Incompatible`] naming both versions.
+//! [`PostgresStore::migrate`] does the same explicitly.
 //!
 //! # Connection poolers and TLS
 //! [`PostgresOptions::statement_cache`] = `false` sends every statement unnamed (one
@@ -55,6 +86,8 @@
 //!   runner and its retry rules.
 //! - `read`: reading records back.
 //! - `write`: commits, answers, deliveries, deletion and pruning.
+//! - `control`: claims, lease renewals and releases, idempotency records, API keys and the
+//!   audit log.
 //! - `listen`: the `LISTEN` connection.
 //!
 //! # Example

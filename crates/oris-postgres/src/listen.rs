@@ -15,8 +15,8 @@ use crate::queries::quote_ident;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Wake {
-    /// A commit changed a run's status on this thread, or an interrupt of it was answered,
-    /// or an event was delivered to it.
+    /// A commit created a run on this thread or changed a run's status, an interrupt of it
+    /// was answered, an event was delivered to it, or a lease on its run was released.
     Changed(ThreadId),
     /// The listening connection was re-established after it broke: notifications sent
     /// meanwhile are lost, so whoever waits should look at the store again.

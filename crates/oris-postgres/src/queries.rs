@@ -602,7 +602,7 @@ fn unfinished_predicate() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oris_core::id::{RunId, ThreadId};
+    use oris_core::id::{RunId, ThreadId, Timestamp};
 
     #[test]
     fn schema_is_quoted_into_every_statement() {
@@ -648,5 +648,76 @@ mod tests {
         let text = runs(&sql, &RunFilter::unfinished());
         assert!(text.ends_with("LIMIT $1"), "{text}");
         assert!(text.contains(&unfinished_predicate()), "{text}");
+        let text = runs(
+            &sql,
+            &RunFilter {
+                graph: Some("g".into()),
+                created_from: Some(Timestamp(1)),
+                updated_to: Some(Timestamp(2)),
+                metadata: vec![("a".into(), "b".into()), ("c".into(), "d".into())],
+                ..Default::default()
+            },
+        );
+        assert!(text.contains("r.graph = $1"), "{text}");
+        assert!(text.contains("r.created_at >= $2"), "{text}");
+        assert!(text.contains("r.updated_at < $3"), "{text}");
+        assert!(text.contains("(r.metadata::jsonb ->> $4) = $5"), "{text}");
+        assert!(text.contains("(r.metadata::jsonb ->> $6) = $7"), "{text}");
+        assert!(text.ends_with("LIMIT $8"), "{text}");
+    }
+
+    #[test]
+    fn interrupt_and_audit_listings_number_their_parameters() {
+        let sql = Sql::new("public");
+        let text = interrupts(
+            &sql,
+            &InterruptFilter {
+                thread_id: Some(ThreadId::new("t").unwrap()),
+                graph: Some("g".into()),
+                open_only: true,
+                after: Some(oris_core::id::InterruptId::generate()),
+                limit: 3,
+            },
+        );
+        assert!(text.contains("thread_id = $1)"), "{text}");
+        assert!(text.contains("t.graph = $2"), "{text}");
+        assert!(text.contains("i.applied_seq IS NULL"), "{text}");
+        assert!(text.contains(&unfinished_predicate()), "{text}");
+        assert!(text.contains("i.interrupt_id > $3"), "{text}");
+        assert!(text.ends_with("LIMIT $4"), "{text}");
+        let text = interrupts(&sql, &InterruptFilter::default());
+        assert!(!text.contains("WHERE"), "{text}");
+        assert!(text.ends_with("LIMIT $1"), "{text}");
+        let text = audit(
+            &sql,
+            &AuditFilter {
+                after: Some(4),
+                actor: None,
+                action: Some("jobs.create".into()),
+                limit: 0,
+            },
+        );
+        assert!(text.contains("a.id > $1"), "{text}");
+        assert!(text.contains("a.action = $2"), "{text}");
+        assert!(!text.contains("a.actor ="), "{text}");
+        assert!(text.ends_with("LIMIT $3"), "{text}");
+    }
+
+    #[test]
+    fn claims_repeat_the_claim_index_predicate() {
+        let sql = Sql::new("public");
+        for text in [&sql.claim, &sql.claim_graphs] {
+            assert!(
+                text.contains(&format!(
+                    "r.ready_at IS NOT NULL AND {}",
+                    unfinished_predicate()
+                )),
+                "{text}"
+            );
+            assert!(text.contains("SKIP LOCKED"), "{text}");
+            assert!(!text.contains("$graphs"), "{text}");
+        }
+        assert!(!sql.claim.contains("$6"), "{}", sql.claim);
+        assert!(sql.claim_graphs.contains("unnest($6::text[], $7::text[])"));
     }
 }

@@ -13,7 +13,8 @@
 //!   small; run, interrupt and delivery ids are `uuid` (16 bytes, readable in `psql`).
 //! - JSON is stored as `text`, not `jsonb`: payloads must come back byte for byte
 //!   (`jsonb` reorders keys and drops whitespace). Large values are compressed by
-//!   PostgreSQL's TOAST (over ~2 KB), so snapshots need no compression of their own.
+//!   PostgreSQL's TOAST (over ~2 KB), so snapshots need no compression of their own. Run
+//!   metadata too; filters cast it to `jsonb` (`metadata::jsonb ->> $key = $value`).
 //! - `events` has no foreign keys: a foreign-key check is a trigger per inserted row, and
 //!   the log is the hottest table. The store is its only writer, deletes a thread's events
 //!   with the thread, and every read validates the row (a dangling run key is corrupt).
@@ -273,9 +274,13 @@ mod tests {
     use oris_core::status::StatusKind;
 
     fn check_list(marker: &str) -> Vec<String> {
-        let start = V1.find(marker).expect("marker in schema") + marker.len();
-        let end = start + V1[start..].find(')').expect("closing parenthesis");
-        V1[start..end]
+        check_list_in(V1, marker)
+    }
+
+    fn check_list_in(text: &str, marker: &str) -> Vec<String> {
+        let start = text.find(marker).expect("marker in schema") + marker.len();
+        let end = start + text[start..].find(')').expect("closing parenthesis");
+        text[start..end]
             .split(',')
             .map(|s| s.trim().trim_matches('\'').to_owned())
             .collect()
@@ -294,6 +299,11 @@ mod tests {
             .map(|k| k.as_str().to_owned())
             .collect();
         assert_eq!(check_list("WHERE status IN ("), unfinished);
+        // The claim index holds unfinished runs only.
+        assert_eq!(
+            check_list_in(V2, "WHERE ready_at IS NOT NULL AND status IN ("),
+            unfinished
+        );
     }
 
     #[test]

@@ -660,11 +660,11 @@ pub(crate) async fn answer_interrupt(
     at: Timestamp,
 ) -> Result<(Answer, InterruptRecord), Fault> {
     let uuid = interrupt_id.as_uuid();
-    let run_key: i64 = conn
+    // None when the interrupt or its run is missing: the read below tells which.
+    let run_key: Option<i64> = conn
         .query_opt(&sql.interrupt_run_for_update, &[(&uuid, Type::UUID)])
         .await?
-        .ok_or(Error::InterruptNotFound { interrupt_id })?
-        .get(0);
+        .map(|row| row.get(0));
     let stored = read::interrupt(conn, sql, interrupt_id, true)
         .await?
         .ok_or(Error::InterruptNotFound { interrupt_id })?;
@@ -681,7 +681,9 @@ pub(crate) async fn answer_interrupt(
             )
             .await?;
             let tid = &stored.record.thread_id;
-            if let Some(run) = read::run_by_key_locked(conn, sql, run_key).await? {
+            if let Some(run_key) = run_key
+                && let Some(run) = read::run_by_key_locked(conn, sql, run_key).await?
+            {
                 let interrupts = read::interrupts_of_run(conn, sql, run_key, tid).await?;
                 let ready = ready_on_answer(&run.record, &interrupts, at);
                 make_ready(conn, sql, run_key, &run.record, ready).await?;
