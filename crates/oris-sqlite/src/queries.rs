@@ -318,17 +318,19 @@ pub(crate) fn runs(filter: &RunFilter) -> (String, Vec<Value>) {
     }
     if !filter.metadata.is_empty() {
         // As `RunRecord::metadata_map`: metadata that is not an object of strings has no
-        // labels at all. Keys are bound, never spliced into a JSON path.
-        clauses.push(
-            "json_type(r.metadata) = 'object' AND NOT EXISTS \
-             (SELECT 1 FROM json_each(r.metadata) m WHERE m.type <> 'text')"
-                .to_owned(),
-        );
+        // labels at all. Keys are bound, never spliced into a JSON path. Damaged JSON has no
+        // labels either, rather than failing the listing (`CASE` evaluates in order; reading
+        // the row back reports it as corrupt).
+        const META: &str = "(CASE WHEN json_valid(r.metadata) THEN r.metadata END)";
+        clauses.push(format!(
+            "json_type{META} = 'object' AND NOT EXISTS \
+             (SELECT 1 FROM json_each{META} m WHERE m.type <> 'text')"
+        ));
         for (k, v) in &filter.metadata {
             params.push(Value::Text(k.clone()));
             params.push(Value::Text(v.clone()));
             clauses.push(format!(
-                "EXISTS (SELECT 1 FROM json_each(r.metadata) m WHERE m.key = ?{} AND m.value = ?{})",
+                "EXISTS (SELECT 1 FROM json_each{META} m WHERE m.key = ?{} AND m.value = ?{})",
                 params.len() - 1,
                 params.len()
             ));

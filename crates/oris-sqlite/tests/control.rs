@@ -415,6 +415,28 @@ async fn metadata_filters_agree_with_the_rule() -> TestResult {
         .await?;
     assert_eq!(rest.len(), 1);
     assert!(rest[0].run_id > first[0].run_id);
+
+    // Damaged metadata is no label to a filter, and corrupt to a plain read.
+    let damaged = all[1].run_id;
+    let conn = rusqlite::Connection::open(dir.path().join("oris.db"))?;
+    conn.execute(
+        "UPDATE runs SET metadata = '{\"team\":' WHERE run_id = ?1",
+        [damaged.as_uuid().as_bytes().to_vec()],
+    )?;
+    let got = store
+        .runs(&RunFilter {
+            metadata: pairs(&[("team", "a")]),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].run_id != damaged);
+    match store.run(damaged).await {
+        Err(oris_core::store::Error::Corrupt { detail, .. }) => {
+            assert!(detail.contains("`metadata`"), "{detail}")
+        }
+        other => panic!("{other:?}"),
+    }
     Ok(())
 }
 
