@@ -1,19 +1,25 @@
-//! Demo graphs that show the engine's behaviour: a linear approval flow with a conditional
-//! edge, a fan-out/fan-in research flow with per-task input, and a node that fails twice
-//! before a retry succeeds.
+//! Demo graphs that show the engine's behaviour: an approval flow with a conditional edge,
+//! a recorded step and an interrupt; a fan-out/fan-in research flow with per-task input; a
+//! node that fails twice before a retry succeeds; a reminder that sleeps durably; and a
+//! batch of slow recorded steps, long enough to stop or kill a server in the middle of a
+//! node. `oris demo` runs the first three in-process; `oris serve` serves all of them over
+//! HTTP.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use oris::event::EventBody;
 use oris::{
-    END, Engine, GraphHandle, NodeError, NodePolicy, RetryPolicy, Route, RunOutcome, START, Seq,
-    State, StateGraph, ThreadId,
+    CompiledGraph, END, Engine, GraphHandle, NodeError, NodePolicy, RetryPolicy, Route, RunOutcome,
+    START, Seq, State, StateGraph, ThreadId,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// An expense moving through review.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, State)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, State, ToSchema)]
+// Inputs name only the fields they set; the rest keep their defaults.
+#[serde(default)]
 pub struct Expense {
     /// Amount in cents.
     pub amount_cents: i64,
@@ -27,7 +33,9 @@ pub struct Expense {
 }
 
 /// A research question fanned out to one task per topic.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, State)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, State, ToSchema)]
+// Inputs name only the fields they set; the rest keep their defaults.
+#[serde(default)]
 pub struct Research {
     /// The question.
     pub question: String,
@@ -41,13 +49,63 @@ pub struct Research {
 }
 
 /// A node that fails before it succeeds.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, State)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, State, ToSchema)]
+// Inputs name only the fields they set; the rest keep their defaults.
+#[serde(default)]
 pub struct Flaky {
     /// Attempts the flaky node needed.
     pub attempts: u32,
 }
 
-/// The registered demo graphs.
+/// A reminder sent after a durable sleep.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, State, ToSchema)]
+// Inputs name only the fields they set; the rest keep their defaults.
+#[serde(default)]
+pub struct Reminder {
+    /// What to remind of.
+    pub message: String,
+    /// Seconds to wait before reminding.
+    pub delay_secs: u64,
+    /// The delivery receipt of the reminder, once sent.
+    pub receipt: String,
+}
+
+/// A batch of slow steps, one per superstep: `work` runs `steps` times, each time a recorded
+/// step that takes `delay_ms`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, State, ToSchema)]
+// Inputs name only the fields they set; the rest keep their defaults.
+#[serde(default)]
+pub struct Batch {
+    /// Steps to run, 1–1000 (0 means 1).
+    pub steps: u32,
+    /// Milliseconds each step takes, at most 60000.
+    pub delay_ms: u64,
+    /// Steps done so far.
+    pub done: u32,
+    /// What each step returned, in order.
+    #[reducer(append)]
+    pub log: Vec<String>,
+}
+
+/// Most steps a batch may ask for.
+const BATCH_MAX_STEPS: u32 = 1000;
+/// Longest delay of one batch step, in milliseconds.
+const BATCH_MAX_DELAY_MS: u64 = 60_000;
+
+/// The names of the graphs `oris serve` registers, in registration order.
+pub const SERVED: [&str; 5] = ["expense-approval", "research", "flaky", "reminder", "batch"];
+
+/// The demo graphs, compiled.
+#[derive(Debug)]
+pub struct DemoGraphs {
+    pub expense: CompiledGraph<Expense>,
+    pub research: CompiledGraph<Research>,
+    pub flaky: CompiledGraph<Flaky>,
+    pub reminder: CompiledGraph<Reminder>,
+    pub batch: CompiledGraph<Batch>,
+}
+
+/// The demo graphs, registered on an engine.
 #[derive(Debug)]
 pub struct Demos {
     expense: GraphHandle<Expense>,
@@ -56,6 +114,15 @@ pub struct Demos {
 }
 
 pub fn register(engine: &Engine) -> anyhow::Result<Demos> {
+    let g = graphs()?;
+    Ok(Demos {
+        expense: engine.register(g.expense),
+        research: engine.register(g.research),
+        flaky: engine.register(g.flaky),
+    })
+}
+
+pub fn graphs() -> anyhow::Result<DemoGraphs> {
     let expense = StateGraph::<Expense>::new("expense-approval", "1")
         .node("validate", |s: Expense, _ctx| async move {
             if s.amount_cents <= 0 {
@@ -154,10 +221,55 @@ pub fn register(engine: &Engine) -> anyhow::Result<Demos> {
         .edge(START, "call_partner")
         .edge("call_partner", END)
         .compile()?;
-    Ok(Demos {
-        expense: engine.register(expense),
-        research: engine.register(research),
-        flaky: engine.register(flaky),
+    let reminder = StateGraph::<Reminder>::new("reminder", "1")
+        .node("wait", |s: Reminder, ctx| async move {
+            // A durable timer: the run is `waiting` and holds no task; it continues on time,
+            // also after a restart of the server.
+            ctx.sleep(Duration::from_secs(s.delay_secs)).await?;
+            Ok(ReminderUpdate::default())
+        })
+        .node("remind", |s: Reminder, ctx| async move {
+            let receipt: String = ctx
+                .step("send_reminder", async move {
+                    Ok(format!("sent `{}`", s.message))
+                })
+                .await?;
+            Ok(ReminderUpdate::default().receipt(receipt))
+        })
+        .edge(START, "wait")
+        .edge("wait", "remind")
+        .edge("remind", END)
+        .compile()?;
+    let batch = StateGraph::<Batch>::new("batch", "1")
+        .node("work", |s: Batch, ctx| async move {
+            if s.steps > BATCH_MAX_STEPS || s.delay_ms > BATCH_MAX_DELAY_MS {
+                return Err(NodeError::permanent(format!(
+                    "a batch takes at most {BATCH_MAX_STEPS} steps of at most \
+                     {BATCH_MAX_DELAY_MS} ms"
+                )));
+            }
+            let (i, delay) = (s.done, Duration::from_millis(s.delay_ms));
+            // The slow part is a recorded step: a node killed after it was recorded does
+            // not do it again when the run continues.
+            let item: String = ctx
+                .step("work", async move {
+                    tokio::time::sleep(delay).await;
+                    Ok(format!("item {i}"))
+                })
+                .await?;
+            Ok(BatchUpdate::default().done(i + 1).log(vec![item]))
+        })
+        .edge(START, "work")
+        .conditional_edge("work", ["work", END], |s: &Batch| {
+            if s.done < s.steps { "work" } else { END }
+        })
+        .compile()?;
+    Ok(DemoGraphs {
+        expense,
+        research,
+        flaky,
+        reminder,
+        batch,
     })
 }
 

@@ -1,7 +1,14 @@
-//! `oris`: run the demo graphs on the embedded SQLite store and inspect threads.
+//! `oris`: serve the control plane with the demo graphs (`oris serve`), run the demo graphs
+//! in-process, and inspect threads — on the embedded SQLite store by default.
+//!
+//! # Layout
+//! - `serve`: `oris serve` — flags, startup messages, signals.
+//! - `demo`: the demo graphs (served, and run by `oris demo`) and the timeline printer.
 
 mod demo;
+mod serve;
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -19,12 +26,29 @@ struct Cli {
         default_value = "sqlite://oris-data/oris.db"
     )]
     db: String,
+    /// Log format on stderr: readable text, or one JSON object per line.
+    #[arg(long, global = true, env = "ORIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Readable lines (coloured on a terminal).
+    Text,
+    /// JSON lines with the span fields (`request_id`, `thread_id`, `run_id`, …).
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve the control plane (HTTP API under /v1) with the demo graphs and an embedded
+    /// worker pool. Prints `oris: listening on http://ADDR` on stderr once it listens, and
+    /// on the first start the admin token on stdout. SIGINT/SIGTERM stop it gracefully.
+    ///
+    /// Example: `oris serve --addr 127.0.0.1:8080 --db sqlite://oris-data/oris.db`
+    Serve(serve::ServeArgs),
     /// Run the demo graphs (expense approval, fan-out research, flaky retry) and print
     /// each run's timeline and final state.
     ///
@@ -52,13 +76,8 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(&cli);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -68,13 +87,38 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Logs go to stderr: human-readable on a terminal, JSON lines with `--log-format json`.
+/// `RUST_LOG` filters them (default: `info` for the server, `warn` otherwise).
+fn init_logging(cli: &Cli) {
+    let default = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let store = oris::open_store(&cli.db).await?;
-    let engine = oris::Engine::new(store);
-    let demos = demo::register(&engine)?;
     match cli.command {
-        Command::Demo { prefix } => demo::run_all(&engine, &demos, &prefix).await,
+        Command::Serve(args) => serve::serve(&cli.db, args).await,
+        Command::Demo { prefix } => {
+            let (engine, demos) = local(&cli.db).await?;
+            demo::run_all(&engine, &demos, &prefix).await
+        }
         Command::Recover => {
+            let (engine, _demos) = local(&cli.db).await?;
             let report = engine.recover().await?;
             for (t, r, status) in &report.resumed {
                 println!("resumed {t} {r}: {}", status.as_str());
@@ -90,8 +134,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Timeline { thread, json } => {
+            let (engine, _demos) = local(&cli.db).await?;
             let thread = ThreadId::new(&thread)?;
             demo::print_timeline(&engine, &thread, Seq::ZERO, json).await
         }
     }
+}
+
+/// An in-process engine on the store with the demo graphs registered.
+async fn local(db: &str) -> anyhow::Result<(oris::Engine, demo::Demos)> {
+    let store = oris::open_store(db).await?;
+    let engine = oris::Engine::new(store);
+    let demos = demo::register(&engine)?;
+    Ok((engine, demos))
 }
