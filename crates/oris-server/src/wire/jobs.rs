@@ -194,7 +194,8 @@ pub struct CreateJob {
     pub version: Option<String>,
     /// The thread: 1–200 characters of `[A-Za-z0-9-_.:@+=]`, chosen by the caller.
     pub thread_id: String,
-    /// The input, JSON of the graph's state (fields that are absent keep their value).
+    /// The input: JSON of the graph's state type, applied to the thread's state through its
+    /// reducers (whether absent fields are allowed is up to the state's serde attributes).
     #[serde(default = "empty_object")]
     pub input: Value,
     /// Claim order: higher first. Default 0.

@@ -1,0 +1,9 @@
+//! The HTTP API against a real server on a loopback port, over SQLite.
+
+mod auth;
+mod bad_input;
+mod common;
+mod idempotency;
+mod jobs;
+mod ops;
+mod stream;
