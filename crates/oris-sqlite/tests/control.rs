@@ -496,3 +496,42 @@ async fn a_lost_lease_refuses_only_its_own_commit_in_a_group() -> TestResult {
     }
     Ok(())
 }
+
+/// API key changes are fsynced before they return (a revoked key must stay revoked); the
+/// other control-plane writes ride on unsynced groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_api_key_changes_force_an_fsync() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = open(&dir.path().join("oris.db")).await;
+    let synced = |s: &oris_sqlite::SqliteStore| s.stats().synced_transactions;
+    store.append_audit(&audit_entry("a")).await?;
+    store
+        .reserve_idempotency(&reservation("k"), Timestamp::now())
+        .await?;
+    store.purge_idempotency(Timestamp::now()).await?;
+    assert!(store.claim(&claim_request("w", 0, 5)).await?.is_empty());
+    assert_eq!(synced(&store), 0);
+    let key = oris_core::store::ApiKeyRecord {
+        key_id: "k1".into(),
+        name: "ci".into(),
+        role: "worker".into(),
+        secret_hash: "00ff".into(),
+        created_at: Timestamp(1),
+        revoked_at: None,
+    };
+    store.create_api_key(&key).await?;
+    assert_eq!(synced(&store), 1);
+    assert!(matches!(
+        store.create_api_key(&key).await,
+        Err(oris_core::store::Error::AlreadyExists { .. })
+    ));
+    assert!(store.revoke_api_key("k1", Timestamp(2)).await?);
+    // (The refused creation applied nothing: no transaction counted.)
+    assert_eq!(synced(&store), 2);
+    assert!(!store.revoke_api_key("k1", Timestamp(3)).await?);
+    assert_eq!(
+        store.api_key("k1").await?.and_then(|k| k.revoked_at),
+        Some(Timestamp(2))
+    );
+    Ok(())
+}
