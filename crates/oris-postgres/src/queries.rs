@@ -522,9 +522,12 @@ pub(crate) fn runs(sql: &Sql, filter: &RunFilter) -> String {
     }
     if !filter.metadata.is_empty() {
         q.push(
-            "r.metadata IS NOT NULL AND jsonb_typeof(r.metadata::jsonb) = 'object'
-  AND NOT EXISTS (SELECT 1 FROM jsonb_each(r.metadata::jsonb) m
-                  WHERE jsonb_typeof(m.value) <> 'string')"
+            // CASE, not AND: `jsonb_each` fails on a non-object, and the planner may
+            // evaluate AND-ed conditions in any order.
+            "CASE WHEN jsonb_typeof(r.metadata::jsonb) = 'object'
+       THEN NOT EXISTS (SELECT 1 FROM jsonb_each(r.metadata::jsonb) m
+                        WHERE jsonb_typeof(m.value) <> 'string')
+       ELSE false END"
                 .to_owned(),
         );
         for _ in &filter.metadata {

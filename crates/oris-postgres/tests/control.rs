@@ -561,10 +561,27 @@ async fn metadata_filters_bind_awkward_keys() -> TestResult {
         Some(odd),
         "metadata reads back byte for byte"
     );
+    // Metadata that is not an object of strings matches no pair (as `metadata_map` says).
+    let shapes = [
+        r#"["path\\key"]"#,
+        r#""v""#,
+        r#"{"path\\key":"v","n":1}"#,
+        "null",
+    ];
+    for (i, json) in shapes.into_iter().enumerate() {
+        let t = build::thread_id(&format!("meta-shape-{i}"));
+        let r = build::queued_run(&t, GRAPH, GRAPH_VERSION, build::at(3), 0, Some(json));
+        store.commit(build::create(&r, vec![])).await?;
+        assert_eq!(
+            ids(filter(&[("path\\key", "v")])).await,
+            vec![run.run_id],
+            "metadata {json}"
+        );
+    }
     assert_eq!(
         ids(RunFilter::default()).await.len(),
-        2,
-        "both runs are still there"
+        6,
+        "every run is still there"
     );
     Ok(())
 }
