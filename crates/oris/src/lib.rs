@@ -9,6 +9,7 @@
 //! - [`StateGraph`], [`CompiledGraph`], [`START`], [`END`], [`Route`]: building graphs.
 //! - [`Engine`], [`GraphHandle`], [`RunOutcome`]: running them.
 //! - [`store`]: storage traits and backends; [`open_store`] picks one from a URL.
+//! - `server` (feature `server`): the control-plane server, `oris::server::Server`.
 //!
 //! # Example
 //! ```
@@ -67,6 +68,13 @@ pub mod store {
     pub use oris_postgres::{Listener, PostgresOptions, PostgresStore, Wake, redact_url};
     #[cfg(feature = "sqlite")]
     pub use oris_sqlite::{SqliteOptions, SqliteStore};
+}
+
+/// The control-plane server (feature `server`): graphs registered in code, an embedded
+/// worker pool, the HTTP API. See [`server::Server`] and `docs/api.md`.
+#[cfg(feature = "server")]
+pub mod server {
+    pub use oris_server::*;
 }
 
 /// The guarantees of each durability mode, steps, interrupts, timers, events and time
