@@ -267,3 +267,44 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response:
     use axum::response::IntoResponse;
     ApiError::internal(&"a request handler panicked").into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `docs/api.md`'s route table lists exactly the routes, with their roles and actions.
+    #[test]
+    fn docs_route_table_matches() {
+        let doc = include_str!("../../../../docs/api.md");
+        let rows: Vec<&str> = doc
+            .lines()
+            .filter(|l| {
+                ["| GET |", "| POST |", "| DELETE |"]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
+            .collect();
+        let specs = specs();
+        assert_eq!(
+            rows.len(),
+            specs.len(),
+            "docs/api.md lists {} routes",
+            rows.len()
+        );
+        for s in specs {
+            let action = s.action.map(|a| format!("`{a}`")).unwrap_or_default();
+            let want = format!(
+                "| {} | `{}` | {} | {} |",
+                s.method.as_str().to_uppercase(),
+                s.path,
+                s.access.roles(),
+                action
+            );
+            let want = want.replace("|  |", "| |");
+            assert!(
+                rows.iter().any(|r| r.starts_with(&want)),
+                "docs/api.md has no row starting with {want}"
+            );
+        }
+    }
+}
