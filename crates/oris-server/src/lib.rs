@@ -411,7 +411,8 @@ impl Server {
         self.bootstrap_token.as_deref()
     }
 
-    /// The engine (registered graphs, reads, in-process use).
+    /// The engine (registered graphs, reads, in-process use). Register graphs through the
+    /// builder: the pool claims runs of the versions registered at build.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
     }

@@ -58,12 +58,7 @@ pub(crate) async fn run(app: AppState, stop: CancellationToken) {
     while !stop.is_cancelled() {
         while tasks.try_join_next().is_some() {}
         let free = slots.available_permits();
-        let graphs: Vec<(String, String)> = app
-            .engine
-            .graphs()
-            .into_iter()
-            .map(|g| (g.name, g.version))
-            .collect();
+        let graphs = app.graph_versions.clone();
         // An empty list would mean "any graph": a server without graphs claims nothing.
         if free > 0 && !graphs.is_empty() {
             let request = ClaimRequest {

@@ -54,6 +54,9 @@ pub(crate) struct Inner {
     /// Cancelled when the server shuts down: streams and long-polls end.
     pub shutdown: CancellationToken,
     pub worker_id: String,
+    /// The (graph, version) pairs registered at build: what the pool claims, what this
+    /// server can continue. Read once, since describing a graph renders its diagram.
+    pub graph_versions: Vec<(String, String)>,
     pool: AtomicU8,
     /// Ids of runs that ended (from the hub), taken by the metrics task.
     pub ended: Mutex<Option<mpsc::UnboundedReceiver<RunId>>>,
@@ -71,7 +74,13 @@ impl Inner {
         worker_id: String,
         ended: mpsc::UnboundedReceiver<RunId>,
     ) -> Self {
+        let graph_versions = engine
+            .graphs()
+            .into_iter()
+            .map(|g| (g.name, g.version))
+            .collect();
         Inner {
+            graph_versions,
             store: engine.store().clone(),
             engine,
             config,
@@ -101,6 +110,8 @@ impl Inner {
 
     /// Whether this server has the graph version.
     pub fn has_graph(&self, graph: &str, version: &str) -> bool {
-        self.engine.graph_info(graph, Some(version)).is_some()
+        self.graph_versions
+            .iter()
+            .any(|(g, v)| g == graph && v == version)
     }
 }
