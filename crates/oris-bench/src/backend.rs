@@ -26,7 +26,7 @@ enum Kind {
 }
 
 /// Store counters at one moment; `None` where the backend has no such counter.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     /// Group transactions.
     pub transactions: Option<u64>,

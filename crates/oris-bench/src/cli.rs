@@ -9,7 +9,8 @@ use oris::Durability;
 #[derive(Debug, Parser)]
 #[command(name = "oris-bench", version)]
 pub struct Cli {
-    /// Workloads to run, comma-separated, in order (W1 … W5; S1–S3 are not available yet).
+    /// Workloads to run, comma-separated, in order (W1 … W5 in-process; S1, S2 over HTTP
+    /// against the real server in a child process; S3 is not available yet).
     #[arg(
         long = "workload",
         value_enum,
@@ -36,7 +37,8 @@ pub struct Cli {
     #[arg(long, value_parser = positive_f64)]
     pub seconds: Option<f64>,
 
-    /// Runs in flight at once, each on a fresh thread (default 1; W5: 32).
+    /// Runs in flight at once, each on a fresh thread (default 1; W5: 32). For S1 and S2:
+    /// HTTP clients.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub concurrency: Option<u32>,
 
@@ -53,7 +55,8 @@ pub struct Cli {
     #[arg(long)]
     pub db_dir: Option<PathBuf>,
 
-    /// Worker threads of the Tokio runtime the engine runs on.
+    /// Worker threads of the Tokio runtime the engine runs on (S1, S2: of the server process
+    /// and, separately, of the clients).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: u16,
 
@@ -192,13 +195,19 @@ impl Cli {
         }
         for w in self.workloads() {
             match w {
-                Workload::S1 | Workload::S2 | Workload::S3 => {
-                    return Err(format!(
-                        "{} needs the HTTP server (`oris serve`), which does not exist yet",
-                        w.name()
-                    ));
+                Workload::S3 => {
+                    return Err(
+                        "S3 (failover) needs remote worker processes, which do not exist yet"
+                            .to_owned(),
+                    );
                 }
-                Workload::W1 | Workload::W2 | Workload::W3 | Workload::W4 | Workload::W5 => {}
+                Workload::W1
+                | Workload::W2
+                | Workload::W3
+                | Workload::W4
+                | Workload::W5
+                | Workload::S1
+                | Workload::S2 => {}
             }
         }
         Ok(())
@@ -265,7 +274,7 @@ mod tests {
     #[test]
     fn unavailable_things_are_refused() {
         for (w, b, needle) in [
-            ("W1,S2", "memory", "HTTP server"),
+            ("W1,S3", "memory", "remote worker"),
             ("W1", "postgres", "PostgreSQL"),
         ] {
             let cli = Cli::try_parse_from(["oris-bench", "--workload", w, "--backend", b]).unwrap();
@@ -273,8 +282,9 @@ mod tests {
         }
         for b in ["memory", "sqlite"] {
             let cli =
-                Cli::try_parse_from(["oris-bench", "--workload", "W1,W3", "--backend", b]).unwrap();
-            assert!(cli.check_available().is_ok(), "W3 on {b}");
+                Cli::try_parse_from(["oris-bench", "--workload", "W1,W3,S1,S2", "--backend", b])
+                    .unwrap();
+            assert!(cli.check_available().is_ok(), "W3, S1, S2 on {b}");
         }
         let cli = Cli::try_parse_from(["oris-bench", "--workload", "W5"]).unwrap();
         assert_eq!(cli.concurrency_for(Workload::W5), 32);

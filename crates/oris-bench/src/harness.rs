@@ -32,26 +32,28 @@ impl Observer for CommitCounter {
 
 /// When a workload stops starting runs.
 #[derive(Debug, Clone, Copy)]
-enum Limit {
+pub(crate) enum Limit {
     Runs(u64),
     Seconds(Duration),
 }
 
 /// What the runs of one workload produced.
 #[derive(Debug, Default)]
-struct Samples {
-    /// Start→completion of every run (W3: start + resume), in nanoseconds, sorted at the end.
-    latencies_ns: Vec<u64>,
-    /// W3: the resume call of every cycle, in nanoseconds, sorted at the end.
-    resume_ns: Vec<u64>,
+pub(crate) struct Samples {
+    /// Start→completion of every run (W3: start + resume; S2: the whole cycle), in
+    /// nanoseconds, sorted at the end.
+    pub latencies_ns: Vec<u64>,
+    /// W3: the resume call of every cycle; S2: the resume call to the completion observed.
+    /// In nanoseconds, sorted at the end.
+    pub resume_ns: Vec<u64>,
     /// Runs made (thread ids `{prefix}0 … {prefix}{runs-1}`).
-    runs: u64,
+    pub runs: u64,
     /// Runs that ended wrong or with an error.
-    wrong: u64,
+    pub wrong: u64,
     /// The first few problems, for stderr.
-    problems: Vec<String>,
+    pub problems: Vec<String>,
     /// Wall time from the first start to the last completion.
-    elapsed: Duration,
+    pub elapsed: Duration,
 }
 
 const MAX_PROBLEMS: usize = 5;
@@ -59,7 +61,13 @@ const MAX_PROBLEMS: usize = 5;
 type Check<S> = Arc<dyn Fn(&S) -> Result<(), String> + Send + Sync>;
 
 /// The default number of runs of `w` on `backend`: a few seconds each on this machine.
-fn default_runs(w: Workload, backend: Backend, durability: Durability, steps: u32) -> u64 {
+fn default_runs(
+    w: Workload,
+    backend: Backend,
+    durability: Durability,
+    steps: u32,
+    concurrency: u32,
+) -> u64 {
     let memory = backend == Backend::Memory;
     let steps = u64::from(steps);
     // Without an fsync per commit a durable store runs about ten times as many.
@@ -80,7 +88,10 @@ fn default_runs(w: Workload, backend: Backend, durability: Durability, steps: u3
             // grows with steps²; the SQLite cost is fsync-bound, linear in steps.
             Workload::W4 if memory => (20_000_000 / (steps * steps)).clamp(3, 50_000),
             Workload::W4 => (5_000 / steps).max(3),
-            Workload::S1 | Workload::S2 | Workload::S3 => 0,
+            // Over HTTP; enough runs for every client to make a hundred (S1) or fifty (S2).
+            Workload::S1 => (100 * u64::from(concurrency)).max(if memory { 3_000 } else { 1_000 }),
+            Workload::S2 => (50 * u64::from(concurrency)).max(if memory { 2_000 } else { 500 }),
+            Workload::S3 => 0,
         }
 }
 
@@ -109,6 +120,22 @@ pub async fn bench(
     dir: &Path,
     calibration: &Calibration,
 ) -> anyhow::Result<WorkloadResult> {
+    let concurrency = cli.concurrency_for(w);
+    let limit = match cli.seconds {
+        Some(s) => Limit::Seconds(Duration::from_secs_f64(s)),
+        None => Limit::Runs(cli.runs.unwrap_or_else(|| {
+            default_runs(
+                w,
+                cli.backend,
+                cli.durability.into(),
+                cli.steps,
+                concurrency,
+            )
+        })),
+    };
+    if matches!(w, Workload::S1 | Workload::S2) {
+        return crate::http::bench(cli, w, dir, calibration, limit).await;
+    }
     let path = dir.join(format!("{}.db", w.name().to_ascii_lowercase()));
     let opened = backend::open(cli.backend, &path).await?;
     let before = opened.counters().await?;
@@ -123,14 +150,6 @@ pub async fn bench(
             ..EngineOptions::default()
         },
     );
-    let limit = match cli.seconds {
-        Some(s) => Limit::Seconds(Duration::from_secs_f64(s)),
-        None => Limit::Runs(
-            cli.runs
-                .unwrap_or_else(|| default_runs(w, cli.backend, cli.durability.into(), cli.steps)),
-        ),
-    };
-    let concurrency = cli.concurrency_for(w);
     let prefix = format!("{}-", w.name().to_ascii_lowercase());
     let samples = match w {
         Workload::W1 | Workload::W5 => {
@@ -171,7 +190,7 @@ pub async fn bench(
             runs_of(h, &prefix, limit, concurrency, check).await
         }
         Workload::S1 | Workload::S2 | Workload::S3 => {
-            anyhow::bail!("{} is not available", w.name())
+            anyhow::bail!("{} is not an engine workload", w.name())
         }
     };
     for p in &samples.problems {
@@ -204,20 +223,20 @@ pub async fn bench(
 
 /// The raw measurements of one workload.
 #[derive(Debug)]
-struct Measured {
-    samples: Samples,
+pub(crate) struct Measured {
+    pub samples: Samples,
     /// Commits the engine made (observer count).
-    commits: u64,
-    before: Counters,
-    after: Counters,
+    pub commits: u64,
+    pub before: Counters,
+    pub after: Counters,
     /// `MemoryStore::approx_bytes` summed over the workload's threads.
-    memory_bytes: Option<u64>,
+    pub memory_bytes: Option<u64>,
     /// Durable commits per second measured right after the workload.
-    calibration_after: Option<f64>,
+    pub calibration_after: Option<f64>,
 }
 
 /// Builds the reported numbers from the raw measurements.
-fn result(
+pub(crate) fn result(
     cli: &Cli,
     w: Workload,
     concurrency: u32,
@@ -241,7 +260,7 @@ fn result(
         .then(|| runs_per_sec * commits_per_run / calibration.durable_commits_per_sec);
     let ms_of = |v: &[u64], p: f64| percentile(v, p).map(|ns| round(ns as f64 / 1e6, 4));
     let ms = |p: f64| ms_of(&s.latencies_ns, p);
-    let is_w3 = w == Workload::W3;
+    let has_resume = matches!(w, Workload::W3 | Workload::S2);
     let is_w4 = w == Workload::W4;
     WorkloadResult {
         workload: w.name(),
@@ -255,8 +274,8 @@ fn result(
         p50_ms: ms(50.0),
         p95_ms: ms(95.0),
         p99_ms: ms(99.0),
-        resume_p50_ms: ms_of(&s.resume_ns, 50.0).filter(|_| is_w3),
-        resume_p95_ms: ms_of(&s.resume_ns, 95.0).filter(|_| is_w3),
+        resume_p50_ms: ms_of(&s.resume_ns, 50.0).filter(|_| has_resume),
+        resume_p95_ms: ms_of(&s.resume_ns, 95.0).filter(|_| has_resume),
         commits_per_run: round(commits_per_run, 3),
         commits_per_sec: round(commits as f64 / secs, 1),
         bytes_per_run: bytes_per_run.map(|b| round(b, 1)),
@@ -275,15 +294,16 @@ fn result(
     }
 }
 
-/// What one run (W3: one cycle) produced.
+/// What one run (W3, S2: one cycle) produced.
 #[derive(Debug)]
-struct Ran {
-    /// Time of the engine calls of the run (W3: start + resume), in nanoseconds.
-    latency_ns: u64,
-    /// W3: time of the resume call alone.
-    resume_ns: Option<u64>,
+pub(crate) struct Ran {
+    /// Time of the engine calls of the run (W3: start + resume), or of the HTTP calls (S1,
+    /// S2: the whole run or cycle), in nanoseconds.
+    pub latency_ns: u64,
+    /// W3: time of the resume call alone; S2: the resume call to the completion observed.
+    pub resume_ns: Option<u64>,
     /// Whether the run ended as the workload says.
-    verdict: Result<(), String>,
+    pub verdict: Result<(), String>,
 }
 
 /// The verdict on a run that should have completed in a state `check` accepts.
@@ -398,7 +418,7 @@ async fn one_cycle(
 
 /// Makes runs `run(id, i)` on fresh threads `{prefix}{i}` with `concurrency` in flight until
 /// `limit`, collecting their timings and verdicts.
-async fn drive<F, Fut>(run: F, prefix: &str, limit: Limit, concurrency: u32) -> Samples
+pub(crate) async fn drive<F, Fut>(run: F, prefix: &str, limit: Limit, concurrency: u32) -> Samples
 where
     F: Fn(String, u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Ran> + Send,

@@ -1,9 +1,11 @@
 //! `oris-bench`: the benchmark harness of Oris.
 //!
 //! Runs the engine workloads of `WORKLOADS.md` (W1 linear, W2 fan-out/fan-in, W3 interrupt +
-//! resume, W4 state growth, W5 concurrency) against the in-memory or the SQLite store and
-//! reports runs/s, per-run latency percentiles (W3: also of the resume call alone), commits,
-//! fsyncs and bytes stored per run:
+//! resume, W4 state growth, W5 concurrency) in-process, and the server workloads (S1 a
+//! three-step run, S2 an interrupt round trip) over HTTP against the real server started
+//! in a child process, on the in-memory, SQLite or PostgreSQL store, and reports runs/s,
+//! per-run latency percentiles (W3, S2: also of the resume), commits, fsyncs and bytes
+//! stored per run:
 //!
 //! ```text
 //! cargo run --release -p oris-bench -- --workload W1,W4 --backend memory|sqlite|postgres \
@@ -22,24 +24,31 @@
 //! machine; SQLite's byte counts grow by whole pages, so use enough runs (the defaults do).
 //!
 //! Every run's final state is checked; a wrong one is reported on stderr and makes the
-//! process exit with status 1 at the end. Workloads and backends that do not exist yet
-//! (S1–S3 before the server), or PostgreSQL without `ORIS_BENCH_PG_URL`, exit with status
-//! 2 and say so.
+//! process exit with status 1 at the end. Workloads that do not exist yet (S3 before remote
+//! workers), or PostgreSQL without `ORIS_BENCH_PG_URL`, exit with status 2 and say so.
+//!
+//! S1 and S2 re-execute this binary as `oris-bench __server …` (hidden): it serves
+//! `oris_server::Server` with the bench graphs on a fresh store and a free loopback port,
+//! auth on with a provisioned admin token, and reports its counters to the parent.
 //!
 //! # Layout
 //! - `cli`: the command line and the checks of what this build can run.
 //! - `calibrate`: the raw durable-commit loop.
 //! - `backend`: opening a fresh store per workload; commit, fsync and byte counters.
-//! - `workloads`: the states, graphs and final-state checks of W1, W2, W3 and W4.
+//! - `workloads`: the states, graphs and final-state checks of W1, W2, W3, W4 and S1.
 //! - `harness`: drives N runs or W3 cycles (or S seconds) with C in flight and collects
 //!   latencies.
+//! - `http`: S1 and S2 — the server process and its HTTP clients.
+//! - `server`: the hidden `__server` command.
 //! - `report`: percentiles, the per-workload result, JSON lines and the readable table.
 
 mod backend;
 mod calibrate;
 mod cli;
 mod harness;
+mod http;
 mod report;
+mod server;
 mod workloads;
 
 use std::path::PathBuf;
@@ -52,6 +61,22 @@ use crate::cli::Cli;
 use crate::report::Printer;
 
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == server::COMMAND)
+    {
+        let args = server::ServerArgs::parse_from(
+            std::iter::once(std::ffi::OsString::from(server::COMMAND))
+                .chain(std::env::args_os().skip(2)),
+        );
+        return match server::main(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("oris-bench server: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     if let Err(msg) = cli.check_available() {
         eprintln!("oris-bench: {msg}");

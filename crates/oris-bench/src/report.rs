@@ -11,9 +11,10 @@ use crate::calibrate::Calibration;
 /// Rates count only runs that ended in the expected state; `runs` counts every run made.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkloadResult {
-    /// `W1` … `W5`. For W3 a "run" is one cycle: start to the interrupt, then resume to END.
+    /// `W1` … `W5`, `S1`, `S2`. For W3 and S2 a "run" is one cycle: start to the interrupt,
+    /// then resume to END.
     pub workload: &'static str,
-    /// `memory` or `sqlite`.
+    /// `memory`, `sqlite` or `postgres`.
     pub backend: &'static str,
     /// `sync`, `batched` or `exit`.
     pub durability: &'static str,
@@ -28,16 +29,18 @@ pub struct WorkloadResult {
     /// Correct runs per second.
     pub runs_per_sec: f64,
     /// Median start→completion latency of a run, in milliseconds (nearest rank); for W3 the
-    /// time of the cycle's two calls, start and resume.
+    /// time of the cycle's two calls, start and resume; for S1 and S2 the time from the
+    /// creating request to the completion observed by the client.
     pub p50_ms: Option<f64>,
     /// 95th percentile latency, in milliseconds.
     pub p95_ms: Option<f64>,
     /// 99th percentile latency, in milliseconds.
     pub p99_ms: Option<f64>,
-    /// W3: median latency of the resume call alone (the cycle's second half), in
-    /// milliseconds. `null` for other workloads.
+    /// W3: median latency of the resume call alone (the cycle's second half); S2: of the
+    /// resume request to the completion observed. In milliseconds; `null` for other
+    /// workloads.
     pub resume_p50_ms: Option<f64>,
-    /// W3: 95th percentile latency of the resume call, in milliseconds.
+    /// W3, S2: 95th percentile latency of the resume, in milliseconds.
     pub resume_p95_ms: Option<f64>,
     /// Commits the engine made per run (counted by an observer).
     pub commits_per_run: f64,

@@ -1,4 +1,5 @@
-//! The engine workloads of WORKLOADS.md: their states, graphs, inputs and final-state checks.
+//! The workloads of WORKLOADS.md: their states, graphs, inputs and final-state checks (S1
+//! and S2 use these graphs too, served over HTTP).
 //!
 //! Each is written exactly as the document defines it so that results compare with other
 //! systems run on the same machine; the checks are cheap enough to run after every run.
@@ -152,6 +153,41 @@ pub fn check_fan_out(s: &FanOut) -> Result<(), String> {
     }
 }
 
+/// Nodes of S1.
+pub const S1_NODES: [&str; 3] = ["s1", "s2", "s3"];
+
+/// S1: `START→s1→s2→s3→END`; each node returns `{counter: counter+1, log: [its name]}` —
+/// next to nothing, so that the server's own cost per run is what S1 measures.
+///
+/// # Errors
+/// Only if the graph does not validate (a bug).
+pub fn three_steps() -> anyhow::Result<CompiledGraph<Linear>> {
+    let mut g = StateGraph::<Linear>::new("bench-s1", "1").edge(START, S1_NODES[0]);
+    for (i, name) in S1_NODES.into_iter().enumerate() {
+        g = g.node(name, move |s: Linear, _ctx: Context| async move {
+            Ok::<_, NodeError>(
+                LinearUpdate::default()
+                    .counter(s.counter + 1)
+                    .log(vec![name.to_owned()]),
+            )
+        });
+        g = g.edge(name, S1_NODES.get(i + 1).copied().unwrap_or(END));
+    }
+    Ok(g.compile()?)
+}
+
+/// Checks S1's final state: `counter == 3`, `log == ["s1", "s2", "s3"]`.
+pub fn check_three_steps(s: &Linear) -> Result<(), String> {
+    if s.counter == S1_NODES.len() as i64 && s.log == S1_NODES {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected counter 3 and log [s1, s2, s3], got counter {} and log {:?}",
+            s.counter, s.log
+        ))
+    }
+}
+
 /// W4's item for step `i`: `format!("{:04}", i)` followed by 60 `x` (64 bytes below 10,000).
 pub fn item(i: i64) -> String {
     let mut s = format!("{i:04}");
@@ -210,6 +246,15 @@ impl NodeRuns {
     fn hit(&self, thread: &str) {
         let mut m = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         *m.entry(thread.to_owned()).or_insert(0) += 1;
+    }
+
+    /// Executions counted in total, and the number of threads counted more than once (S2,
+    /// where the server runs the graph and nothing is taken).
+    pub fn summary(&self) -> (u64, u64) {
+        let m = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let total = m.values().map(|&n| u64::from(n)).sum();
+        let repeated = m.values().filter(|&&n| n > 1).count() as u64;
+        (total, repeated)
     }
 
     /// The executions counted for `thread`, forgetting them (keeps the map small).
@@ -298,6 +343,10 @@ mod tests {
             let s = w2.start("w2", FanOut::default()).await.unwrap();
             check_fan_out(&s.expect_completed()).unwrap();
 
+            let s1 = engine.register(three_steps().unwrap());
+            let s = s1.start("s1", Linear::default()).await.unwrap();
+            check_three_steps(&s.expect_completed()).unwrap();
+
             let w4 = engine.register(growth(20).unwrap());
             let s = w4.start("w4", Linear::default()).await.unwrap();
             let s = s.expect_completed();
@@ -315,8 +364,10 @@ mod tests {
             assert_eq!(w3.state("w3").await.unwrap().values.log, ["a"]);
             let done = w3.resume(pending.interrupt_id, &W3_ANSWER).await.unwrap();
             check_approval(&done.expect_completed()).unwrap();
+            assert_eq!(a_runs.summary(), (1, 0));
             assert_eq!(a_runs.take("w3"), 1);
             assert_eq!(a_runs.take("w3"), 0);
+            assert_eq!(a_runs.summary(), (0, 0));
         });
     }
 
@@ -343,5 +394,10 @@ mod tests {
             log: vec!["a".into(), "b:no".into(), "c".into()],
         };
         assert!(check_approval(&a).is_err());
+        let s1 = Linear {
+            counter: 3,
+            log: vec!["s1".into(), "s3".into(), "s2".into()],
+        };
+        assert!(check_three_steps(&s1).is_err());
     }
 }

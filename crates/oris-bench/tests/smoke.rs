@@ -1,7 +1,8 @@
 //! Runs the built `oris-bench` binary with tiny settings and checks its output and exit
 //! status: the calibration line, one well-formed line per workload (W1–W5 on memory and
-//! SQLite), and the clear refusals (exit status 2) of what does not exist yet (S1–S3,
-//! PostgreSQL).
+//! SQLite; S1 and S2 over HTTP against the real server on memory and SQLite), and the clear
+//! refusals (exit status 2) of what does not exist yet (S3) or is not configured
+//! (PostgreSQL without its URL).
 
 use std::process::{Command, Output};
 
@@ -188,11 +189,15 @@ fn seconds_mode_and_table_output() {
 fn unavailable_workloads_and_backends_exit_with_2() {
     for (args, needle) in [
         (
-            &["--workload", "W1,S1", "--backend", "memory"][..],
-            "HTTP server",
+            &["--workload", "W1,S3", "--backend", "memory"][..],
+            "remote worker",
         ),
         (&["--workload", "W3", "--backend", "postgres"], "PostgreSQL"),
-        (&["--workload", "S3", "--backend", "sqlite"], "HTTP server"),
+        (
+            &["--workload", "S3", "--backend", "sqlite"],
+            "remote worker",
+        ),
+        (&["--workload", "S1", "--backend", "postgres"], "PostgreSQL"),
         (&["--workload", "W1", "--backend", "postgres"], "PostgreSQL"),
         (
             &["--workload", "W7", "--backend", "memory"],
@@ -208,5 +213,80 @@ fn unavailable_workloads_and_backends_exit_with_2() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
         assert!(out.stdout.is_empty(), "{args:?}: nothing is measured");
+    }
+}
+
+/// S1 and S2 against the real server in a child process: a few runs each, every field, the
+/// final states checked (by the bench: `wrong_runs` is 0 and the exit status 0).
+fn check_server_workloads(backend: &str, dir: &std::path::Path, concurrency: &str) {
+    let d = dir.display().to_string();
+    let out = bench(&[
+        "--workload",
+        "S1,S2",
+        "--backend",
+        backend,
+        "--runs",
+        "6",
+        "--concurrency",
+        concurrency,
+        "--calibrate-seconds",
+        "0.2",
+        "--db-dir",
+        &d,
+        "--json",
+    ]);
+    assert_success(&out);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    check_calibration(&lines[0]);
+    let durable = backend != "memory";
+    for (line, workload) in lines[1..].iter().zip(["S1", "S2"]) {
+        assert_eq!(line["workload"], workload, "{line}");
+        assert_eq!(line["backend"], backend, "{line}");
+        assert_eq!(
+            line["concurrency"],
+            concurrency.parse::<u64>().unwrap(),
+            "{line}"
+        );
+        assert_eq!(line["runs"], 6, "{line}");
+        assert_eq!(line["wrong_runs"], 0, "{line}");
+        for field in ["seconds", "runs_per_sec", "p50_ms", "p95_ms", "p99_ms"] {
+            assert!(number(line, field) > 0.0, "`{field}` in {line}");
+        }
+        assert!(number(line, "p50_ms") <= number(line, "p95_ms"), "{line}");
+        // Commits the server's engine made: S1 starts and completes three nodes; S2 also
+        // suspends and resumes.
+        let commits = number(line, "commits_per_run");
+        if workload == "S1" {
+            assert!((4.0..=5.0).contains(&commits), "{line}");
+            assert!(line["resume_p50_ms"].is_null(), "{line}");
+        } else {
+            assert!(commits >= 6.0, "{line}");
+            let (r50, r95) = (number(line, "resume_p50_ms"), number(line, "resume_p95_ms"));
+            assert!(r50 > 0.0 && r50 <= r95, "{line}");
+            assert!(r50 < number(line, "p50_ms"), "{line}");
+        }
+        for field in ["limit_ratio", "fsyncs_per_run", "transactions_per_run"] {
+            if durable {
+                assert!(number(line, field) > 0.0, "`{field}` in {line}");
+            } else {
+                assert!(line[field].is_null(), "`{field}` in {line}");
+            }
+        }
+    }
+}
+
+#[test]
+fn server_workloads_over_http_on_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    check_server_workloads("memory", dir.path(), "3");
+}
+
+#[test]
+fn server_workloads_over_http_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    check_server_workloads("sqlite", dir.path(), "1");
+    for w in ["s1", "s2"] {
+        assert!(dir.path().join(format!("{w}.db")).exists(), "{w}.db");
     }
 }
