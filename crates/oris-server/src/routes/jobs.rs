@@ -324,9 +324,47 @@ pub(crate) async fn timeline(
     }))
 }
 
-/// Whether a run has settled: it will not change without outside input or time.
-fn settled(s: &RunStatus) -> bool {
-    !matches!(s.kind(), StatusKind::Queued | StatusKind::Running)
+/// Whether a run has settled: it will not change without outside input or time. An
+/// interrupted run whose interrupts are answered (the store made it ready) or a waiting run
+/// that is due is about to continue, so it has not settled; neither has one a worker holds.
+fn settled(r: &RunRecord, now: Timestamp) -> bool {
+    match r.status.kind() {
+        StatusKind::Queued | StatusKind::Running => false,
+        StatusKind::Interrupted => r.lease.is_none() && r.ready_at.is_none(),
+        StatusKind::Waiting => r.lease.is_none() && r.ready_at.is_none_or(|t| t > now),
+        _ => true,
+    }
+}
+
+/// Waits until the thread's latest run settles; `false` when it did, `true` at the
+/// deadline. Woken by this process's commits to the thread; re-reads the store with a
+/// back-off (10 ms to 500 ms) for changes made elsewhere.
+async fn wait_settled(app: &AppState, t: &ThreadId, timeout: Duration) -> Result<bool, ApiError> {
+    let mut live = app.hub.subscribe();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut poll = Duration::from_millis(10);
+    loop {
+        let run = app.engine.latest_run(t).await?;
+        if settled(&run, Timestamp::now()) {
+            return Ok(false);
+        }
+        let tick = tokio::time::sleep(poll);
+        tokio::pin!(tick);
+        loop {
+            tokio::select! {
+                m = live.recv() => match m {
+                    Ok(c) if c.thread_id != *t => continue,
+                    _ => break,
+                },
+                _ = &mut tick => {
+                    poll = (poll * 2).min(Duration::from_millis(500));
+                    break;
+                }
+                _ = tokio::time::sleep_until(deadline) => return Ok(true),
+                _ = app.shutdown.cancelled() => return Ok(true),
+            }
+        }
+    }
 }
 
 /// Long-poll until the thread's latest run settles (terminal, interrupted or waiting).
@@ -353,15 +391,7 @@ pub(crate) async fn wait(
                 )
             })?,
     };
-    // Fails fast on an unknown thread.
-    app.engine.latest_run(&t).await?;
-    let timed_out = tokio::select! {
-        r = tokio::time::timeout(timeout, app.engine.wait_for(&t, settled)) => match r {
-            Ok(r) => { r?; false }
-            Err(_) => true,
-        },
-        _ = app.shutdown.cancelled() => true,
-    };
+    let timed_out = wait_settled(&app, &t, timeout).await?;
     Ok(Json(WaitResult {
         timed_out,
         job: detail(&app, &t).await?,
