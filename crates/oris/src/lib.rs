@@ -55,9 +55,11 @@ pub use oris_core::status::{PendingInterrupt, RunStatus, StatusKind};
 pub use oris_core::{event, graph, id, state, status};
 pub use oris_derive::State;
 pub use oris_runtime::{
-    CheckpointInfo, Clock, CompiledGraph, Context, Engine, EngineOptions, Error, GraphHandle,
+    CheckpointInfo, Clock, CompiledGraph, Context, EdgeInfo, EdgeKind, Engine, EngineOptions,
+    Enqueue, EnqueueOptions, Error, Executed, GraphHandle, GraphInfo, LeaseOptions, LeaseView,
     ManualClock, NodeError, NodePolicy, Observer, RecoveryReport, ReplayOptions, RetryPolicy,
-    Route, RunOptions, RunOutcome, StateGraph, SystemClock, ThreadState, Verification,
+    Route, RunOptions, RunOutcome, RunRecordView, StateField, StateGraph, StateView, Stop,
+    SystemClock, ThreadState, Verification, WAIT_POLL_MAX, WAIT_POLL_MIN,
 };
 
 /// Storage: the traits, the in-memory store, (feature `sqlite`) the SQLite store and
