@@ -824,8 +824,7 @@ async fn sixteen_concurrent_resumes_with_different_values_apply_exactly_one() {
 // 7. A resume that arrives while the run is still suspending
 
 /// A store that reports every resume value it records (to synchronise on without polling).
-/// It forwards every `Store` method to a [`MemoryStore`]: keep it complete when the trait
-/// grows, or the trait's default (unsupported) bodies would be used.
+/// It forwards every `Store` method to a [`MemoryStore`].
 #[derive(Debug)]
 struct AnswerSignal {
     inner: Arc<MemoryStore>,
@@ -928,6 +927,149 @@ impl Store for AnswerSignal {
         Self: 'at,
     {
         self.inner.deliver(t, name, payload, key, at)
+    }
+    fn list_interrupts<'l0, 'l1, 'at>(
+        &'l0 self,
+        f: &'l1 store::InterruptFilter,
+    ) -> StoreFut<'at, Vec<store::InterruptRecord>>
+    where
+        'l0: 'at,
+        'l1: 'at,
+        Self: 'at,
+    {
+        self.inner.list_interrupts(f)
+    }
+    fn claim<'l0, 'l1, 'at>(&'l0 self, r: &'l1 store::ClaimRequest) -> StoreFut<'at, Vec<RunRecord>>
+    where
+        'l0: 'at,
+        'l1: 'at,
+        Self: 'at,
+    {
+        self.inner.claim(r)
+    }
+    fn renew_lease<'l0, 'l1, 'l2, 'at>(
+        &'l0 self,
+        f: &'l1 store::Fence,
+        w: &'l2 str,
+        now: Timestamp,
+        ttl: std::time::Duration,
+    ) -> StoreFut<'at, RunRecord>
+    where
+        'l0: 'at,
+        'l1: 'at,
+        'l2: 'at,
+        Self: 'at,
+    {
+        self.inner.renew_lease(f, w, now, ttl)
+    }
+    fn release_lease<'l0, 'l1, 'at>(
+        &'l0 self,
+        f: &'l1 store::Fence,
+        now: Timestamp,
+    ) -> StoreFut<'at, RunRecord>
+    where
+        'l0: 'at,
+        'l1: 'at,
+        Self: 'at,
+    {
+        self.inner.release_lease(f, now)
+    }
+    fn reserve_idempotency<'l0, 'l1, 'at>(
+        &'l0 self,
+        c: &'l1 store::IdempotencyRecord,
+        now: Timestamp,
+    ) -> StoreFut<'at, store::Reservation>
+    where
+        'l0: 'at,
+        'l1: 'at,
+        Self: 'at,
+    {
+        self.inner.reserve_idempotency(c, now)
+    }
+    fn complete_idempotency<'l0, 'l1, 'l2, 'l3, 'at>(
+        &'l0 self,
+        s: &'l1 str,
+        k: &'l2 str,
+        r: &'l3 store::StoredResponse,
+    ) -> StoreFut<'at, ()>
+    where
+        'l0: 'at,
+        'l1: 'at,
+        'l2: 'at,
+        'l3: 'at,
+        Self: 'at,
+    {
+        self.inner.complete_idempotency(s, k, r)
+    }
+    fn release_idempotency<'l0, 'l1, 'l2, 'at>(
+        &'l0 self,
+        s: &'l1 str,
+        k: &'l2 str,
+    ) -> StoreFut<'at, ()>
+    where
+        'l0: 'at,
+        'l1: 'at,
+        'l2: 'at,
+        Self: 'at,
+    {
+        self.inner.release_idempotency(s, k)
+    }
+    fn purge_idempotency<'l0, 'at>(&'l0 self, now: Timestamp) -> StoreFut<'at, u64>
+    where
+        'l0: 'at,
+        Self: 'at,
+    {
+        self.inner.purge_idempotency(now)
+    }
+    fn create_api_key<'l0, 'l1, 'at>(&'l0 self, k: &'l1 store::ApiKeyRecord) -> StoreFut<'at, ()>
+    where
+        'l0: 'at,
+        'l1: 'at,
+        Self: 'at,
+    {
+        self.inner.create_api_key(k)
+    }
+    fn api_key<'l0, 'l1, 'at>(&'l0 self, k: &'l1 str) -> StoreFut<'at, Option<store::ApiKeyRecord>>
+    where
+        'l0: 'at,
+        'l1: 'at,
+        Self: 'at,
+    {
+        self.inner.api_key(k)
+    }
+    fn api_keys<'l0, 'at>(&'l0 self) -> StoreFut<'at, Vec<store::ApiKeyRecord>>
+    where
+        'l0: 'at,
+        Self: 'at,
+    {
+        self.inner.api_keys()
+    }
+    fn revoke_api_key<'l0, 'l1, 'at>(&'l0 self, k: &'l1 str, at: Timestamp) -> StoreFut<'at, bool>
+    where
+        'l0: 'at,
+        'l1: 'at,
+        Self: 'at,
+    {
+        self.inner.revoke_api_key(k, at)
+    }
+    fn append_audit<'l0, 'l1, 'at>(&'l0 self, r: &'l1 store::AuditRecord) -> StoreFut<'at, u64>
+    where
+        'l0: 'at,
+        'l1: 'at,
+        Self: 'at,
+    {
+        self.inner.append_audit(r)
+    }
+    fn audit<'l0, 'l1, 'at>(
+        &'l0 self,
+        f: &'l1 store::AuditFilter,
+    ) -> StoreFut<'at, Vec<store::AuditRecord>>
+    where
+        'l0: 'at,
+        'l1: 'at,
+        Self: 'at,
+    {
+        self.inner.audit(f)
     }
     fn deliveries<'l0, 'l1, 'at>(
         &'l0 self,

@@ -524,10 +524,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn deliveries(&self, thread_id: &ThreadId, pending_only: bool) -> Result<Vec<Delivery>>;
 
     /// Interrupts across threads, oldest first (by id).
-    async fn list_interrupts(&self, filter: &InterruptFilter) -> Result<Vec<InterruptRecord>> {
-        let _ = filter;
-        Err(unsupported("list_interrupts"))
-    }
+    async fn list_interrupts(&self, filter: &InterruptFilter) -> Result<Vec<InterruptRecord>>;
 
     // --- Leases -------------------------------------------------------------------------
 
@@ -535,10 +532,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// is the run after [`plan_claim`], and no run is returned to two concurrent claimers.
     /// Runs are taken by priority (highest first), then `ready_at`, then run id; backends
     /// find them by an index on `ready_at`, not by scanning runs.
-    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<RunRecord>> {
-        let _ = request;
-        Err(unsupported("claim"))
-    }
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<RunRecord>>;
 
     /// Extends the lease `fence` for `ttl` from `now` ([`plan_renew`]); returns the run after.
     ///
@@ -550,19 +544,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         worker_id: &str,
         now: Timestamp,
         ttl: std::time::Duration,
-    ) -> Result<RunRecord> {
-        let _ = (fence, worker_id, now, ttl);
-        Err(unsupported("renew_lease"))
-    }
+    ) -> Result<RunRecord>;
 
     /// Hands a leased run back ([`plan_release`]); returns the run after.
     ///
     /// # Errors
     /// [`Error::RunNotFound`], [`Error::LeaseLost`].
-    async fn release_lease(&self, fence: &Fence, now: Timestamp) -> Result<RunRecord> {
-        let _ = (fence, now);
-        Err(unsupported("release_lease"))
-    }
+    async fn release_lease(&self, fence: &Fence, now: Timestamp) -> Result<RunRecord>;
 
     // --- Idempotency --------------------------------------------------------------------
 
@@ -573,10 +561,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         &self,
         candidate: &IdempotencyRecord,
         now: Timestamp,
-    ) -> Result<Reservation> {
-        let _ = (candidate, now);
-        Err(unsupported("reserve_idempotency"))
-    }
+    ) -> Result<Reservation>;
 
     /// Stores the response of a reserved key; later identical requests get it as a replay.
     async fn complete_idempotency(
@@ -584,23 +569,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         scope: &str,
         key: &str,
         response: &StoredResponse,
-    ) -> Result<()> {
-        let _ = (scope, key, response);
-        Err(unsupported("complete_idempotency"))
-    }
+    ) -> Result<()>;
 
     /// Drops an unfinished reservation (the request failed without doing anything), so a
     /// retry may take the key. Does nothing to a completed record.
-    async fn release_idempotency(&self, scope: &str, key: &str) -> Result<()> {
-        let _ = (scope, key);
-        Err(unsupported("release_idempotency"))
-    }
+    async fn release_idempotency(&self, scope: &str, key: &str) -> Result<()>;
 
     /// Deletes idempotency records that expired at or before `now`; returns how many.
-    async fn purge_idempotency(&self, now: Timestamp) -> Result<u64> {
-        let _ = now;
-        Err(unsupported("purge_idempotency"))
-    }
+    async fn purge_idempotency(&self, now: Timestamp) -> Result<u64>;
 
     // --- API keys -----------------------------------------------------------------------
 
@@ -608,46 +584,25 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ///
     /// # Errors
     /// [`Error::AlreadyExists`] when the key id is taken.
-    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
-        let _ = key;
-        Err(unsupported("create_api_key"))
-    }
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<()>;
 
     /// Reads an API key by id (revoked ones too).
-    async fn api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>> {
-        let _ = key_id;
-        Err(unsupported("api_key"))
-    }
+    async fn api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>>;
 
     /// Every API key, oldest first.
-    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
-        Err(unsupported("api_keys"))
-    }
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>>;
 
     /// Revokes a key; `false` when it does not exist or was already revoked.
-    async fn revoke_api_key(&self, key_id: &str, at: Timestamp) -> Result<bool> {
-        let _ = (key_id, at);
-        Err(unsupported("revoke_api_key"))
-    }
+    async fn revoke_api_key(&self, key_id: &str, at: Timestamp) -> Result<bool>;
 
     // --- Audit --------------------------------------------------------------------------
 
     /// Appends an entry to the audit log and returns its id. Durable with the store's next
     /// durable commit.
-    async fn append_audit(&self, record: &AuditRecord) -> Result<u64> {
-        let _ = record;
-        Err(unsupported("append_audit"))
-    }
+    async fn append_audit(&self, record: &AuditRecord) -> Result<u64>;
 
     /// Lists audit entries, oldest first.
-    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
-        let _ = filter;
-        Err(unsupported("audit"))
-    }
-}
-
-fn unsupported(op: &str) -> Error {
-    Error::Incompatible(format!("this store does not implement `{op}` yet"))
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;
 }
 
 /// An external event sent to a thread, buffered until a node waiting for its name
