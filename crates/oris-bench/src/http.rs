@@ -14,7 +14,6 @@ use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -33,8 +32,6 @@ use crate::workloads;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// The `wait` long-poll of one request (the server's maximum).
 const WAIT: &str = "60s";
-/// Waits that may return a still-`interrupted` run after its resume before S2 gives up.
-const MAX_STALE_WAITS: u32 = 100_000;
 
 /// The server child process.
 #[derive(Debug)]
@@ -259,8 +256,8 @@ async fn s1_run(api: &Api, thread: &str) -> Ran {
     }
 }
 
-/// One S2 cycle; counts the waits that still saw the run `interrupted` after the resume.
-async fn s2_cycle(api: &Api, thread: &str, stale: &AtomicU64) -> Ran {
+/// One S2 cycle.
+async fn s2_cycle(api: &Api, thread: &str) -> Ran {
     let t0 = Instant::now();
     let fail = |verdict: String| Ran {
         latency_ns: t0.elapsed().as_nanos() as u64,
@@ -288,19 +285,10 @@ async fn s2_cycle(api: &Api, thread: &str, stale: &AtomicU64) -> Ran {
     if let Err(e) = api.resume(&interrupt, workloads::W3_ANSWER).await {
         return fail(e);
     }
-    let mut stale_waits = 0;
-    let job = loop {
-        match api.wait::<workloads::Approval>(thread).await {
-            // `wait` returns a settled run, and the run stays `interrupted` from the answer
-            // until a worker claims it: ask again.
-            Ok(job) if job.status == "interrupted" && stale_waits < MAX_STALE_WAITS => {
-                stale_waits += 1;
-            }
-            other => break other,
-        }
-    };
+    // `wait` does not return the run as it stood before the resume: an answered interrupt
+    // counts as about to continue. Still `interrupted` here is wrong.
+    let job = api.wait::<workloads::Approval>(thread).await;
     let resume_ns = t1.elapsed().as_nanos() as u64;
-    stale.fetch_add(u64::from(stale_waits), Ordering::Relaxed);
     Ran {
         latency_ns: t0.elapsed().as_nanos() as u64,
         resume_ns: Some(resume_ns),
@@ -326,7 +314,6 @@ pub async fn bench(
     let before = server.counters()?;
     let concurrency = cli.concurrency_for(w);
     let prefix = format!("{}-", w.name().to_ascii_lowercase());
-    let stale = Arc::new(AtomicU64::new(0));
     let samples = match w {
         Workload::S1 => {
             let run = move |id: String, _i: u64| {
@@ -336,10 +323,9 @@ pub async fn bench(
             drive(run, &prefix, limit, concurrency).await
         }
         Workload::S2 => {
-            let stale = stale.clone();
             let run = move |id: String, _i: u64| {
-                let (api, stale) = (api.clone(), stale.clone());
-                async move { s2_cycle(&api, &id, &stale).await }
+                let api = api.clone();
+                async move { s2_cycle(&api, &id).await }
             };
             drive(run, &prefix, limit, concurrency).await
         }
@@ -358,14 +344,6 @@ pub async fn bench(
                 "node a ran {a_runs} times for {} cycles ({} threads more than once)",
                 samples.runs, after.a_repeated
             ));
-        }
-        let stale = stale.load(Ordering::Relaxed);
-        if stale > 0 {
-            eprintln!(
-                "oris-bench: S2: {stale} waits ({:.2} per cycle) returned the run still \
-                 `interrupted` after its resume and were repeated",
-                stale as f64 / samples.runs.max(1) as f64
-            );
         }
     }
     for p in &samples.problems {

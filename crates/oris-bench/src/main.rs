@@ -28,7 +28,7 @@
 //! workers), or PostgreSQL without `ORIS_BENCH_PG_URL`, exit with status 2 and say so.
 //!
 //! S1 and S2 re-execute this binary as `oris-bench __server …` (hidden): it serves
-//! `oris_server::Server` with the bench graphs on a fresh store and a free loopback port,
+//! `oris::server::Server` with the bench graphs on a fresh store and a free loopback port,
 //! auth on with a provisioned admin token, and reports its counters to the parent.
 //!
 //! # Layout

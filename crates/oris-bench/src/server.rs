@@ -1,6 +1,6 @@
 //! The server side of S1 and S2: the bench binary re-executes itself as
 //! `oris-bench __server …` (a hidden command), which serves the real
-//! [`oris_server::Server`] with the bench graphs on a fresh store and a free loopback port.
+//! [`oris::server::Server`] with the bench graphs on a fresh store and a free loopback port.
 //!
 //! Protocol with the parent, one JSON object per line:
 //! - on stdout, first `{"listening": "http://127.0.0.1:PORT"}` once it listens;
@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
 use clap::Parser;
+use oris::server::{Auth, Server};
 use oris::store::Commit;
 use oris::{EngineOptions, Observer};
-use oris_server::{Auth, Server};
 use serde::{Deserialize, Serialize};
 
 use crate::backend;

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use oris_server::{Auth, Server};
+use oris::server::{Auth, Server};
 
 use crate::demo;
 

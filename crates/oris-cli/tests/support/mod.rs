@@ -233,8 +233,8 @@ impl Oris {
                 Instant::now() < deadline,
                 "{thread} is {status}, not one of {statuses:?} after {limit:?}: {job}"
             );
-            // `wait` also returns when the run is settled in another state (e.g. still
-            // `interrupted` right after a resume, until a worker claims it).
+            // `wait` returns as soon as the run is settled in any state (e.g. `waiting` on a
+            // timer, or `interrupted` when `completed` is awaited): ask again.
             if !body["timed_out"].as_bool().unwrap_or(false) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
