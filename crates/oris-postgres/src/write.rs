@@ -17,9 +17,9 @@ use oris_core::event::{Event, EventRow, Payload};
 use oris_core::id::{DeliveryId, InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::status::RunStatus;
 use oris_core::store::{
-    Answer, Commit, Delivery, Error, InterruptRecord, Receipt, RunRecord, RunWrite, ThreadRecord,
-    check_prune, check_redelivery, consumed_deliveries, interrupt_effects, plan_answer,
-    plan_commit, ready_on_answer, ready_on_delivery, wake_at,
+    Answer, Commit, Delivery, Error, InterruptRecord, Receipt, RunRecord, RunWrite, check_prune,
+    check_redelivery, consumed_deliveries, interrupt_effects, plan_answer, plan_commit,
+    ready_on_answer, ready_on_delivery, wake_at,
 };
 use tokio_postgres::types::Type;
 
@@ -108,7 +108,7 @@ pub(crate) async fn commit(conn: &Conn, sql: &Sql, c: &Commit) -> Result<Receipt
     let tid = &c.thread_id;
     let stored = read::thread(conn, sql, tid, Lock::Write).await?;
     // A lease entitles its holder to write its own run only.
-    check_fence_writer(c, stored.as_ref().map(|s| &s.record))?;
+    oris_core::store::check_fence_writer(c, stored.as_ref().map(|s| &s.record))?;
     // The run whose status changes, or else whose lease fences the commit, locked (after
     // the thread: every writer locks in that order) so that a claim, renewal, release,
     // answer or delivery cannot change it between the check and the write.
@@ -411,35 +411,6 @@ pub(crate) async fn commit(conn: &Conn, sql: &Sql, c: &Commit) -> Result<Receipt
     Ok(Receipt {
         head: plan.thread.head,
     })
-}
-
-/// Checks that a fenced commit is written by the run its fence names: the run whose status
-/// it sets or, without a status change, the thread's active run. A lease on one run does
-/// not entitle its holder to write another run's events.
-///
-/// The same rule as `check_fence_writer` in `oris_core::store::control`, which the core
-/// does not export yet; this copy goes once it does.
-///
-/// # Errors
-/// [`Error::LeaseLost`] (`the lease names another run`).
-fn check_fence_writer(commit: &Commit, thread: Option<&ThreadRecord>) -> Result<(), Error> {
-    let Some(fence) = &commit.fence else {
-        return Ok(());
-    };
-    let writer = match (&commit.run, thread) {
-        (Some(RunWrite::Create(_)), _) | (None, None) => return Ok(()),
-        (Some(RunWrite::SetStatus { run_id, .. }), _) => Some(*run_id),
-        (None, Some(t)) => t.active_run,
-    };
-    if writer == Some(fence.run_id) {
-        Ok(())
-    } else {
-        Err(Error::LeaseLost {
-            run_id: fence.run_id,
-            epoch: fence.epoch,
-            reason: "the lease names another run",
-        })
-    }
 }
 
 /// The thread's (by key) earliest pending delivery named one of `names`: name and arrival.
