@@ -291,6 +291,7 @@ pub(crate) fn result(
         bytes_per_step: bytes_per_run
             .filter(|_| is_w4)
             .map(|b| round(b / f64::from(cli.steps), 2)),
+        store_calls_per_run: None,
     }
 }
 

@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use crate::calibrate::{self, Calibration};
 use crate::cli::{Backend, Cli, Workload};
+use crate::counting;
 use crate::harness::{Limit, Measured, Ran, drive, result};
 use crate::report::WorkloadResult;
 use crate::server::{self, ServerCounters};
@@ -356,6 +357,7 @@ pub async fn bench(
         let c = tokio::task::spawn_blocking(move || calibrate::run(&dir, secs)).await??;
         Some(c.durable_commits_per_sec)
     };
+    let runs = samples.runs;
     let m = Measured {
         samples,
         commits: after.commits - before.commits,
@@ -364,7 +366,9 @@ pub async fn bench(
         memory_bytes: None,
         calibration_after,
     };
-    Ok(result(cli, w, concurrency, &m, calibration))
+    let mut r = result(cli, w, concurrency, &m, calibration);
+    r.store_calls_per_run = Some(counting::per_run(&before.calls, &after.calls, runs));
+    Ok(r)
 }
 
 /// Waits until `/readyz` answers 200.

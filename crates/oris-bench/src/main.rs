@@ -39,12 +39,13 @@
 //! - `harness`: drives N runs or W3 cycles (or S seconds) with C in flight and collects
 //!   latencies.
 //! - `http`: S1 and S2 — the server process and its HTTP clients.
-//! - `server`: the hidden `__server` command.
+//! - `server`: the hidden `__server` command; `counting`: its store wrapper counting calls.
 //! - `report`: percentiles, the per-workload result, JSON lines and the readable table.
 
 mod backend;
 mod calibrate;
 mod cli;
+mod counting;
 mod harness;
 mod http;
 mod report;

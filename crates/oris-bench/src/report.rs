@@ -1,10 +1,12 @@
 //! Percentiles, the result of one workload, and how results are printed.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 
 use serde::Serialize;
 
 use crate::calibrate::Calibration;
+use crate::counting::PerRun;
 
 /// The result of one workload, as printed (one JSON object per line with `--json`).
 ///
@@ -66,6 +68,9 @@ pub struct WorkloadResult {
     pub steps: Option<u32>,
     /// W4's bytes per step; `null` for other workloads.
     pub bytes_per_step: Option<f64>,
+    /// S1, S2: the server's calls to its store per run and their mean time, by method
+    /// (`{"commit": {"per_run": 4.0, "mean_us": 310.5}, …}`); `null` for other workloads.
+    pub store_calls_per_run: Option<BTreeMap<String, PerRun>>,
 }
 
 /// The sample at percentile `p` (0 < p ≤ 100) of sorted `samples`, by nearest rank.
@@ -177,6 +182,13 @@ impl Printer {
             line.push_str(&format!("  WRONG: {}", r.wrong_runs));
         }
         emit(&line);
+        if let Some(calls) = &r.store_calls_per_run {
+            let parts: Vec<String> = calls
+                .iter()
+                .map(|(m, c)| format!("{m} {:.2}× {:.0} µs", c.per_run, c.mean_us))
+                .collect();
+            emit(&format!("     store calls per run: {}", parts.join(", ")));
+        }
     }
 }
 

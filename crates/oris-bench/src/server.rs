@@ -5,11 +5,13 @@
 //! Protocol with the parent, one JSON object per line:
 //! - on stdout, first `{"listening": "http://127.0.0.1:PORT"}` once it listens;
 //! - on stdin the parent writes `counters` and gets back one [`ServerCounters`] line, taken
-//!   outside timed sections (SQLite checkpoints its WAL to count bytes);
+//!   outside timed sections (SQLite checkpoints its WAL to count bytes); it includes the
+//!   server's store calls per method (the store is wrapped in a [`CountingStore`]);
 //! - `stop` on stdin, or stdin closing (the parent exited), shuts it down gracefully.
 //!
 //! Logs go to stderr (warnings only; `RUST_LOG` changes that).
 
+use std::collections::BTreeMap;
 use std::io::BufRead as _;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -25,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend;
 use crate::cli::{Backend, DurabilityArg};
+use crate::counting::{Calls, CountingStore};
 use crate::workloads;
 
 /// The hidden command's name (first argument).
@@ -55,7 +58,7 @@ pub struct ServerArgs {
 }
 
 /// Counters of the server process at one moment.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ServerCounters {
     /// Engine commits (observer count).
     pub commits: u64,
@@ -65,6 +68,8 @@ pub struct ServerCounters {
     pub a_runs: u64,
     /// Threads on which node `a` ran more than once.
     pub a_repeated: u64,
+    /// The server's calls to its store, per method.
+    pub calls: BTreeMap<String, Calls>,
 }
 
 #[derive(Debug, Default)]
@@ -98,10 +103,11 @@ pub fn main(args: ServerArgs) -> anyhow::Result<()> {
 
 async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let opened = backend::open(args.backend, &args.db).await?;
+    let counting = Arc::new(CountingStore::new(opened.store.clone()));
     let commits = Arc::new(CommitCounter::default());
     let a_runs = Arc::new(workloads::NodeRuns::default());
     let mut builder = Server::builder()
-        .store(opened.store.clone())
+        .store(counting.clone())
         .engine_options(EngineOptions {
             durability: args.durability.into(),
             observer: Some(commits.clone()),
@@ -152,6 +158,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                         store,
                         a_runs,
                         a_repeated,
+                        calls: counting.snapshot(),
                     };
                     if reply(&c).is_err() {
                         break;

@@ -123,6 +123,7 @@ fn check_workloads(backend: &str, extra_dir: Option<&std::path::Path>) {
                 "{line}"
             );
         }
+        assert!(line["store_calls_per_run"].is_null(), "{line}");
         if workload == "W4" {
             assert_eq!(line["steps"], 20, "{line}");
             assert!(number(line, "bytes_per_step") >= 0.0, "{line}");
@@ -273,6 +274,11 @@ fn check_server_workloads(backend: &str, dir: &std::path::Path, concurrency: &st
                 assert!(line[field].is_null(), "`{field}` in {line}");
             }
         }
+        // What the server asked of its store: every engine commit, and at least one claim.
+        let calls = &line["store_calls_per_run"];
+        assert_eq!(number(&calls["commit"], "per_run"), commits, "{line}");
+        assert!(number(&calls["claim"], "per_run") > 0.0, "{line}");
+        assert!(number(&calls["commit"], "mean_us") > 0.0, "{line}");
     }
 }
 
