@@ -292,6 +292,8 @@ pub(crate) fn result(
             .filter(|_| is_w4)
             .map(|b| round(b / f64::from(cli.steps), 2)),
         store_calls_per_run: None,
+        server_cpu_ms_per_run: None,
+        client_cpu_ms_per_run: None,
     }
 }
 

@@ -25,7 +25,7 @@ use crate::calibrate::{self, Calibration};
 use crate::cli::{Backend, Cli, Workload};
 use crate::counting;
 use crate::harness::{Limit, Measured, Ran, drive, result};
-use crate::report::WorkloadResult;
+use crate::report::{WorkloadResult, round};
 use crate::server::{self, ServerCounters};
 use crate::workloads;
 
@@ -313,6 +313,7 @@ pub async fn bench(
     let api = Api::new(&server.url, &token)?;
     ready(&api).await?;
     let before = server.counters()?;
+    let client_cpu_before = server::process_cpu_secs();
     let concurrency = cli.concurrency_for(w);
     let prefix = format!("{}-", w.name().to_ascii_lowercase());
     let samples = match w {
@@ -332,6 +333,9 @@ pub async fn bench(
         }
         _ => bail!("{} is not an HTTP workload", w.name()),
     };
+    let client_cpu = server::process_cpu_secs()
+        .zip(client_cpu_before)
+        .map(|(a, b)| a - b);
     let after = server.counters()?;
     server.stop()?;
     let mut samples = samples;
@@ -368,6 +372,12 @@ pub async fn bench(
     };
     let mut r = result(cli, w, concurrency, &m, calibration);
     r.store_calls_per_run = Some(counting::per_run(&before.calls, &after.calls, runs));
+    let per_run_ms = |secs: f64| round(secs * 1e3 / runs.max(1) as f64, 3);
+    r.server_cpu_ms_per_run = after
+        .cpu_secs
+        .zip(before.cpu_secs)
+        .map(|(a, b)| per_run_ms(a - b));
+    r.client_cpu_ms_per_run = client_cpu.map(per_run_ms);
     Ok(r)
 }
 

@@ -71,6 +71,11 @@ pub struct WorkloadResult {
     /// S1, S2: the server's calls to its store per run and their mean time, by method
     /// (`{"commit": {"per_run": 4.0, "mean_us": 310.5}, …}`); `null` for other workloads.
     pub store_calls_per_run: Option<BTreeMap<String, PerRun>>,
+    /// S1, S2: CPU time (user + system) the server process used per run, in milliseconds
+    /// (1/100 s resolution, so use enough runs); `null` for other workloads.
+    pub server_cpu_ms_per_run: Option<f64>,
+    /// S1, S2: CPU time the bench's HTTP clients used per run, in milliseconds.
+    pub client_cpu_ms_per_run: Option<f64>,
 }
 
 /// The sample at percentile `p` (0 < p ≤ 100) of sorted `samples`, by nearest rank.
@@ -182,6 +187,11 @@ impl Printer {
             line.push_str(&format!("  WRONG: {}", r.wrong_runs));
         }
         emit(&line);
+        if let (Some(server), Some(client)) = (r.server_cpu_ms_per_run, r.client_cpu_ms_per_run) {
+            emit(&format!(
+                "     CPU per run: server {server:.3} ms, clients {client:.3} ms"
+            ));
+        }
         if let Some(calls) = &r.store_calls_per_run {
             let parts: Vec<String> = calls
                 .iter()

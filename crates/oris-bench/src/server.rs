@@ -70,6 +70,22 @@ pub struct ServerCounters {
     pub a_repeated: u64,
     /// The server's calls to its store, per method.
     pub calls: BTreeMap<String, Calls>,
+    /// CPU time the server process used so far (user + system), in seconds; `None` where
+    /// `/proc` is missing.
+    pub cpu_secs: Option<f64>,
+}
+
+/// CPU time (user + system) of this process so far, in seconds, from `/proc/self/stat`
+/// (clock ticks of 1/100 s, Linux's fixed `USER_HZ`).
+pub fn process_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; it ends at the last `)`.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // Fields 3… follow; utime and stime are fields 14 and 15.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 #[derive(Debug, Default)]
@@ -159,6 +175,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                         a_runs,
                         a_repeated,
                         calls: counting.snapshot(),
+                        cpu_secs: process_cpu_secs(),
                     };
                     if reply(&c).is_err() {
                         break;
@@ -188,4 +205,21 @@ fn reply(v: &impl Serialize) -> anyhow::Result<()> {
     out.write_all(b"\n")?;
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_this_process_cpu_time() {
+        let Some(before) = super::process_cpu_secs() else {
+            return; // No /proc here.
+        };
+        let t = std::time::Instant::now();
+        let mut x = 0_u64;
+        while t.elapsed() < std::time::Duration::from_millis(120) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let after = super::process_cpu_secs().unwrap();
+        assert!(after - before >= 0.05, "{before} → {after}");
+    }
 }

@@ -123,7 +123,13 @@ fn check_workloads(backend: &str, extra_dir: Option<&std::path::Path>) {
                 "{line}"
             );
         }
-        assert!(line["store_calls_per_run"].is_null(), "{line}");
+        for field in [
+            "store_calls_per_run",
+            "server_cpu_ms_per_run",
+            "client_cpu_ms_per_run",
+        ] {
+            assert!(line[field].is_null(), "`{field}` in {line}");
+        }
         if workload == "W4" {
             assert_eq!(line["steps"], 20, "{line}");
             assert!(number(line, "bytes_per_step") >= 0.0, "{line}");
@@ -273,6 +279,9 @@ fn check_server_workloads(backend: &str, dir: &std::path::Path, concurrency: &st
             } else {
                 assert!(line[field].is_null(), "`{field}` in {line}");
             }
+        }
+        for field in ["server_cpu_ms_per_run", "client_cpu_ms_per_run"] {
+            assert!(number(line, field) >= 0.0, "`{field}` in {line}");
         }
         // What the server asked of its store: every engine commit, and at least one claim.
         let calls = &line["store_calls_per_run"];
