@@ -464,6 +464,18 @@ impl<S: State> Driver<S> {
             });
             Some((task, attempt, result))
         };
+        // One span per node attempt. Its `attempt_id` (`<run>.<superstep>.<task>.<attempt>`)
+        // names the attempt in logs; under a worker's `execute` span it also carries the
+        // lease epoch and worker id.
+        let span = tracing::info_span!(
+            "node",
+            node = t.node(),
+            attempt,
+            attempt_id = %format_args!("{}.{}.{task}.{attempt}", self.run_id, self.superstep),
+            thread_id = %self.thread_id,
+            run_id = %self.run_id,
+        );
+        let fut = tracing::Instrument::instrument(fut, span);
         // A superstep of several tasks runs them on the runtime's worker threads (true
         // parallelism); a lone task runs inside the driver's own task, which saves two
         // cross-thread wake-ups per node.
@@ -713,7 +725,10 @@ impl<S: State> Driver<S> {
         });
         let status = self.paused_status();
         self.commit(events, Some(status), false).await?;
-        tracing::info!(thread_id = %self.thread_id, run_id = %self.run_id, "run suspended");
+        for p in self.pending_interrupts() {
+            tracing::info!(thread_id = %self.thread_id, run_id = %self.run_id, interrupt_id = %p.interrupt_id, node = %p.node, "interrupt pending");
+        }
+        tracing::info!(thread_id = %self.thread_id, run_id = %self.run_id, until = ?until, "run suspended");
         Ok(Some(self.paused_outcome()))
     }
 
