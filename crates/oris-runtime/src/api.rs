@@ -20,7 +20,7 @@ use crate::erased::ErasedGraph;
 use crate::error::Error;
 use crate::graph::CompiledGraph;
 use crate::outcome::ThreadState;
-use crate::replay::fold;
+use crate::replay::{fold, fold_known};
 
 /// What the engine knows of a registered graph (for `GET /v1/graphs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -147,7 +147,10 @@ pub struct Enqueue {
     /// The thread (created by its first run).
     pub thread_id: ThreadId,
     /// The input: JSON of the graph's state type, applied to the thread's state through
-    /// the reducers like [`GraphHandle::start`]'s input.
+    /// the reducers like [`GraphHandle::start`]'s input. Top-level fields left out of an
+    /// input object take their value in `S::default()` (the object is merged onto the
+    /// default state's JSON before decoding); fields the state does not have are ignored
+    /// or refused as the state's serde attributes say.
     pub input: serde_json::Value,
     /// Priority, labels and run options.
     pub options: EnqueueOptions,
@@ -254,6 +257,25 @@ fn decode_json<T: DeserializeOwned>(what: &str, value: serde_json::Value) -> Res
             Error::InvalidInput(format!("{what} field `{path}`: {}", e.inner()))
         }
     })
+}
+
+/// The input of a new run with the fields it leaves out taken from `S::default()`: an
+/// input object is merged key by key onto the JSON of the default state, so a state type
+/// needs no `#[serde(default)]` for a partial input. Anything else (an array, a number, a
+/// state that does not serialize to an object) is left as it is for the decoder to judge.
+/// Keys the state does not have are kept: the state's serde attributes decide about them
+/// (ignored by default, refused with `#[serde(deny_unknown_fields)]`).
+fn with_defaults<S: State>(input: serde_json::Value) -> serde_json::Value {
+    let serde_json::Value::Object(given) = input else {
+        return input;
+    };
+    match serde_json::to_value(S::default()) {
+        Ok(serde_json::Value::Object(mut merged)) => {
+            merged.extend(given);
+            serde_json::Value::Object(merged)
+        }
+        _ => serde_json::Value::Object(given),
+    }
 }
 
 fn to_json<S: Serialize>(thread_id: &ThreadId, state: &S) -> Result<serde_json::Value, Error> {
@@ -432,8 +454,32 @@ impl Engine {
     /// [`Error::ThreadNotFound`]; [`Error::GraphNotRegistered`] if this engine lacks the
     /// graph version of the thread's latest run; [`Error::Corrupt`].
     pub async fn state_json(&self, thread_id: &ThreadId) -> Result<StateView, Error> {
-        let graph = self.thread_graph(thread_id).await?;
-        graph.state(self.clone(), thread_id.clone(), None).await
+        let run = self.latest_run(thread_id).await?;
+        self.state_json_of(run).await
+    }
+
+    /// [`Engine::state_json`] for a caller that holds the thread's latest run record (just
+    /// read, e.g. with [`Engine::latest_run`]): the record names the graph version and is
+    /// the view's `run`, so neither the thread nor the run is read again — only the log is
+    /// folded (from its latest snapshot). A run created on the thread after `latest` was
+    /// read is folded in, though `run` still shows `latest`.
+    ///
+    /// # Errors
+    /// [`Error::GraphNotRegistered`] if this engine lacks the run's graph version;
+    /// [`Error::Corrupt`]; storage errors.
+    pub async fn state_json_of(&self, latest: RunRecord) -> Result<StateView, Error> {
+        let Some(graph) = self.registered(&latest.graph, &latest.graph_version) else {
+            return Err(Error::GraphNotRegistered {
+                thread_id: latest.thread_id,
+                run_id: latest.run_id,
+                graph: latest.graph,
+                version: latest.graph_version,
+            });
+        };
+        let thread_id = latest.thread_id.clone();
+        graph
+            .state(self.clone(), thread_id, None, Some(latest))
+            .await
     }
 
     /// The thread's state at a checkpoint as JSON, with the run that wrote it.
@@ -447,7 +493,7 @@ impl Engine {
     ) -> Result<StateView, Error> {
         let graph = self.thread_graph(thread_id).await?;
         graph
-            .state(self.clone(), thread_id.clone(), Some(checkpoint))
+            .state(self.clone(), thread_id.clone(), Some(checkpoint), None)
             .await
     }
 
@@ -483,7 +529,7 @@ impl Engine {
         input: serde_json::Value,
         options: EnqueueOptions,
     ) -> Result<RunRecord, Error> {
-        let input: S = decode_json("input", input)?;
+        let input: S = decode_json("input", with_defaults::<S>(input))?;
         self.enqueue_start(graph, thread_id, Start::Input(input), options)
             .await
     }
@@ -537,6 +583,7 @@ impl Engine {
         graph: &CompiledGraph<S>,
         thread_id: ThreadId,
         at: Option<CheckpointId>,
+        latest: Option<RunRecord>,
     ) -> Result<StateView, Error> {
         let handle = GraphHandle {
             engine: self.clone(),
@@ -544,7 +591,22 @@ impl Engine {
         };
         match at {
             None => {
-                let ts = handle.state(&thread_id).await?;
+                let ts = match latest {
+                    Some(run) => {
+                        let store = &*self.shared.store;
+                        let f =
+                            fold_known::<S>(store, &thread_id, Seq(u64::MAX), false, Some(&run))
+                                .await?;
+                        ThreadState {
+                            values: f.state,
+                            head: f.head,
+                            checkpoint: f.last_boundary.map(CheckpointId),
+                            run: Some(run),
+                            next: f.progress.map(|p| p.tasks).unwrap_or_default(),
+                        }
+                    }
+                    None => handle.state(&thread_id).await?,
+                };
                 view_of(thread_id, ts)
             }
             Some(checkpoint) => {

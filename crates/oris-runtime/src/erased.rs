@@ -54,12 +54,14 @@ pub(crate) trait ErasedGraph: Send + Sync {
         stop: CancellationToken,
     ) -> BoxFuture<Result<Executed, Error>>;
 
-    /// The thread's state now (`at: None`) or at a checkpoint, as JSON.
+    /// The thread's state now (`at: None`) or at a checkpoint, as JSON. `latest`: the
+    /// thread's latest run as the caller just read it (now only), so it is not read again.
     fn state(
         &self,
         engine: Engine,
         thread_id: ThreadId,
         at: Option<CheckpointId>,
+        latest: Option<RunRecord>,
     ) -> BoxFuture<Result<StateView, Error>>;
 
     /// Edits the thread's state from a JSON update.
@@ -133,9 +135,10 @@ impl<S: State> ErasedGraph for CompiledGraph<S> {
         engine: Engine,
         thread_id: ThreadId,
         at: Option<CheckpointId>,
+        latest: Option<RunRecord>,
     ) -> BoxFuture<Result<StateView, Error>> {
         let graph = self.clone();
-        Box::pin(async move { engine.state_view_typed(&graph, thread_id, at).await })
+        Box::pin(async move { engine.state_view_typed(&graph, thread_id, at, latest).await })
     }
 
     fn update_state(

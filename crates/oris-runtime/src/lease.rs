@@ -293,7 +293,11 @@ impl Engine {
         let guard = self
             .claim_leased(&thread_id, run.run_id, fence.epoch, loss.clone())
             .await?;
-        let f = fold::<S>(store, &thread_id, Seq(u64::MAX), false).await?;
+        // A first claim of the first run of its thread: the log is that run's opening
+        // events, and no snapshot can exist yet (one is written only at a boundary the
+        // run has not reached) — fold the log without looking for one.
+        let fresh = run.lease_epoch == 1 && run.first_seq == Seq(1);
+        let f = fold::<S>(store, &thread_id, Seq(u64::MAX), fresh).await?;
         let Some(progress) = f.progress.filter(|p| p.run_id == run.run_id) else {
             // The run ended before this worker got to it (cancelled meanwhile).
             let now = store.run(run.run_id).await?;

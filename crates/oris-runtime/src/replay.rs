@@ -11,7 +11,7 @@ use oris_core::event::{
 };
 use oris_core::id::{RunId, Seq, ThreadId, Timestamp};
 use oris_core::state::{INPUT_WRITER, State};
-use oris_core::store::{Snapshot, Store};
+use oris_core::store::{RunRecord, Snapshot, Store};
 
 use crate::error::Error;
 use crate::record::{Records, apply_record};
@@ -250,6 +250,23 @@ pub(crate) async fn fold<S: State>(
     upto: Seq,
     from_scratch: bool,
 ) -> Result<Folded<S>, Error> {
+    fold_known(store, thread_id, upto, from_scratch, None).await
+}
+
+/// [`fold`], given a run record the caller already read (`known`): when the snapshot the
+/// fold starts from belongs to that run, the record is not read again, and when that run
+/// has ended and the fold goes to the end of the log, its settings are not read either
+/// (they only matter to a driver, and the fold passes the run's end).
+///
+/// Reads: the snapshot (unless `from_scratch`), then the events after it a page at a time;
+/// a page shorter than asked for is the end of the log (no read to find it empty).
+pub(crate) async fn fold_known<S: State>(
+    store: &dyn Store,
+    thread_id: &ThreadId,
+    upto: Seq,
+    from_scratch: bool,
+    known: Option<&RunRecord>,
+) -> Result<Folded<S>, Error> {
     let snapshot = if from_scratch {
         None
     } else {
@@ -260,7 +277,16 @@ pub(crate) async fn fold<S: State>(
         Some(snap) => {
             // The snapshot records the boundary; the run's settings are in its RunStarted
             // event. Events after the snapshot (including the run's end) settle the rest.
-            let active = match store.run(snap.run_id).await? {
+            let run = match known.filter(|r| r.run_id == snap.run_id) {
+                Some(r) => Some(r.clone()),
+                None => store.run(snap.run_id).await?,
+            };
+            let active = match run {
+                // Its end is in the log after the snapshot: the fold passes it and drops
+                // the progress these settings would go into.
+                Some(run) if run.status.is_terminal() && upto == Seq(u64::MAX) => {
+                    Some((neutral_settings(), run.graph_version.clone(), None))
+                }
                 Some(run) => {
                     // A rebased run opens with `RunRebased`, then `RunStarted`.
                     let mut first = store
@@ -281,17 +307,9 @@ pub(crate) async fn fold<S: State>(
                         // The start of a finished run may have been pruned away. Its settings
                         // only matter to a driver, and a finished run is never driven again:
                         // fold its remaining events with neutral ones.
-                        _ if run.status.is_terminal() => Some((
-                            RunSettings {
-                                durability: oris_core::event::Durability::Sync,
-                                deadline: None,
-                                superstep_limit: u32::MAX,
-                                interrupt_before: Vec::new(),
-                                interrupt_after: Vec::new(),
-                            },
-                            run.graph_version.clone(),
-                            None,
-                        )),
+                        _ if run.status.is_terminal() => {
+                            Some((neutral_settings(), run.graph_version.clone(), None))
+                        }
                         _ => {
                             return Err(Error::Corrupt {
                                 thread_id: thread_id.clone(),
@@ -318,14 +336,28 @@ pub(crate) async fn fold<S: State>(
         }
         let limit = PAGE.min((upto.0 - folded.head.0) as usize);
         let events = store.events(thread_id, folded.head, limit).await?;
-        if events.is_empty() {
-            break;
-        }
         for e in &events {
             folded.apply(thread_id, e)?;
         }
+        // `Store::events` returns up to `limit` events: fewer means the log ended there
+        // when it was read (a later commit is one the fold may as well have preceded).
+        if events.len() < limit {
+            break;
+        }
     }
     Ok(folded)
+}
+
+/// Settings for a finished run whose own cannot be (or need not be) read: only a driver
+/// uses them, and a finished run is never driven again.
+fn neutral_settings() -> RunSettings {
+    RunSettings {
+        durability: oris_core::event::Durability::Sync,
+        deadline: None,
+        superstep_limit: u32::MAX,
+        interrupt_before: Vec::new(),
+        interrupt_after: Vec::new(),
+    }
 }
 
 /// Merges one superstep's completed updates into `state` in task order — the single merge

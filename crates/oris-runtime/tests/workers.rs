@@ -329,13 +329,24 @@ async fn bad_input_unknown_graphs_and_bad_breakpoints_record_nothing() {
     }
     let err = engine
         .enqueue(Enqueue {
-            input: json!({"log": []}),
+            input: json!({"log": [], "n": "three"}),
             ..job("w", "bad")
         })
         .await
         .unwrap_err();
     match &err {
-        Error::InvalidInput(m) => assert!(m.contains("missing field `n`"), "{m}"),
+        Error::InvalidInput(m) => assert!(m.starts_with("input field `n`: invalid type"), "{m}"),
+        other => panic!("expected invalid input, got {other:?}"),
+    }
+    let err = engine
+        .enqueue(Enqueue {
+            input: json!(3),
+            ..job("w", "bad")
+        })
+        .await
+        .unwrap_err();
+    match &err {
+        Error::InvalidInput(m) => assert!(m.starts_with("input: invalid type"), "{m}"),
         other => panic!("expected invalid input, got {other:?}"),
     }
     let err = engine
@@ -383,6 +394,149 @@ async fn bad_input_unknown_graphs_and_bad_breakpoints_record_nothing() {
         claim_at(&store, "w1", Timestamp::now(), Duration::from_secs(1))
             .await
             .is_empty()
+    );
+}
+
+/// A state that refuses fields it does not have.
+#[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize, oris_derive::State)]
+#[oris(crate = "::oris_core")]
+#[serde(deny_unknown_fields)]
+struct Strict {
+    n: i64,
+    tag: String,
+}
+
+#[tokio::test]
+async fn input_fields_left_out_take_the_default_states_value() {
+    let (_store, engine) = memory_engine(EngineOptions::default());
+    let probe = Probe::new(0);
+    engine.register(gated("1", &probe).compile().unwrap());
+    engine.register(
+        StateGraph::<Strict>::new("strict", "1")
+            .node("x", |_s: Strict, _ctx| async {
+                Ok::<_, NodeError>(StrictUpdate::default())
+            })
+            .edge(START, "x")
+            .edge("x", END)
+            .compile()
+            .unwrap(),
+    );
+    let values = |t: &'static str| {
+        let engine = engine.clone();
+        async move { engine.state_json(&tid(t)).await.unwrap().values }
+    };
+
+    // `W` has no `#[serde(default)]`: a partial input is completed from `W::default()`.
+    engine
+        .enqueue(Enqueue {
+            input: json!({"log": ["only"]}),
+            ..job("w", "p1")
+        })
+        .await
+        .unwrap();
+    assert_eq!(values("p1").await, json!({"log": ["only"], "n": 0}));
+    // `{}` — what the server sends for an absent input — is the default state.
+    engine
+        .enqueue(Enqueue {
+            input: json!({}),
+            ..job("w", "p2")
+        })
+        .await
+        .unwrap();
+    assert_eq!(values("p2").await, json!({"log": [], "n": 0}));
+    // Given fields win over the defaults; a field the state lacks is serde's call: `W`
+    // ignores it…
+    engine
+        .enqueue(Enqueue {
+            input: json!({"n": 4, "extra": true}),
+            ..job("w", "p3")
+        })
+        .await
+        .unwrap();
+    assert_eq!(values("p3").await, json!({"log": [], "n": 4}));
+    // …and a `deny_unknown_fields` state refuses it, while taking a partial input.
+    let err = engine
+        .enqueue(Enqueue {
+            input: json!({"n": 1, "extra": true}),
+            ..job("strict", "p4")
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("unknown field `extra`")),
+        "{err:?}"
+    );
+    engine
+        .enqueue(Enqueue {
+            input: json!({"tag": "t"}),
+            ..job("strict", "p5")
+        })
+        .await
+        .unwrap();
+    assert_eq!(values("p5").await, json!({"n": 0, "tag": "t"}));
+}
+
+#[tokio::test]
+async fn a_fresh_run_is_executed_and_read_back_with_few_store_calls() {
+    use common::counting::Counting;
+    let memory = Arc::new(MemoryStore::new());
+    let store = Counting::new(memory.clone());
+    let engine = Engine::new(store.clone());
+    engine.register(linear("lin", 3).compile().unwrap());
+    let t = tid("fresh");
+
+    let before = store.calls();
+    engine
+        .enqueue(Enqueue {
+            graph: "lin".into(),
+            version: None,
+            thread_id: t.clone(),
+            input: json!({"counter": 0, "log": []}),
+            options: EnqueueOptions::default(),
+        })
+        .await
+        .unwrap();
+    // The thread is looked up (a new one: nothing to fold), then one commit.
+    assert_eq!(
+        store.since(&before),
+        BTreeMap::from([("commit", 1), ("thread", 1)])
+    );
+
+    let run = claim_one(&memory, "w1").await;
+    let before = store.calls();
+    let done = engine
+        .execute(run.clone(), quiet("w1"), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(done.status, StatusKind::Completed);
+    // The first claim of a new thread's run: no snapshot to look for, the log in one read,
+    // then one commit per superstep.
+    assert_eq!(
+        store.since(&before),
+        BTreeMap::from([("commit", 3), ("events", 1)])
+    );
+
+    // The state of a run in hand: the snapshot written at its end and the events after it;
+    // neither the run (the record is at hand) nor its settings (it ended) are read.
+    let latest = engine.latest_run(&t).await.unwrap();
+    assert_eq!(latest.run_id, run.run_id);
+    let before = store.calls();
+    let view = engine.state_json_of(latest.clone()).await.unwrap();
+    assert_eq!(
+        store.since(&before),
+        BTreeMap::from([("events", 1), ("snapshot", 1)])
+    );
+    assert_eq!(
+        view.values,
+        json!({"counter": 3, "log": ["n0", "n1", "n2"]})
+    );
+    assert_eq!(view.run.as_ref().map(|r| r.run_id), Some(run.run_id));
+    assert!(view.next.is_empty());
+    // The same view as reading everything again.
+    let full = engine.state_json(&t).await.unwrap();
+    assert_eq!(
+        serde_json::to_value(&full).unwrap(),
+        serde_json::to_value(&view).unwrap()
     );
 }
 
