@@ -1,24 +1,47 @@
 //! The engine observer of the server: what it sees of every commit made by this process
-//! feeds SSE streams and long-polls (a broadcast of committed events), the worker pool (a
-//! wake-up when a run is created here) and metrics (node durations, ended runs).
+//! feeds SSE streams and long-polls (a broadcast of committed events with the run change
+//! they carry) and metrics (node durations, ended runs). It also carries the worker pool's
+//! wake-ups from handlers, timers and external signals.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oris_core::event::{Event, EventBody};
-use oris_core::id::{RunId, ThreadId};
-use oris_core::store::{Commit, RunWrite};
+use oris_core::id::{RunId, ThreadId, Timestamp};
+use oris_core::status::StatusKind;
+use oris_core::store::{Commit, RunRecord, RunWrite};
 use oris_runtime::Observer;
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::metrics::Metrics;
 
-/// Events committed to one thread by this process, in seq order.
+/// Events committed to one thread by this process, in seq order, and what the commit did
+/// to a run.
 #[derive(Debug)]
 pub(crate) struct Committed {
     pub thread_id: ThreadId,
     pub events: Vec<Event>,
+    pub run: Option<RunChange>,
+}
+
+/// The run write of a commit, as the readers of the broadcast need it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RunChange {
+    /// A run was created (queued, or running when driven in-process): the thread's latest
+    /// run now.
+    Created(RunId),
+    /// The run's status was set to this.
+    Status(RunId, StatusKind),
+}
+
+impl RunChange {
+    fn of(w: &RunWrite) -> Self {
+        match w {
+            RunWrite::Create(r) => RunChange::Created(r.run_id),
+            RunWrite::SetStatus { run_id, status } => RunChange::Status(*run_id, status.kind()),
+        }
+    }
 }
 
 /// Capacity of the broadcast; a subscriber that falls further behind reads the store.
@@ -34,10 +57,23 @@ struct Timing {
     retries: HashMap<(RunId, u32), Instant>,
 }
 
+/// What run metrics need of a run, kept from its creation or claim until it ends.
+#[derive(Debug, Clone)]
+struct Started {
+    graph: String,
+    created_at: Timestamp,
+}
+
 pub(crate) struct Hub {
     tx: broadcast::Sender<Arc<Committed>>,
-    pub pool_wake: Arc<Notify>,
+    /// Bumped when the pool should look for ready runs (a run created here, an answer, an
+    /// event, a timer, an external signal): a watch, so that wake-ups coalesce and the pool
+    /// can tell whether one arrived since its last claim.
+    wake: watch::Sender<u64>,
+    /// Runs that end without their `Started` here (created and claimed elsewhere, or
+    /// forgotten past the cap): their metrics need a store read.
     ended: mpsc::UnboundedSender<RunId>,
+    started: Mutex<HashMap<RunId, Started>>,
     timing: Mutex<Timing>,
     metrics: Arc<Metrics>,
     user: Option<Arc<dyn Observer>>,
@@ -61,8 +97,9 @@ impl Hub {
         (
             Hub {
                 tx: broadcast::channel(CHANNEL_CAPACITY).0,
-                pool_wake: Arc::new(Notify::new()),
+                wake: watch::channel(0).0,
                 ended,
+                started: Mutex::new(HashMap::new()),
                 timing: Mutex::new(Timing::default()),
                 metrics,
                 user,
@@ -74,6 +111,56 @@ impl Hub {
     /// Commits from now on (subscribe before reading the store, so nothing falls between).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Committed>> {
         self.tx.subscribe()
+    }
+
+    /// Tells the pool to look for ready runs.
+    pub fn wake_pool(&self) {
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The pool's wake-ups ([`Hub::wake_pool`]).
+    pub fn pool_wakes(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+
+    /// Remembers what the metrics of `run`'s end need (the pool calls it for every run it
+    /// claims, so runs created elsewhere are measured without a read).
+    pub fn track(&self, run: &RunRecord) {
+        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        if started.len() >= TIMING_CAP && !started.contains_key(&run.run_id) {
+            // Runs created here that end elsewhere or never: forget them all; whatever
+            // ends here later is measured from the store instead.
+            started.clear();
+        }
+        started.insert(
+            run.run_id,
+            Started {
+                graph: run.graph.clone(),
+                created_at: run.created_at,
+            },
+        );
+    }
+
+    /// Records `runs_total` and `run_duration_seconds` for a run that just ended here.
+    fn run_ended(&self, run_id: RunId, outcome: StatusKind) {
+        let started = self
+            .started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&run_id);
+        match started {
+            Some(s) => {
+                let ms = (Timestamp::now().as_millis() - s.created_at.as_millis()).max(0);
+                self.metrics.run_finished(
+                    &s.graph,
+                    outcome.as_str(),
+                    Duration::from_millis(ms as u64),
+                );
+            }
+            None => {
+                let _ = self.ended.send(run_id);
+            }
+        }
     }
 
     fn time_nodes(&self, commit: &Commit) {
@@ -156,10 +243,11 @@ impl Observer for Hub {
         }
         self.time_nodes(commit);
         match &commit.run {
-            // A run recorded here (enqueue, replay, fork): the local pool can take it now.
-            Some(RunWrite::Create(_)) => self.pool_wake.notify_one(),
+            // A run recorded here (enqueue, replay, fork, or driven in-process). The engine
+            // tells the pool about a queued one (`Engine::subscribe_ready`).
+            Some(RunWrite::Create(r)) => self.track(r),
             Some(RunWrite::SetStatus { run_id, status }) if status.is_terminal() => {
-                let _ = self.ended.send(*run_id);
+                self.run_ended(*run_id, status.kind());
             }
             _ => {}
         }
@@ -167,6 +255,7 @@ impl Observer for Hub {
             let _ = self.tx.send(Arc::new(Committed {
                 thread_id: commit.thread_id.clone(),
                 events: commit.events.clone(),
+                run: commit.run.as_ref().map(RunChange::of),
             }));
         }
     }

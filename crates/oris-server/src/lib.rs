@@ -125,6 +125,7 @@ pub struct ServerBuilder {
     auth: Auth,
     admin_token: Option<String>,
     hash_key: Vec<u8>,
+    wakes: Vec<pool::WakeSource>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -223,6 +224,47 @@ impl ServerBuilder {
         self
     }
 
+    /// Also wakes the worker pool whenever `signal` yields an item: for runs made ready by
+    /// other processes, which the pool otherwise finds only at its next poll
+    /// ([`poll_interval`](Self::poll_interval)). Each item asks for a claim; items that
+    /// arrive while a claim is under way coalesce into one more claim, so a busy signal
+    /// costs at most one claim per claim round trip. The stream is polled while the pool
+    /// runs ([`Server::serve`], [`Server::run_workers`]) and dropped when the pool stops or
+    /// the stream ends. Call it again to add another source; it has no effect with
+    /// `workers(0)`.
+    ///
+    /// With PostgreSQL, feed it the store's change notifications, so that a run made ready
+    /// by another process (created, answered, sent an event, released) starts within
+    /// milliseconds: `futures_util::stream::unfold(store.listen(), |mut l| async move {
+    /// l.recv().await.map(|_| ((), l)) })` turns an `oris_postgres::Listener` into such a
+    /// stream (its wake-ups include this server's own commits, which cost a claim that
+    /// usually finds nothing).
+    ///
+    /// # Example
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # async fn run(store: Arc<dyn oris_core::store::Store>) -> Result<(), oris_server::ServerError> {
+    /// let (tx, rx) = tokio::sync::mpsc::channel::<()>(16);
+    /// let signal = futures_util::stream::unfold(rx, |mut rx| async move {
+    ///     rx.recv().await.map(|()| ((), rx))
+    /// });
+    /// let server = oris_server::Server::builder()
+    ///     .store(store)
+    ///     .wake_on(signal)
+    ///     .build()
+    ///     .await?;
+    /// // Whatever learns that work became ready elsewhere:
+    /// let _ = tx.try_send(());
+    /// # Ok(()) }
+    /// ```
+    pub fn wake_on(
+        mut self,
+        signal: impl futures_util::Stream<Item = ()> + Send + 'static,
+    ) -> Self {
+        self.wakes.push(pool::WakeSource(Box::pin(signal)));
+        self
+    }
+
     /// How long a shutdown waits for running node executions. Default 30 s.
     pub fn shutdown_grace(mut self, d: Duration) -> Self {
         self.config.shutdown_grace = d;
@@ -263,6 +305,7 @@ impl ServerBuilder {
             self.schemas,
             pool::worker_id(),
             ended,
+            self.wakes,
         );
         if self.auth == Auth::Disabled {
             warn_no_auth();
@@ -402,6 +445,7 @@ impl Server {
             auth: Auth::Keys,
             admin_token: None,
             hash_key: DEFAULT_HASH_KEY.to_vec(),
+            wakes: Vec::new(),
         }
     }
 
@@ -462,6 +506,14 @@ impl Server {
         }
         tasks.spawn(purge_idempotency(app.clone(), background.clone()));
         if app.config.workers > 0 {
+            let wakes = std::mem::take(&mut *app.wakes.lock().unwrap_or_else(|e| e.into_inner()));
+            for source in wakes {
+                tasks.spawn(pool::forward_wakes(
+                    app.hub.clone(),
+                    source,
+                    background.clone(),
+                ));
+            }
             pool::run(app.clone(), stop).await;
         } else {
             stop.cancelled().await;
@@ -527,7 +579,8 @@ impl Server {
     }
 }
 
-/// Records `runs_total` and `run_duration_seconds` for runs that ended in this process.
+/// Records `runs_total` and `run_duration_seconds` for runs that ended in this process but
+/// that the hub did not see start (created and claimed elsewhere): from their stored record.
 async fn run_metrics(
     app: AppState,
     mut ended: tokio::sync::mpsc::UnboundedReceiver<oris_core::id::RunId>,

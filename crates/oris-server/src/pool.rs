@@ -2,11 +2,15 @@
 //! path remote workers use — and executes each under its lease.
 //!
 //! The loop claims up to the number of free slots, for the graph versions this server has
-//! (runs pinned to other versions are never claimed), spawns one execution per run, and
-//! sleeps until one of: the engine made a run claimable here (enqueue, answer, release…), a
-//! handler or a timer woke it, an execution finished (a slot is free), or `poll_interval`
-//! passed (runs made ready elsewhere: other processes, timers, expired leases). Idle, it
-//! costs one claim query per `poll_interval`.
+//! (runs pinned to other versions are never claimed), and spawns one execution per run. It
+//! claims again only when there may be something to take: a wake-up arrived since its last
+//! claim began (the engine made a run claimable here — enqueue, answer, release…; a handler,
+//! a timer or an external signal ([`ServerBuilder::wake_on`](crate::ServerBuilder::wake_on))
+//! woke it), or the last claim filled every free slot (more may be waiting) and a slot is
+//! free again, or `poll_interval` passed since the last claim (runs made ready elsewhere:
+//! other processes, timers, expired leases). An execution that ends frees a slot but is no
+//! reason to claim by itself, so a lone run costs one claim. Idle, the pool costs one claim
+//! query per `poll_interval`.
 //!
 //! Shutdown: no new claims; executions are told to stop (running node attempts finish and
 //! commit, leases are handed back); whatever has not stopped after the grace period is
@@ -16,17 +20,42 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::{Stream, StreamExt};
 use oris_core::id::{RunId, Timestamp};
 use oris_core::store::{ClaimRequest, Fence, RunRecord};
 use oris_runtime::{LeaseOptions, Stop};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::hub::Hub;
 use crate::state::{AppState, PoolState};
 
 /// Back-off after a failed claim.
 const CLAIM_RETRY: Duration = Duration::from_millis(500);
+
+/// An external source of wake-ups for the pool ([`ServerBuilder::wake_on`](crate::ServerBuilder::wake_on)).
+pub(crate) struct WakeSource(pub std::pin::Pin<Box<dyn Stream<Item = ()> + Send + 'static>>);
+
+impl std::fmt::Debug for WakeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WakeSource")
+    }
+}
+
+/// Forwards each item of `source` as a pool wake-up until it ends or `stop` is cancelled.
+pub(crate) async fn forward_wakes(hub: Arc<Hub>, mut source: WakeSource, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            item = source.0.next() => match item {
+                Some(()) => hub.wake_pool(),
+                None => return,
+            },
+            _ = stop.cancelled() => return,
+        }
+    }
+}
 
 /// The worker id: `host-pid-random`.
 pub(crate) fn worker_id() -> String {
@@ -47,6 +76,7 @@ pub(crate) async fn run(app: AppState, stop: CancellationToken) {
     let exec_stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let mut ready = app.engine.subscribe_ready();
+    let mut wakes = app.hub.pool_wakes();
     let lease = LeaseOptions {
         worker_id: app.worker_id.clone(),
         ttl: app.config.lease_ttl,
@@ -54,13 +84,20 @@ pub(crate) async fn run(app: AppState, stop: CancellationToken) {
     };
     app.set_pool_state(PoolState::Running);
     tracing::info!(worker_id = %app.worker_id, concurrency, "worker pool started");
-    let mut delay = app.config.poll_interval;
+    // Whether there may be runs to claim: at start, after a wake-up, after a claim that
+    // filled its limit, after a failed claim, and at every poll.
+    let mut wanted = true;
+    let mut next_poll = Instant::now() + app.config.poll_interval;
     while !stop.is_cancelled() {
         while tasks.try_join_next().is_some() {}
         let free = slots.available_permits();
         let graphs = app.graph_versions.clone();
         // An empty list would mean "any graph": a server without graphs claims nothing.
-        if free > 0 && !graphs.is_empty() {
+        if wanted && free > 0 && !graphs.is_empty() {
+            // Wake-ups so far are answered by this claim; one arriving from now on may
+            // concern a run the claim does not see, and asks for another.
+            ready.borrow_and_update();
+            wakes.borrow_and_update();
             let request = ClaimRequest {
                 worker_id: app.worker_id.clone(),
                 now: Timestamp::now(),
@@ -70,7 +107,8 @@ pub(crate) async fn run(app: AppState, stop: CancellationToken) {
             };
             match app.store.claim(&request).await {
                 Ok(runs) => {
-                    delay = app.config.poll_interval;
+                    wanted = runs.len() >= free;
+                    next_poll = Instant::now() + app.config.poll_interval;
                     for run in runs {
                         let Ok(permit) = slots.clone().try_acquire_owned() else {
                             // Cannot happen: only this loop takes permits.
@@ -89,16 +127,23 @@ pub(crate) async fn run(app: AppState, stop: CancellationToken) {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "claim failed; retrying");
-                    delay = CLAIM_RETRY.max(app.config.poll_interval.min(Duration::from_secs(5)));
+                    // Retried at the next poll, after a back-off.
+                    wanted = false;
+                    next_poll = Instant::now()
+                        + CLAIM_RETRY.max(app.config.poll_interval.min(Duration::from_secs(5)));
                 }
             }
         }
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = ready.changed() => {}
-            _ = app.hub.pool_wake.notified() => {}
+            _ = ready.changed() => wanted = true,
+            _ = wakes.changed() => wanted = true,
+            // A free slot: claims again if something is wanted.
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep_until(next_poll) => {
+                wanted = true;
+                next_poll = Instant::now() + app.config.poll_interval;
+            }
         }
     }
     // Graceful stop.
@@ -152,6 +197,7 @@ async fn execute(
         app.metrics
             .claim_wait(Duration::from_millis(u64::try_from(waited).unwrap_or(0)));
     }
+    app.hub.track(&run);
     running
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -185,15 +231,15 @@ async fn arm_wake(app: &AppState, run_id: RunId) {
     };
     let Some(at) = run.ready_at else { return };
     let wait = at.as_millis() - Timestamp::now().as_millis();
-    let wake = app.hub.pool_wake.clone();
+    let hub = app.hub.clone();
     let stop = app.shutdown.clone();
     if wait <= 0 {
-        wake.notify_one();
+        hub.wake_pool();
         return;
     }
     tokio::spawn(async move {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => wake.notify_one(),
+            _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => hub.wake_pool(),
             _ = stop.cancelled() => {}
         }
     });

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Authenticator;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::pool::WakeSource;
 
 pub(crate) type AppState = Arc<Inner>;
 
@@ -60,6 +61,8 @@ pub(crate) struct Inner {
     pool: AtomicU8,
     /// Ids of runs that ended (from the hub), taken by the metrics task.
     pub ended: Mutex<Option<mpsc::UnboundedReceiver<RunId>>>,
+    /// External wake-up sources of the pool, taken when the pool starts.
+    pub wakes: Mutex<Vec<WakeSource>>,
 }
 
 impl Inner {
@@ -73,6 +76,7 @@ impl Inner {
         schemas: HashMap<(String, String), Value>,
         worker_id: String,
         ended: mpsc::UnboundedReceiver<RunId>,
+        wakes: Vec<WakeSource>,
     ) -> Self {
         let graph_versions = engine
             .graphs()
@@ -93,6 +97,7 @@ impl Inner {
             worker_id,
             pool: AtomicU8::new(PoolState::NotStarted as u8),
             ended: Mutex::new(Some(ended)),
+            wakes: Mutex::new(wakes),
         }
     }
 

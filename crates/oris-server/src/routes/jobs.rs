@@ -13,10 +13,12 @@ use oris_core::status::{RunStatus, StatusKind};
 use oris_core::store::{RunFilter, RunRecord};
 use oris_runtime::{Enqueue, EnqueueOptions, RunOptions};
 use serde_json::json;
+use tokio::sync::broadcast;
 
 use super::query::{self, MAX_LIMIT, Params, bad};
 use crate::error::{ApiError, ErrorCode, Json, Path, Query};
 use crate::guard::{AuditTarget, job_location};
+use crate::hub::RunChange;
 use crate::state::AppState;
 use crate::time::parse_duration;
 use crate::wire::{
@@ -211,22 +213,25 @@ pub(crate) async fn list(
 /// lacks the run's graph version).
 pub(crate) async fn detail(app: &AppState, thread_id: &ThreadId) -> Result<JobDetail, ApiError> {
     let run = app.engine.latest_run(thread_id).await?;
+    detail_of(app, run).await
+}
+
+/// [`detail`] of the thread's latest run as just read: only the log is read (folded once).
+async fn detail_of(app: &AppState, run: RunRecord) -> Result<JobDetail, ApiError> {
+    let job = JobView::of(&run);
+    let terminal = run.status.is_terminal();
     let (values, checkpoint_id, next) = if app.has_graph(&run.graph, &run.graph_version) {
-        let s = app.engine.state_json(thread_id).await?;
+        let s = app.engine.state_json_of(run).await?;
         (
             Some(s.values),
             s.checkpoint.map(|c| c.to_string()),
-            if run.status.is_terminal() {
-                Vec::new()
-            } else {
-                s.next
-            },
+            if terminal { Vec::new() } else { s.next },
         )
     } else {
         (None, None, Vec::new())
     };
     Ok(JobDetail {
-        job: JobView::of(&run),
+        job,
         values,
         checkpoint_id,
         next,
@@ -336,34 +341,76 @@ fn settled(r: &RunRecord, now: Timestamp) -> bool {
     }
 }
 
-/// Waits until the thread's latest run settles; `false` when it did, `true` at the
-/// deadline. Woken by this process's commits to the thread; re-reads the store with a
-/// back-off (10 ms to 500 ms) for changes made elsewhere.
-async fn wait_settled(app: &AppState, t: &ThreadId, timeout: Duration) -> Result<bool, ApiError> {
+/// First re-read of a waited-on run when this process committed nothing to its thread for
+/// that long (a change made elsewhere); the interval doubles up to [`POLL_MAX`].
+const POLL_MIN: Duration = Duration::from_millis(10);
+/// Longest interval between two re-reads of a waited-on run.
+const POLL_MAX: Duration = Duration::from_millis(500);
+
+/// Waits until the thread's latest run settles: `Ok(Some(run))` with the run as just read
+/// when it did, `Ok(None)` at the deadline or at shutdown.
+///
+/// Reads the thread's latest run once, then follows this process's commits to the thread:
+/// events alone and a run created, queued, running or resumed do not settle it, so they
+/// cost nothing; a terminal, interrupted or waiting status set on the run is checked
+/// against the store (one read: answers or an event may already make it ready, and the
+/// answer needs the stored record). When no commit of this process touched the thread for
+/// [`POLL_MIN`] — doubling up to [`POLL_MAX`] while it stays quiet — the run is re-read
+/// for changes made elsewhere (another process, a remote worker, an expired lease).
+async fn wait_settled(
+    app: &AppState,
+    t: &ThreadId,
+    timeout: Duration,
+) -> Result<Option<RunRecord>, ApiError> {
     let mut live = app.hub.subscribe();
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut poll = Duration::from_millis(10);
+    let mut poll = POLL_MIN;
+    let mut run = app.engine.latest_run(t).await?;
     loop {
-        let run = app.engine.latest_run(t).await?;
         if settled(&run, Timestamp::now()) {
-            return Ok(false);
+            return Ok(Some(run));
         }
+        // The run to read next: the followed one, or (after a lag) the thread's latest.
+        let mut current = run.run_id;
         let tick = tokio::time::sleep(poll);
         tokio::pin!(tick);
-        loop {
+        let reread = loop {
             tokio::select! {
                 m = live.recv() => match m {
-                    Ok(c) if c.thread_id != *t => continue,
-                    _ => break,
+                    Ok(c) if c.thread_id != *t => {}
+                    Ok(c) => {
+                        // This process moves the run along: no need to look elsewhere yet.
+                        tick.as_mut().reset(tokio::time::Instant::now() + poll);
+                        match c.run {
+                            Some(RunChange::Created(id)) => current = id,
+                            Some(RunChange::Status(id, kind))
+                                if id == current
+                                    && !matches!(kind, StatusKind::Queued | StatusKind::Running) =>
+                            {
+                                break Some(id);
+                            }
+                            _ => {}
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => break None,
+                    Err(broadcast::error::RecvError::Closed) => return Ok(None),
                 },
                 _ = &mut tick => {
-                    poll = (poll * 2).min(Duration::from_millis(500));
-                    break;
+                    poll = (poll * 2).min(POLL_MAX);
+                    break Some(current);
                 }
-                _ = tokio::time::sleep_until(deadline) => return Ok(true),
-                _ = app.shutdown.cancelled() => return Ok(true),
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+                _ = app.shutdown.cancelled() => return Ok(None),
             }
-        }
+        };
+        run = match reread {
+            Some(id) => match app.store.run(id).await? {
+                Some(r) => r,
+                // Deleted meanwhile: what the thread says now (not found, most likely).
+                None => app.engine.latest_run(t).await?,
+            },
+            None => app.engine.latest_run(t).await?,
+        };
     }
 }
 
@@ -391,11 +438,11 @@ pub(crate) async fn wait(
                 )
             })?,
     };
-    let timed_out = wait_settled(&app, &t, timeout).await?;
-    Ok(Json(WaitResult {
-        timed_out,
-        job: detail(&app, &t).await?,
-    }))
+    let (timed_out, job) = match wait_settled(&app, &t, timeout).await? {
+        Some(run) => (false, detail_of(&app, run).await?),
+        None => (true, detail(&app, &t).await?),
+    };
+    Ok(Json(WaitResult { timed_out, job }))
 }
 
 /// Resume the thread's interrupted run with a value.
@@ -499,8 +546,8 @@ pub(crate) async fn answer(
         .into());
     }
     let payload = Payload::encode(&value).map_err(|e| ApiError::invalid(e.to_string()))?;
+    // The engine tells the pool when the answer makes the run claimable.
     let (_, rec) = app.engine.answer(id, payload).await?;
-    app.hub.pool_wake.notify_one();
     Ok(rec)
 }
 
@@ -632,7 +679,7 @@ pub(crate) async fn send_event(
         .store
         .deliver(&t, &body.name, payload, body.key, Timestamp::now())
         .await?;
-    app.hub.pool_wake.notify_one();
+    app.hub.wake_pool();
     Ok((
         StatusCode::ACCEPTED,
         Json(SentEvent {

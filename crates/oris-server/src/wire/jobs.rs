@@ -195,7 +195,8 @@ pub struct CreateJob {
     /// The thread: 1–200 characters of `[A-Za-z0-9-_.:@+=]`, chosen by the caller.
     pub thread_id: String,
     /// The input: JSON of the graph's state type, applied to the thread's state through its
-    /// reducers (whether absent fields are allowed is up to the state's serde attributes).
+    /// reducers. Top-level fields left out take their value in the state type's default;
+    /// unknown fields are ignored unless the state denies them.
     #[serde(default = "empty_object")]
     pub input: Value,
     /// Claim order: higher first. Default 0.

@@ -3,6 +3,8 @@
 mod auth;
 mod bad_input;
 mod common;
+mod counting;
+mod hot_path;
 mod idempotency;
 mod jobs;
 mod ops;
