@@ -594,9 +594,14 @@ impl Engine {
                 let ts = match latest {
                     Some(run) => {
                         let store = &*self.shared.store;
-                        let f =
-                            fold_known::<S>(store, &thread_id, Seq(u64::MAX), false, Some(&run))
-                                .await?;
+                        let f = fold_known::<S>(
+                            store,
+                            &thread_id,
+                            Seq(u64::MAX),
+                            short_log(&run),
+                            Some(&run),
+                        )
+                        .await?;
                         ThreadState {
                             values: f.state,
                             head: f.head,
@@ -703,6 +708,23 @@ impl Engine {
             }
         }
         Ok(found)
+    }
+}
+
+/// Events up to which a thread's log is read whole rather than from its latest snapshot:
+/// one read of a few events costs less than finding the snapshot first.
+const SHORT_LOG: u64 = 32;
+
+/// Whether `run`, the thread's latest run, says the thread's log is short: the thread's
+/// only run (its log starts with it), completed at a checkpoint within [`SHORT_LOG`]
+/// events. (Whatever was appended after its end — an edit, a newer run — is folded too; it
+/// only makes the read longer.)
+fn short_log(run: &RunRecord) -> bool {
+    match &run.status {
+        RunStatus::Completed { checkpoint } => {
+            run.first_seq == Seq(1) && checkpoint.at_seq().0 < SHORT_LOG
+        }
+        _ => false,
     }
 }
 

@@ -516,16 +516,13 @@ async fn a_fresh_run_is_executed_and_read_back_with_few_store_calls() {
         BTreeMap::from([("commit", 3), ("events", 1)])
     );
 
-    // The state of a run in hand: the snapshot written at its end and the events after it;
-    // neither the run (the record is at hand) nor its settings (it ended) are read.
+    // The state of a run in hand, the thread's only one and short: its log in one read;
+    // neither the run (the record is at hand) nor a snapshot is read.
     let latest = engine.latest_run(&t).await.unwrap();
     assert_eq!(latest.run_id, run.run_id);
     let before = store.calls();
     let view = engine.state_json_of(latest.clone()).await.unwrap();
-    assert_eq!(
-        store.since(&before),
-        BTreeMap::from([("events", 1), ("snapshot", 1)])
-    );
+    assert_eq!(store.since(&before), BTreeMap::from([("events", 1)]));
     assert_eq!(
         view.values,
         json!({"counter": 3, "log": ["n0", "n1", "n2"]})
@@ -536,6 +533,38 @@ async fn a_fresh_run_is_executed_and_read_back_with_few_store_calls() {
     let full = engine.state_json(&t).await.unwrap();
     assert_eq!(
         serde_json::to_value(&full).unwrap(),
+        serde_json::to_value(&view).unwrap()
+    );
+
+    // A longer log is folded from the snapshot written at the run's end, still without
+    // reading the run or its settings (it ended).
+    engine.register(linear("long", 40).compile().unwrap());
+    let t = tid("long");
+    engine
+        .enqueue(Enqueue {
+            graph: "long".into(),
+            version: None,
+            thread_id: t.clone(),
+            input: json!({"counter": 0, "log": []}),
+            options: EnqueueOptions::default(),
+        })
+        .await
+        .unwrap();
+    let run = claim_one(&memory, "w1").await;
+    engine
+        .execute(run, quiet("w1"), CancellationToken::new())
+        .await
+        .unwrap();
+    let latest = engine.latest_run(&t).await.unwrap();
+    let before = store.calls();
+    let view = engine.state_json_of(latest).await.unwrap();
+    assert_eq!(
+        store.since(&before),
+        BTreeMap::from([("events", 1), ("snapshot", 1)])
+    );
+    assert_eq!(view.values["counter"], 40);
+    assert_eq!(
+        serde_json::to_value(engine.state_json(&t).await.unwrap()).unwrap(),
         serde_json::to_value(&view).unwrap()
     );
 }
