@@ -23,7 +23,7 @@ use crate::engine::Engine;
 use crate::erased::status_of;
 use crate::error::Error;
 use crate::graph::CompiledGraph;
-use crate::replay::fold;
+use crate::replay::fold_known;
 
 /// How a worker holds the runs it executes.
 #[derive(Debug, Clone)]
@@ -297,7 +297,7 @@ impl Engine {
         // events, and no snapshot can exist yet (one is written only at a boundary the
         // run has not reached) — fold the log without looking for one.
         let fresh = run.lease_epoch == 1 && run.first_seq == Seq(1);
-        let f = fold::<S>(store, &thread_id, Seq(u64::MAX), fresh).await?;
+        let f = fold_known::<S>(store, &thread_id, Seq(u64::MAX), fresh, Some(run)).await?;
         let Some(progress) = f.progress.filter(|p| p.run_id == run.run_id) else {
             // The run ended before this worker got to it (cancelled meanwhile).
             let now = store.run(run.run_id).await?;

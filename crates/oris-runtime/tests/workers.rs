@@ -570,6 +570,53 @@ async fn a_fresh_run_is_executed_and_read_back_with_few_store_calls() {
 }
 
 #[tokio::test]
+async fn a_resumed_run_is_folded_from_its_own_snapshot_without_reading_its_record() {
+    use common::counting::Counting;
+    let memory = Arc::new(MemoryStore::new());
+    let store = Counting::new(memory.clone());
+    let engine = Engine::with_options(
+        store.clone(),
+        EngineOptions {
+            snapshot_every: 1,
+            ..EngineOptions::default()
+        },
+    );
+    let probe = Probe::new(0);
+    engine.register(asking(&probe).compile().unwrap());
+    engine.enqueue(job("ask", "snap")).await.unwrap();
+    let run = claim_one(&memory, "w1").await;
+    let out = engine
+        .execute(run, quiet("w1"), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(out.stop, Stop::Suspended);
+    let pending = engine.interrupts(&tid("snap")).await.unwrap();
+    engine
+        .answer(pending[0].interrupt_id, Payload::encode(&"yes").unwrap())
+        .await
+        .unwrap();
+
+    let run = claim_one(&memory, "w2").await;
+    assert_eq!(run.lease_epoch, 2);
+    let before = store.calls();
+    let out = engine
+        .execute(run, quiet("w2"), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(out.status, StatusKind::Completed);
+    let calls = store.since(&before);
+    // The snapshot after `a` is the run's own: its record is the claimed one, not read;
+    // its settings come from its `run_started` event.
+    assert_eq!(calls.get("snapshot"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("run"), None, "{calls:?}");
+    assert_eq!(calls.get("thread"), None, "{calls:?}");
+    assert_eq!(
+        log_of(&engine, "snap").await,
+        json!(["in", "a", "ask:yes:ch_1", "b"])
+    );
+}
+
+#[tokio::test]
 async fn a_thread_with_an_unfinished_run_refuses_another() {
     let (store, engine) = memory_engine(EngineOptions::default());
     let probe = Probe::new(0);

@@ -66,9 +66,10 @@ struct Started {
 
 pub(crate) struct Hub {
     tx: broadcast::Sender<Arc<Committed>>,
-    /// Bumped when the pool should look for ready runs (a run created here, an answer, an
-    /// event, a timer, an external signal): a watch, so that wake-ups coalesce and the pool
-    /// can tell whether one arrived since its last claim.
+    /// Bumped when the pool should look for ready runs (an event delivered through the
+    /// API, a suspended run's timer, an external signal — the engine's own
+    /// `subscribe_ready` covers runs it queued, answered or handed back): a watch, so that
+    /// wake-ups coalesce and the pool can tell whether one arrived since its last claim.
     wake: watch::Sender<u64>,
     /// Runs that end without their `Started` here (created and claimed elsewhere, or
     /// forgotten past the cap): their metrics need a store read.

@@ -235,10 +235,11 @@ impl ServerBuilder {
     ///
     /// With PostgreSQL, feed it the store's change notifications, so that a run made ready
     /// by another process (created, answered, sent an event, released) starts within
-    /// milliseconds: `futures_util::stream::unfold(store.listen(), |mut l| async move {
-    /// l.recv().await.map(|_| ((), l)) })` turns an `oris_postgres::Listener` into such a
-    /// stream (its wake-ups include this server's own commits, which cost a claim that
-    /// usually finds nothing).
+    /// milliseconds: `futures_util::stream::unfold(listener, |mut l| async move {
+    /// l.recv().await.map(|_| ((), l)) })` turns the `oris_postgres::Listener` of
+    /// `PostgresStore::listen_ready` into such a stream (every `Wake` — `Changed(thread)` or
+    /// `Reconnected` — becomes one wake-up; they include this server's own commits, which
+    /// cost a claim that usually finds nothing).
     ///
     /// # Example
     /// ```no_run
