@@ -83,10 +83,15 @@ impl Oris {
     /// Starts `oris serve --addr 127.0.0.1:0 --db sqlite://DB` plus `args`, and waits for
     /// its `listening on` line.
     pub fn start(db: &Path, args: &[&str]) -> Oris {
+        Self::start_url(&format!("sqlite://{}", db.display()), args)
+    }
+
+    /// Starts `oris serve --addr 127.0.0.1:0 --db URL` plus `args`, and waits for its
+    /// `listening on` line.
+    pub fn start_url(url: &str, args: &[&str]) -> Oris {
         let mut cmd = oris_command();
         cmd.arg("serve")
-            .args(["--addr", "127.0.0.1:0", "--db"])
-            .arg(format!("sqlite://{}", db.display()))
+            .args(["--addr", "127.0.0.1:0", "--db", url])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
