@@ -68,10 +68,21 @@ pub async fn open(backend: Backend, path: &Path) -> anyhow::Result<Opened> {
             let url = std::env::var("ORIS_BENCH_PG_URL")
                 .context("--backend postgres needs ORIS_BENCH_PG_URL=postgres://…")?;
             let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("w");
+            // W5 keeps 32 runs in flight: one connection each by default;
+            // `ORIS_BENCH_PG_POOL` sets another size (how throughput grows with connections).
+            let pool_size = match std::env::var("ORIS_BENCH_PG_POOL") {
+                Ok(v) => v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .with_context(|| {
+                        format!("ORIS_BENCH_PG_POOL={v}: expected a positive number")
+                    })?,
+                Err(_) => 32,
+            };
             let options = PostgresOptions {
                 schema: Some(format!("oris_bench_{stem}")),
-                // W5 keeps 32 runs in flight: one connection each.
-                pool_size: 32,
+                pool_size,
                 ..PostgresOptions::default()
             };
             let redacted = oris::store::redact_url(&url);
