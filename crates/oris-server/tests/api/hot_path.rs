@@ -40,8 +40,11 @@ async fn a_run_costs_one_claim_and_few_reads() {
         .await
         .unwrap();
     let h = Harness::serve(store.clone(), server).await;
-    // The first cycle lets the pool's start-up claim pass.
-    assert_eq!(cycle(&h, "warm").await["status"], "completed");
+    // Warm-up cycles let the pool's start-up claim (and one a wake-up during it asks for)
+    // pass.
+    for t in ["warm-1", "warm-2"] {
+        assert_eq!(cycle(&h, t).await["status"], "completed");
+    }
 
     let before = store.calls();
     let started = Instant::now();
@@ -123,4 +126,50 @@ async fn an_external_signal_wakes_the_pool_for_runs_made_ready_elsewhere() {
     let job = h.settle("remote").await;
     assert_eq!(job["status"], "completed", "{job}");
     assert_eq!(job["values"]["n"], 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_sees_a_run_another_server_executes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir).await;
+    let counts = Counts::new();
+    // This server only records intent; its waits see none of the executing server's
+    // commits and find them by re-reading the store.
+    let api = Harness::start(
+        store.clone(),
+        Server::builder()
+            .auth(Auth::Disabled)
+            .workers(0)
+            .graph(approval("1", counts.clone())),
+    )
+    .await;
+    let _worker = Harness::start(
+        store.clone(),
+        Server::builder()
+            .auth(Auth::Disabled)
+            .graph(approval("1", counts.clone())),
+    )
+    .await;
+    let r = api
+        .post(
+            "/v1/jobs",
+            json!({ "graph": "approval", "thread_id": "far", "input": { "n": 1 } }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let job = api.settle("far").await;
+    assert_eq!(job["status"], "interrupted", "{job}");
+    assert_eq!(job["values"], json!({ "log": ["draft"], "n": 2 }));
+    let r = api
+        .post(
+            "/v1/jobs/far/resume",
+            json!({ "value": { "approve": true } }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    // Not the old interrupt: the run is about to continue elsewhere.
+    let job = api.settle("far").await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["values"]["log"], json!(["draft", "approved", "done"]));
+    assert_eq!((counts.get("draft"), counts.get("finish")), (1, 1));
 }
