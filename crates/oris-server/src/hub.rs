@@ -1,6 +1,6 @@
 //! The engine observer of the server: what it sees of every commit made by this process
-//! feeds SSE streams and long-polls (a broadcast of committed events with the run change
-//! they carry) and metrics (node durations, ended runs). It also carries the worker pool's
+//! feeds SSE streams (a broadcast of committed events), long-polls (per thread, the run
+//! change each commit carries) and metrics (node durations, ended runs). It also carries the worker pool's
 //! wake-ups from handlers, timers and external signals.
 
 use std::collections::HashMap;
@@ -16,16 +16,14 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::metrics::Metrics;
 
-/// Events committed to one thread by this process, in seq order, and what the commit did
-/// to a run.
+/// Events committed to one thread by this process, in seq order.
 #[derive(Debug)]
 pub(crate) struct Committed {
     pub thread_id: ThreadId,
     pub events: Vec<Event>,
-    pub run: Option<RunChange>,
 }
 
-/// The run write of a commit, as the readers of the broadcast need it.
+/// The run write of a commit, as a long-poll needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RunChange {
     /// A run was created (queued, or running when driven in-process): the thread's latest
@@ -65,7 +63,11 @@ struct Started {
 }
 
 pub(crate) struct Hub {
+    /// Every commit's events, for SSE streams.
     tx: broadcast::Sender<Arc<Committed>>,
+    /// Per thread, the long-polls following it: told of each commit to that thread only
+    /// (a broadcast would wake every long-poll for every commit of every thread).
+    watchers: Mutex<HashMap<ThreadId, Vec<mpsc::UnboundedSender<Option<RunChange>>>>>,
     /// Bumped when the pool should look for ready runs (an event delivered through the
     /// API, a suspended run's timer, an external signal — the engine's own
     /// `subscribe_ready` covers runs it queued, answered or handed back): a watch, so that
@@ -98,6 +100,7 @@ impl Hub {
         (
             Hub {
                 tx: broadcast::channel(CHANNEL_CAPACITY).0,
+                watchers: Mutex::new(HashMap::new()),
                 wake: watch::channel(0).0,
                 ended,
                 started: Mutex::new(HashMap::new()),
@@ -112,6 +115,38 @@ impl Hub {
     /// Commits from now on (subscribe before reading the store, so nothing falls between).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Committed>> {
         self.tx.subscribe()
+    }
+
+    /// This process's commits to `thread_id` from now on, each as the run write it carried
+    /// (`None`: events only), in commit order, until the watch is dropped (watch before
+    /// reading the store, so nothing falls between).
+    pub fn watch_thread(self: &Arc<Self>, thread_id: &ThreadId) -> ThreadWatch {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(thread_id.clone())
+            .or_default()
+            .push(tx);
+        ThreadWatch {
+            rx,
+            hub: self.clone(),
+            thread_id: thread_id.clone(),
+        }
+    }
+
+    fn tell_watchers(&self, commit: &Commit) {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        if watchers.is_empty() {
+            return;
+        }
+        if let Some(w) = watchers.get_mut(&commit.thread_id) {
+            let change = commit.run.as_ref().map(RunChange::of);
+            w.retain(|tx| tx.send(change).is_ok());
+            if w.is_empty() {
+                watchers.remove(&commit.thread_id);
+            }
+        }
     }
 
     /// Tells the pool to look for ready runs.
@@ -220,6 +255,33 @@ impl Hub {
     }
 }
 
+/// A long-poll's view of one thread's commits ([`Hub::watch_thread`]).
+pub(crate) struct ThreadWatch {
+    rx: mpsc::UnboundedReceiver<Option<RunChange>>,
+    hub: Arc<Hub>,
+    thread_id: ThreadId,
+}
+
+impl ThreadWatch {
+    /// The next commit's run write (`Some(None)`: events only); `None` once the hub is gone.
+    pub async fn next(&mut self) -> Option<Option<RunChange>> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for ThreadWatch {
+    fn drop(&mut self) {
+        self.rx.close();
+        let mut watchers = self.hub.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = watchers.get_mut(&self.thread_id) {
+            w.retain(|tx| !tx.is_closed());
+            if w.is_empty() {
+                watchers.remove(&self.thread_id);
+            }
+        }
+    }
+}
+
 fn started(t: &mut Timing, run: RunId, superstep: u32, task: u32) -> Option<Instant> {
     if let Some(at) = t.retries.remove(&(run, task)) {
         return Some(at);
@@ -252,11 +314,11 @@ impl Observer for Hub {
             }
             _ => {}
         }
+        self.tell_watchers(commit);
         if self.tx.receiver_count() > 0 && !commit.events.is_empty() {
             let _ = self.tx.send(Arc::new(Committed {
                 thread_id: commit.thread_id.clone(),
                 events: commit.events.clone(),
-                run: commit.run.as_ref().map(RunChange::of),
             }));
         }
     }

@@ -13,7 +13,6 @@ use oris_core::status::{RunStatus, StatusKind};
 use oris_core::store::{RunFilter, RunRecord};
 use oris_runtime::{Enqueue, EnqueueOptions, RunOptions};
 use serde_json::json;
-use tokio::sync::broadcast;
 
 use super::query::{self, MAX_LIMIT, Params, bad};
 use crate::error::{ApiError, ErrorCode, Json, Path, Query};
@@ -362,7 +361,7 @@ async fn wait_settled(
     t: &ThreadId,
     timeout: Duration,
 ) -> Result<Option<RunRecord>, ApiError> {
-    let mut live = app.hub.subscribe();
+    let mut live = app.hub.watch_thread(t);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut poll = POLL_MIN;
     let mut run = app.engine.latest_run(t).await?;
@@ -370,45 +369,41 @@ async fn wait_settled(
         if settled(&run, Timestamp::now()) {
             return Ok(Some(run));
         }
-        // The run to read next: the followed one, or (after a lag) the thread's latest.
+        // The run to read next: the followed one (a run created on the thread here
+        // becomes its latest).
         let mut current = run.run_id;
         let tick = tokio::time::sleep(poll);
         tokio::pin!(tick);
-        let reread = loop {
+        loop {
             tokio::select! {
-                m = live.recv() => match m {
-                    Ok(c) if c.thread_id != *t => {}
-                    Ok(c) => {
+                m = live.next() => match m {
+                    Some(change) => {
                         // This process moves the run along: no need to look elsewhere yet.
                         tick.as_mut().reset(tokio::time::Instant::now() + poll);
-                        match c.run {
+                        match change {
                             Some(RunChange::Created(id)) => current = id,
                             Some(RunChange::Status(id, kind))
                                 if id == current
                                     && !matches!(kind, StatusKind::Queued | StatusKind::Running) =>
                             {
-                                break Some(id);
+                                break;
                             }
                             _ => {}
                         }
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => break None,
-                    Err(broadcast::error::RecvError::Closed) => return Ok(None),
+                    None => return Ok(None),
                 },
                 _ = &mut tick => {
                     poll = (poll * 2).min(POLL_MAX);
-                    break Some(current);
+                    break;
                 }
                 _ = tokio::time::sleep_until(deadline) => return Ok(None),
                 _ = app.shutdown.cancelled() => return Ok(None),
             }
-        };
-        run = match reread {
-            Some(id) => match app.store.run(id).await? {
-                Some(r) => r,
-                // Deleted meanwhile: what the thread says now (not found, most likely).
-                None => app.engine.latest_run(t).await?,
-            },
+        }
+        run = match app.store.run(current).await? {
+            Some(r) => r,
+            // Deleted meanwhile: what the thread says now (not found, most likely).
             None => app.engine.latest_run(t).await?,
         };
     }
