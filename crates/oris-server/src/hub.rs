@@ -323,3 +323,69 @@ impl Observer for Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use oris_core::event::Durability;
+    use oris_core::id::Seq;
+    use oris_core::status::RunStatus;
+
+    use super::*;
+
+    fn commit(thread: &str, run: Option<RunWrite>) -> Commit {
+        Commit {
+            thread_id: ThreadId::new(thread).unwrap(),
+            expected_head: Seq::ZERO,
+            events: Vec::new(),
+            run,
+            snapshot: None,
+            durability: Durability::Sync,
+            fence: None,
+        }
+    }
+
+    #[test]
+    fn a_thread_watch_hears_its_own_threads_commits_until_dropped() {
+        let (hub, _ended) = Hub::new(Arc::new(Metrics::new()), None);
+        let hub = Arc::new(hub);
+        let t = ThreadId::new("t").unwrap();
+        let mut watch = hub.watch_thread(&t);
+        let run = RunRecord::new(
+            RunId::generate(),
+            t.clone(),
+            "g",
+            "1",
+            RunStatus::Queued,
+            Seq(1),
+            Timestamp::now(),
+        );
+        hub.after_commit(&commit("other", None));
+        hub.after_commit(&commit("t", Some(RunWrite::Create(run.clone()))));
+        hub.after_commit(&commit("t", None));
+        hub.after_commit(&commit(
+            "t",
+            Some(RunWrite::SetStatus {
+                run_id: run.run_id,
+                status: RunStatus::Cancelled { reason: "r".into() },
+            }),
+        ));
+        let mut heard = Vec::new();
+        while let Ok(change) = watch.rx.try_recv() {
+            heard.push(change);
+        }
+        assert_eq!(
+            heard,
+            [
+                Some(RunChange::Created(run.run_id)),
+                None,
+                Some(RunChange::Status(run.run_id, StatusKind::Cancelled)),
+            ]
+        );
+        let other = hub.watch_thread(&t);
+        assert_eq!(hub.watchers.lock().unwrap()[&t].len(), 2);
+        drop(watch);
+        assert_eq!(hub.watchers.lock().unwrap()[&t].len(), 1);
+        drop(other);
+        assert!(hub.watchers.lock().unwrap().is_empty());
+    }
+}
