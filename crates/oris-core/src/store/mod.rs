@@ -444,7 +444,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// time, not by scanning runs.
     async fn due_runs(&self, now: Timestamp, limit: usize) -> Result<Vec<RunRecord>>;
 
-    /// Reads up to `limit` events with seq greater than `after`, in seq order.
+    /// Reads up to `limit` events with seq greater than `after`, in seq order. Fewer than
+    /// `limit` events means the log ends there (readers stop without asking again).
     async fn events(&self, thread_id: &ThreadId, after: Seq, limit: usize) -> Result<Vec<Event>>;
 
     /// The thread's snapshot, if one exists at or before `at_or_before`.
