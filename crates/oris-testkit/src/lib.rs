@@ -12,6 +12,8 @@
 //! - [`build`]: terse, pure constructors for ids, events, run records, snapshots, commits.
 //! - [`writer`]: [`Writer`](writer::Writer), which drives a thread through valid commits.
 //! - [`check`]: assertions over a store (`ok`, `err`, `ThreadView` before/after).
+//! - [`counting`]: [`CountingStore`](counting::CountingStore), a store wrapper counting calls
+//!   by method (tests bounding store calls, benchmarks).
 //!
 //! # Example
 //! In `tests/conformance.rs` of a backend crate:
@@ -33,6 +35,7 @@
 pub mod build;
 pub mod check;
 pub mod conformance;
+pub mod counting;
 mod macros;
 pub mod writer;
 

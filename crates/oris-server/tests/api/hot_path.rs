@@ -1,6 +1,7 @@
 //! The hot path of a run — create, claim, execute, wait — in store calls: what each step
 //! reads, that the pool claims once per run, and that an external signal wakes the pool.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oris_core::id::ThreadId;
@@ -11,7 +12,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::common::*;
-use crate::counting::Counting;
+use oris_testkit::counting::CountingStore;
 
 /// Creates a `count` job on `thread` and waits for it; returns the job.
 async fn cycle(h: &Harness, thread: &str) -> serde_json::Value {
@@ -28,7 +29,7 @@ async fn cycle(h: &Harness, thread: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_costs_one_claim_and_few_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Counting::new(sqlite(&dir).await);
+    let store = Arc::new(CountingStore::new(sqlite(&dir).await));
     let counts = Counts::new();
     // No polling within the test: every claim is one the pool was asked for.
     let server = Server::builder()

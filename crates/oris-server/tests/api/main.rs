@@ -3,7 +3,6 @@
 mod auth;
 mod bad_input;
 mod common;
-mod counting;
 mod hot_path;
 mod idempotency;
 mod jobs;
