@@ -713,7 +713,7 @@ impl Engine {
 
 /// Events up to which a thread's log is read whole rather than from its latest snapshot:
 /// one read of a few events costs less than finding the snapshot first.
-const SHORT_LOG: u64 = 32;
+pub(crate) const SHORT_LOG: u64 = 32;
 
 /// Whether `run`, the thread's latest run, says the thread's log is short: the thread's
 /// only run (its log starts with it), completed at a checkpoint within [`SHORT_LOG`]

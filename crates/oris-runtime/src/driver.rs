@@ -14,6 +14,7 @@
 //! 4. Effects (starting the next tasks, returning the outcome) happen only after the commit
 //!    succeeded.
 
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,6 +144,8 @@ pub(crate) struct Driver<S: State> {
     pub holds_lease: bool,
     /// A graceful stop was requested: no new attempts.
     stopping: bool,
+    /// Resume values recorded by the caller just before, not yet applied.
+    answered: BTreeMap<InterruptId, Payload>,
 }
 
 /// Where a run stands when a driver takes it over.
@@ -288,7 +291,16 @@ impl<S: State> Driver<S> {
             lease: None,
             holds_lease: false,
             stopping: false,
+            answered: BTreeMap::new(),
         }
+    }
+
+    /// Resume values the caller has just recorded in the store (as the store returned
+    /// them): a task paused at one of these interrupts is woken with its value without
+    /// reading the interrupt back.
+    pub(crate) fn with_answers(mut self, answered: BTreeMap<InterruptId, Payload>) -> Self {
+        self.answered = answered;
+        self
     }
 
     /// Drives the run under a lease: every commit is fenced, a lost lease stops it at
@@ -576,19 +588,16 @@ impl<S: State> Driver<S> {
             }
             let due = match blocked_on(&self.records, task) {
                 None => true,
-                Some(Block::Interrupt(id)) => match self.shared.store.interrupt(id).await? {
-                    Some(record) => match record.answer {
-                        Some((value, _)) => {
-                            let body = EventBody::InterruptResumed {
-                                interrupt_id: id,
-                                value,
-                            };
-                            apply_record(&mut self.records, &body);
-                            events.push(body);
-                            blocked_on(&self.records, task).is_none()
-                        }
-                        None => false,
-                    },
+                Some(Block::Interrupt(id)) => match self.answer_of(id).await? {
+                    Some(value) => {
+                        let body = EventBody::InterruptResumed {
+                            interrupt_id: id,
+                            value,
+                        };
+                        apply_record(&mut self.records, &body);
+                        events.push(body);
+                        blocked_on(&self.records, task).is_none()
+                    }
                     None => false,
                 },
                 Some(Block::Timer(at)) => at <= now,
@@ -613,6 +622,20 @@ impl<S: State> Driver<S> {
             }
         }
         Ok((events, ready))
+    }
+
+    /// The resume value waiting in the store for interrupt `id`, if any: one the caller
+    /// handed over ([`Driver::with_answers`]) is used once without a read.
+    async fn answer_of(&mut self, id: InterruptId) -> Result<Option<Payload>, Error> {
+        if let Some(value) = self.answered.remove(&id) {
+            return Ok(Some(value));
+        }
+        Ok(self
+            .shared
+            .store
+            .interrupt(id)
+            .await?
+            .and_then(|r| r.answer.map(|(value, _)| value)))
     }
 
     /// The earliest timer or deadline and the events paused tasks wait on.

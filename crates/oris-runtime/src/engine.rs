@@ -11,6 +11,7 @@ use oris_core::state::{INPUT_WRITER, State, state_hash};
 use oris_core::status::{RunStatus, StatusKind};
 use oris_core::store::{
     self, Commit, Delivery, InterruptRecord, Receipt, RunFilter, RunRecord, RunWrite, Store,
+    ThreadRecord,
 };
 use serde::Serialize;
 use tokio::sync::watch;
@@ -852,12 +853,31 @@ impl Engine {
         graph: &CompiledGraph<S>,
         thread_id: ThreadId,
     ) -> Result<RunOutcome<S>, Error> {
+        self.resume_known(graph, thread_id, None, BTreeMap::new())
+            .await
+    }
+
+    /// [`Engine::resume_typed`] for a caller that holds the thread's record (`known`, read
+    /// just before) and the resume values it has just recorded (`answered`, as the store
+    /// returned them): the thread is not read again, and a task paused at one of those
+    /// interrupts is woken with its value without reading the interrupt back. A log short
+    /// enough by the thread's head is folded whole, without a snapshot lookup.
+    async fn resume_known<S: State>(
+        &self,
+        graph: &CompiledGraph<S>,
+        thread_id: ThreadId,
+        known: Option<ThreadRecord>,
+        answered: BTreeMap<InterruptId, Payload>,
+    ) -> Result<RunOutcome<S>, Error> {
         let g = &graph.inner;
         let store = &*self.shared.store;
-        let t = store
-            .thread(&thread_id)
-            .await?
-            .ok_or_else(|| Error::ThreadNotFound(thread_id.clone()))?;
+        let t = match known {
+            Some(t) => t,
+            None => store
+                .thread(&thread_id)
+                .await?
+                .ok_or_else(|| Error::ThreadNotFound(thread_id.clone()))?,
+        };
         if t.graph != g.name {
             return Err(Error::GraphMismatch {
                 thread_id,
@@ -869,7 +889,10 @@ impl Engine {
             .active_run
             .ok_or_else(|| Error::NoActiveRun(thread_id.clone()))?;
         let guard = self.claim(&thread_id, run_id)?;
-        let f = fold::<S>(store, &thread_id, Seq(u64::MAX), false).await?;
+        // A short log is read whole: one read instead of the snapshot lookup and a read of
+        // the events after it. (Events appended since `t` was read are folded too.)
+        let from_scratch = t.head.0 < crate::api::SHORT_LOG;
+        let f = fold::<S>(store, &thread_id, Seq(u64::MAX), from_scratch).await?;
         // Interrupted or waiting: the log says so (its last status event is `RunSuspended`).
         let suspended = f.suspended;
         let progress = f
@@ -903,7 +926,8 @@ impl Engine {
             thread_id,
             at,
             guard.slot.clone(),
-        );
+        )
+        .with_answers(answered);
         let outcome = self.drive(&mut driver).await;
         drop(guard);
         outcome
@@ -1143,12 +1167,32 @@ impl Engine {
                 store::plan_answer(rec, &run.status, value, Timestamp::now())?;
             }
         }
-        // Durable first: each value is in the store before anything acts on it.
+        // Durable first: each value is in the store before anything acts on it. (SQLite
+        // makes it durable with the commit that applies it, which `resume` makes before it
+        // returns: see `Store::answer_interrupt`.)
+        let mut answered = BTreeMap::new();
         for (id, value) in answers {
-            store.answer_interrupt(id, value, Timestamp::now()).await?;
+            let (_, rec) = store.answer_interrupt(id, value, Timestamp::now()).await?;
+            // The value as stored (for an answer recorded earlier: the earlier, equal one).
+            if let Some((stored, _)) = rec.answer {
+                answered.insert(id, stored);
+            }
         }
+        // The thread record read above serves the first attempt: the answers changed
+        // nothing in it, and whatever else changed since shows in the log the attempt folds
+        // (a run that ended: `NoActiveRun`; one still driven here: `RunActive`, and the
+        // next attempt reads the thread again).
+        let mut known = Some(t);
         loop {
-            match self.resume_typed(graph, thread_id.clone()).await {
+            let attempt = self
+                .resume_known(
+                    graph,
+                    thread_id.clone(),
+                    known.take(),
+                    std::mem::take(&mut answered),
+                )
+                .await;
+            match attempt {
                 Err(Error::RunActive { .. }) => self.wait_live(&thread_id).await,
                 Err(Error::NoActiveRun(_)) => return self.outcome_of::<S>(graph, run_id).await,
                 Ok(outcome) if outcome.run_id() != run_id => {

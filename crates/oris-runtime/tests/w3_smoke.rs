@@ -1,5 +1,8 @@
 //! The W3 shape end to end on memory: interrupt, resume, steps not re-run.
 
+mod common;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -69,4 +72,72 @@ async fn interrupt_then_resume_runs_a_once_and_steps_once() {
         Err(oris_runtime::Error::ResumeConflict(_))
     ));
     assert!(h.verify("t").await.unwrap().is_consistent());
+}
+
+/// The bench's W3 cycle (library mode, a new thread each cycle) makes only the store calls
+/// it needs: the start reads the thread once and commits; the resume reads the interrupt
+/// once, records the answer and reads nothing else before it commits.
+#[tokio::test]
+async fn a_w3_cycle_makes_few_store_calls() {
+    use common::counting::Counting;
+    let store = Counting::new(Arc::new(MemoryStore::new()));
+    let g = StateGraph::<W3>::new("w3", "1")
+        .node("a", |_s: W3, _ctx| async {
+            Ok::<_, NodeError>(W3Update::default().log(vec!["a".into()]))
+        })
+        .node("b", |_s: W3, ctx| async move {
+            let v: String = ctx.interrupt("approve?").await?;
+            Ok(W3Update::default().log(vec![format!("b:{v}")]))
+        })
+        .node("c", |_s: W3, _ctx| async {
+            Ok(W3Update::default().log(vec!["c".into()]))
+        })
+        .edge(START, "a")
+        .edge("a", "b")
+        .edge("b", "c")
+        .edge("c", END)
+        .compile()
+        .unwrap();
+    let engine = Engine::new(store.clone());
+    let h = engine.register(g);
+    // A warm-up cycle, then the measured one (as in the bench, a new thread each cycle).
+    for t in ["warm", "measured"] {
+        let before = store.calls();
+        let out = h.start(t, W3::default()).await.unwrap();
+        let RunOutcome::Interrupted { interrupts, .. } = &out else {
+            panic!("expected an interrupt, got {out:?}")
+        };
+        let started = store.since(&before);
+        let before = store.calls();
+        let done = h
+            .resume(interrupts[0].interrupt_id, "yes")
+            .await
+            .unwrap()
+            .expect_completed();
+        assert_eq!(done.log, ["a", "b:yes", "c"]);
+        let resumed = store.since(&before);
+        // The start reads whether the thread exists and, before suspending, whether an
+        // answer already arrived; it commits the run's start, a, the interrupt and the
+        // suspension.
+        assert_eq!(
+            started,
+            BTreeMap::from([("commit", 4), ("interrupt", 1), ("thread", 1)]),
+            "{t}"
+        );
+        // The resume reads the interrupt and its thread once each, records the answer,
+        // folds the short log in one read (no snapshot lookup) and does not read the
+        // interrupt back for the value it has just recorded; then it commits the resumption,
+        // b and c.
+        assert_eq!(
+            resumed,
+            BTreeMap::from([
+                ("answer_interrupt", 1),
+                ("commit", 3),
+                ("events", 1),
+                ("interrupt", 1),
+                ("thread", 1),
+            ]),
+            "{t}"
+        );
+    }
 }
