@@ -72,6 +72,33 @@ pub struct ServeArgs {
     /// leases, timers).
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "1s")]
     pub poll_interval: Duration,
+    /// Requests handled at once; more are answered 503 `overloaded` at once (0: no limit).
+    /// Health, metrics, long-polls and streams are not counted.
+    #[arg(long, value_name = "N", default_value_t = oris::server::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+    /// Per-caller rate limit (per API key; per client IP with --no-auth): `PER_SEC` or
+    /// `PER_SEC/BURST` (burst defaults to the rate). Calls over it get 429 `rate_limited`.
+    /// Off by default. Counted per server process.
+    #[arg(long, value_name = "PER_SEC[/BURST]", value_parser = rate_limit)]
+    pub rate_limit: Option<(u32, u32)>,
+}
+
+/// Parses `PER_SEC` or `PER_SEC/BURST`, both at least 1.
+fn rate_limit(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("`{s}` is not a rate limit (`10` or `10/20`: per second, burst)");
+    let (rate, burst) = match s.trim().split_once('/') {
+        Some((r, b)) => (r, Some(b)),
+        None => (s.trim(), None),
+    };
+    let rate: u32 = rate.parse().map_err(|_| bad())?;
+    let burst: u32 = match burst {
+        Some(b) => b.parse().map_err(|_| bad())?,
+        None => rate,
+    };
+    if rate == 0 || burst == 0 {
+        return Err(format!("`{s}`: the rate and the burst must be at least 1"));
+    }
+    Ok((rate, burst))
 }
 
 /// Parses `250ms`, `30s`, `5m`, `24h`, or a number of seconds.
@@ -125,7 +152,11 @@ pub async fn serve(db: &str, args: ServeArgs) -> anyhow::Result<()> {
         .idempotency_ttl(args.idempotency_ttl)
         .lease(args.lease, args.heartbeat)
         .poll_interval(args.poll_interval)
-        .shutdown_grace(args.shutdown_grace);
+        .shutdown_grace(args.shutdown_grace)
+        .max_in_flight(args.max_in_flight);
+    if let Some((per_second, burst)) = args.rate_limit {
+        builder = builder.rate_limit(per_second, burst);
+    }
     if args.no_auth {
         builder = builder.auth(Auth::Disabled);
     } else if let Some(token) = token {
@@ -269,6 +300,15 @@ mod tests {
         }
         for bad in ["", "s", "1.5s", "10d", "-1s", "ms5"] {
             assert!(duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rate_limits() {
+        assert_eq!(rate_limit("10"), Ok((10, 10)));
+        assert_eq!(rate_limit("2/5"), Ok((2, 5)));
+        for bad in ["", "0", "5/0", "0/5", "a", "1/", "/2", "1.5", "-1", "1/2/3"] {
+            assert!(rate_limit(bad).is_err(), "{bad}");
         }
     }
 }

@@ -2,14 +2,17 @@
 //! state-changing calls, in that order, for every route of the table (`routes`).
 
 use axum::body::{Body, to_bytes};
-use axum::extract::{FromRequestParts, OriginalUri, RawPathParams, Request, State};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, FromRequestParts, OriginalUri, RawPathParams, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::audit;
-use crate::auth::{Access, Caller};
+use crate::auth::{Access, Auth, Caller};
 use crate::error::{ApiError, ErrorCode, Outcome, too_large};
 use crate::idempotency;
 use crate::request_id::{self, RouteLabel};
@@ -57,14 +60,27 @@ async fn guarded(
 ) -> Response {
     let app = &g.app;
     let spec = &g.spec;
-    let caller = if spec.access == Access::Public {
+    if spec.access == Access::Public {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    // Load shedding first: a refusal costs no store call (and is not audited).
+    let _slot = if spec.long_lived {
         None
     } else {
-        match app.auth.authenticate(&parts.headers).await {
-            Ok(c) => Some(c),
-            Err(e) => return deny(g, None, &params, e).await,
+        match app.in_flight.enter() {
+            Some(s) => Some(s),
+            None => return reject(g, overloaded()),
         }
     };
+    let caller = match app.auth.authenticate(&parts.headers).await {
+        Ok(c) => Some(c),
+        Err(e) => return deny(g, None, &params, e).await,
+    };
+    if let (Some(limiter), Some(c)) = (&app.rate_limiter, &caller)
+        && let Err(secs) = limiter.take(&rate_key(app, c, &parts), Instant::now())
+    {
+        return reject(g, rate_limited(secs));
+    }
     if let Some(c) = &caller {
         if !c.role.allows(spec.access) {
             let e = ApiError::new(
@@ -139,6 +155,44 @@ async fn guarded(
     )
     .await;
     resp
+}
+
+/// Whose bucket a call takes from: the key id; without authentication, the client IP
+/// (when the app is served with connection info) or `anonymous`.
+fn rate_key(app: &AppState, caller: &Caller, parts: &axum::http::request::Parts) -> String {
+    if app.auth.mode != Auth::Disabled {
+        return format!("key:{}", caller.key_id);
+    }
+    match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+        Some(ConnectInfo(addr)) => format!("ip:{}", addr.ip()),
+        None => "anonymous".to_owned(),
+    }
+}
+
+fn overloaded() -> ApiError {
+    ApiError::new(
+        ErrorCode::Overloaded,
+        "the server is handling too many requests; retry shortly",
+    )
+    .retry_after(1)
+}
+
+fn rate_limited(secs: u64) -> ApiError {
+    ApiError::new(
+        ErrorCode::RateLimited,
+        format!("too many requests from this caller; retry in {secs} s"),
+    )
+    .details(json!({ "retry_after_seconds": secs }))
+    .retry_after(secs)
+}
+
+/// A refusal by load shedding or the rate limit: counted and logged, not audited (it must
+/// stay cheap, and writing to the store under overload makes things worse).
+fn reject(g: &Guarded, e: ApiError) -> Response {
+    let reason = e.code().as_str();
+    g.app.metrics.rejected(reason, g.spec.path);
+    tracing::debug!(reason, route = g.spec.path, "request refused");
+    e.into_response()
 }
 
 /// The key of the request: the header, else (for routes that take one) the body field.

@@ -15,8 +15,10 @@
 //! - [`error`]: the error envelope and the one mapping of engine/store errors to codes.
 //! - [`wire`]: the JSON shapes.
 //! - `pool`: the embedded worker pool. `hub`: the engine observer feeding streams, the
-//!   pool and metrics. `metrics`: Prometheus. `auth`, `idempotency`, `audit`,
-//!   `request_id`, `openapi`.
+//!   pool and metrics. `metrics`: Prometheus. `limits`: load shedding
+//!   ([`ServerBuilder::max_in_flight`]) and per-caller rate limits
+//!   ([`ServerBuilder::rate_limit`]). `auth`, `idempotency`, `audit`, `request_id`,
+//!   `openapi`.
 //!
 //! # Example
 //! ```no_run
@@ -62,6 +64,7 @@ pub mod error;
 mod guard;
 mod hub;
 mod idempotency;
+mod limits;
 mod metrics;
 mod openapi;
 mod pool;
@@ -87,8 +90,8 @@ pub use auth::{Access, Auth, DEFAULT_HASH_KEY, KEY_CACHE_TTL, Role};
 pub use error::{ApiError, ErrorCode};
 pub use idempotency::{HEADER as IDEMPOTENCY_HEADER, IN_FLIGHT_WAIT, REPLAYED_HEADER};
 pub use metrics::{
-    CLAIM_WAIT, HTTP_REQUEST_DURATION, HTTP_REQUESTS_TOTAL, INTERRUPTS_PENDING, NODE_DURATION,
-    QUEUE_DEPTH, RUN_DURATION, RUNS_TOTAL,
+    CLAIM_WAIT, HTTP_REQUEST_DURATION, HTTP_REQUESTS_REJECTED_TOTAL, HTTP_REQUESTS_TOTAL,
+    INTERRUPTS_PENDING, NODE_DURATION, QUEUE_DEPTH, RUN_DURATION, RUNS_TOTAL,
 };
 pub use openapi::document as openapi_document;
 pub use request_id::REQUEST_ID_HEADER;
@@ -114,6 +117,9 @@ pub enum ServerError {
 }
 
 type Registration = Box<dyn FnOnce(&Engine) + Send>;
+
+/// The default of [`ServerBuilder::max_in_flight`].
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
 /// Configures a [`Server`]. Every setting but the store has a default.
 pub struct ServerBuilder {
@@ -266,6 +272,32 @@ impl ServerBuilder {
         self
     }
 
+    /// Requests handled at once before load shedding. Default [`DEFAULT_MAX_IN_FLIGHT`];
+    /// 0 turns shedding off. A request beyond it is answered at once with 503 `overloaded`
+    /// and `Retry-After: 1`, before authentication and without touching the store (not
+    /// audited; counted in [`HTTP_REQUESTS_REJECTED_TOTAL`] with `reason="overloaded"`).
+    /// Not counted nor shed: the public routes (`/healthz`, `/readyz`, `/metrics`,
+    /// `/v1/openapi.json`) and the long-lived ones (`wait` long-polls and SSE `stream`s,
+    /// which mostly sleep).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.config.max_in_flight = n;
+        self
+    }
+
+    /// Limits each caller to `per_second` requests a second with bursts of up to `burst`
+    /// (a token bucket per API key id; with [`Auth::Disabled`], per client IP). Off by
+    /// default. A call over it is answered with 429 `rate_limited` and `Retry-After` = the
+    /// whole seconds until the caller's next token (at least 1); it is not audited and is
+    /// counted in [`HTTP_REQUESTS_REJECTED_TOTAL`] with `reason="rate_limited"`. Every
+    /// authenticated route counts, long-polls and streams included; the public routes do
+    /// not. The buckets live in this process: with several servers on one store, each
+    /// limits on its own. Both numbers must be at least 1 ([`ServerBuilder::build`] fails
+    /// otherwise).
+    pub fn rate_limit(mut self, per_second: u32, burst: u32) -> Self {
+        self.config.rate_limit = Some(limits::Rate { per_second, burst });
+        self
+    }
+
     /// How long a shutdown waits for running node executions. Default 30 s.
     pub fn shutdown_grace(mut self, d: Duration) -> Self {
         self.config.shutdown_grace = d;
@@ -276,7 +308,7 @@ impl ServerBuilder {
     ///
     /// # Errors
     /// [`ServerError::Config`] without a store, with a malformed admin token or one whose
-    /// key id exists with another secret; [`ServerError::Store`].
+    /// key id exists with another secret, with a rate limit of 0; [`ServerError::Store`].
     pub async fn build(self) -> Result<Server, ServerError> {
         let store = self
             .store
@@ -284,6 +316,13 @@ impl ServerBuilder {
         if self.config.heartbeat >= self.config.lease_ttl {
             return Err(ServerError::Config(
                 "the lease heartbeat must be shorter than the lease".into(),
+            ));
+        }
+        if let Some(r) = self.config.rate_limit
+            && (r.per_second == 0 || r.burst == 0)
+        {
+            return Err(ServerError::Config(
+                "a rate limit needs at least 1 request per second and a burst of at least 1".into(),
             ));
         }
         let metrics = Arc::new(metrics::Metrics::new());
@@ -442,6 +481,8 @@ impl Server {
                 heartbeat: Duration::from_secs(3),
                 poll_interval: Duration::from_secs(1),
                 shutdown_grace: Duration::from_secs(30),
+                max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+                rate_limit: None,
             },
             auth: Auth::Keys,
             admin_token: None,
@@ -553,8 +594,11 @@ impl Server {
             tracing::info!(%addr, worker_id = %self.inner.worker_id, "serving");
         }
         let grace = self.inner.config.shutdown_grace;
-        let http = axum::serve(listener, self.router())
-            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let http =
+            axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
         let http = async {
             let drained = {
                 let stop = stop.clone();

@@ -7,6 +7,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 
 /// HTTP requests by `route` (the route template, `unmatched` for 404s), `method`, `status`.
 pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
+/// Requests refused before their handler ran, by `reason` (`overloaded`, `rate_limited`)
+/// and `route`. They are in [`HTTP_REQUESTS_TOTAL`] too (503, 429).
+pub const HTTP_REQUESTS_REJECTED_TOTAL: &str = "http_requests_rejected_total";
 /// HTTP request latency in seconds, by `route` and `method`.
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 /// Runs that ended, by `graph` and `outcome` (`completed`, `failed`, `cancelled`).
@@ -53,6 +56,10 @@ impl Metrics {
                 HTTP_REQUESTS_TOTAL,
                 "HTTP requests by route, method and status"
             );
+            metrics::describe_counter!(
+                HTTP_REQUESTS_REJECTED_TOTAL,
+                "HTTP requests refused by load shedding or rate limits, by reason and route"
+            );
             metrics::describe_histogram!(
                 HTTP_REQUEST_DURATION,
                 metrics::Unit::Seconds,
@@ -91,6 +98,13 @@ impl Metrics {
                 .increment(1);
             metrics::histogram!(HTTP_REQUEST_DURATION, "route" => route, "method" => method)
                 .record(d.as_secs_f64());
+        });
+    }
+
+    pub fn rejected(&self, reason: &'static str, route: &'static str) {
+        self.with(|| {
+            metrics::counter!(HTTP_REQUESTS_REJECTED_TOTAL, "reason" => reason, "route" => route)
+                .increment(1);
         });
     }
 

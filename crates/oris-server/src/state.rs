@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::hub::Hub;
+use crate::limits::{InFlight, Rate, RateLimiter};
 use crate::metrics::Metrics;
 use crate::pool::WakeSource;
 
@@ -29,6 +30,10 @@ pub(crate) struct Config {
     pub heartbeat: Duration,
     pub poll_interval: Duration,
     pub shutdown_grace: Duration,
+    /// Requests handled at once before shedding (0: no limit).
+    pub max_in_flight: usize,
+    /// Per-caller rate limit, off when `None`.
+    pub rate_limit: Option<Rate>,
 }
 
 /// The worker pool's state, for `/readyz`.
@@ -63,6 +68,10 @@ pub(crate) struct Inner {
     pub ended: Mutex<Option<mpsc::UnboundedReceiver<RunId>>>,
     /// External wake-up sources of the pool, taken when the pool starts.
     pub wakes: Mutex<Vec<WakeSource>>,
+    /// The requests being handled (load shedding).
+    pub in_flight: InFlight,
+    /// Per-caller token buckets, when rate limits are on.
+    pub rate_limiter: Option<RateLimiter>,
 }
 
 impl Inner {
@@ -84,6 +93,8 @@ impl Inner {
             .map(|g| (g.name, g.version))
             .collect();
         Inner {
+            in_flight: InFlight::new(config.max_in_flight),
+            rate_limiter: config.rate_limit.map(RateLimiter::new),
             graph_versions,
             store: engine.store().clone(),
             engine,

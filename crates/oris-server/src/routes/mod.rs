@@ -59,6 +59,9 @@ pub struct RouteSpec {
     pub body_key: bool,
     /// Whether a success names a job whose Location is returned.
     pub location: bool,
+    /// Whether the call is long-lived and mostly sleeps (long-poll, stream): not counted
+    /// by load shedding.
+    pub long_lived: bool,
 }
 
 impl RouteSpec {
@@ -70,6 +73,7 @@ impl RouteSpec {
             action: None,
             body_key: false,
             location: false,
+            long_lived: false,
         }
     }
 
@@ -81,11 +85,17 @@ impl RouteSpec {
             action: Some(action),
             body_key: false,
             location: false,
+            long_lived: false,
         }
     }
 
     const fn with_location(mut self) -> Self {
         self.location = true;
+        self
+    }
+
+    const fn long_lived(mut self) -> Self {
+        self.long_lived = true;
         self
     }
 
@@ -136,11 +146,11 @@ fn table() -> Vec<Route> {
             g(jobs::timeline),
         ),
         r(
-            get("/v1/jobs/{thread_id}/wait", Access::Read),
+            get("/v1/jobs/{thread_id}/wait", Access::Read).long_lived(),
             g(jobs::wait),
         ),
         r(
-            get("/v1/jobs/{thread_id}/stream", Access::Read),
+            get("/v1/jobs/{thread_id}/stream", Access::Read).long_lived(),
             g(stream::stream),
         ),
         r(

@@ -6,5 +6,6 @@ mod common;
 mod hot_path;
 mod idempotency;
 mod jobs;
+mod limits;
 mod ops;
 mod stream;
