@@ -79,8 +79,8 @@ async fn interrupt_then_resume_runs_a_once_and_steps_once() {
 /// once, records the answer and reads nothing else before it commits.
 #[tokio::test]
 async fn a_w3_cycle_makes_few_store_calls() {
-    use common::counting::Counting;
-    let store = Counting::new(Arc::new(MemoryStore::new()));
+    use oris_testkit::counting::CountingStore;
+    let store = Arc::new(CountingStore::new(Arc::new(MemoryStore::new())));
     let g = StateGraph::<W3>::new("w3", "1")
         .node("a", |_s: W3, _ctx| async {
             Ok::<_, NodeError>(W3Update::default().log(vec!["a".into()]))

@@ -478,9 +478,9 @@ async fn input_fields_left_out_take_the_default_states_value() {
 
 #[tokio::test]
 async fn a_fresh_run_is_executed_and_read_back_with_few_store_calls() {
-    use common::counting::Counting;
+    use oris_testkit::counting::CountingStore;
     let memory = Arc::new(MemoryStore::new());
-    let store = Counting::new(memory.clone());
+    let store = Arc::new(CountingStore::new(memory.clone()));
     let engine = Engine::new(store.clone());
     engine.register(linear("lin", 3).compile().unwrap());
     let t = tid("fresh");
@@ -571,9 +571,9 @@ async fn a_fresh_run_is_executed_and_read_back_with_few_store_calls() {
 
 #[tokio::test]
 async fn a_resumed_run_is_folded_from_its_own_snapshot_without_reading_its_record() {
-    use common::counting::Counting;
+    use oris_testkit::counting::CountingStore;
     let memory = Arc::new(MemoryStore::new());
-    let store = Counting::new(memory.clone());
+    let store = Arc::new(CountingStore::new(memory.clone()));
     let engine = Engine::with_options(
         store.clone(),
         EngineOptions {
