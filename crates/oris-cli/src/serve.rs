@@ -73,9 +73,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "1s")]
     pub poll_interval: Duration,
     /// Requests handled at once; more are answered 503 `overloaded` at once (0: no limit).
-    /// Health, metrics, long-polls and streams are not counted.
+    /// Health, metrics, long-polls and streams are not counted (see --max-streams).
     #[arg(long, value_name = "N", default_value_t = oris::server::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
+    /// Long-polls (`wait`) and SSE streams open at once; more are answered 503 `overloaded`
+    /// (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = oris::server::DEFAULT_MAX_STREAMS)]
+    pub max_streams: usize,
     /// Per-caller rate limit (per API key; per client IP with --no-auth): `PER_SEC` or
     /// `PER_SEC/BURST` (burst defaults to the rate). Calls over it get 429 `rate_limited`.
     /// Off by default. Counted per server process.
@@ -153,7 +157,8 @@ pub async fn serve(db: &str, args: ServeArgs) -> anyhow::Result<()> {
         .lease(args.lease, args.heartbeat)
         .poll_interval(args.poll_interval)
         .shutdown_grace(args.shutdown_grace)
-        .max_in_flight(args.max_in_flight);
+        .max_in_flight(args.max_in_flight)
+        .max_streams(args.max_streams);
     if let Some((per_second, burst)) = args.rate_limit {
         builder = builder.rate_limit(per_second, burst);
     }

@@ -1,7 +1,7 @@
 //! The per-route guard: authentication, the role check, idempotency and the audit entry of
 //! state-changing calls, in that order, for every route of the table (`routes`).
 
-use axum::body::{Body, to_bytes};
+use axum::body::{Body, HttpBody as _, to_bytes};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -9,12 +9,14 @@ use axum::extract::{ConnectInfo, FromRequestParts, OriginalUri, RawPathParams, R
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
 use crate::audit;
 use crate::auth::{Access, Auth, Caller};
 use crate::error::{ApiError, ErrorCode, Outcome, too_large};
 use crate::idempotency;
+use crate::limits::Slot;
 use crate::request_id::{self, RouteLabel};
 use crate::routes::RouteSpec;
 use crate::state::AppState;
@@ -31,6 +33,24 @@ pub(crate) struct Guarded {
 }
 
 pub(crate) async fn guard(State(g): State<Guarded>, req: Request, next: Next) -> Response {
+    // Load shedding first: a refusal costs no store call (and is not audited).
+    let slot = if g.spec.access == Access::Public {
+        None
+    } else {
+        let limit = if g.spec.long_lived {
+            &g.app.streams
+        } else {
+            &g.app.in_flight
+        };
+        match limit.enter() {
+            Some(s) => Some(s),
+            None => {
+                let mut resp = reject(&g, overloaded());
+                resp.extensions_mut().insert(RouteLabel(g.spec.path));
+                return resp;
+            }
+        }
+    };
     let (mut parts, body) = req.into_parts();
     let params: Vec<(String, String)> = RawPathParams::from_request_parts(&mut parts, &())
         .await
@@ -48,7 +68,22 @@ pub(crate) async fn guard(State(g): State<Guarded>, req: Request, next: Next) ->
     }
     let mut resp = guarded(&g, parts, body, params, next).await;
     resp.extensions_mut().insert(RouteLabel(g.spec.path));
-    resp
+    match slot {
+        // A stream's place is held until its body ends.
+        Some(slot) if g.spec.long_lived && resp.body().size_hint().exact().is_none() => {
+            hold_until_body_ends(resp, slot)
+        }
+        _ => resp,
+    }
+}
+
+fn hold_until_body_ends(resp: Response, slot: Slot) -> Response {
+    let (parts, body) = resp.into_parts();
+    let body = body.into_data_stream().map(move |chunk| {
+        let _held = &slot;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(body))
 }
 
 async fn guarded(
@@ -63,15 +98,6 @@ async fn guarded(
     if spec.access == Access::Public {
         return next.run(Request::from_parts(parts, body)).await;
     }
-    // Load shedding first: a refusal costs no store call (and is not audited).
-    let _slot = if spec.long_lived {
-        None
-    } else {
-        match app.in_flight.enter() {
-            Some(s) => Some(s),
-            None => return reject(g, overloaded()),
-        }
-    };
     let caller = match app.auth.authenticate(&parts.headers).await {
         Ok(c) => Some(c),
         Err(e) => return deny(g, None, &params, e).await,

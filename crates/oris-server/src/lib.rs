@@ -121,6 +121,9 @@ type Registration = Box<dyn FnOnce(&Engine) + Send>;
 /// The default of [`ServerBuilder::max_in_flight`].
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
+/// The default of [`ServerBuilder::max_streams`].
+pub const DEFAULT_MAX_STREAMS: usize = 4096;
+
 /// Configures a [`Server`]. Every setting but the store has a default.
 pub struct ServerBuilder {
     store: Option<Arc<dyn Store>>,
@@ -276,11 +279,21 @@ impl ServerBuilder {
     /// 0 turns shedding off. A request beyond it is answered at once with 503 `overloaded`
     /// and `Retry-After: 1`, before authentication and without touching the store (not
     /// audited; counted in [`HTTP_REQUESTS_REJECTED_TOTAL`] with `reason="overloaded"`).
-    /// Not counted nor shed: the public routes (`/healthz`, `/readyz`, `/metrics`,
-    /// `/v1/openapi.json`) and the long-lived ones (`wait` long-polls and SSE `stream`s,
-    /// which mostly sleep).
+    /// Never shed: the public routes (`/healthz`, `/readyz`, `/metrics`,
+    /// `/v1/openapi.json`). Not counted here: the long-lived ones (`wait` long-polls and SSE
+    /// `stream`s, which mostly sleep), limited by [`max_streams`](Self::max_streams).
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.config.max_in_flight = n;
+        self
+    }
+
+    /// Long-polls (`wait`) and SSE `stream`s open at once. Default [`DEFAULT_MAX_STREAMS`];
+    /// 0 turns the limit off. One more is refused like a request beyond
+    /// [`max_in_flight`](Self::max_in_flight): 503 `overloaded`, `Retry-After: 1`. A
+    /// stream holds its place until its body ends (its run ended, the client went away,
+    /// the server shuts down).
+    pub fn max_streams(mut self, n: usize) -> Self {
+        self.config.max_streams = n;
         self
     }
 
@@ -482,6 +495,7 @@ impl Server {
                 poll_interval: Duration::from_secs(1),
                 shutdown_grace: Duration::from_secs(30),
                 max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+                max_streams: DEFAULT_MAX_STREAMS,
                 rate_limit: None,
             },
             auth: Auth::Keys,

@@ -4,8 +4,9 @@
 //!   one beyond that is answered at once with 503 `overloaded` and `Retry-After: 1`, before
 //!   authentication, without touching the store (no audit entry: writing under overload
 //!   makes it worse). Public routes (`/healthz`, `/readyz`, `/metrics`, the OpenAPI
-//!   document) and the long-lived routes (`wait` long-polls, SSE `stream`s) are neither
-//!   counted nor shed: they mostly sleep.
+//!   document) are never shed. The long-lived routes (`wait` long-polls, SSE `stream`s),
+//!   which mostly sleep, have their own limit, `max_streams`, held until the long-poll
+//!   returns or the stream's body ends; beyond it they are refused the same way.
 //! - Rate limits ([`RateLimiter`]): a token bucket per caller (the API key id; with
 //!   authentication disabled, the client IP, or `anonymous` when the app is served without
 //!   connection info), refilled at `per_second` up to `burst`. A call finding the bucket
@@ -18,8 +19,8 @@
 //! at debug level.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How often idle buckets are dropped.
@@ -29,14 +30,14 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub(crate) struct InFlight {
     max: usize,
-    now: AtomicUsize,
+    now: Arc<AtomicUsize>,
 }
 
 /// One counted request; leaves when dropped.
 #[derive(Debug)]
-pub(crate) struct Slot<'a>(&'a AtomicUsize);
+pub(crate) struct Slot(Arc<AtomicUsize>);
 
-impl Drop for Slot<'_> {
+impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -47,14 +48,14 @@ impl InFlight {
     pub fn new(max: usize) -> Self {
         InFlight {
             max,
-            now: AtomicUsize::new(0),
+            now: Arc::new(AtomicUsize::new(0)),
         }
     }
 
     /// A slot, or `None` when `max` requests are already in flight.
-    pub fn enter(&self) -> Option<Slot<'_>> {
+    pub fn enter(&self) -> Option<Slot> {
         let before = self.now.fetch_add(1, Ordering::AcqRel);
-        let slot = Slot(&self.now);
+        let slot = Slot(self.now.clone());
         if self.max > 0 && before >= self.max {
             drop(slot);
             return None;

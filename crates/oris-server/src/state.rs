@@ -32,6 +32,8 @@ pub(crate) struct Config {
     pub shutdown_grace: Duration,
     /// Requests handled at once before shedding (0: no limit).
     pub max_in_flight: usize,
+    /// Long-polls and streams open at once before shedding (0: no limit).
+    pub max_streams: usize,
     /// Per-caller rate limit, off when `None`.
     pub rate_limit: Option<Rate>,
 }
@@ -70,6 +72,8 @@ pub(crate) struct Inner {
     pub wakes: Mutex<Vec<WakeSource>>,
     /// The requests being handled (load shedding).
     pub in_flight: InFlight,
+    /// The long-polls and streams open (load shedding).
+    pub streams: InFlight,
     /// Per-caller token buckets, when rate limits are on.
     pub rate_limiter: Option<RateLimiter>,
 }
@@ -94,6 +98,7 @@ impl Inner {
             .collect();
         Inner {
             in_flight: InFlight::new(config.max_in_flight),
+            streams: InFlight::new(config.max_streams),
             rate_limiter: config.rate_limit.map(RateLimiter::new),
             graph_versions,
             store: engine.store().clone(),

@@ -135,6 +135,67 @@ async fn requests_beyond_max_in_flight_are_shed_but_health_and_long_polls_are_no
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_and_long_polls_have_their_own_limit_held_while_the_stream_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(
+        sqlite(&dir).await,
+        Server::builder()
+            .graph(approval("1", Counts::new()))
+            .max_streams(1)
+            .max_in_flight(1),
+    )
+    .await;
+    let r = h
+        .post("/v1/jobs", json!({ "graph": "approval", "thread_id": "s" }))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    h.until_status("s", "interrupted").await;
+
+    // An interrupted run keeps its stream open: it holds the one place.
+    let open = h
+        .request(reqwest::Method::GET, "/v1/jobs/s/stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), StatusCode::OK);
+    let r = tokio::time::timeout(Duration::from_secs(5), h.get("/v1/jobs/s/stream"))
+        .await
+        .expect("a second stream was admitted");
+    assert_eq!(r.code(), "overloaded", "{}", r.text);
+    assert_eq!(retry_after(&r), 1);
+    let r = h.get("/v1/jobs/s/wait?timeout=1s").await;
+    assert_eq!(r.code(), "overloaded", "{}", r.text);
+    // Other calls are counted apart (max_in_flight 1 is free).
+    assert_eq!(h.get("/v1/jobs/s").await.status, StatusCode::OK);
+
+    // Cancelling ends the stream, which frees its place.
+    let c = h.post("/v1/jobs/s/cancel", json!({})).await;
+    assert_eq!(c.status, StatusCode::OK, "{}", c.text);
+    let rest = tokio::time::timeout(Duration::from_secs(10), open.text())
+        .await
+        .expect("the stream ends after the run's end")
+        .unwrap();
+    assert!(rest.contains("run_cancelled"), "{rest}");
+    let mut freed = false;
+    for _ in 0..200 {
+        let r = h.get("/v1/jobs/s/wait?timeout=1s").await;
+        if r.status == StatusCode::OK {
+            assert_eq!(r.body["job"]["status"], "cancelled", "{}", r.text);
+            freed = true;
+            break;
+        }
+        assert_eq!(r.code(), "overloaded", "{}", r.text);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(freed, "the ended stream still holds its place");
+    // A long-poll's place is freed when it returns: the next one is admitted.
+    assert_eq!(
+        h.get("/v1/jobs/s/wait?timeout=1s").await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_key_has_its_own_token_bucket() {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::start(
