@@ -3,6 +3,8 @@
 //! show where a run's time goes.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -58,12 +60,31 @@ pub struct Calls {
     pub nanos: u64,
 }
 
-/// Counts calls to the wrapped store.
-#[derive(Debug)]
+/// Decides, for a call (method name and the thread it concerns, if any), whether it waits
+/// for a future first — see [`CountingStore::with_pause`].
+pub type Pause = Box<
+    dyn Fn(&'static str, Option<&ThreadId>) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>>
+        + Send
+        + Sync,
+>;
+
+/// Counts calls to the wrapped store; optionally holds chosen calls until the test lets
+/// them go.
 pub struct CountingStore {
     inner: Arc<dyn Store>,
     calls: [AtomicU64; METHODS.len()],
     nanos: [AtomicU64; METHODS.len()],
+    pause: Option<Pause>,
+}
+
+impl std::fmt::Debug for CountingStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CountingStore")
+            .field("inner", &self.inner)
+            .field("calls", &self.calls())
+            .field("pause", &self.pause.is_some())
+            .finish()
+    }
 }
 
 impl CountingStore {
@@ -73,6 +94,30 @@ impl CountingStore {
             inner,
             calls: std::array::from_fn(|_| AtomicU64::new(0)),
             nanos: std::array::from_fn(|_| AtomicU64::new(0)),
+            pause: None,
+        }
+    }
+
+    /// Before each call, asks `pause` with the method's name and its thread (for methods
+    /// about one thread); a returned future is awaited before the call goes to the wrapped
+    /// store — e.g. to keep requests in flight until the test releases them.
+    pub fn with_pause(
+        mut self,
+        pause: impl Fn(
+            &'static str,
+            Option<&ThreadId>,
+        ) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.pause = Some(Box::new(pause));
+        self
+    }
+
+    async fn paused(&self, method: &'static str, thread: Option<&ThreadId>) {
+        if let Some(wait) = self.pause.as_ref().and_then(|p| p(method, thread)) {
+            wait.await;
         }
     }
 
@@ -126,7 +171,15 @@ impl CountingStore {
 }
 
 macro_rules! counted {
+    ($self:ident, $name:literal, thread = $thread:expr, $call:expr) => {{
+        $self.paused($name, Some($thread)).await;
+        let t = Instant::now();
+        let r = $call.await;
+        $self.record($name, t.elapsed());
+        r
+    }};
     ($self:ident, $name:literal, $call:expr) => {{
+        $self.paused($name, None).await;
         let t = Instant::now();
         let r = $call.await;
         $self.record($name, t.elapsed());
@@ -137,10 +190,20 @@ macro_rules! counted {
 #[async_trait]
 impl Store for CountingStore {
     async fn commit(&self, commit: Commit) -> Result<Receipt> {
-        counted!(self, "commit", self.inner.commit(commit))
+        counted!(
+            self,
+            "commit",
+            thread = &commit.thread_id,
+            self.inner.commit(commit)
+        )
     }
     async fn thread(&self, thread_id: &ThreadId) -> Result<Option<ThreadRecord>> {
-        counted!(self, "thread", self.inner.thread(thread_id))
+        counted!(
+            self,
+            "thread",
+            thread = thread_id,
+            self.inner.thread(thread_id)
+        )
     }
     async fn run(&self, run_id: RunId) -> Result<Option<RunRecord>> {
         counted!(self, "run", self.inner.run(run_id))
@@ -152,12 +215,18 @@ impl Store for CountingStore {
         counted!(self, "due_runs", self.inner.due_runs(now, limit))
     }
     async fn events(&self, thread_id: &ThreadId, after: Seq, limit: usize) -> Result<Vec<Event>> {
-        counted!(self, "events", self.inner.events(thread_id, after, limit))
+        counted!(
+            self,
+            "events",
+            thread = thread_id,
+            self.inner.events(thread_id, after, limit)
+        )
     }
     async fn snapshot(&self, thread_id: &ThreadId, at_or_before: Seq) -> Result<Option<Snapshot>> {
         counted!(
             self,
             "snapshot",
+            thread = thread_id,
             self.inner.snapshot(thread_id, at_or_before)
         )
     }
@@ -165,6 +234,7 @@ impl Store for CountingStore {
         counted!(
             self,
             "delete_snapshots",
+            thread = thread_id,
             self.inner.delete_snapshots(thread_id)
         )
     }
@@ -172,7 +242,12 @@ impl Store for CountingStore {
         counted!(self, "interrupt", self.inner.interrupt(interrupt_id))
     }
     async fn interrupts(&self, thread_id: &ThreadId) -> Result<Vec<InterruptRecord>> {
-        counted!(self, "interrupts", self.inner.interrupts(thread_id))
+        counted!(
+            self,
+            "interrupts",
+            thread = thread_id,
+            self.inner.interrupts(thread_id)
+        )
     }
     async fn answer_interrupt(
         &self,
@@ -197,19 +272,31 @@ impl Store for CountingStore {
         counted!(
             self,
             "deliver",
+            thread = thread_id,
             self.inner.deliver(thread_id, name, payload, key, at)
         )
     }
     async fn delete_thread(&self, thread_id: &ThreadId) -> Result<()> {
-        counted!(self, "delete_thread", self.inner.delete_thread(thread_id))
+        counted!(
+            self,
+            "delete_thread",
+            thread = thread_id,
+            self.inner.delete_thread(thread_id)
+        )
     }
     async fn prune(&self, thread_id: &ThreadId, base: Event) -> Result<u64> {
-        counted!(self, "prune", self.inner.prune(thread_id, base))
+        counted!(
+            self,
+            "prune",
+            thread = thread_id,
+            self.inner.prune(thread_id, base)
+        )
     }
     async fn deliveries(&self, thread_id: &ThreadId, pending_only: bool) -> Result<Vec<Delivery>> {
         counted!(
             self,
             "deliveries",
+            thread = thread_id,
             self.inner.deliveries(thread_id, pending_only)
         )
     }

@@ -4,29 +4,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use oris_core::event::{Event, Payload};
-use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
-use oris_core::store::{
-    Answer, ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Commit, Delivery, Fence,
-    IdempotencyRecord, InterruptFilter, InterruptRecord, Receipt, Reservation, Result, RunFilter,
-    RunRecord, Snapshot, Store, StoredResponse, ThreadRecord,
-};
+use oris_core::store::Store;
 use oris_server::{Auth, Server};
+use oris_testkit::counting::CountingStore;
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::common::*;
-
-/// A store whose `thread` reads of threads named `parked…` wait until the gate closes:
-/// requests reading them stay in flight as long as the test wants.
-#[derive(Debug)]
-struct GateStore {
-    inner: Arc<dyn Store>,
-    gate: Semaphore,
-    parked: AtomicUsize,
-}
 
 fn retry_after(r: &Reply) -> u64 {
     r.headers
@@ -41,12 +26,23 @@ fn retry_after(r: &Reply) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_beyond_max_in_flight_are_shed_but_health_and_long_polls_are_not() {
     let dir = tempfile::tempdir().unwrap();
-    let gated = Arc::new(GateStore {
-        inner: sqlite(&dir).await,
-        gate: Semaphore::new(0),
-        parked: AtomicUsize::new(0),
-    });
-    let store: Arc<dyn Store> = gated.clone();
+    // `thread` reads of threads named `parked…` wait until the gate closes: requests reading
+    // them stay in flight as long as the test wants.
+    let gate = Arc::new(Semaphore::new(0));
+    let parked_reads = Arc::new(AtomicUsize::new(0));
+    let store: Arc<dyn Store> = Arc::new(CountingStore::new(sqlite(&dir).await).with_pause({
+        let (gate, parked_reads) = (gate.clone(), parked_reads.clone());
+        move |method, thread| {
+            if method != "thread" || !thread.is_some_and(|t| t.as_str().starts_with("parked")) {
+                return None;
+            }
+            parked_reads.fetch_add(1, Ordering::AcqRel);
+            let gate = gate.clone();
+            Some(Box::pin(async move {
+                let _ = gate.acquire().await;
+            }))
+        }
+    }));
     let h = Harness::start(
         store,
         Server::builder()
@@ -66,7 +62,7 @@ async fn requests_beyond_max_in_flight_are_shed_but_health_and_long_polls_are_no
         })
         .collect();
     let t0 = Instant::now();
-    while gated.parked.load(Ordering::Acquire) < 2 {
+    while parked_reads.load(Ordering::Acquire) < 2 {
         assert!(
             t0.elapsed() < Duration::from_secs(10),
             "requests never parked"
@@ -97,7 +93,7 @@ async fn requests_beyond_max_in_flight_are_shed_but_health_and_long_polls_are_no
     assert_ne!(r.code(), "overloaded", "{}", r.text);
 
     // Once the parked requests finish, calls go through again.
-    gated.gate.close();
+    gate.close();
     for p in parked {
         let r = p.await.unwrap();
         assert_ne!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
@@ -269,127 +265,5 @@ async fn a_zero_rate_limit_is_a_configuration_error() {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("rate limit"), "{e}");
-    }
-}
-
-#[async_trait]
-impl Store for GateStore {
-    async fn commit(&self, commit: Commit) -> Result<Receipt> {
-        self.inner.commit(commit).await
-    }
-    async fn thread(&self, thread_id: &ThreadId) -> Result<Option<ThreadRecord>> {
-        if thread_id.as_str().starts_with("parked") {
-            self.parked.fetch_add(1, Ordering::AcqRel);
-            let _ = self.gate.acquire().await;
-        }
-        self.inner.thread(thread_id).await
-    }
-    async fn run(&self, run_id: RunId) -> Result<Option<RunRecord>> {
-        self.inner.run(run_id).await
-    }
-    async fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
-        self.inner.runs(filter).await
-    }
-    async fn due_runs(&self, now: Timestamp, limit: usize) -> Result<Vec<RunRecord>> {
-        self.inner.due_runs(now, limit).await
-    }
-    async fn events(&self, thread_id: &ThreadId, after: Seq, limit: usize) -> Result<Vec<Event>> {
-        self.inner.events(thread_id, after, limit).await
-    }
-    async fn snapshot(&self, thread_id: &ThreadId, at_or_before: Seq) -> Result<Option<Snapshot>> {
-        self.inner.snapshot(thread_id, at_or_before).await
-    }
-    async fn delete_snapshots(&self, thread_id: &ThreadId) -> Result<u64> {
-        self.inner.delete_snapshots(thread_id).await
-    }
-    async fn interrupt(&self, interrupt_id: InterruptId) -> Result<Option<InterruptRecord>> {
-        self.inner.interrupt(interrupt_id).await
-    }
-    async fn interrupts(&self, thread_id: &ThreadId) -> Result<Vec<InterruptRecord>> {
-        self.inner.interrupts(thread_id).await
-    }
-    async fn answer_interrupt(
-        &self,
-        interrupt_id: InterruptId,
-        value: Payload,
-        at: Timestamp,
-    ) -> Result<(Answer, InterruptRecord)> {
-        self.inner.answer_interrupt(interrupt_id, value, at).await
-    }
-    async fn deliver(
-        &self,
-        thread_id: &ThreadId,
-        name: &str,
-        payload: Payload,
-        key: Option<String>,
-        at: Timestamp,
-    ) -> Result<(Delivery, bool)> {
-        self.inner.deliver(thread_id, name, payload, key, at).await
-    }
-    async fn delete_thread(&self, thread_id: &ThreadId) -> Result<()> {
-        self.inner.delete_thread(thread_id).await
-    }
-    async fn prune(&self, thread_id: &ThreadId, base: Event) -> Result<u64> {
-        self.inner.prune(thread_id, base).await
-    }
-    async fn deliveries(&self, thread_id: &ThreadId, pending_only: bool) -> Result<Vec<Delivery>> {
-        self.inner.deliveries(thread_id, pending_only).await
-    }
-    async fn list_interrupts(&self, filter: &InterruptFilter) -> Result<Vec<InterruptRecord>> {
-        self.inner.list_interrupts(filter).await
-    }
-    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<RunRecord>> {
-        self.inner.claim(request).await
-    }
-    async fn renew_lease(
-        &self,
-        fence: &Fence,
-        worker_id: &str,
-        now: Timestamp,
-        ttl: Duration,
-    ) -> Result<RunRecord> {
-        self.inner.renew_lease(fence, worker_id, now, ttl).await
-    }
-    async fn release_lease(&self, fence: &Fence, now: Timestamp) -> Result<RunRecord> {
-        self.inner.release_lease(fence, now).await
-    }
-    async fn reserve_idempotency(
-        &self,
-        candidate: &IdempotencyRecord,
-        now: Timestamp,
-    ) -> Result<Reservation> {
-        self.inner.reserve_idempotency(candidate, now).await
-    }
-    async fn complete_idempotency(
-        &self,
-        scope: &str,
-        key: &str,
-        response: &StoredResponse,
-    ) -> Result<()> {
-        self.inner.complete_idempotency(scope, key, response).await
-    }
-    async fn release_idempotency(&self, scope: &str, key: &str) -> Result<()> {
-        self.inner.release_idempotency(scope, key).await
-    }
-    async fn purge_idempotency(&self, now: Timestamp) -> Result<u64> {
-        self.inner.purge_idempotency(now).await
-    }
-    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
-        self.inner.create_api_key(key).await
-    }
-    async fn api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>> {
-        self.inner.api_key(key_id).await
-    }
-    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
-        self.inner.api_keys().await
-    }
-    async fn revoke_api_key(&self, key_id: &str, at: Timestamp) -> Result<bool> {
-        self.inner.revoke_api_key(key_id, at).await
-    }
-    async fn append_audit(&self, record: &AuditRecord) -> Result<u64> {
-        self.inner.append_audit(record).await
-    }
-    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
-        self.inner.audit(filter).await
     }
 }
