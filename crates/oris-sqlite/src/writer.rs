@@ -259,87 +259,34 @@ impl Write {
             )))
         }
         // A caller that stopped waiting (its future was dropped) is not an error here.
+        macro_rules! answer {
+            ($reply:ident, $pattern:pat => $value:expr) => {{
+                let _ = $reply.send(outcome.and_then(|o| match o {
+                    $pattern => Ok($value),
+                    o => mismatch(o),
+                }));
+            }};
+        }
         match self {
-            Write::Commit { reply, .. } => {
-                let _ = reply.send(outcome.and_then(|o| match o {
-                    Done::Head(head) => Ok(Receipt { head }),
-                    o => mismatch(o),
-                }));
-            }
-            Write::DeleteSnapshots { reply, .. } => {
-                let _ = reply.send(outcome.and_then(|o| match o {
-                    Done::Deleted(n) => Ok(n),
-                    o => mismatch(o),
-                }));
-            }
-            Write::DeleteThread { reply, .. } => {
-                let _ = reply.send(outcome.and_then(|o| match o {
-                    Done::Unit => Ok(()),
-                    o => mismatch(o),
-                }));
-            }
-            Write::Prune { reply, .. } => {
-                let _ = reply.send(outcome.and_then(|o| match o {
-                    Done::Deleted(n) => Ok(n),
-                    o => mismatch(o),
-                }));
-            }
+            Write::Commit { reply, .. } => answer!(reply, Done::Head(head) => Receipt { head }),
+            Write::DeleteSnapshots { reply, .. } => answer!(reply, Done::Deleted(n) => n),
+            Write::DeleteThread { reply, .. } => answer!(reply, Done::Unit => ()),
+            Write::Prune { reply, .. } => answer!(reply, Done::Deleted(n) => n),
             Write::AnswerInterrupt { reply, .. } => {
-                let _ = reply.send(outcome.and_then(|o| match o {
-                    Done::Answered(a, r) => Ok((a, r)),
-                    o => mismatch(o),
-                }));
+                answer!(reply, Done::Answered(a, r) => (a, r))
             }
-            Write::Deliver { reply, .. } => {
-                let _ = reply.send(outcome.and_then(|o| match o {
-                    Done::Delivered(d, new) => Ok((d, new)),
-                    o => mismatch(o),
-                }));
-            }
-            Write::Claim { reply, .. } => {
-                let _ = reply.send(outcome.and_then(|o| match o {
-                    Done::Claimed(runs) => Ok(runs),
-                    o => mismatch(o),
-                }));
-            }
+            Write::Deliver { reply, .. } => answer!(reply, Done::Delivered(d, new) => (d, new)),
+            Write::Claim { reply, .. } => answer!(reply, Done::Claimed(runs) => runs),
             Write::RenewLease { reply, .. } | Write::ReleaseLease { reply, .. } => {
-                let _ = reply.send(outcome.and_then(|o| match o {
-                    Done::Run(run) => Ok(*run),
-                    o => mismatch(o),
-                }));
+                answer!(reply, Done::Run(run) => *run)
             }
-            Write::ReserveIdempotency { reply, .. } => {
-                let _ = reply.send(outcome.and_then(|o| match o {
-                    Done::Reserved(r) => Ok(r),
-                    o => mismatch(o),
-                }));
-            }
+            Write::ReserveIdempotency { reply, .. } => answer!(reply, Done::Reserved(r) => r),
             Write::CompleteIdempotency { reply, .. }
             | Write::ReleaseIdempotency { reply, .. }
-            | Write::CreateApiKey { reply, .. } => {
-                let _ = reply.send(outcome.and_then(|o| match o {
-                    Done::Unit => Ok(()),
-                    o => mismatch(o),
-                }));
-            }
-            Write::PurgeIdempotency { reply, .. } => {
-                let _ = reply.send(outcome.and_then(|o| match o {
-                    Done::Deleted(n) => Ok(n),
-                    o => mismatch(o),
-                }));
-            }
-            Write::RevokeApiKey { reply, .. } => {
-                let _ = reply.send(outcome.and_then(|o| match o {
-                    Done::Flag(b) => Ok(b),
-                    o => mismatch(o),
-                }));
-            }
-            Write::AppendAudit { reply, .. } => {
-                let _ = reply.send(outcome.and_then(|o| match o {
-                    Done::Id(id) => Ok(id),
-                    o => mismatch(o),
-                }));
-            }
+            | Write::CreateApiKey { reply, .. } => answer!(reply, Done::Unit => ()),
+            Write::PurgeIdempotency { reply, .. } => answer!(reply, Done::Deleted(n) => n),
+            Write::RevokeApiKey { reply, .. } => answer!(reply, Done::Flag(b) => b),
+            Write::AppendAudit { reply, .. } => answer!(reply, Done::Id(id) => id),
         }
     }
 }
