@@ -4,22 +4,17 @@
 
 mod common;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use common::*;
 use oris_core::event::{EventBody, EventKind, Payload, Task};
 use oris_core::graph::{END, START};
-use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
+use oris_core::id::{InterruptId, Seq, Timestamp};
 use oris_core::status::{RunStatus, StatusKind};
-use oris_core::store::{
-    self, Answer, Commit, InterruptRecord, MemoryStore, Receipt, RunFilter, RunRecord, Snapshot,
-    Store, ThreadRecord,
-};
+use oris_core::store::{Answer, MemoryStore, Store};
 use oris_runtime::{Context, Engine, EngineOptions, Error, NodeError, RunOutcome, StateGraph};
 use serde_json::json;
-use tokio::sync::{Barrier, Semaphore, mpsc, watch};
+use tokio::sync::{Barrier, Semaphore, mpsc};
 
 // ---------------------------------------------------------------------------------------
 // Graphs
@@ -823,314 +818,15 @@ async fn sixteen_concurrent_resumes_with_different_values_apply_exactly_one() {
 // ---------------------------------------------------------------------------------------
 // 7. A resume that arrives while the run is still suspending
 
-/// A store that reports every resume value it records (to synchronise on without polling).
-/// It forwards every `Store` method to a [`MemoryStore`].
-#[derive(Debug)]
-struct AnswerSignal {
-    inner: Arc<MemoryStore>,
-    answered: watch::Sender<usize>,
-}
-
-type StoreFut<'a, T> = Pin<Box<dyn Future<Output = store::Result<T>> + Send + 'a>>;
-
-impl Store for AnswerSignal {
-    fn commit<'l0, 'at>(&'l0 self, commit: Commit) -> StoreFut<'at, Receipt>
-    where
-        'l0: 'at,
-        Self: 'at,
+/// Waits until the store holds an answer for `id` (the resume call recorded its value).
+async fn answer_stored(store: &dyn Store, id: InterruptId) {
+    while store
+        .interrupt(id)
+        .await
+        .unwrap()
+        .is_none_or(|r| r.answer.is_none())
     {
-        self.inner.commit(commit)
-    }
-    fn thread<'l0, 'l1, 'at>(&'l0 self, t: &'l1 ThreadId) -> StoreFut<'at, Option<ThreadRecord>>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        Self: 'at,
-    {
-        self.inner.thread(t)
-    }
-    fn run<'l0, 'at>(&'l0 self, run_id: RunId) -> StoreFut<'at, Option<RunRecord>>
-    where
-        'l0: 'at,
-        Self: 'at,
-    {
-        self.inner.run(run_id)
-    }
-    fn runs<'l0, 'l1, 'at>(&'l0 self, f: &'l1 RunFilter) -> StoreFut<'at, Vec<RunRecord>>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        Self: 'at,
-    {
-        self.inner.runs(f)
-    }
-    fn events<'l0, 'l1, 'at>(
-        &'l0 self,
-        t: &'l1 ThreadId,
-        after: Seq,
-        limit: usize,
-    ) -> StoreFut<'at, Vec<oris_core::event::Event>>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        Self: 'at,
-    {
-        self.inner.events(t, after, limit)
-    }
-    fn snapshot<'l0, 'l1, 'at>(
-        &'l0 self,
-        t: &'l1 ThreadId,
-        at_or_before: Seq,
-    ) -> StoreFut<'at, Option<Snapshot>>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        Self: 'at,
-    {
-        self.inner.snapshot(t, at_or_before)
-    }
-    fn delete_snapshots<'l0, 'l1, 'at>(&'l0 self, t: &'l1 ThreadId) -> StoreFut<'at, u64>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        Self: 'at,
-    {
-        self.inner.delete_snapshots(t)
-    }
-    fn interrupt<'l0, 'at>(&'l0 self, id: InterruptId) -> StoreFut<'at, Option<InterruptRecord>>
-    where
-        'l0: 'at,
-        Self: 'at,
-    {
-        self.inner.interrupt(id)
-    }
-    fn interrupts<'l0, 'l1, 'at>(&'l0 self, t: &'l1 ThreadId) -> StoreFut<'at, Vec<InterruptRecord>>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        Self: 'at,
-    {
-        self.inner.interrupts(t)
-    }
-    fn deliver<'l0, 'l1, 'l2, 'at>(
-        &'l0 self,
-        t: &'l1 ThreadId,
-        name: &'l2 str,
-        payload: Payload,
-        key: Option<String>,
-        at: Timestamp,
-    ) -> StoreFut<'at, (store::Delivery, bool)>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        'l2: 'at,
-        Self: 'at,
-    {
-        self.inner.deliver(t, name, payload, key, at)
-    }
-    fn list_interrupts<'l0, 'l1, 'at>(
-        &'l0 self,
-        f: &'l1 store::InterruptFilter,
-    ) -> StoreFut<'at, Vec<store::InterruptRecord>>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        Self: 'at,
-    {
-        self.inner.list_interrupts(f)
-    }
-    fn claim<'l0, 'l1, 'at>(&'l0 self, r: &'l1 store::ClaimRequest) -> StoreFut<'at, Vec<RunRecord>>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        Self: 'at,
-    {
-        self.inner.claim(r)
-    }
-    fn renew_lease<'l0, 'l1, 'l2, 'at>(
-        &'l0 self,
-        f: &'l1 store::Fence,
-        w: &'l2 str,
-        now: Timestamp,
-        ttl: std::time::Duration,
-    ) -> StoreFut<'at, RunRecord>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        'l2: 'at,
-        Self: 'at,
-    {
-        self.inner.renew_lease(f, w, now, ttl)
-    }
-    fn release_lease<'l0, 'l1, 'at>(
-        &'l0 self,
-        f: &'l1 store::Fence,
-        now: Timestamp,
-    ) -> StoreFut<'at, RunRecord>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        Self: 'at,
-    {
-        self.inner.release_lease(f, now)
-    }
-    fn reserve_idempotency<'l0, 'l1, 'at>(
-        &'l0 self,
-        c: &'l1 store::IdempotencyRecord,
-        now: Timestamp,
-    ) -> StoreFut<'at, store::Reservation>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        Self: 'at,
-    {
-        self.inner.reserve_idempotency(c, now)
-    }
-    fn complete_idempotency<'l0, 'l1, 'l2, 'l3, 'at>(
-        &'l0 self,
-        s: &'l1 str,
-        k: &'l2 str,
-        r: &'l3 store::StoredResponse,
-    ) -> StoreFut<'at, ()>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        'l2: 'at,
-        'l3: 'at,
-        Self: 'at,
-    {
-        self.inner.complete_idempotency(s, k, r)
-    }
-    fn release_idempotency<'l0, 'l1, 'l2, 'at>(
-        &'l0 self,
-        s: &'l1 str,
-        k: &'l2 str,
-    ) -> StoreFut<'at, ()>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        'l2: 'at,
-        Self: 'at,
-    {
-        self.inner.release_idempotency(s, k)
-    }
-    fn purge_idempotency<'l0, 'at>(&'l0 self, now: Timestamp) -> StoreFut<'at, u64>
-    where
-        'l0: 'at,
-        Self: 'at,
-    {
-        self.inner.purge_idempotency(now)
-    }
-    fn create_api_key<'l0, 'l1, 'at>(&'l0 self, k: &'l1 store::ApiKeyRecord) -> StoreFut<'at, ()>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        Self: 'at,
-    {
-        self.inner.create_api_key(k)
-    }
-    fn api_key<'l0, 'l1, 'at>(&'l0 self, k: &'l1 str) -> StoreFut<'at, Option<store::ApiKeyRecord>>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        Self: 'at,
-    {
-        self.inner.api_key(k)
-    }
-    fn api_keys<'l0, 'at>(&'l0 self) -> StoreFut<'at, Vec<store::ApiKeyRecord>>
-    where
-        'l0: 'at,
-        Self: 'at,
-    {
-        self.inner.api_keys()
-    }
-    fn revoke_api_key<'l0, 'l1, 'at>(&'l0 self, k: &'l1 str, at: Timestamp) -> StoreFut<'at, bool>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        Self: 'at,
-    {
-        self.inner.revoke_api_key(k, at)
-    }
-    fn append_audit<'l0, 'l1, 'at>(&'l0 self, r: &'l1 store::AuditRecord) -> StoreFut<'at, u64>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        Self: 'at,
-    {
-        self.inner.append_audit(r)
-    }
-    fn audit<'l0, 'l1, 'at>(
-        &'l0 self,
-        f: &'l1 store::AuditFilter,
-    ) -> StoreFut<'at, Vec<store::AuditRecord>>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        Self: 'at,
-    {
-        self.inner.audit(f)
-    }
-    fn deliveries<'l0, 'l1, 'at>(
-        &'l0 self,
-        t: &'l1 ThreadId,
-        pending_only: bool,
-    ) -> StoreFut<'at, Vec<store::Delivery>>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        Self: 'at,
-    {
-        self.inner.deliveries(t, pending_only)
-    }
-    fn due_runs<'l0, 'at>(
-        &'l0 self,
-        now: oris_core::id::Timestamp,
-        limit: usize,
-    ) -> StoreFut<'at, Vec<oris_core::store::RunRecord>>
-    where
-        'l0: 'at,
-        Self: 'at,
-    {
-        self.inner.due_runs(now, limit)
-    }
-    fn delete_thread<'l0, 'l1, 'at>(&'l0 self, t: &'l1 ThreadId) -> StoreFut<'at, ()>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        Self: 'at,
-    {
-        self.inner.delete_thread(t)
-    }
-    fn prune<'l0, 'l1, 'at>(
-        &'l0 self,
-        t: &'l1 ThreadId,
-        base: oris_core::event::Event,
-    ) -> StoreFut<'at, u64>
-    where
-        'l0: 'at,
-        'l1: 'at,
-        Self: 'at,
-    {
-        self.inner.prune(t, base)
-    }
-    fn answer_interrupt<'l0, 'at>(
-        &'l0 self,
-        id: InterruptId,
-        value: Payload,
-        at: Timestamp,
-    ) -> StoreFut<'at, (Answer, InterruptRecord)>
-    where
-        'l0: 'at,
-        Self: 'at,
-    {
-        Box::pin(async move {
-            let r = self.inner.answer_interrupt(id, value, at).await;
-            if r.is_ok() {
-                self.answered.send_modify(|n| *n += 1);
-            }
-            r
-        })
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }
 
@@ -1204,14 +900,9 @@ async fn a_resume_that_arrives_while_the_run_is_still_running_is_not_lost() {
     let g = race(runs.clone(), BMode::Gate(gate.clone(), b_started_tx))
         .compile()
         .unwrap();
-    let (answered, mut answered_rx) = watch::channel(0usize);
-    let store = Arc::new(AnswerSignal {
-        inner: Arc::new(MemoryStore::new()),
-        answered,
-    });
-    answered_rx.mark_unchanged();
+    let store = Arc::new(MemoryStore::new());
     let rec = Recorder::new();
-    let engine = Engine::with_options(store, rec.options());
+    let engine = Engine::with_options(store.clone(), rec.options());
     let h = engine.register(g);
 
     let run = {
@@ -1239,12 +930,7 @@ async fn a_resume_that_arrives_while_the_run_is_still_running_is_not_lost() {
         let h = h.clone();
         tokio::spawn(async move { h.resume(id, "go").await })
     };
-    within(
-        "the resume value to be stored",
-        answered_rx.wait_for(|n| *n == 1),
-    )
-    .await
-    .unwrap();
+    within("the resume value to be stored", answer_stored(&*store, id)).await;
     assert_eq!(counts(&runs, &["A", "A:after", "B"]), [1, 0, 1]);
 
     // Release B: the run goes on with the stored value, without another resume.
@@ -1570,16 +1256,8 @@ async fn a_crash_after_the_resume_was_applied_but_before_the_node_finished_recov
 async fn a_crash_while_suspending_keeps_the_resume_value_that_had_arrived() {
     let mem = Arc::new(MemoryStore::new());
     let runs = Counters::new();
-    let (answered, mut answered_rx) = watch::channel(0usize);
-    answered_rx.mark_unchanged();
     let rec = Recorder::new();
-    let first = Engine::with_options(
-        Arc::new(AnswerSignal {
-            inner: mem.clone(),
-            answered,
-        }),
-        rec.options(),
-    );
+    let first = Engine::with_options(mem.clone(), rec.options());
     let (blk, mut probe) = blocker();
     let dropped = probe.arm();
     let h1 = first.register(race(runs.clone(), BMode::Block(blk)).compile().unwrap());
@@ -1594,9 +1272,7 @@ async fn a_crash_while_suspending_keeps_the_resume_value_that_had_arrived() {
         let h1 = h1.clone();
         tokio::spawn(async move { h1.resume(id, "go").await })
     };
-    within("the value to be stored", answered_rx.wait_for(|n| *n == 1))
-        .await
-        .unwrap();
+    within("the value to be stored", answer_stored(&*mem, id)).await;
     // The process dies: the run never suspended, B never finished.
     run.abort();
     resume.abort();
