@@ -667,14 +667,12 @@ pub(crate) async fn send_event(
             ApiError::invalid("name must be 1–200 characters").details(json!({ "field": "name" }))
         );
     }
-    let payload = Payload::encode(&body.payload).map_err(|e| ApiError::invalid(e.to_string()))?;
-    // The store makes a run waiting for the event claimable; the pool continues it (the
-    // engine's own `send_event` would continue it in-process, outside any lease).
-    let (d, _) = app
-        .store
-        .deliver(&t, &body.name, payload, body.key, Timestamp::now())
+    // The store makes a worker's run waiting for the event claimable, and the engine wakes
+    // the pool for it.
+    let d = app
+        .engine
+        .send_event(&t, &body.name, &body.payload, body.key)
         .await?;
-    app.hub.wake_pool();
     Ok((
         StatusCode::ACCEPTED,
         Json(SentEvent {
