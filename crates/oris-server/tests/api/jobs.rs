@@ -257,3 +257,47 @@ async fn run_active_cancel_replay_fork_and_state_edit() {
     assert_eq!(r.body["status_detail"]["reason"], "no");
     assert!(counts.get("draft") >= 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_sent_over_http_continues_the_waiting_run_in_the_pool() {
+    use oris_core::graph::{END, START};
+    use oris_runtime::{NodeError, StateGraph};
+    let listen = StateGraph::<Doc>::new("listen", "1")
+        .node("wait", |_s: Doc, ctx| async move {
+            let got: Option<serde_json::Value> = ctx
+                .wait_for_event("go", std::time::Duration::from_secs(60))
+                .await?;
+            let got = got.map_or("timed out".to_owned(), |v| v["say"].to_string());
+            Ok::<_, NodeError>(DocUpdate::default().log(vec![got]))
+        })
+        .edge(START, "wait")
+        .edge("wait", END)
+        .compile()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(
+        sqlite(&dir).await,
+        Server::builder().auth(Auth::Disabled).graph(listen),
+    )
+    .await;
+    let r = h
+        .post(
+            "/v1/jobs",
+            json!({ "graph": "listen", "thread_id": "ev-1" }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let job = h.settle("ev-1").await;
+    assert_eq!(job["status"], "waiting", "{job}");
+
+    let r = h
+        .post(
+            "/v1/jobs/ev-1/events",
+            json!({ "name": "go", "payload": { "say": "hi" } }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(r.body["name"], "go");
+    let job = h.until_status("ev-1", "completed").await;
+    assert_eq!(job["values"]["log"], json!(["\"hi\""]), "{job}");
+}
