@@ -15,7 +15,7 @@ use oris_core::store::{Answer, InterruptRecord, RunRecord};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::engine::{Created, Engine, GraphHandle, Launch, RunOptions, Start};
+use crate::engine::{Created, Engine, GraphHandle, Launch, RunOptions, Start, checkpoint_event};
 use crate::erased::ErasedGraph;
 use crate::error::Error;
 use crate::graph::CompiledGraph;
@@ -617,28 +617,12 @@ impl Engine {
             Some(checkpoint) => {
                 let store = &*self.shared.store;
                 let seq = checkpoint.at_seq();
-                let not_found = || Error::CheckpointNotFound {
-                    thread_id: thread_id.clone(),
-                    checkpoint,
-                };
-                if seq == Seq::ZERO {
-                    return Err(not_found());
-                }
-                let event = store
-                    .events(&thread_id, Seq(seq.0 - 1), 1)
-                    .await?
-                    .into_iter()
-                    .next()
-                    .filter(|e| e.seq == seq)
-                    .ok_or_else(not_found)?;
+                let event = checkpoint_event(store, &thread_id, checkpoint).await?;
                 let next = event
                     .body
                     .boundary()
-                    .ok_or_else(not_found)?
-                    .next
-                    .iter()
-                    .map(|t| t.node().to_owned())
-                    .collect();
+                    .map(|b| b.next.iter().map(|t| t.node().to_owned()).collect())
+                    .unwrap_or_default();
                 let state = fold::<S>(store, &thread_id, seq, false).await?.state;
                 let run = store.run(event.run_id).await?;
                 Ok(StateView {

@@ -289,6 +289,32 @@ fn for_workers(run: &RunRecord) -> bool {
     run.status == RunStatus::Queued || run.lease_epoch > 0
 }
 
+/// The event a checkpoint stands at: the superstep boundary at `checkpoint`'s seq.
+///
+/// # Errors
+/// [`Error::CheckpointNotFound`] when there is no such event or it is not a boundary.
+pub(crate) async fn checkpoint_event(
+    store: &dyn Store,
+    thread_id: &ThreadId,
+    checkpoint: CheckpointId,
+) -> Result<Event, Error> {
+    let seq = checkpoint.at_seq();
+    let not_found = || Error::CheckpointNotFound {
+        thread_id: thread_id.clone(),
+        checkpoint,
+    };
+    if seq == Seq::ZERO {
+        return Err(not_found());
+    }
+    store
+        .events(thread_id, Seq(seq.0 - 1), 1)
+        .await?
+        .into_iter()
+        .next()
+        .filter(|e| e.seq == seq && e.body.boundary().is_some())
+        .ok_or_else(not_found)
+}
+
 impl Engine {
     /// An engine with default options.
     pub fn new(store: Arc<dyn Store>) -> Self {
@@ -769,21 +795,7 @@ impl Engine {
                 requested: graph.name().to_owned(),
             });
         }
-        let not_found = || Error::CheckpointNotFound {
-            thread_id: thread_id.clone(),
-            checkpoint,
-        };
-        let seq = checkpoint.at_seq();
-        if seq == Seq::ZERO {
-            return Err(not_found());
-        }
-        let e = store
-            .events(thread_id, Seq(seq.0 - 1), 1)
-            .await?
-            .into_iter()
-            .next()
-            .filter(|e| e.seq == seq)
-            .ok_or_else(not_found)?;
+        let e = checkpoint_event(store, thread_id, checkpoint).await?;
         let (superstep, boundary) = match e.body {
             EventBody::RunStarted { boundary, .. } => (0, boundary),
             EventBody::NodeCompleted {
@@ -791,9 +803,17 @@ impl Engine {
                 boundary: Some(b),
                 ..
             } => (superstep + 1, b),
-            _ => return Err(not_found()),
+            // A pruned history's base: its superstep is gone with the pruned events.
+            _ => {
+                return Err(Error::CheckpointNotFound {
+                    thread_id: thread_id.clone(),
+                    checkpoint,
+                });
+            }
         };
-        let state = fold::<S>(store, thread_id, seq, false).await?.state;
+        let state = fold::<S>(store, thread_id, checkpoint.at_seq(), false)
+            .await?
+            .state;
         Ok((
             state,
             boundary,
@@ -805,6 +825,32 @@ impl Engine {
                 reexecute_steps,
             },
         ))
+    }
+
+    /// Where a driver continues a run from: the folded state and log position, the run's
+    /// progress, and the recorded steps of the run a replay comes from.
+    pub(crate) async fn position<S: State>(
+        &self,
+        state: S,
+        head: Seq,
+        last_boundary: Option<Seq>,
+        since_snapshot: u32,
+        progress: Progress<S::Update>,
+        suspended: bool,
+    ) -> Result<Position<S>, Error> {
+        let prior = match &progress.origin {
+            Some(o) => self.prior_steps(o).await?,
+            None => Default::default(),
+        };
+        Ok(Position {
+            state,
+            head,
+            last_boundary: last_boundary.unwrap_or(head),
+            since_snapshot,
+            progress,
+            suspended,
+            prior,
+        })
     }
 
     /// Runs a driver; when the run ends up waiting on a timer, schedules its wake-up.
@@ -907,19 +953,16 @@ impl Engine {
             });
         }
         tracing::info!(thread_id = %thread_id, run_id = %run_id, superstep = progress.superstep, done = progress.done.len(), "resuming run");
-        let prior = match &progress.origin {
-            Some(o) => self.prior_steps(o).await?,
-            None => Default::default(),
-        };
-        let at = Position {
-            state: f.state,
-            head: f.head,
-            last_boundary: f.last_boundary.unwrap_or(f.head),
-            since_snapshot: f.since_snapshot,
-            progress,
-            suspended,
-            prior,
-        };
+        let at = self
+            .position(
+                f.state,
+                f.head,
+                f.last_boundary,
+                f.since_snapshot,
+                progress,
+                suspended,
+            )
+            .await?;
         let mut driver = Driver::new(
             g.clone(),
             self.shared.clone(),
@@ -1849,20 +1892,10 @@ impl<S: State> GraphHandle<S> {
     ) -> Result<S, Error> {
         let thread_id = ThreadId::new(thread_id)?;
         let store = &*self.engine.shared.store;
-        let seq = checkpoint.at_seq();
-        let not_found = || Error::CheckpointNotFound {
-            thread_id: thread_id.clone(),
-            checkpoint,
-        };
-        if seq == Seq::ZERO {
-            return Err(not_found());
-        }
-        let e = store.events(&thread_id, Seq(seq.0 - 1), 1).await?;
-        match e.first() {
-            Some(e) if e.seq == seq && e.body.boundary().is_some() => {}
-            _ => return Err(not_found()),
-        }
-        Ok(fold::<S>(store, &thread_id, seq, false).await?.state)
+        checkpoint_event(store, &thread_id, checkpoint).await?;
+        Ok(fold::<S>(store, &thread_id, checkpoint.at_seq(), false)
+            .await?
+            .state)
     }
 
     /// Re-derives the state from the whole log, ignoring snapshots, and compares its hash

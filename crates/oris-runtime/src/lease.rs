@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
-use crate::driver::{Driven, Driver, LeaseCtl, LeaseLoss, Position};
+use crate::driver::{Driven, Driver, LeaseCtl, LeaseLoss};
 use crate::engine::Engine;
 use crate::erased::status_of;
 use crate::error::Error;
@@ -328,19 +328,16 @@ impl Engine {
             suspended = f.suspended,
             "executing run"
         );
-        let prior = match &progress.origin {
-            Some(o) => self.prior_steps(o).await?,
-            None => Default::default(),
-        };
-        let at = Position {
-            state: f.state,
-            head: f.head,
-            last_boundary: f.last_boundary.unwrap_or(f.head),
-            since_snapshot: f.since_snapshot,
-            progress,
-            suspended: f.suspended,
-            prior,
-        };
+        let at = self
+            .position(
+                f.state,
+                f.head,
+                f.last_boundary,
+                f.since_snapshot,
+                progress,
+                f.suspended,
+            )
+            .await?;
         let mut driver = Driver::new(
             g.clone(),
             self.shared.clone(),
