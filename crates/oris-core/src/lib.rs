@@ -14,6 +14,7 @@
 //! - [`event`]: the events of a thread's append-only log.
 //! - [`status`]: the run-status state machine.
 //! - [`store`]: storage traits, commit batches, records, and [`store::MemoryStore`].
+//! - [`protocol`]: the messages of the remote worker protocol.
 //!
 //! # Example
 //! ```
@@ -34,4 +35,5 @@ pub mod event;
 pub mod graph;
 pub mod id;
 pub mod status;
+pub mod protocol;
 pub mod store;

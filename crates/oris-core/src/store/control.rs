@@ -14,7 +14,7 @@ use crate::id::{RunId, Timestamp};
 use crate::status::RunStatus;
 
 /// Who holds the lease on a run, and until when.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LeaseHolder {
     /// The worker that claimed the run.
     pub worker_id: String,
@@ -26,7 +26,7 @@ pub struct LeaseHolder {
 /// The proof a lease holder presents with every write: run and fencing epoch. A write whose
 /// epoch is not the run's current one, or whose lease expired, fails with
 /// [`Error::LeaseLost`] and changes nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Fence {
     /// The run.
     pub run_id: RunId,
@@ -388,4 +388,47 @@ pub struct InterruptFilter {
     pub after: Option<crate::id::InterruptId>,
     /// At most this many (0: no limit).
     pub limit: usize,
+}
+
+/// A remote worker as the server knows it: registered by its polls, kept up to date by its
+/// polls and heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerRecord {
+    /// The worker's identity (chosen by the worker, unique among live workers).
+    pub worker_id: String,
+    /// The (graph, version) pairs it executes; runs of other versions are never
+    /// dispatched to it.
+    pub graphs: Vec<(String, String)>,
+    /// How many attempts it executes at once.
+    pub capacity: u32,
+    /// When it first registered (kept across re-registrations).
+    pub registered_at: Timestamp,
+    /// When it last polled or sent a heartbeat.
+    pub last_seen: Timestamp,
+    /// When it announced a graceful stop; `None` while it runs. A new registration clears it.
+    pub stopped_at: Option<Timestamp>,
+}
+
+impl WorkerRecord {
+    /// Whether the worker executes runs of this graph version.
+    pub fn accepts(&self, graph: &str, version: &str) -> bool {
+        self.graphs.iter().any(|(g, v)| g == graph && v == version)
+    }
+}
+
+/// The record of `run` after the lease reaper ran at `now`, or `None` when it has nothing
+/// to reap: a lease that expired at or before `now` is cleared (the epoch stays, so the old
+/// holder stays fenced out; `ready_at` stays, so the run stays claimable).
+pub fn plan_reap(run: &RunRecord, now: Timestamp) -> Option<RunRecord> {
+    match &run.lease {
+        Some(l) if l.expires_at <= now => {
+            let mut r = run.clone();
+            r.lease = None;
+            if !r.status.is_terminal() {
+                r.ready_at = Some(r.ready_at.map_or(l.expires_at, |t| t.min(l.expires_at)));
+            }
+            Some(r)
+        }
+        _ => None,
+    }
 }

@@ -14,9 +14,9 @@ mod memory;
 
 pub use control::{
     ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Fence, IdempotencyRecord,
-    InterruptFilter, LeaseHolder, Reservation, StoredResponse, check_fence, check_fence_writer,
-    plan_claim, plan_release, plan_renew, plan_reservation, ready_for_status, ready_on_answer,
-    ready_on_delivery,
+    InterruptFilter, LeaseHolder, Reservation, StoredResponse, WorkerRecord, check_fence,
+    check_fence_writer, plan_claim, plan_reap, plan_release, plan_renew, plan_reservation,
+    ready_for_status, ready_on_answer, ready_on_delivery,
 };
 pub use memory::MemoryStore;
 
@@ -27,7 +27,7 @@ use crate::id::{DeliveryId, InterruptId, RunId, Seq, ThreadId, Timestamp};
 use crate::status::{RunStatus, StatusKind, TransitionError};
 
 /// The record of a thread.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ThreadRecord {
     /// Identity.
     pub thread_id: ThreadId,
@@ -46,7 +46,7 @@ pub struct ThreadRecord {
 }
 
 /// The record of a run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunRecord {
     /// Identity.
     pub run_id: RunId,
@@ -119,7 +119,7 @@ impl RunRecord {
 
 /// Materialised state of a thread at a superstep boundary: the fold of events
 /// `1..=at_seq`. An optimisation over the log, never the source of truth.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
     /// The boundary event it stands at.
     pub at_seq: Seq,
@@ -136,7 +136,7 @@ pub struct Snapshot {
 }
 
 /// A run record to create or a status to set.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RunWrite {
     /// Create a run; the thread must have no active run. Creates the thread when its log is
     /// empty.
@@ -151,7 +151,7 @@ pub enum RunWrite {
 }
 
 /// One atomic write to one thread.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Commit {
     /// The thread.
     pub thread_id: ThreadId,
@@ -217,7 +217,7 @@ pub fn check_prune(
 }
 
 /// What a successful commit returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Receipt {
     /// The thread's new head.
     pub head: Seq,
@@ -553,6 +553,42 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// [`Error::RunNotFound`], [`Error::LeaseLost`].
     async fn release_lease(&self, fence: &Fence, now: Timestamp) -> Result<RunRecord>;
 
+    /// Clears up to `limit` leases that expired at or before `now` ([`plan_reap`]) and
+    /// returns the runs after, so that an expired lease is over by time at the store even
+    /// when nobody claims the run: listings stop naming the dead holder, and the holder's
+    /// late heartbeat, commit or release fails with [`Error::LeaseLost`] as before.
+    async fn reap_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<RunRecord>> {
+        let _ = (now, limit);
+        Err(Error::Incompatible("reap_leases: TEMPORARY".into()))
+    }
+
+    /// How many runs of each graph hold an unexpired lease at `now` (graphs without any are
+    /// left out), by graph name: what per-graph concurrency limits are checked against.
+    async fn lease_counts(&self, now: Timestamp) -> Result<Vec<(String, u64)>> {
+        let _ = now;
+        Err(Error::Incompatible("lease_counts: TEMPORARY".into()))
+    }
+
+    // --- Workers ------------------------------------------------------------------------
+
+    /// Records a remote worker (insert or update): an existing record keeps its
+    /// `registered_at`; every other field is replaced.
+    async fn register_worker(&self, worker: &WorkerRecord) -> Result<()> {
+        let _ = worker;
+        Err(Error::Incompatible("register_worker: TEMPORARY".into()))
+    }
+
+    /// Updates a worker's `last_seen` (heartbeat); `false` when no such worker.
+    async fn touch_worker(&self, worker_id: &str, now: Timestamp) -> Result<bool> {
+        let _ = (worker_id, now);
+        Err(Error::Incompatible("touch_worker: TEMPORARY".into()))
+    }
+
+    /// Every registered worker, by id.
+    async fn workers(&self) -> Result<Vec<WorkerRecord>> {
+        Err(Error::Incompatible("workers: TEMPORARY".into()))
+    }
+
     // --- Idempotency --------------------------------------------------------------------
 
     /// Reserves `candidate.key` within `candidate.scope` for a request, atomically with the
@@ -608,7 +644,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
 /// An external event sent to a thread, buffered until a node waiting for its name
 /// consumes it (`ctx.wait_for_event`). Deliveries are consumed in the order they arrived.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Delivery {
     /// Identity.
     pub delivery_id: DeliveryId,
@@ -656,7 +692,7 @@ pub fn check_redelivery(existing: &Delivery, name: &str, payload: &Payload) -> R
 }
 
 /// An interrupt as stored: raised by a run, answered at most once, applied at most once.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InterruptRecord {
     /// Identity.
     pub interrupt_id: InterruptId,
