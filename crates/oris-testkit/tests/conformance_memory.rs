@@ -195,3 +195,319 @@ mod guarded {
     // `#[cfg_attr(not(feature = "pg-tests"), ignore)]`).
     oris_testkit::store_conformance!(#[cfg_attr(any(), ignore)] guarded: fixture);
 }
+
+/// `MemoryStore::load_image` / `forget_thread`: a remote worker's local copy of a claimed
+/// thread, loaded from an image that starts at the latest snapshot.
+mod images {
+    use std::time::Duration;
+
+    use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
+    use oris_core::protocol::ThreadImage;
+    use oris_core::store::{Commit, Error, Fence, MemoryStore, RunRecord, Store};
+    use oris_testkit::build::{self, GRAPH, GRAPH_VERSION};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// The image a server sends for `t`: the thread, `runs`, the latest snapshot and the
+    /// log from its seq (inclusive), interrupts and deliveries.
+    async fn image_of(s: &MemoryStore, t: &ThreadId, runs: &[RunId]) -> ThreadImage {
+        let thread = s.thread(t).await.unwrap().expect("the thread exists");
+        let snapshot = s.snapshot(t, thread.head).await.unwrap();
+        let from = snapshot.as_ref().map_or(Seq::ZERO, |s| Seq(s.at_seq.0 - 1));
+        let events = s.events(t, from, usize::MAX).await.unwrap();
+        let mut records = Vec::new();
+        for id in runs {
+            records.push(s.run(*id).await.unwrap().expect("the run exists"));
+        }
+        ThreadImage {
+            thread,
+            runs: records,
+            snapshot,
+            events,
+            interrupts: s.interrupts(t).await.unwrap(),
+            deliveries: s.deliveries(t, false).await.unwrap(),
+        }
+    }
+
+    /// A thread on `source` whose queued run is claimed (lease of an hour from the wall
+    /// clock) and driven under that lease to head 6: events 1–4 (an interrupt raised at 4),
+    /// a snapshot at 5, an event at 6, and a pending delivery. Returns the run (as
+    /// claimed), its fence and the raised interrupt.
+    async fn leased_thread(source: &MemoryStore, t: &ThreadId) -> (RunRecord, Fence, InterruptId) {
+        let q = build::queued_run(t, GRAPH, GRAPH_VERSION, build::at(1), 0, None);
+        source.commit(build::create(&q, vec![])).await.unwrap();
+        let claimed = source
+            .claim(&build::claim_request("w1", Timestamp::now(), HOUR, 1))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1, "the queued run is claimed");
+        let run = claimed.into_iter().next().unwrap();
+        let f = build::fence(run.run_id, run.lease_epoch);
+        let r = run.run_id;
+        let interrupt = InterruptId::generate();
+        let commits = [
+            build::append(t, 0, vec![build::started(&q, 1)]),
+            build::append(t, 1, vec![build::step(r, 2), build::step(r, 3)]),
+            build::append(
+                t,
+                3,
+                vec![build::interrupt_raised(
+                    r,
+                    4,
+                    "a",
+                    interrupt,
+                    r#"{"ask":1}"#,
+                )],
+            ),
+            Commit {
+                snapshot: Some(build::snapshot(r, 5, r#"{"step":5}"#)),
+                ..build::append(t, 4, vec![build::step(r, 5)])
+            },
+            build::append(t, 5, vec![build::step(r, 6)]),
+        ];
+        for c in commits {
+            source.commit(build::fenced(c, f)).await.unwrap();
+        }
+        source
+            .deliver(t, "ping", build::payload(r#"{"p":1}"#), None, build::at(7))
+            .await
+            .unwrap();
+        let run = source.run(r).await.unwrap().unwrap();
+        (run, f, interrupt)
+    }
+
+    #[tokio::test]
+    async fn commits_continue_on_a_loaded_image() {
+        let source = MemoryStore::new();
+        let t = build::thread_id("image-continue");
+        let (run, f, interrupt) = leased_thread(&source, &t).await;
+        let r = run.run_id;
+        let image = image_of(&source, &t, &[r]).await;
+        assert_eq!(image.events.first().map(|e| e.seq), Some(Seq(5)));
+
+        let local = MemoryStore::new();
+        local.load_image(image.clone()).unwrap();
+        assert_eq!(local.thread(&t).await.unwrap(), Some(image.thread.clone()));
+        assert_eq!(local.run(r).await.unwrap(), Some(run.clone()));
+        assert_eq!(local.snapshot(&t, Seq(6)).await.unwrap(), image.snapshot);
+        assert_eq!(local.snapshot(&t, Seq(4)).await.unwrap(), None);
+        assert_eq!(
+            local.events(&t, Seq::ZERO, 100).await.unwrap(),
+            image.events
+        );
+        assert_eq!(
+            local.events(&t, Seq(5), 100).await.unwrap(),
+            vec![build::step(r, 6)],
+            "reading after the snapshot's seq"
+        );
+        assert_eq!(local.events(&t, Seq(6), 100).await.unwrap(), vec![]);
+        assert_eq!(
+            local
+                .interrupt(interrupt)
+                .await
+                .unwrap()
+                .map(|i| i.raised_seq),
+            Some(Seq(4))
+        );
+        assert_eq!(
+            local.deliveries(&t, true).await.unwrap(),
+            image.deliveries,
+            "the pending delivery is carried"
+        );
+
+        // The next commit, fenced by the loaded run's lease, lands after the image's head.
+        let c = build::fenced(build::append(&t, 6, vec![build::step(r, 7)]), f);
+        assert_eq!(local.commit(c).await.unwrap().head, Seq(7));
+        assert_eq!(
+            local.events(&t, Seq(6), 100).await.unwrap(),
+            vec![build::step(r, 7)]
+        );
+        assert_eq!(local.thread(&t).await.unwrap().unwrap().head, Seq(7));
+        // A stale lease is refused as on the server.
+        let stale = build::fenced(
+            build::append(&t, 7, vec![build::step(r, 8)]),
+            build::fence(r, f.epoch - 1),
+        );
+        assert!(matches!(
+            local.commit(stale).await,
+            Err(Error::LeaseLost { .. })
+        ));
+        // A snapshot and a status change work on the loaded copy too.
+        let finish = Commit {
+            snapshot: Some(build::snapshot(r, 8, r#"{"step":8}"#)),
+            ..build::finish(&t, 7, r, build::status_completed(8), vec![])
+        };
+        local.commit(build::fenced(finish, f)).await.unwrap();
+        assert_eq!(
+            local.snapshot(&t, Seq(8)).await.unwrap().map(|s| s.at_seq),
+            Some(Seq(8))
+        );
+        assert_eq!(local.thread(&t).await.unwrap().unwrap().active_run, None);
+        // The source is untouched.
+        assert_eq!(source.thread(&t).await.unwrap().unwrap().head, Seq(6));
+    }
+
+    #[tokio::test]
+    async fn a_loaded_run_is_in_the_claim_index() {
+        let source = MemoryStore::new();
+        let t = build::thread_id("image-claims");
+        let (run, f, _) = leased_thread(&source, &t).await;
+        let local = MemoryStore::new();
+        local
+            .load_image(image_of(&source, &t, &[run.run_id]).await)
+            .unwrap();
+        let now = Timestamp::now();
+        let held = local
+            .claim(&build::claim_request("w2", now, HOUR, 5))
+            .await
+            .unwrap();
+        assert_eq!(held, vec![], "the lease is held for an hour");
+        let later = Timestamp(now.0 + 2 * 3_600_000);
+        let taken = local
+            .claim(&build::claim_request("w2", later, HOUR, 5))
+            .await
+            .unwrap();
+        assert_eq!(
+            taken.len(),
+            1,
+            "after the lease's expiry the run is claimable"
+        );
+        assert_eq!(taken[0].run_id, run.run_id);
+        assert_eq!(taken[0].lease_epoch, f.epoch + 1);
+    }
+
+    #[tokio::test]
+    async fn a_new_image_replaces_the_old_and_forget_drops_it() {
+        let source = MemoryStore::new();
+        let t = build::thread_id("image-replace");
+        let (run, f, interrupt) = leased_thread(&source, &t).await;
+        let r = run.run_id;
+        let image = image_of(&source, &t, &[r]).await;
+        let local = MemoryStore::new();
+        local.load_image(image.clone()).unwrap();
+        let c = build::fenced(build::append(&t, 6, vec![build::step(r, 7)]), f);
+        local.commit(c).await.unwrap();
+        local
+            .deliver(&t, "local", build::payload("{}"), None, build::at(9))
+            .await
+            .unwrap();
+
+        local.load_image(image.clone()).unwrap();
+        assert_eq!(local.thread(&t).await.unwrap().unwrap().head, Seq(6));
+        assert_eq!(local.events(&t, Seq(6), 100).await.unwrap(), vec![]);
+        assert_eq!(local.deliveries(&t, false).await.unwrap(), image.deliveries);
+
+        let other = build::thread_id("image-other");
+        let w = oris_testkit::writer::Writer::start(&local, "image-other").await;
+        assert!(local.forget_thread(&t));
+        assert_eq!(local.thread(&t).await.unwrap(), None);
+        assert_eq!(local.run(r).await.unwrap(), None);
+        assert_eq!(local.interrupt(interrupt).await.unwrap(), None);
+        assert_eq!(local.events(&t, Seq::ZERO, 100).await.unwrap(), vec![]);
+        assert_eq!(local.snapshot(&t, Seq(100)).await.unwrap(), None);
+        assert_eq!(local.deliveries(&t, false).await.unwrap(), vec![]);
+        let later = Timestamp(Timestamp::now().0 + 2 * 3_600_000);
+        assert_eq!(
+            local
+                .claim(&build::claim_request("w2", later, HOUR, 5))
+                .await
+                .unwrap(),
+            vec![],
+            "a forgotten run leaves the claim index"
+        );
+        assert!(!local.forget_thread(&t), "forgetting twice finds nothing");
+        assert_eq!(
+            local.thread(&other).await.unwrap().map(|t| t.head),
+            Some(Seq(w.head)),
+            "other threads stay"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broken_image_is_refused_and_changes_nothing() {
+        let source = MemoryStore::new();
+        let t = build::thread_id("image-broken");
+        let (run, _, _) = leased_thread(&source, &t).await;
+        let good = image_of(&source, &t, &[run.run_id]).await;
+        let local = MemoryStore::new();
+
+        let mut gap = good.clone();
+        gap.events[1].seq = Seq(7);
+        gap.thread.head = Seq(7);
+        let mut short = good.clone();
+        short.thread.head = Seq(9);
+        let mut snapshot_outside = good.clone();
+        if let Some(s) = &mut snapshot_outside.snapshot {
+            s.at_seq = Seq(3);
+        }
+        let mut no_base = good.clone();
+        no_base.snapshot = None;
+        let mut foreign_run = good.clone();
+        foreign_run.runs[0].thread_id = build::thread_id("elsewhere");
+        let mut no_active = good.clone();
+        no_active.runs.clear();
+        let mut twice = good.clone();
+        twice.runs.push(twice.runs[0].clone());
+        let mut foreign_delivery = good.clone();
+        foreign_delivery.deliveries[0].thread_id = build::thread_id("elsewhere");
+        let mut foreign_interrupt = good.clone();
+        foreign_interrupt.interrupts[0].thread_id = build::thread_id("elsewhere");
+
+        let cases = [
+            (gap, "a gap in the events", true),
+            (short, "events ending before the head", false),
+            (snapshot_outside, "a snapshot before the log", false),
+            (no_base, "a log after seq 1 without a snapshot", false),
+            (foreign_run, "a run of another thread", false),
+            (no_active, "the active run missing", false),
+            (twice, "a run twice", false),
+            (foreign_delivery, "a delivery of another thread", false),
+            (foreign_interrupt, "an interrupt of another thread", false),
+        ];
+        for (image, what, corrupt) in cases {
+            let e = local.load_image(image).expect_err(what);
+            if corrupt {
+                assert!(matches!(e, Error::Corrupt { .. }), "{what}: {e}");
+            } else {
+                assert!(matches!(e, Error::InvalidCommit { .. }), "{what}: {e}");
+            }
+            assert!(e.to_string().contains("thread image"), "{what}: {e}");
+            assert_eq!(
+                local.thread(&t).await.unwrap(),
+                None,
+                "{what}: nothing stored"
+            );
+            assert_eq!(local.run(run.run_id).await.unwrap(), None, "{what}");
+        }
+
+        // A pruned log (starting with its history_pruned base) needs no snapshot.
+        let pruned_source = MemoryStore::new();
+        let p = build::thread_id("image-pruned");
+        let mut w = oris_testkit::writer::Writer::start(&pruned_source, "image-pruned").await;
+        w.steps(&pruned_source, 4).await;
+        let first_run = w.run.run_id;
+        w.complete(&pruned_source).await;
+        w.next_run(&pruned_source).await;
+        let base = build::event(
+            first_run,
+            3,
+            oris_core::event::EventBody::HistoryPruned {
+                state: build::payload(r#"{"step":3}"#),
+                boundary: build::boundary(&["a"]),
+            },
+        );
+        pruned_source.prune(&p, base).await.unwrap();
+        let mut image = image_of(&pruned_source, &p, &[w.run.run_id]).await;
+        assert_eq!(image.events.first().map(|e| e.seq), Some(Seq(3)));
+        local.load_image(image.clone()).unwrap();
+        assert_eq!(
+            local.events(&p, Seq::ZERO, 100).await.unwrap(),
+            image.events
+        );
+        image.events.remove(0);
+        assert!(matches!(
+            local.load_image(image),
+            Err(Error::InvalidCommit { .. })
+        ));
+    }
+}

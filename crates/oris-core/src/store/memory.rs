@@ -16,8 +16,9 @@ use super::{
     check_redelivery, consumed_deliveries, interrupt_effects, plan_answer, plan_claim, plan_commit,
     plan_release, plan_renew, plan_reservation, ready_on_answer, ready_on_delivery,
 };
-use crate::event::{Event, Payload};
+use crate::event::{Event, EventBody, Payload};
 use crate::id::{DeliveryId, InterruptId, RunId, Seq, ThreadId, Timestamp};
+use crate::protocol::ThreadImage;
 use crate::status::RunStatus;
 
 #[derive(Debug, Default)]
@@ -75,6 +76,33 @@ impl Inner {
             self.ready.insert(key);
         }
         self.runs.insert(run.run_id, run);
+    }
+
+    /// Removes a run record, keeping the indexes in step.
+    fn remove_run(&mut self, run_id: RunId) {
+        if let Some(run) = self.runs.remove(&run_id)
+            && let Some(key) = ready_key(&run)
+        {
+            self.ready.remove(&key);
+        }
+    }
+
+    /// Drops everything held for a thread: its record, log, snapshot, runs, interrupts and
+    /// deliveries. Returns whether the thread was there.
+    fn drop_thread(&mut self, thread_id: &ThreadId) -> bool {
+        let existed = self.threads.remove(thread_id).is_some();
+        let gone: Vec<RunId> = self
+            .runs
+            .values()
+            .filter(|r| r.thread_id == *thread_id)
+            .map(|r| r.run_id)
+            .collect();
+        for run_id in gone {
+            self.remove_run(run_id);
+        }
+        self.interrupts.retain(|_, r| r.thread_id != *thread_id);
+        self.deliveries.remove(thread_id);
+        existed
     }
 
     /// The interrupts `run` raised, in id order.
@@ -138,6 +166,63 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Replaces everything the store holds for `image.thread.thread_id` — thread record,
+    /// log, snapshot, runs, interrupts and deliveries — with `image`: the local copy of a
+    /// thread a remote worker executes a claimed run on (see [`ThreadImage`]).
+    ///
+    /// The log may start after seq 1 (the events before the snapshot are absent, as in a
+    /// pruned log); reads, folds and commits continue from it as on any thread. The image's
+    /// run records are stored as they are (a claimed run keeps its lease and epoch, so
+    /// commits fenced by that lease succeed).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when the events are not contiguous; [`Error::InvalidCommit`] when
+    /// the log does not end at the thread's head, the snapshot is outside the log, the log
+    /// starts after seq 1 with neither a snapshot nor a `history_pruned` base, a run,
+    /// interrupt or delivery belongs to another thread (or its id is held by one here), the
+    /// active run is missing from the runs, or an id appears twice. Nothing changes then.
+    pub fn load_image(&self, image: ThreadImage) -> Result<()> {
+        let mut inner = self.lock();
+        check_image(&inner, &image)?;
+        let ThreadImage {
+            thread,
+            runs,
+            snapshot,
+            events,
+            interrupts,
+            deliveries,
+        } = image;
+        let tid = thread.thread_id.clone();
+        inner.drop_thread(&tid);
+        for run in runs {
+            inner.put_run(run);
+        }
+        for i in interrupts {
+            inner.interrupts.insert(i.interrupt_id, i);
+        }
+        if !deliveries.is_empty() {
+            inner.deliveries.insert(tid.clone(), deliveries);
+        }
+        inner.threads.insert(
+            tid,
+            Thread {
+                record: Some(thread),
+                events,
+                snapshot,
+            },
+        );
+        Ok(())
+    }
+
+    /// Drops everything the store holds for a thread (record, log, snapshot, runs,
+    /// interrupts, deliveries), whatever its runs' statuses — unlike
+    /// [`Store::delete_thread`], which refuses a thread with an unfinished run. Returns
+    /// whether the thread was there. A worker forgets its local copy of a thread with it
+    /// once the attempt is over.
+    pub fn forget_thread(&self, thread_id: &ThreadId) -> bool {
+        self.lock().drop_thread(thread_id)
+    }
+
     /// Approximate bytes held for a thread: the JSON of its events and snapshot.
     pub fn approx_bytes(&self, thread_id: &ThreadId) -> usize {
         let inner = self.lock();
@@ -159,6 +244,124 @@ impl MemoryStore {
             .sum();
         events + t.snapshot.as_ref().map_or(0, |s| s.state.json().len())
     }
+}
+
+/// Checks a [`ThreadImage`] before [`MemoryStore::load_image`] stores it.
+fn check_image(inner: &Inner, image: &ThreadImage) -> Result<()> {
+    let thread = &image.thread;
+    let tid = &thread.thread_id;
+    let invalid = |detail: String| Error::InvalidCommit {
+        thread_id: tid.clone(),
+        detail: format!("thread image: {detail}"),
+    };
+    let first = image.events.first().map_or(thread.head.next(), |e| e.seq);
+    if first == Seq::ZERO {
+        return Err(invalid("the log starts at seq 0".into()));
+    }
+    for (i, e) in image.events.iter().enumerate() {
+        let want = Seq(first.0 + i as u64);
+        if e.seq != want {
+            return Err(Error::Corrupt {
+                thread_id: tid.clone(),
+                seq: Some(e.seq),
+                detail: format!(
+                    "thread image: events are not contiguous: event {i} has seq {}, \
+                     expected {want}",
+                    e.seq
+                ),
+            });
+        }
+    }
+    let last = Seq(first.0 + image.events.len() as u64 - 1);
+    if last != thread.head {
+        return Err(invalid(format!(
+            "the log ends at seq {last}, but the thread's head is {}",
+            thread.head
+        )));
+    }
+    match &image.snapshot {
+        Some(s) if s.at_seq == Seq::ZERO || s.at_seq.next() < first || s.at_seq > last => {
+            return Err(invalid(format!(
+                "the snapshot at seq {} is outside the log ({first}..={last})",
+                s.at_seq
+            )));
+        }
+        Some(_) => {}
+        None if first > Seq(1)
+            && !matches!(
+                image.events.first().map(|e| &e.body),
+                Some(EventBody::HistoryPruned { .. })
+            ) =>
+        {
+            return Err(invalid(format!(
+                "the log starts at seq {first} without a snapshot or a history_pruned base"
+            )));
+        }
+        None => {}
+    }
+    let mut run_ids = BTreeSet::new();
+    for r in &image.runs {
+        if r.thread_id != *tid {
+            return Err(invalid(format!(
+                "run {} belongs to thread `{}`",
+                r.run_id, r.thread_id
+            )));
+        }
+        if !run_ids.insert(r.run_id) {
+            return Err(invalid(format!("run {} appears twice", r.run_id)));
+        }
+        if let Some(other) = inner.runs.get(&r.run_id)
+            && other.thread_id != *tid
+        {
+            return Err(invalid(format!(
+                "run {} is held here for thread `{}`",
+                r.run_id, other.thread_id
+            )));
+        }
+    }
+    if let Some(active) = thread.active_run
+        && !run_ids.contains(&active)
+    {
+        return Err(invalid(format!(
+            "the thread's active run {active} is not among its runs"
+        )));
+    }
+    let mut interrupt_ids = BTreeSet::new();
+    for i in &image.interrupts {
+        if i.thread_id != *tid {
+            return Err(invalid(format!(
+                "interrupt {} belongs to thread `{}`",
+                i.interrupt_id, i.thread_id
+            )));
+        }
+        if !interrupt_ids.insert(i.interrupt_id) {
+            return Err(invalid(format!(
+                "interrupt {} appears twice",
+                i.interrupt_id
+            )));
+        }
+        if let Some(other) = inner.interrupts.get(&i.interrupt_id)
+            && other.thread_id != *tid
+        {
+            return Err(invalid(format!(
+                "interrupt {} is held here for thread `{}`",
+                i.interrupt_id, other.thread_id
+            )));
+        }
+    }
+    let mut delivery_ids = BTreeSet::new();
+    for d in &image.deliveries {
+        if d.thread_id != *tid {
+            return Err(invalid(format!(
+                "delivery {} belongs to thread `{}`",
+                d.delivery_id, d.thread_id
+            )));
+        }
+        if !delivery_ids.insert(d.delivery_id) {
+            return Err(invalid(format!("delivery {} appears twice", d.delivery_id)));
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -418,21 +621,7 @@ impl Store for MemoryStore {
                 run_id,
             });
         }
-        inner.threads.remove(thread_id);
-        let gone: Vec<RunRecord> = inner
-            .runs
-            .values()
-            .filter(|r| r.thread_id == *thread_id)
-            .cloned()
-            .collect();
-        for r in gone {
-            if let Some(key) = ready_key(&r) {
-                inner.ready.remove(&key);
-            }
-            inner.runs.remove(&r.run_id);
-        }
-        inner.interrupts.retain(|_, r| r.thread_id != *thread_id);
-        inner.deliveries.remove(thread_id);
+        inner.drop_thread(thread_id);
         Ok(())
     }
 
