@@ -7,6 +7,7 @@
 
 mod demo;
 mod serve;
+mod worker;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -49,6 +50,12 @@ enum Command {
     ///
     /// Example: `oris serve --addr 127.0.0.1:8080 --db sqlite://oris-data/oris.db`
     Serve(serve::ServeArgs),
+    /// Execute the demo graphs for a server elsewhere, as a remote worker: polls it for
+    /// runs, executes them under its leases, reports every step. SIGINT/SIGTERM stop it
+    /// gracefully (running nodes finish, runs are handed back).
+    ///
+    /// Example: `oris worker --server http://10.0.0.5:8080 --token $ORIS_TOKEN --capacity 8`
+    Worker(worker::WorkerArgs),
     /// Run the demo graphs (expense approval, fan-out research, flaky retry) and print
     /// each run's timeline and final state.
     ///
@@ -91,7 +98,7 @@ async fn main() -> ExitCode {
 /// `RUST_LOG` filters them (default: `info` for the server, `warn` otherwise).
 fn init_logging(cli: &Cli) {
     let default = match cli.command {
-        Command::Serve(_) => "info",
+        Command::Serve(_) | Command::Worker(_) => "info",
         _ => "warn",
     };
     let filter =
@@ -113,6 +120,7 @@ fn init_logging(cli: &Cli) {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::serve(&cli.db, args).await,
+        Command::Worker(args) => worker::worker(args).await,
         Command::Demo { prefix } => {
             let (engine, demos) = local(&cli.db).await?;
             demo::run_all(&engine, &demos, &prefix).await

@@ -38,8 +38,7 @@
 //! ```no_run
 //! use oris_runtime::{NodeError, StateGraph};
 //! use oris_core::graph::{END, START};
-//! use oris_worker::Worker;
-//! use tokio_util::sync::CancellationToken;
+//! use oris_worker::{CancellationToken, Worker};
 //!
 //! #[derive(Clone, Default, Debug, serde::Serialize, serde::Deserialize, oris_derive::State)]
 //! struct Count {
@@ -74,4 +73,6 @@ mod worker;
 
 pub use error::Error;
 pub use oris_core::protocol::{GraphRef, PROTOCOL_VERSION};
+/// The shutdown signal [`Worker::run`] takes (re-exported from `tokio-util`).
+pub use tokio_util::sync::CancellationToken;
 pub use worker::{MAX_CAPACITY, Worker, WorkerBuilder};
