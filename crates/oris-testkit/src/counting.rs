@@ -15,11 +15,11 @@ use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::store::{
     Answer, ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Commit, Delivery, Fence,
     IdempotencyRecord, InterruptFilter, InterruptRecord, Receipt, Reservation, Result, RunFilter,
-    RunRecord, Snapshot, Store, StoredResponse, ThreadRecord,
+    RunRecord, Snapshot, Store, StoredResponse, ThreadRecord, WorkerRecord,
 };
 
 /// The store methods, in trait order.
-const METHODS: [&str; 29] = [
+const METHODS: [&str; 34] = [
     "commit",
     "thread",
     "run",
@@ -39,6 +39,11 @@ const METHODS: [&str; 29] = [
     "claim",
     "renew_lease",
     "release_lease",
+    "reap_leases",
+    "lease_counts",
+    "register_worker",
+    "touch_worker",
+    "workers",
     "reserve_idempotency",
     "complete_idempotency",
     "release_idempotency",
@@ -321,6 +326,25 @@ impl Store for CountingStore {
     }
     async fn release_lease(&self, fence: &Fence, now: Timestamp) -> Result<RunRecord> {
         counted!(self, "release_lease", self.inner.release_lease(fence, now))
+    }
+    async fn reap_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<RunRecord>> {
+        counted!(self, "reap_leases", self.inner.reap_leases(now, limit))
+    }
+    async fn lease_counts(&self, now: Timestamp) -> Result<Vec<(String, u64)>> {
+        counted!(self, "lease_counts", self.inner.lease_counts(now))
+    }
+    async fn register_worker(&self, worker: &WorkerRecord) -> Result<()> {
+        counted!(self, "register_worker", self.inner.register_worker(worker))
+    }
+    async fn touch_worker(&self, worker_id: &str, now: Timestamp) -> Result<bool> {
+        counted!(
+            self,
+            "touch_worker",
+            self.inner.touch_worker(worker_id, now)
+        )
+    }
+    async fn workers(&self) -> Result<Vec<WorkerRecord>> {
+        counted!(self, "workers", self.inner.workers())
     }
     async fn reserve_idempotency(
         &self,

@@ -136,6 +136,12 @@ macro_rules! __conformance_cases {
             fenced_commit_of_another_run_is_lost,
             renewals_extend_only_a_live_lease,
             releases_hand_runs_back,
+            // reaping
+            reaping_clears_only_expired_leases,
+            reaping_takes_at_most_limit,
+            lease_counts_count_live_leases_per_graph,
+            // workers
+            workers_register_touch_and_list,
             // readiness
             status_changes_end_or_keep_the_lease,
             answers_make_interrupted_runs_ready,

@@ -17,7 +17,7 @@ mod guarded {
     use oris_core::store::{
         Answer, ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Commit, Delivery, Fence,
         IdempotencyRecord, InterruptFilter, InterruptRecord, MemoryStore, Receipt, Reservation,
-        Result, RunFilter, RunRecord, Snapshot, Store, StoredResponse, ThreadRecord,
+        Result, RunFilter, RunRecord, Snapshot, Store, StoredResponse, ThreadRecord, WorkerRecord,
     };
 
     /// Stands for a temporary directory or schema: marks itself dropped.
@@ -129,6 +129,26 @@ mod guarded {
 
         async fn release_lease(&self, fence: &Fence, now: Timestamp) -> Result<RunRecord> {
             self.inner.release_lease(fence, now).await
+        }
+
+        async fn reap_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<RunRecord>> {
+            self.inner.reap_leases(now, limit).await
+        }
+
+        async fn lease_counts(&self, now: Timestamp) -> Result<Vec<(String, u64)>> {
+            self.inner.lease_counts(now).await
+        }
+
+        async fn register_worker(&self, worker: &WorkerRecord) -> Result<()> {
+            self.inner.register_worker(worker).await
+        }
+
+        async fn touch_worker(&self, worker_id: &str, now: Timestamp) -> Result<bool> {
+            self.inner.touch_worker(worker_id, now).await
+        }
+
+        async fn workers(&self) -> Result<Vec<WorkerRecord>> {
+            self.inner.workers().await
         }
 
         async fn reserve_idempotency(

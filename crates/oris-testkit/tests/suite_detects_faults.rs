@@ -11,7 +11,7 @@ use oris_core::status::{RunStatus, StatusKind};
 use oris_core::store::{
     Answer, ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Commit, Delivery, Error, Fence,
     IdempotencyRecord, InterruptFilter, InterruptRecord, MemoryStore, Receipt, Reservation, Result,
-    RunFilter, RunRecord, RunWrite, Snapshot, Store, StoredResponse, ThreadRecord,
+    RunFilter, RunRecord, RunWrite, Snapshot, Store, StoredResponse, ThreadRecord, WorkerRecord,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +109,32 @@ enum Fault {
     OpenIgnored,
     /// `list_interrupts` ignores the graph.
     InterruptGraphIgnored,
+    /// The reaper clears live leases too.
+    ReapIgnoresExpiry,
+    /// The reaper returns the runs it would reap but stores nothing (the lease stays).
+    ReapOnlyReports,
+    /// The reaper reports the epoch of the next claim.
+    ReapReportsNextEpoch,
+    /// The reaper ignores its limit.
+    ReapIgnoresLimit,
+    /// The reaper returns its runs latest expiry first.
+    ReapLatestFirst,
+    /// Lease counts include expired leases.
+    CountsExpiredLeases,
+    /// Lease counts include a lease expiring exactly at `now`.
+    CountsLeasesExpiringNow,
+    /// Lease counts lump every graph together.
+    CountsIgnoreGraphs,
+    /// A re-registration replaces `registered_at` too.
+    RegisterResetsRegisteredAt,
+    /// A re-registration without a stop keeps the earlier stop.
+    StopSticks,
+    /// `touch_worker` answers `true` for unknown workers.
+    TouchAlwaysTrue,
+    /// `touch_worker` does not store `last_seen`.
+    TouchNotStored,
+    /// `workers` lists in reverse id order.
+    WorkersUnordered,
 }
 
 #[derive(Debug)]
@@ -117,6 +143,9 @@ struct Faulty {
     fault: Fault,
     /// The runs of the latest claim (for `ClaimsTwice`).
     last_claim: std::sync::Mutex<Vec<RunRecord>>,
+    /// The `registered_at` of each worker's latest registration (for
+    /// `RegisterResetsRegisteredAt`).
+    registered: std::sync::Mutex<std::collections::HashMap<String, Timestamp>>,
 }
 
 impl Faulty {
@@ -125,6 +154,7 @@ impl Faulty {
             inner: MemoryStore::new(),
             fault,
             last_claim: std::sync::Mutex::new(Vec::new()),
+            registered: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 }
@@ -467,6 +497,105 @@ impl Store for Faulty {
         self.inner.release_lease(&fence, now).await
     }
 
+    async fn reap_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<RunRecord>> {
+        let mut got = match self.fault {
+            Fault::ReapIgnoresExpiry => {
+                self.inner
+                    .reap_leases(Timestamp(now.0 + 24 * 3_600_000), limit)
+                    .await?
+            }
+            Fault::ReapIgnoresLimit => self.inner.reap_leases(now, usize::MAX).await?,
+            Fault::ReapOnlyReports => {
+                let mut due: Vec<RunRecord> = self
+                    .inner
+                    .runs(&RunFilter::unfinished())
+                    .await?
+                    .iter()
+                    .filter_map(|r| oris_core::store::plan_reap(r, now))
+                    .collect();
+                due.sort_by_key(|r| r.ready_at);
+                due.truncate(limit);
+                due
+            }
+            _ => self.inner.reap_leases(now, limit).await?,
+        };
+        match self.fault {
+            Fault::ReapReportsNextEpoch => got.iter_mut().for_each(|r| r.lease_epoch += 1),
+            Fault::ReapLatestFirst => got.reverse(),
+            _ => {}
+        }
+        Ok(got)
+    }
+
+    async fn lease_counts(&self, now: Timestamp) -> Result<Vec<(String, u64)>> {
+        let at = match self.fault {
+            Fault::CountsExpiredLeases => Timestamp(i64::MIN),
+            Fault::CountsLeasesExpiringNow => Timestamp(now.0 - 1),
+            _ => now,
+        };
+        let counts = self.inner.lease_counts(at).await?;
+        if self.fault == Fault::CountsIgnoreGraphs && !counts.is_empty() {
+            let total = counts.iter().map(|(_, n)| n).sum();
+            return Ok(vec![(counts[0].0.clone(), total)]);
+        }
+        Ok(counts)
+    }
+
+    async fn register_worker(&self, worker: &WorkerRecord) -> Result<()> {
+        let mut worker = worker.clone();
+        if self.fault == Fault::StopSticks
+            && worker.stopped_at.is_none()
+            && let Some(old) = self
+                .inner
+                .workers()
+                .await?
+                .into_iter()
+                .find(|w| w.worker_id == worker.worker_id)
+        {
+            worker.stopped_at = old.stopped_at;
+        }
+        if self.fault == Fault::RegisterResetsRegisteredAt {
+            self.registered
+                .lock()
+                .expect("registered")
+                .insert(worker.worker_id.clone(), worker.registered_at);
+        }
+        self.inner.register_worker(&worker).await
+    }
+
+    async fn touch_worker(&self, worker_id: &str, now: Timestamp) -> Result<bool> {
+        match self.fault {
+            Fault::TouchAlwaysTrue => {
+                self.inner.touch_worker(worker_id, now).await?;
+                Ok(true)
+            }
+            Fault::TouchNotStored => Ok(self
+                .inner
+                .workers()
+                .await?
+                .iter()
+                .any(|w| w.worker_id == worker_id)),
+            _ => self.inner.touch_worker(worker_id, now).await,
+        }
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerRecord>> {
+        let mut all = self.inner.workers().await?;
+        match self.fault {
+            Fault::RegisterResetsRegisteredAt => {
+                let latest = self.registered.lock().expect("registered");
+                for w in &mut all {
+                    if let Some(at) = latest.get(&w.worker_id) {
+                        w.registered_at = *at;
+                    }
+                }
+            }
+            Fault::WorkersUnordered => all.reverse(),
+            _ => {}
+        }
+        Ok(all)
+    }
+
     async fn reserve_idempotency(
         &self,
         candidate: &IdempotencyRecord,
@@ -646,6 +775,20 @@ detects! {
     created_to_inclusive: CreatedToInclusive => runs_filter_by_time_and_metadata;
     open_ignored: OpenIgnored => interrupts_are_listed_across_threads;
     interrupt_graph_ignored: InterruptGraphIgnored => interrupts_are_listed_across_threads;
+    reap_ignores_expiry: ReapIgnoresExpiry => reaping_clears_only_expired_leases;
+    reap_only_reports: ReapOnlyReports => reaping_clears_only_expired_leases;
+    reap_only_reports_in_counts: ReapOnlyReports => lease_counts_count_live_leases_per_graph;
+    reap_reports_next_epoch: ReapReportsNextEpoch => reaping_clears_only_expired_leases;
+    reap_ignores_limit: ReapIgnoresLimit => reaping_takes_at_most_limit;
+    reap_latest_first: ReapLatestFirst => reaping_takes_at_most_limit;
+    counts_expired_leases: CountsExpiredLeases => lease_counts_count_live_leases_per_graph;
+    counts_leases_expiring_now: CountsLeasesExpiringNow => lease_counts_count_live_leases_per_graph;
+    counts_ignore_graphs: CountsIgnoreGraphs => lease_counts_count_live_leases_per_graph;
+    register_resets_registered_at: RegisterResetsRegisteredAt => workers_register_touch_and_list;
+    stop_sticks: StopSticks => workers_register_touch_and_list;
+    touch_always_true: TouchAlwaysTrue => workers_register_touch_and_list;
+    touch_not_stored: TouchNotStored => workers_register_touch_and_list;
+    workers_unordered: WorkersUnordered => workers_register_touch_and_list;
 }
 
 /// With no fault planted, the wrapper passes the cases above: their mutants fail because of
@@ -699,4 +842,8 @@ sound! {
     audit_log_appends_and_filters,
     runs_filter_by_time_and_metadata,
     interrupts_are_listed_across_threads,
+    reaping_clears_only_expired_leases,
+    reaping_takes_at_most_limit,
+    lease_counts_count_live_leases_per_graph,
+    workers_register_touch_and_list,
 }

@@ -12,9 +12,9 @@ use super::control::check_fence_writer;
 use super::{
     Answer, ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Commit, Delivery, Error, Fence,
     IdempotencyRecord, InterruptFilter, InterruptRecord, Receipt, Reservation, Result, RunFilter,
-    RunRecord, RunWrite, Snapshot, Store, StoredResponse, ThreadRecord, check_prune,
+    RunRecord, RunWrite, Snapshot, Store, StoredResponse, ThreadRecord, WorkerRecord, check_prune,
     check_redelivery, consumed_deliveries, interrupt_effects, plan_answer, plan_claim, plan_commit,
-    plan_release, plan_renew, plan_reservation, ready_on_answer, ready_on_delivery,
+    plan_reap, plan_release, plan_renew, plan_reservation, ready_on_answer, ready_on_delivery,
 };
 use crate::event::{Event, EventBody, Payload};
 use crate::id::{DeliveryId, InterruptId, RunId, Seq, ThreadId, Timestamp};
@@ -51,10 +51,15 @@ fn key_to(p: Reverse<i32>, t: Timestamp) -> ReadyKey {
 #[derive(Debug, Default)]
 struct Inner {
     threads: HashMap<ThreadId, Thread>,
-    /// Written only through [`Inner::put_run`], which keeps `ready` in step.
+    /// Written only through [`Inner::put_run`] and [`Inner::remove_run`], which keep
+    /// `ready` and `leases` in step.
     runs: BTreeMap<RunId, RunRecord>,
     /// The runs with a `ready_at`, in claim order: the index claims walk.
     ready: BTreeSet<ReadyKey>,
+    /// The leased runs by lease expiry: the index the reaper and lease counts walk.
+    leases: BTreeSet<(Timestamp, RunId)>,
+    /// Remote workers by id.
+    workers: BTreeMap<String, WorkerRecord>,
     /// By id, i.e. creation order.
     interrupts: BTreeMap<InterruptId, InterruptRecord>,
     /// Per thread, in arrival order.
@@ -69,21 +74,26 @@ struct Inner {
 impl Inner {
     /// Stores a run record, keeping the claim index in step.
     fn put_run(&mut self, run: RunRecord) {
-        if let Some(key) = self.runs.get(&run.run_id).and_then(ready_key) {
-            self.ready.remove(&key);
-        }
+        self.remove_run(run.run_id);
         if let Some(key) = ready_key(&run) {
             self.ready.insert(key);
+        }
+        if let Some(l) = &run.lease {
+            self.leases.insert((l.expires_at, run.run_id));
         }
         self.runs.insert(run.run_id, run);
     }
 
     /// Removes a run record, keeping the indexes in step.
     fn remove_run(&mut self, run_id: RunId) {
-        if let Some(run) = self.runs.remove(&run_id)
-            && let Some(key) = ready_key(&run)
-        {
+        let Some(run) = self.runs.remove(&run_id) else {
+            return;
+        };
+        if let Some(key) = ready_key(&run) {
             self.ready.remove(&key);
+        }
+        if let Some(l) = &run.lease {
+            self.leases.remove(&(l.expires_at, run_id));
         }
     }
 
@@ -778,6 +788,69 @@ impl Store for MemoryStore {
         let released = plan_release(run, fence, now)?;
         inner.put_run(released.clone());
         Ok(released)
+    }
+
+    async fn reap_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<RunRecord>> {
+        let mut inner = self.lock();
+        let expired: Vec<RunId> = inner
+            .leases
+            .range(..=(now, RunId::from_uuid(uuid::Uuid::from_u128(u128::MAX))))
+            .take(limit)
+            .map(|(_, id)| *id)
+            .collect();
+        let mut reaped = Vec::with_capacity(expired.len());
+        for id in expired {
+            if let Some(run) = inner.runs.get(&id).and_then(|r| plan_reap(r, now)) {
+                inner.put_run(run.clone());
+                reaped.push(run);
+            }
+        }
+        Ok(reaped)
+    }
+
+    async fn lease_counts(&self, now: Timestamp) -> Result<Vec<(String, u64)>> {
+        let inner = self.lock();
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        let live = (
+            Bound::Excluded((now, RunId::from_uuid(uuid::Uuid::from_u128(u128::MAX)))),
+            Bound::Unbounded,
+        );
+        for (_, id) in inner.leases.range(live) {
+            if let Some(run) = inner.runs.get(id) {
+                *counts.entry(run.graph.clone()).or_default() += 1;
+            }
+        }
+        Ok(counts.into_iter().collect())
+    }
+
+    async fn register_worker(&self, worker: &WorkerRecord) -> Result<()> {
+        let mut inner = self.lock();
+        let registered_at = inner
+            .workers
+            .get(&worker.worker_id)
+            .map_or(worker.registered_at, |w| w.registered_at);
+        inner.workers.insert(
+            worker.worker_id.clone(),
+            WorkerRecord {
+                registered_at,
+                ..worker.clone()
+            },
+        );
+        Ok(())
+    }
+
+    async fn touch_worker(&self, worker_id: &str, now: Timestamp) -> Result<bool> {
+        Ok(match self.lock().workers.get_mut(worker_id) {
+            Some(w) => {
+                w.last_seen = now;
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerRecord>> {
+        Ok(self.lock().workers.values().cloned().collect())
     }
 
     async fn reserve_idempotency(

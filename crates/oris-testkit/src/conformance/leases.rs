@@ -76,7 +76,7 @@ pub(crate) async fn claim_one(
 
 /// Tries a commit that must fail with `LeaseLost` for `(run, epoch)` and change nothing on
 /// `thread`.
-async fn refused(
+pub(crate) async fn refused(
     s: &dyn Store,
     commit: oris_core::store::Commit,
     run: RunId,

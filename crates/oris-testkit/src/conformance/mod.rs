@@ -16,6 +16,7 @@
 //! answers, uniqueness), deliveries (buffering, consumption, idempotency keys), edits
 //! (`StateUpdated` commits on an idle thread), and what a server keeps: claims (order,
 //! eligibility, concurrent claimers), leases (fenced commits, renewals, releases),
+//! reaping (the lease reaper, lease counts per graph), workers (the worker registry),
 //! readiness (`ready_at` and the lease across status changes, answers and deliveries),
 //! listing (run time ranges and metadata, interrupts across threads), idempotency records,
 //! API keys and the audit log. [`CASES`] lists them all.
@@ -36,12 +37,14 @@ mod listing;
 mod payloads;
 mod readiness;
 mod reads;
+mod reaping;
 mod retention;
 mod runs;
 mod snapshots;
 mod suspension;
 mod timers;
 mod validation;
+mod workers;
 
 pub use access::*;
 pub use atomicity::*;
@@ -59,12 +62,14 @@ pub use listing::*;
 pub use payloads::*;
 pub use readiness::*;
 pub use reads::*;
+pub use reaping::*;
 pub use retention::*;
 pub use runs::*;
 pub use snapshots::*;
 pub use suspension::*;
 pub use timers::*;
 pub use validation::*;
+pub use workers::*;
 
 /// The name of every case, in the order [`store_conformance!`](crate::store_conformance)
 /// generates their tests.
