@@ -10,7 +10,8 @@
 //! useless without the server's configuration too.
 //!
 //! Roles nest: `admin` ⊃ `operator` ⊃ `viewer`. `worker` is for remote workers: only
-//! worker routes (none yet) and reads of graphs.
+//! the worker protocol routes (`/v1/workers/…`, which admin may use too) and reads of
+//! graphs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -88,6 +89,7 @@ impl Role {
             Access::Graphs => true,
             Access::Read => matches!(self, Role::Admin | Role::Operator | Role::Viewer),
             Access::Operate => matches!(self, Role::Admin | Role::Operator),
+            Access::Worker => matches!(self, Role::Admin | Role::Worker),
             Access::Admin => self == Role::Admin,
         }
     }
@@ -104,6 +106,8 @@ pub enum Access {
     Read,
     /// operator or admin.
     Operate,
+    /// worker or admin (the remote worker protocol).
+    Worker,
     /// admin.
     Admin,
 }
@@ -116,6 +120,7 @@ impl Access {
             Access::Graphs => "viewer, worker",
             Access::Read => "viewer",
             Access::Operate => "operator",
+            Access::Worker => "worker",
             Access::Admin => "admin",
         }
     }
@@ -391,13 +396,13 @@ mod tests {
     fn roles_nest() {
         use Access::*;
         let table = [
-            (Role::Admin, [true, true, true, true, true]),
-            (Role::Operator, [true, true, true, true, false]),
-            (Role::Viewer, [true, true, true, false, false]),
-            (Role::Worker, [true, true, false, false, false]),
+            (Role::Admin, [true, true, true, true, true, true]),
+            (Role::Operator, [true, true, true, true, false, false]),
+            (Role::Viewer, [true, true, true, false, false, false]),
+            (Role::Worker, [true, true, false, false, true, false]),
         ];
         for (role, expect) in table {
-            for (access, want) in [Public, Graphs, Read, Operate, Admin]
+            for (access, want) in [Public, Graphs, Read, Operate, Worker, Admin]
                 .into_iter()
                 .zip(expect)
             {

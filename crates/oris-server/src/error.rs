@@ -40,6 +40,10 @@ pub enum ErrorCode {
     InterruptNotFound,
     /// 404: the thread has no such checkpoint.
     CheckpointNotFound,
+    /// 404: no remote worker has this id (it must poll first).
+    WorkerNotFound,
+    /// 404: no task attempt has this id.
+    AttemptNotFound,
     /// 405: the route exists, not with this method.
     MethodNotAllowed,
     /// 409: a conflicting change happened concurrently; retry.
@@ -62,12 +66,21 @@ pub enum ErrorCode {
     ResumeConflict,
     /// 409: the run is pinned to a graph version this server does not have.
     GraphVersionMissing,
+    /// 409: the worker speaks another protocol version.
+    ProtocolMismatch,
+    /// 409: the worker's lease on the run is not current (another worker holds it, or it
+    /// expired, was released, or ended with the run); nothing was written.
+    LeaseLost,
+    /// 409: the run is not a dead-letter entry (not failed, or its thread moved on).
+    NotDeadLettered,
     /// 413: the body is larger than the configured limit.
     PayloadTooLarge,
     /// 415: the body is not `application/json`.
     UnsupportedMediaType,
     /// 429: too many requests; see `Retry-After`.
     RateLimited,
+    /// 429: too many runs are queued; see `Retry-After`.
+    QueueFull,
     /// 503: the server is overloaded or shutting down; see `Retry-After`.
     Overloaded,
     /// 503: the store is unreachable; see `Retry-After`.
@@ -78,7 +91,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::InvalidInput,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -87,6 +100,8 @@ impl ErrorCode {
         ErrorCode::GraphNotFound,
         ErrorCode::InterruptNotFound,
         ErrorCode::CheckpointNotFound,
+        ErrorCode::WorkerNotFound,
+        ErrorCode::AttemptNotFound,
         ErrorCode::MethodNotAllowed,
         ErrorCode::Conflict,
         ErrorCode::RunActive,
@@ -98,9 +113,13 @@ impl ErrorCode {
         ErrorCode::InterruptNotPending,
         ErrorCode::ResumeConflict,
         ErrorCode::GraphVersionMissing,
+        ErrorCode::ProtocolMismatch,
+        ErrorCode::LeaseLost,
+        ErrorCode::NotDeadLettered,
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::RateLimited,
+        ErrorCode::QueueFull,
         ErrorCode::Overloaded,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
@@ -113,16 +132,17 @@ impl ErrorCode {
             InvalidInput => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
             Forbidden => StatusCode::FORBIDDEN,
-            NotFound | ThreadNotFound | GraphNotFound | InterruptNotFound | CheckpointNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            NotFound | ThreadNotFound | GraphNotFound | InterruptNotFound | CheckpointNotFound
+            | WorkerNotFound | AttemptNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Conflict | RunActive | RunNotActive | ThreadExists | GraphMismatch
             | IdempotencyConflict | IdempotencyInFlight | InterruptNotPending | ResumeConflict
-            | GraphVersionMissing => StatusCode::CONFLICT,
+            | GraphVersionMissing | ProtocolMismatch | LeaseLost | NotDeadLettered => {
+                StatusCode::CONFLICT
+            }
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited | QueueFull => StatusCode::TOO_MANY_REQUESTS,
             Overloaded | Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -140,6 +160,8 @@ impl ErrorCode {
             GraphNotFound => "graph_not_found",
             InterruptNotFound => "interrupt_not_found",
             CheckpointNotFound => "checkpoint_not_found",
+            WorkerNotFound => "worker_not_found",
+            AttemptNotFound => "attempt_not_found",
             MethodNotAllowed => "method_not_allowed",
             Conflict => "conflict",
             RunActive => "run_active",
@@ -151,9 +173,13 @@ impl ErrorCode {
             InterruptNotPending => "interrupt_not_pending",
             ResumeConflict => "resume_conflict",
             GraphVersionMissing => "graph_version_missing",
+            ProtocolMismatch => "protocol_mismatch",
+            LeaseLost => "lease_lost",
+            NotDeadLettered => "not_dead_lettered",
             PayloadTooLarge => "payload_too_large",
             UnsupportedMediaType => "unsupported_media_type",
             RateLimited => "rate_limited",
+            QueueFull => "queue_full",
             Overloaded => "overloaded",
             Unavailable => "unavailable",
             Internal => "internal",
@@ -336,6 +362,12 @@ impl From<store::Error> for ApiError {
                 .retry_after(1)
             }
             E::Conflict { .. } => ApiError::new(ErrorCode::Conflict, e.to_string()),
+            E::LeaseLost {
+                run_id,
+                epoch,
+                reason,
+            } => ApiError::new(ErrorCode::LeaseLost, e.to_string())
+                .details(json!({ "run_id": run_id, "epoch": epoch, "reason": reason })),
             E::IdempotencyConflict { ref key } => {
                 ApiError::new(ErrorCode::IdempotencyConflict, e.to_string())
                     .details(json!({ "key": key }))

@@ -26,6 +26,11 @@ use crate::state::AppState;
 #[derive(Debug, Clone)]
 pub(crate) struct AuditTarget(pub String);
 
+/// More for the audit entry's `details`, from the handler (a JSON object merged into them):
+/// what a bulk call did, the error a worker reported.
+#[derive(Debug, Clone)]
+pub(crate) struct AuditDetails(pub Value);
+
 #[derive(Clone)]
 pub(crate) struct Guarded {
     pub app: AppState,
@@ -164,6 +169,17 @@ async fn guarded(
         .map(|t| t.0.clone())
         .or_else(|| params.first().map(|(_, v)| v.clone()));
     let outcome = outcome_of(&resp);
+    let mut details = json!({
+        "method": method, "path": path,
+        "idempotency_key": key, "replayed": replayed,
+    });
+    if let (Some(AuditDetails(Value::Object(more))), Value::Object(d)) =
+        (resp.extensions().get::<AuditDetails>(), &mut details)
+    {
+        for (k, v) in more {
+            d.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
     audit::record(
         app,
         audit::Entry {
@@ -173,10 +189,7 @@ async fn guarded(
             request_id: request_id::current().unwrap_or_default(),
             status: resp.status().as_u16(),
             outcome,
-            details: json!({
-                "method": method, "path": path,
-                "idempotency_key": key, "replayed": replayed,
-            }),
+            details,
         },
     )
     .await;

@@ -7,7 +7,7 @@
 //! whitespace), so a retry with reordered keys is the same request.
 //!
 //! - Reserved: the request runs; its response (2xx and 4xx) is stored for the TTL, a 5xx
-//!   releases the key so a retry may run.
+//!   (and a 429 `queue_full`) releases the key so a retry may run.
 //! - Replay: the stored status and body are returned, flagged `idempotent-replayed: true`.
 //! - In flight: the duplicate waits (woken when a request finishes here, and polling the
 //!   store for other processes) up to [`IN_FLIGHT_WAIT`], then replays — or answers 409
@@ -173,7 +173,8 @@ where
     }
 }
 
-/// Stores the response of a reserved request (or releases the key after a 5xx).
+/// Stores the response of a reserved request (or releases the key after a 5xx or a 429 —
+/// a refusal to be retried later, which must not be replayed).
 async fn finish(app: &AppState, scope: &str, key: &str, resp: Response) -> Response {
     let (parts, body) = resp.into_parts();
     let bytes = match to_bytes(body, usize::MAX).await {
@@ -183,7 +184,7 @@ async fn finish(app: &AppState, scope: &str, key: &str, resp: Response) -> Respo
             return ApiError::internal(&format!("response body failed: {e}")).into_response();
         }
     };
-    let r = if parts.status.is_server_error() {
+    let r = if parts.status.is_server_error() || parts.status == StatusCode::TOO_MANY_REQUESTS {
         app.store.release_idempotency(scope, key).await
     } else {
         let stored = StoredResponse {

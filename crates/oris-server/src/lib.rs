@@ -60,6 +60,7 @@
 
 mod audit;
 mod auth;
+mod dispatch;
 pub mod error;
 mod guard;
 mod hub;
@@ -91,7 +92,8 @@ pub use error::{ApiError, ErrorCode};
 pub use idempotency::{HEADER as IDEMPOTENCY_HEADER, IN_FLIGHT_WAIT, REPLAYED_HEADER};
 pub use metrics::{
     CLAIM_WAIT, HTTP_REQUEST_DURATION, HTTP_REQUESTS_REJECTED_TOTAL, HTTP_REQUESTS_TOTAL,
-    INTERRUPTS_PENDING, NODE_DURATION, QUEUE_DEPTH, RUN_DURATION, RUNS_TOTAL,
+    INTERRUPTS_PENDING, LEASE_LOST_TOTAL, LEASES_EXPIRED_TOTAL, NODE_DURATION, QUEUE_DEPTH,
+    RUN_DURATION, RUNS_TOTAL, WORKER_POLLS_TOTAL, WORKER_REPORTS_TOTAL, WORKERS_ACTIVE,
 };
 pub use openapi::document as openapi_document;
 pub use request_id::REQUEST_ID_HEADER;
@@ -311,6 +313,30 @@ impl ServerBuilder {
         self
     }
 
+    /// At most `n` runs of graph `name` (any version) execute at once — leased by the
+    /// embedded pool and remote workers together. Before each claim (the pool's and every
+    /// worker poll's) the server reads the store's lease counts and claims runs of `name`
+    /// only while fewer than `n` are leased, at most the remaining room. Exact within one
+    /// server (its claims of limited graphs are serialized); with several servers on one
+    /// store, concurrent claims of different servers may overshoot by up to the number of
+    /// runs they claim at the same moment. `n` must be at least 1 ([`ServerBuilder::build`]
+    /// fails otherwise). Call again for another graph. Runs that are suspended (interrupted,
+    /// waiting) hold no lease and do not count.
+    pub fn graph_limit(mut self, name: impl Into<String>, n: usize) -> Self {
+        self.config.graph_limits.insert(name.into(), n);
+        self
+    }
+
+    /// Backpressure: while `n` or more runs are queued (created, not yet claimed),
+    /// `POST /v1/jobs` answers 429 `queue_full` with `Retry-After: 1` and records nothing.
+    /// The count is read from the store (at most `n` runs) and reused for up to 100 ms, so
+    /// a burst may overshoot `n` by the jobs created within that time. Off by default; `n`
+    /// must be at least 1.
+    pub fn max_queued(mut self, n: usize) -> Self {
+        self.config.max_queued = Some(n);
+        self
+    }
+
     /// How long a shutdown waits for running node executions. Default 30 s.
     pub fn shutdown_grace(mut self, d: Duration) -> Self {
         self.config.shutdown_grace = d;
@@ -337,6 +363,14 @@ impl ServerBuilder {
             return Err(ServerError::Config(
                 "a rate limit needs at least 1 request per second and a burst of at least 1".into(),
             ));
+        }
+        if let Some((name, _)) = self.config.graph_limits.iter().find(|(_, n)| **n == 0) {
+            return Err(ServerError::Config(format!(
+                "the concurrency limit of graph `{name}` must be at least 1"
+            )));
+        }
+        if self.config.max_queued == Some(0) {
+            return Err(ServerError::Config("max_queued must be at least 1".into()));
         }
         let metrics = Arc::new(metrics::Metrics::new());
         let mut options = self.engine_options;
@@ -497,6 +531,8 @@ impl Server {
                 max_in_flight: DEFAULT_MAX_IN_FLIGHT,
                 max_streams: DEFAULT_MAX_STREAMS,
                 rate_limit: None,
+                graph_limits: Default::default(),
+                max_queued: None,
             },
             auth: Auth::Keys,
             admin_token: None,
@@ -561,6 +597,9 @@ impl Server {
             tasks.spawn(run_metrics(app.clone(), ended, background.clone()));
         }
         tasks.spawn(purge_idempotency(app.clone(), background.clone()));
+        // The reaper runs with or without the embedded pool: a server may serve remote
+        // workers only.
+        tasks.spawn(dispatch::reaper(app.clone(), background.clone()));
         if app.config.workers > 0 {
             let wakes = std::mem::take(&mut *app.wakes.lock().unwrap_or_else(|e| e.into_inner()));
             for source in wakes {

@@ -26,6 +26,17 @@ pub const CLAIM_WAIT: &str = "claim_wait_seconds";
 /// Interrupts waiting for a resume value (computed at scrape time).
 pub const INTERRUPTS_PENDING: &str = "interrupts_pending";
 
+/// Leases the reaper cleared after they expired, by `graph`.
+pub const LEASES_EXPIRED_TOTAL: &str = "oris_leases_expired_total";
+/// Remote workers seen within the lease TTL and not stopped (computed at scrape time).
+pub const WORKERS_ACTIVE: &str = "oris_workers_active";
+/// Remote worker polls, by `outcome` (`attempts`: it got work, `empty`).
+pub const WORKER_POLLS_TOTAL: &str = "oris_worker_polls_total";
+/// Remote worker reports (`report-step`) applied, by `outcome` (`applied`, `replayed`).
+pub const WORKER_REPORTS_TOTAL: &str = "oris_worker_reports_total";
+/// Worker calls refused with `lease_lost`, by `route` (`heartbeat`, `report-step`, `ack`).
+pub const LEASE_LOST_TOTAL: &str = "oris_lease_lost_total";
+
 const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0, 300.0, 3600.0,
@@ -83,6 +94,20 @@ impl Metrics {
                 "Run creation to first claim"
             );
             metrics::describe_gauge!(INTERRUPTS_PENDING, "Interrupts waiting for a resume value");
+            metrics::describe_counter!(
+                LEASES_EXPIRED_TOTAL,
+                "Expired leases cleared by the reaper, by graph"
+            );
+            metrics::describe_gauge!(WORKERS_ACTIVE, "Remote workers seen within the lease TTL");
+            metrics::describe_counter!(WORKER_POLLS_TOTAL, "Remote worker polls, by outcome");
+            metrics::describe_counter!(
+                WORKER_REPORTS_TOTAL,
+                "Remote worker reports applied, by outcome"
+            );
+            metrics::describe_counter!(
+                LEASE_LOST_TOTAL,
+                "Worker calls refused because the lease was lost, by route"
+            );
         });
         m
     }
@@ -132,6 +157,29 @@ impl Metrics {
             metrics::gauge!(QUEUE_DEPTH).set(queue_depth as f64);
             metrics::gauge!(INTERRUPTS_PENDING).set(interrupts_pending as f64);
         });
+    }
+
+    pub fn lease_expired(&self, graph: &str) {
+        let graph = graph.to_owned();
+        self.with(|| metrics::counter!(LEASES_EXPIRED_TOTAL, "graph" => graph).increment(1));
+    }
+
+    pub fn worker_poll(&self, got_work: bool) {
+        let outcome = if got_work { "attempts" } else { "empty" };
+        self.with(|| metrics::counter!(WORKER_POLLS_TOTAL, "outcome" => outcome).increment(1));
+    }
+
+    pub fn worker_report(&self, replayed: bool) {
+        let outcome = if replayed { "replayed" } else { "applied" };
+        self.with(|| metrics::counter!(WORKER_REPORTS_TOTAL, "outcome" => outcome).increment(1));
+    }
+
+    pub fn lease_lost(&self, route: &'static str) {
+        self.with(|| metrics::counter!(LEASE_LOST_TOTAL, "route" => route).increment(1));
+    }
+
+    pub fn workers_active(&self, n: usize) {
+        self.with(|| metrics::gauge!(WORKERS_ACTIVE).set(n as f64));
     }
 
     pub fn render(&self) -> String {

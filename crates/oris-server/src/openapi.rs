@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use utoipa::OpenApi;
 
 use crate::auth::Access;
-use crate::routes::{self, admin, graphs, interrupts, jobs, stream, system};
+use crate::routes::{self, admin, graphs, interrupts, jobs, stream, system, workers};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,6 +20,8 @@ use crate::routes::{self, admin, graphs, interrupts, jobs, stream, system};
         jobs::wait, stream::stream, jobs::resume, jobs::replay, jobs::fork, jobs::cancel,
         jobs::update_state, jobs::send_event,
         interrupts::list, interrupts::get, interrupts::resume, interrupts::reject,
+        workers::poll, workers::heartbeat, workers::report_step, workers::ack, workers::stop,
+        workers::list,
         graphs::list, graphs::get,
         admin::audit, admin::create_key, admin::list_keys, admin::revoke_key,
         system::healthz, system::readyz, system::metrics, system::openapi,
@@ -28,6 +30,7 @@ use crate::routes::{self, admin, graphs, interrupts, jobs, stream, system};
     tags(
         (name = "jobs", description = "Runs keyed by their thread"),
         (name = "interrupts", description = "Pauses waiting for a value from outside"),
+        (name = "workers", description = "The remote worker protocol and registered workers"),
         (name = "graphs", description = "Registered graphs"),
         (name = "admin", description = "API keys and the audit log"),
         (name = "system", description = "Health, readiness, metrics, this document"),

@@ -22,13 +22,14 @@ use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use oris_core::id::{RunId, Timestamp};
-use oris_core::store::{ClaimRequest, Fence, RunRecord};
+use oris_core::store::{Fence, RunRecord};
 use oris_runtime::{LeaseOptions, Stop};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::dispatch;
 use crate::hub::Hub;
 use crate::state::{AppState, PoolState};
 
@@ -98,15 +99,10 @@ pub(crate) async fn run(app: AppState, stop: CancellationToken) {
             // concern a run the claim does not see, and asks for another.
             ready.borrow_and_update();
             wakes.borrow_and_update();
-            let request = ClaimRequest {
-                worker_id: app.worker_id.clone(),
-                now: Timestamp::now(),
-                ttl: app.config.lease_ttl,
-                limit: free,
-                graphs,
-            };
-            match app.store.claim(&request).await {
+            match dispatch::claim(&app, &app.worker_id, &graphs, free).await {
                 Ok(runs) => {
+                    // A claim held back by a per-graph limit is not a full one: the pool
+                    // looks again at the next wake-up or poll.
                     wanted = runs.len() >= free;
                     next_poll = Instant::now() + app.config.poll_interval;
                     for run in runs {
@@ -207,6 +203,7 @@ async fn execute(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&run_id);
+    app.dispatch.forget(run_id);
     match result {
         Ok(done) => {
             tracing::debug!(%thread_id, %run_id, stop = ?done.stop, status = ?done.status, "execution ended");

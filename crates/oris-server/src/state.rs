@@ -1,6 +1,6 @@
 //! What every handler shares.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,6 +13,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
+use crate::dispatch::Dispatch;
 use crate::hub::Hub;
 use crate::limits::{InFlight, Rate, RateLimiter};
 use crate::metrics::Metrics;
@@ -36,6 +37,11 @@ pub(crate) struct Config {
     pub max_streams: usize,
     /// Per-caller rate limit, off when `None`.
     pub rate_limit: Option<Rate>,
+    /// Most runs of a graph (by name) leased at once, across the embedded pool and remote
+    /// workers; graphs not named here have no limit.
+    pub graph_limits: BTreeMap<String, usize>,
+    /// `POST /v1/jobs` is refused (429 `queue_full`) while this many runs are queued.
+    pub max_queued: Option<usize>,
 }
 
 /// The worker pool's state, for `/readyz`.
@@ -76,6 +82,8 @@ pub(crate) struct Inner {
     pub streams: InFlight,
     /// Per-caller token buckets, when rate limits are on.
     pub rate_limiter: Option<RateLimiter>,
+    /// Claims under per-graph limits, lease holders granted here, the queued-run count.
+    pub dispatch: Dispatch,
 }
 
 impl Inner {
@@ -100,6 +108,7 @@ impl Inner {
             in_flight: InFlight::new(config.max_in_flight),
             streams: InFlight::new(config.max_streams),
             rate_limiter: config.rate_limit.map(RateLimiter::new),
+            dispatch: Dispatch::default(),
             graph_versions,
             store: engine.store().clone(),
             engine,

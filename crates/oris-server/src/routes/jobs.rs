@@ -15,6 +15,7 @@ use oris_runtime::{Enqueue, EnqueueOptions, RunOptions};
 use serde_json::json;
 
 use super::query::{self, MAX_LIMIT, Params, bad};
+use crate::dispatch;
 use crate::error::{ApiError, ErrorCode, Json, Path, Query};
 use crate::guard::{AuditTarget, job_location};
 use crate::hub::RunChange;
@@ -69,6 +70,7 @@ fn enqueued(run: &RunRecord) {
         (status = 400, description = "`invalid_input`: bad JSON, thread id, input not matching the state", body = crate::error::ErrorEnvelope),
         (status = 404, description = "`graph_not_found`", body = crate::error::ErrorEnvelope),
         (status = 409, description = "`run_active`, `graph_mismatch`, `idempotency_conflict`, `idempotency_in_flight`", body = crate::error::ErrorEnvelope),
+        (status = 429, description = "`queue_full` (see `Retry-After`)", body = crate::error::ErrorEnvelope),
     ))]
 pub(crate) async fn create(
     State(app): State<AppState>,
@@ -112,6 +114,17 @@ pub(crate) async fn create(
         return Err(ApiError::invalid("metadata holds at most 64 labels")
             .details(json!({ "field": "metadata" })));
     }
+    if let Some(max) = app.config.max_queued {
+        let queued = dispatch::queued(&app, max).await?;
+        if queued >= max {
+            return Err(ApiError::new(
+                ErrorCode::QueueFull,
+                format!("{queued} runs are queued (the limit is {max}); retry later"),
+            )
+            .details(json!({ "queued": queued, "max_queued": max }))
+            .retry_after(1));
+        }
+    }
     let run = app
         .engine
         .enqueue(Enqueue {
@@ -132,6 +145,7 @@ pub(crate) async fn create(
             ),
         })
         .await?;
+    dispatch::queued_one_more(&app);
     enqueued(&run);
     Ok(accepted(&uri, &run))
 }
@@ -219,6 +233,7 @@ pub(crate) async fn detail(app: &AppState, thread_id: &ThreadId) -> Result<JobDe
 async fn detail_of(app: &AppState, run: RunRecord) -> Result<JobDetail, ApiError> {
     let job = JobView::of(&run);
     let terminal = run.status.is_terminal();
+    let waiting_for = waiting_for(app, &run).await;
     let (values, checkpoint_id, next) = if app.has_graph(&run.graph, &run.graph_version) {
         let s = app.engine.state_json_of(run).await?;
         (
@@ -234,7 +249,30 @@ async fn detail_of(app: &AppState, run: RunRecord) -> Result<JobDetail, ApiError
         values,
         checkpoint_id,
         next,
+        waiting_for,
     })
+}
+
+/// Why a claimable run has no executor: `Some` when it is ready and unleased and neither
+/// the embedded pool nor any active remote worker has its graph version.
+async fn waiting_for(app: &AppState, run: &RunRecord) -> Option<String> {
+    let ready = !run.status.is_terminal()
+        && run.lease.is_none()
+        && run.ready_at.is_some_and(|t| t <= Timestamp::now());
+    if !ready || (app.config.workers > 0 && app.has_graph(&run.graph, &run.graph_version)) {
+        return None;
+    }
+    match super::workers::served_remotely(app, &run.graph, &run.graph_version).await {
+        Ok(true) => None,
+        Ok(false) => Some(format!(
+            "no worker has graph `{}` version `{}`",
+            run.graph, run.graph_version
+        )),
+        Err(e) => {
+            tracing::debug!(error = %e, "workers not read for waiting_for");
+            None
+        }
+    }
 }
 
 /// A job: the thread's latest run, its state and pending interrupts.

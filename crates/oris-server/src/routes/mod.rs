@@ -21,6 +21,7 @@ pub(crate) mod jobs;
 mod query;
 pub(crate) mod stream;
 pub(crate) mod system;
+pub(crate) mod workers;
 
 /// An HTTP method of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +117,12 @@ fn get(path: &'static str, access: Access) -> RouteSpec {
 
 fn post(path: &'static str, access: Access, action: &'static str) -> RouteSpec {
     RouteSpec::write(Verb::Post, path, access, action)
+}
+
+/// A state-changing route that is not audited: the worker protocol's polls and heartbeats,
+/// which every worker sends every few seconds and would flood the audit log.
+fn post_unaudited(path: &'static str, access: Access) -> RouteSpec {
+    RouteSpec::read(Verb::Post, path, access)
 }
 
 fn table() -> Vec<Route> {
@@ -219,6 +226,35 @@ fn table() -> Vec<Route> {
             ),
             p(interrupts::reject),
         ),
+        r(
+            post_unaudited("/v1/workers/poll", Access::Worker).long_lived(),
+            p(workers::poll),
+        ),
+        r(
+            post_unaudited("/v1/workers/{worker_id}/heartbeat", Access::Worker),
+            p(workers::heartbeat),
+        ),
+        r(
+            post(
+                "/v1/workers/{worker_id}/report-step",
+                Access::Worker,
+                "workers.report_step",
+            ),
+            p(workers::report_step),
+        ),
+        r(
+            post("/v1/workers/{worker_id}/ack", Access::Worker, "workers.ack"),
+            p(workers::ack),
+        ),
+        r(
+            post(
+                "/v1/workers/{worker_id}/stop",
+                Access::Worker,
+                "workers.stop",
+            ),
+            p(workers::stop),
+        ),
+        r(get("/v1/workers", Access::Read), g(workers::list)),
         r(get("/v1/graphs", Access::Graphs), g(graphs::list)),
         r(get("/v1/graphs/{name}", Access::Graphs), g(graphs::get)),
         r(get("/v1/audit", Access::Admin), g(admin::audit)),

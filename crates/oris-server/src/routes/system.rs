@@ -85,6 +85,10 @@ pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
         (Ok(q), Ok(p)) => app.metrics.gauges(q, p),
         (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "metrics: gauges not refreshed"),
     }
+    match super::workers::active_count(&app).await {
+        Ok(n) => app.metrics.workers_active(n),
+        Err(e) => tracing::debug!(error = %e, "metrics: active workers not counted"),
+    }
     let mut resp = app.metrics.render().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

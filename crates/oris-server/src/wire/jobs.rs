@@ -162,6 +162,10 @@ pub struct JobDetail {
     pub checkpoint_id: Option<String>,
     /// Nodes of the next superstep (empty when the run is finished).
     pub next: Vec<String>,
+    /// Why a run that is ready does not start: no executor has its graph version (neither
+    /// this server's pool nor an active remote worker), e.g. "no worker has graph `g`
+    /// version `2`"; null otherwise.
+    pub waiting_for: Option<String>,
 }
 
 /// A page of jobs.

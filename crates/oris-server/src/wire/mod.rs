@@ -6,6 +6,7 @@ mod admin;
 mod graphs;
 mod interrupts;
 mod jobs;
+mod workers;
 
 pub use admin::{AuditList, AuditView, CreateKey, CreatedKey, KeyList, KeyView};
 pub use graphs::{EdgeView, GraphList, GraphSummary, GraphView};
@@ -15,6 +16,7 @@ pub use jobs::{
     JobDetail, JobList, JobStatus, JobView, LeaseView, PendingInterruptView, ReplayJob, ResumeJob,
     SendEvent, SentEvent, StateView, Timeline, UpdateState, WaitResult,
 };
+pub use workers::{GraphVersionView, HeldLeaseView, WorkerList, WorkerView};
 
 use oris_core::event::Payload;
 use serde_json::Value;
