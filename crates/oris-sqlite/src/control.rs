@@ -1,11 +1,12 @@
-//! The writes of a server's control plane on the write connection: claims and leases,
-//! idempotency records, API keys and the audit log.
+//! The writes of a server's control plane on the write connection: claims and leases, the
+//! lease reaper, the worker registry, idempotency records, API keys and the audit log.
 //!
 //! Each is a request of its own in the writer's queue, applied in the group transaction
 //! like a commit (in its own savepoint), so it is atomic and serialized with every other
 //! write of the process — and, through `BEGIN IMMEDIATE`, with other processes on the file.
 //! The decisions are the pure rules of `oris_core::store` ([`plan_claim`], [`plan_renew`],
-//! [`plan_release`], [`plan_reservation`]) applied to the rows read in that transaction.
+//! [`plan_release`], [`plan_reap`], [`plan_reservation`]) applied to the rows read in that
+//! transaction.
 //!
 //! # Durability
 //! None of these forces an fsync of its own except API key changes. The store runs in WAL
@@ -32,13 +33,20 @@
 //! runs ready by `now` in `(ready_at, run_id)` order — stopping as soon as it has `limit` —
 //! then seeks the next lower priority, and so on. Runs of graph versions the worker does
 //! not accept are read and skipped.
+//!
+//! # The reaper
+//! The reaper reads the expired leases as the head of the partial index `runs_leased` on
+//! `(lease_expires, run_id) WHERE lease_worker IS NOT NULL` — only leased runs are in it —
+//! up to its limit, and clears each ([`plan_reap`]) in the writer's transaction, like a
+//! release: a claim, renewal or fenced commit queued behind it sees the lease gone.
 
 use std::time::Duration;
 
 use oris_core::id::Timestamp;
 use oris_core::store::{
     ApiKeyRecord, AuditRecord, ClaimRequest, Error, Fence, IdempotencyRecord, Reservation,
-    RunRecord, StoredResponse, plan_claim, plan_release, plan_renew, plan_reservation,
+    RunRecord, StoredResponse, WorkerRecord, plan_claim, plan_reap, plan_release, plan_renew,
+    plan_reservation,
 };
 use rusqlite::{OptionalExtension, params};
 
@@ -142,6 +150,59 @@ impl Writer {
         let after = plan_release(&run.record, fence, now)?;
         self.set_lease(run.key, &after)?;
         Ok(after)
+    }
+
+    /// Clears up to `limit` leases expired at `now` ([`plan_reap`]), earliest expiry first.
+    pub(crate) fn reap_leases(
+        &mut self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, Fault> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut picked: Vec<(i64, RunRecord)> = Vec::new();
+        {
+            let mut stmt = self.conn.prepare_cached(queries::EXPIRED_LEASES)?;
+            let mut rows = stmt.query(params![now.0, i64::try_from(limit).unwrap_or(i64::MAX)])?;
+            while let Some(row) = rows.next()? {
+                let run = read::decode_run(row)?;
+                if let Some(reaped) = plan_reap(&run.record, now) {
+                    picked.push((run.key, reaped));
+                }
+            }
+        }
+        // Written after reading: clearing the lease removes the row from the index read.
+        for (key, run) in &picked {
+            self.set_lease(*key, run)?;
+        }
+        Ok(picked.into_iter().map(|(_, run)| run).collect())
+    }
+
+    /// Inserts a worker's record, or replaces every field of it but `registered_at`.
+    pub(crate) fn register_worker(&mut self, worker: &WorkerRecord) -> Result<(), Fault> {
+        let graphs = serde_json::to_string(&worker.graphs)
+            .map_err(|e| Fault::Store(Error::Unavailable(format!("worker graphs: {e}"))))?;
+        self.conn
+            .prepare_cached(queries::UPSERT_WORKER)?
+            .execute(params![
+                worker.worker_id,
+                graphs,
+                i64::from(worker.capacity),
+                worker.registered_at.0,
+                worker.last_seen.0,
+                worker.stopped_at.map(|t| t.0)
+            ])?;
+        Ok(())
+    }
+
+    /// Moves a worker's `last_seen`; `false` when no such worker.
+    pub(crate) fn touch_worker(&mut self, worker_id: &str, now: Timestamp) -> Result<bool, Fault> {
+        let n = self
+            .conn
+            .prepare_cached(queries::TOUCH_WORKER)?
+            .execute(params![worker_id, now.0])?;
+        Ok(n == 1)
     }
 
     fn set_lease(&self, key: i64, run: &RunRecord) -> Result<(), Fault> {

@@ -193,7 +193,7 @@ use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::store::{
     Answer, ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Commit, Delivery, Error, Fence,
     IdempotencyRecord, InterruptFilter, InterruptRecord, Receipt, Reservation, Result, RunFilter,
-    RunRecord, Snapshot, Store, StoredResponse, ThreadRecord,
+    RunRecord, Snapshot, Store, StoredResponse, ThreadRecord, WorkerRecord,
 };
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
@@ -782,6 +782,40 @@ impl Store for SqliteStore {
         let fence = *fence;
         self.send(|reply| Request::Write(Write::ReleaseLease { fence, now, reply }))
             .await
+    }
+
+    async fn reap_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<RunRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.send(|reply| Request::Write(Write::ReapLeases { now, limit, reply }))
+            .await
+    }
+
+    async fn lease_counts(&self, now: Timestamp) -> Result<Vec<(String, u64)>> {
+        self.read(move |conn| read::lease_counts(conn, now)).await
+    }
+
+    async fn register_worker(&self, worker: &WorkerRecord) -> Result<()> {
+        let worker = Box::new(worker.clone());
+        self.send(|reply| Request::Write(Write::RegisterWorker { worker, reply }))
+            .await
+    }
+
+    async fn touch_worker(&self, worker_id: &str, now: Timestamp) -> Result<bool> {
+        let worker_id = worker_id.to_owned();
+        self.send(|reply| {
+            Request::Write(Write::TouchWorker {
+                worker_id,
+                now,
+                reply,
+            })
+        })
+        .await
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerRecord>> {
+        self.read(read::workers).await
     }
 
     async fn reserve_idempotency(

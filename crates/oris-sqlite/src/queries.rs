@@ -110,6 +110,22 @@ WHERE key = ?1";
 pub(crate) const SET_LEASE: &str = "\
 UPDATE runs SET ready_at = ?2, lease_worker = ?3, lease_expires = ?4 WHERE key = ?1";
 
+/// Leased runs whose lease expired at `?1`, earliest expiry first, at most `?2` (the head
+/// of `runs_leased`; columns of `run_select!`): what the reaper clears.
+pub(crate) const EXPIRED_LEASES: &str = concat!(
+    run_select!(),
+    "\nWHERE r.lease_worker IS NOT NULL AND r.lease_expires <= ?1",
+    "\nORDER BY r.lease_expires, r.run_id\nLIMIT ?2"
+);
+
+/// Runs holding a lease unexpired at `?1`, counted per graph, by graph name (the tail of
+/// `runs_leased`). Columns: 0 graph, 1 count.
+pub(crate) const LEASE_COUNTS: &str = "\
+SELECT r.graph, count(*) FROM runs r
+WHERE r.lease_worker IS NOT NULL AND r.lease_expires > ?1
+GROUP BY r.graph
+ORDER BY r.graph";
+
 /// Waiting runs due at `?1`, earliest first, at most `?2` (columns of `run_select!`).
 pub(crate) const DUE_RUNS: &str = concat!(
     run_select!(),
@@ -476,6 +492,24 @@ VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 pub(crate) const REVOKE_API_KEY: &str =
     "UPDATE api_keys SET revoked_at = ?2 WHERE key_id = ?1 AND revoked_at IS NULL";
 
+/// Registers a worker: inserts it, or replaces every field of its record but
+/// `registered_at`.
+pub(crate) const UPSERT_WORKER: &str = "\
+INSERT INTO workers (worker_id, graphs, capacity, registered_at, last_seen, stopped_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+ON CONFLICT (worker_id) DO UPDATE SET
+    graphs = excluded.graphs, capacity = excluded.capacity, last_seen = excluded.last_seen,
+    stopped_at = excluded.stopped_at";
+
+/// Moves a worker's `last_seen`.
+pub(crate) const TOUCH_WORKER: &str = "UPDATE workers SET last_seen = ?2 WHERE worker_id = ?1";
+
+/// Every worker, by id. Columns: 0 worker_id, 1 graphs, 2 capacity, 3 registered_at,
+/// 4 last_seen, 5 stopped_at.
+pub(crate) const WORKERS: &str = "\
+SELECT worker_id, graphs, capacity, registered_at, last_seen, stopped_at FROM workers
+ORDER BY worker_id";
+
 /// The columns of an audit entry. Columns: 0 id, 1 at, 2 actor, 3 role, 4 action,
 /// 5 target, 6 request_id, 7 status, 8 outcome, 9 details.
 pub(crate) const AUDIT_SELECT: &str = "\
@@ -558,6 +592,10 @@ mod tests {
             PENDING_DELIVERY_TIMES,
             IDEMPOTENCY_BY_KEY,
             PURGE_IDEMPOTENCY,
+            EXPIRED_LEASES,
+            LEASE_COUNTS,
+            UPSERT_WORKER,
+            TOUCH_WORKER,
         ] {
             let mut stmt = conn.prepare(sql).unwrap();
             for i in 0..5i64 {
@@ -646,6 +684,27 @@ mod tests {
         for sql in [CLAIM_RUN, SET_LEASE, SET_READY] {
             let p = plan_of(sql);
             assert!(p.contains("INTEGER PRIMARY KEY (rowid=?)"), "{sql}\n{p}");
+        }
+    }
+
+    /// The reaper reads the expired leases as the head of `runs_leased`, in its order (no
+    /// sort), and lease counts read the live ones as its tail: neither scans the runs.
+    #[test]
+    fn reaper_and_lease_counts_read_the_lease_index() {
+        for sql in [EXPIRED_LEASES, LEASE_COUNTS] {
+            let p = plan_of(sql);
+            assert!(p.contains("INDEX runs_leased (lease_expires"), "{sql}\n{p}");
+            assert!(!p.contains("SCAN r"), "{sql}\n{p}");
+        }
+        let p = plan_of(EXPIRED_LEASES);
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
+        assert!(p.contains("runs_leased (lease_expires<?)"), "{p}");
+        let p = plan_of(LEASE_COUNTS);
+        assert!(p.contains("runs_leased (lease_expires>?)"), "{p}");
+        for (sql, index) in [(TOUCH_WORKER, "PRIMARY KEY"), (WORKERS, "SCAN workers")] {
+            let p = plan_of(sql);
+            assert!(p.contains(index), "{sql}\n{p}");
+            assert!(!p.contains("TEMP B-TREE"), "{sql}\n{p}");
         }
     }
 

@@ -7,6 +7,7 @@ use oris_core::status::RunStatus;
 use oris_core::store::{
     ApiKeyRecord, AuditFilter, AuditRecord, Delivery, IdempotencyRecord, InterruptFilter,
     InterruptRecord, LeaseHolder, RunFilter, RunRecord, Snapshot, StoredResponse, ThreadRecord,
+    WorkerRecord,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
@@ -640,6 +641,55 @@ pub(crate) fn api_keys(conn: &Connection) -> Result<Vec<ApiKeyRecord>, Fault> {
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         out.push(decode_api_key(row)?);
+    }
+    Ok(out)
+}
+
+/// Runs holding a lease unexpired at `now`, per graph, by graph name.
+pub(crate) fn lease_counts(conn: &Connection, now: Timestamp) -> Result<Vec<(String, u64)>, Fault> {
+    let mut stmt = conn.prepare_cached(queries::LEASE_COUNTS)?;
+    let mut rows = stmt.query(params![now.0])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let decode = || -> Result<(String, u64), Fault> {
+            let graph = text(row, 0, "graph")?;
+            let n = int(row, 1, "count")?;
+            let n = u64::try_from(n).map_err(|_| Fault::Bad(format!("count {n} is negative")))?;
+            Ok((graph, n))
+        };
+        out.push(decode().map_err(|f| within("lease counts")(f).at(&unknown_thread(), None))?);
+    }
+    Ok(out)
+}
+
+/// Every registered worker, by id.
+pub(crate) fn workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Fault> {
+    let mut stmt = conn.prepare_cached(queries::WORKERS)?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let worker_id = text(row, 0, "worker_id")
+            .map_err(|f| within("worker")(f).at(&unknown_thread(), None))?;
+        let decode = || -> Result<WorkerRecord, Fault> {
+            let graphs = text(row, 1, "graphs")?;
+            Ok(WorkerRecord {
+                worker_id: worker_id.clone(),
+                graphs: serde_json::from_str(&graphs).map_err(|e| {
+                    Fault::Bad(format!(
+                        "column `graphs` is not a JSON array of [name, version] pairs: {e}"
+                    ))
+                })?,
+                capacity: u32_col(row, 2, "capacity")?,
+                registered_at: time(row, 3, "registered_at")?,
+                last_seen: time(row, 4, "last_seen")?,
+                stopped_at: opt_int(row, 5, "stopped_at")?.map(Timestamp),
+            })
+        };
+        out.push(
+            decode().map_err(|f| {
+                within(format!("worker `{worker_id}`"))(f).at(&unknown_thread(), None)
+            })?,
+        );
     }
     Ok(out)
 }

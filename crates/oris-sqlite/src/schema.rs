@@ -233,8 +233,36 @@ CREATE TABLE audit (
 );
 "#;
 
+/// Version 3: remote workers and the lease reaper — the worker registry, and an index of
+/// leased runs by lease expiry.
+///
+/// `runs_leased` holds only runs with a lease (at most the workers' total capacity, however
+/// large the backlog), so the reaper reads the expired leases as its head and lease counts
+/// read the live ones as its tail, neither touching other runs. (The claim index
+/// `runs_ready` cannot serve them: it is ordered by priority first, and every queued run
+/// ready by now sits among the expired leases in it.) Existing runs need no backfill: the
+/// index is built from their lease columns.
+const V3: &str = r#"
+-- Leased runs by lease expiry: the reaper's expired leases, earliest first, and the live
+-- leases lease counts group by graph.
+CREATE INDEX runs_leased ON runs (lease_expires, run_id) WHERE lease_worker IS NOT NULL;
+
+-- Remote workers, registered by their polls. `graphs` is the JSON array of the
+-- [name, version] pairs a worker executes; `registered_at` is kept across
+-- re-registrations; `stopped_at` is set by a graceful stop and cleared by the next
+-- registration.
+CREATE TABLE workers (
+    worker_id     TEXT    PRIMARY KEY,
+    graphs        TEXT    NOT NULL,
+    capacity      INTEGER NOT NULL CHECK (capacity BETWEEN 0 AND 4294967295),
+    registered_at INTEGER NOT NULL,
+    last_seen     INTEGER NOT NULL,
+    stopped_at    INTEGER
+) WITHOUT ROWID;
+"#;
+
 /// The migrations, in order; `MIGRATIONS[i]` upgrades version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this code writes and understands.
 pub const LATEST: i64 = MIGRATIONS.len() as i64;
@@ -515,6 +543,107 @@ mod tests {
             )
             .unwrap();
         assert_eq!((threads, deliveries, interrupts), (9, 4, 5));
+    }
+
+    /// A database written by version 2 is upgraded in place on open: its leased runs are in
+    /// the new lease index (lease counts and the reaper find them, by their lease columns
+    /// alone), and the worker registry works.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_2_database_migrates_in_place_on_open() {
+        use oris_core::id::Timestamp;
+        use oris_core::status::RunStatus;
+        use oris_core::store::{Store, WorkerRecord};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "journal_mode", "wal").unwrap();
+            migrate_to(&mut conn, &path, 2).unwrap();
+            let v: i64 = conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            assert_eq!(v, 2);
+            v1_run(&conn, 1, &RunStatus::Running, 1_000);
+            v1_run(&conn, 2, &RunStatus::Running, 1_100);
+            v1_run(&conn, 3, &RunStatus::Queued, 1_200);
+            // Run 1's lease expired at 5,000 (epoch 3), run 2's lasts until 50,000; run 3 is
+            // queued, unleased.
+            conn.execute_batch(
+                "UPDATE runs SET lease_epoch = 3, lease_worker = 'w-old', lease_expires = 5000,
+                                 ready_at = 5000 WHERE key = 1;
+                 UPDATE runs SET lease_epoch = 1, lease_worker = 'w-live', lease_expires = 50000,
+                                 ready_at = 50000 WHERE key = 2;
+                 UPDATE runs SET ready_at = created_at WHERE key = 3;",
+            )
+            .unwrap();
+        }
+
+        let store = crate::SqliteStore::open(&path, crate::SqliteOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.lease_counts(Timestamp(1_000)).await.unwrap(),
+            vec![("g".to_owned(), 2)]
+        );
+        assert_eq!(
+            store.lease_counts(Timestamp(10_000)).await.unwrap(),
+            vec![("g".to_owned(), 1)]
+        );
+        let reaped = store.reap_leases(Timestamp(10_000), 10).await.unwrap();
+        assert_eq!(reaped.len(), 1, "{reaped:?}");
+        let r = &reaped[0];
+        assert_eq!(
+            (r.created_at, r.lease_epoch, &r.lease, r.ready_at),
+            (Timestamp(1_000), 3, &None, Some(Timestamp(5_000)))
+        );
+        assert_eq!(store.run(r.run_id).await.unwrap().as_ref(), Some(r));
+        assert_eq!(
+            store.lease_counts(Timestamp(1_000)).await.unwrap(),
+            vec![("g".to_owned(), 1)],
+            "the reaped lease is gone"
+        );
+
+        assert_eq!(store.workers().await.unwrap(), vec![]);
+        let w = WorkerRecord {
+            worker_id: "w-new".into(),
+            graphs: vec![("g".into(), "1".into())],
+            capacity: 2,
+            registered_at: Timestamp(20_000),
+            last_seen: Timestamp(20_000),
+            stopped_at: None,
+        };
+        store.register_worker(&w).await.unwrap();
+        assert!(
+            store
+                .touch_worker("w-new", Timestamp(21_000))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store.workers().await.unwrap(),
+            vec![WorkerRecord {
+                last_seen: Timestamp(21_000),
+                ..w
+            }]
+        );
+        drop(store);
+
+        let conn = Connection::open(&path).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, LATEST);
+        let (runs, index): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM runs),
+                        (SELECT count(*) FROM sqlite_master
+                         WHERE type = 'index' AND name = 'runs_leased')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((runs, index), (3, 1));
     }
 
     #[test]

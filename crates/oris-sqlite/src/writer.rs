@@ -40,8 +40,8 @@ use oris_core::status::RunStatus;
 use oris_core::store::{
     Answer, ApiKeyRecord, AuditRecord, ClaimRequest, Commit, Delivery, Error, Fence,
     IdempotencyRecord, InterruptRecord, Receipt, Reservation, RunRecord, RunWrite, StoredResponse,
-    check_prune, check_redelivery, consumed_deliveries, interrupt_effects, plan_answer,
-    plan_commit, ready_on_answer, ready_on_delivery, wake_at,
+    WorkerRecord, check_prune, check_redelivery, consumed_deliveries, interrupt_effects,
+    plan_answer, plan_commit, ready_on_answer, ready_on_delivery, wake_at,
 };
 use rusqlite::{Connection, ErrorCode, params};
 use tokio::sync::oneshot;
@@ -125,6 +125,23 @@ pub(crate) enum Write {
         now: Timestamp,
         reply: oneshot::Sender<Result<RunRecord, Error>>,
     },
+    /// Clear expired leases.
+    ReapLeases {
+        now: Timestamp,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<RunRecord>, Error>>,
+    },
+    /// Insert or update a worker's record.
+    RegisterWorker {
+        worker: Box<WorkerRecord>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    /// Move a worker's `last_seen`.
+    TouchWorker {
+        worker_id: String,
+        now: Timestamp,
+        reply: oneshot::Sender<Result<bool, Error>>,
+    },
     /// Reserve an idempotency key.
     ReserveIdempotency {
         candidate: Box<IdempotencyRecord>,
@@ -180,7 +197,7 @@ enum Done {
     Answered(Answer, InterruptRecord),
     /// A delivery, and whether it is new.
     Delivered(Delivery, bool),
-    /// Claimed runs.
+    /// Claimed (or reaped) runs.
     Claimed(Vec<RunRecord>),
     /// A run after a lease change.
     Run(Box<RunRecord>),
@@ -205,6 +222,9 @@ impl Write {
             | Write::Claim { .. }
             | Write::RenewLease { .. }
             | Write::ReleaseLease { .. }
+            | Write::ReapLeases { .. }
+            | Write::RegisterWorker { .. }
+            | Write::TouchWorker { .. }
             | Write::ReserveIdempotency { .. }
             | Write::CompleteIdempotency { .. }
             | Write::ReleaseIdempotency { .. }
@@ -232,13 +252,17 @@ impl Write {
             Write::AnswerInterrupt { .. } => false,
             // A delivery is acknowledged to its sender before anything else is written.
             Write::Deliver { .. } => true,
-            // Leases, idempotency records and the audit log ride on the group's
-            // transaction: once `COMMIT` returned they are in the WAL (a process kill
-            // cannot lose them), and the next fsync of the sequential WAL — the next
-            // durable commit — makes them survive a power loss too. See `crate::control`.
+            // Leases, the worker registry, idempotency records and the audit log ride on
+            // the group's transaction: once `COMMIT` returned they are in the WAL (a
+            // process kill cannot lose them), and the next fsync of the sequential WAL —
+            // the next durable commit — makes them survive a power loss too. See
+            // `crate::control`.
             Write::Claim { .. }
             | Write::RenewLease { .. }
             | Write::ReleaseLease { .. }
+            | Write::ReapLeases { .. }
+            | Write::RegisterWorker { .. }
+            | Write::TouchWorker { .. }
             | Write::ReserveIdempotency { .. }
             | Write::CompleteIdempotency { .. }
             | Write::ReleaseIdempotency { .. }
@@ -276,7 +300,11 @@ impl Write {
                 answer!(reply, Done::Answered(a, r) => (a, r))
             }
             Write::Deliver { reply, .. } => answer!(reply, Done::Delivered(d, new) => (d, new)),
-            Write::Claim { reply, .. } => answer!(reply, Done::Claimed(runs) => runs),
+            Write::Claim { reply, .. } | Write::ReapLeases { reply, .. } => {
+                answer!(reply, Done::Claimed(runs) => runs)
+            }
+            Write::RegisterWorker { reply, .. } => answer!(reply, Done::Unit => ()),
+            Write::TouchWorker { reply, .. } => answer!(reply, Done::Flag(b) => b),
             Write::RenewLease { reply, .. } | Write::ReleaseLease { reply, .. } => {
                 answer!(reply, Done::Run(run) => *run)
             }
@@ -684,6 +712,15 @@ impl Writer {
                 Write::ReleaseLease { fence, now, .. } => self
                     .release_lease(fence, *now)
                     .map(|r| Done::Run(Box::new(r))),
+                Write::ReapLeases { now, limit, .. } => {
+                    self.reap_leases(*now, *limit).map(Done::Claimed)
+                }
+                Write::RegisterWorker { worker, .. } => {
+                    self.register_worker(worker).map(|()| Done::Unit)
+                }
+                Write::TouchWorker { worker_id, now, .. } => {
+                    self.touch_worker(worker_id, *now).map(Done::Flag)
+                }
                 Write::ReserveIdempotency { candidate, now, .. } => self
                     .reserve_idempotency(candidate, *now)
                     .map(Done::Reserved),

@@ -510,6 +510,18 @@ async fn only_api_key_changes_force_an_fsync() -> TestResult {
         .await?;
     store.purge_idempotency(Timestamp::now()).await?;
     assert!(store.claim(&claim_request("w", 0, 5)).await?.is_empty());
+    // The lease reaper and the worker registry ride on the WAL like leases.
+    assert!(store.reap_leases(Timestamp::now(), 10).await?.is_empty());
+    let worker = oris_core::store::WorkerRecord {
+        worker_id: "w".into(),
+        graphs: vec![("g".into(), "1".into())],
+        capacity: 1,
+        registered_at: Timestamp(1),
+        last_seen: Timestamp(1),
+        stopped_at: None,
+    };
+    store.register_worker(&worker).await?;
+    assert!(store.touch_worker("w", Timestamp(2)).await?);
     assert_eq!(synced(&store), 0);
     let key = oris_core::store::ApiKeyRecord {
         key_id: "k1".into(),
