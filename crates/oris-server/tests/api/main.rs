@@ -9,3 +9,4 @@ mod jobs;
 mod limits;
 mod ops;
 mod stream;
+mod workers;
