@@ -36,6 +36,7 @@ pub mod build;
 pub mod check;
 pub mod conformance;
 pub mod counting;
+pub mod sim;
 mod macros;
 pub mod writer;
 
