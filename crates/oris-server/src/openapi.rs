@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use utoipa::OpenApi;
 
 use crate::auth::Access;
-use crate::routes::{self, admin, graphs, interrupts, jobs, stream, system, workers};
+use crate::routes::{self, admin, dlq, graphs, interrupts, jobs, stream, system, workers};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,10 +18,11 @@ use crate::routes::{self, admin, graphs, interrupts, jobs, stream, system, worke
     paths(
         jobs::create, jobs::list, jobs::get, jobs::history, jobs::checkpoint, jobs::timeline,
         jobs::wait, stream::stream, jobs::resume, jobs::replay, jobs::fork, jobs::cancel,
-        jobs::update_state, jobs::send_event,
+        jobs::update_state, jobs::send_event, jobs::cancel_bulk,
         interrupts::list, interrupts::get, interrupts::resume, interrupts::reject,
         workers::poll, workers::heartbeat, workers::report_step, workers::ack, workers::stop,
         workers::list,
+        dlq::retries, dlq::list, dlq::get, dlq::replay,
         graphs::list, graphs::get,
         admin::audit, admin::create_key, admin::list_keys, admin::revoke_key,
         system::healthz, system::readyz, system::metrics, system::openapi,
@@ -31,6 +32,7 @@ use crate::routes::{self, admin, graphs, interrupts, jobs, stream, system, worke
         (name = "jobs", description = "Runs keyed by their thread"),
         (name = "interrupts", description = "Pauses waiting for a value from outside"),
         (name = "workers", description = "The remote worker protocol and registered workers"),
+        (name = "failures", description = "Task attempts (retries) and the dead-letter queue"),
         (name = "graphs", description = "Registered graphs"),
         (name = "admin", description = "API keys and the audit log"),
         (name = "system", description = "Health, readiness, metrics, this document"),

@@ -17,14 +17,14 @@ use serde_json::json;
 use super::query::{self, MAX_LIMIT, Params, bad};
 use crate::dispatch;
 use crate::error::{ApiError, ErrorCode, Json, Path, Query};
-use crate::guard::{AuditTarget, job_location};
+use crate::guard::{AuditDetails, AuditTarget, job_location};
 use crate::hub::RunChange;
 use crate::state::AppState;
 use crate::time::parse_duration;
 use crate::wire::{
-    CancelJob, CheckpointList, CheckpointView, CreateJob, DurationInput, EventView, ForkJob,
-    JobDetail, JobList, JobView, ReplayJob, ResumeJob, SendEvent, SentEvent, StateView, Timeline,
-    UpdateState, WaitResult,
+    CancelJob, CancelJobs, CancelledJobs, CheckpointList, CheckpointView, CreateJob, DurationInput,
+    EventView, ForkJob, JobDetail, JobList, JobStatus, JobView, ReplayJob, ResumeJob, SendEvent,
+    SentEvent, SkippedJob, StateView, Timeline, UpdateState, WaitResult,
 };
 
 /// Longest `wait` timeout.
@@ -662,6 +662,108 @@ pub(crate) async fn cancel(
     let run = app.engine.cancel(&t, reason).await?;
     tracing::info!(thread_id = %t, run_id = %run.run_id, "run cancelled");
     Ok(Json(JobView::of(&run)))
+}
+
+/// Default and largest number of runs one bulk cancel acts on.
+const BULK_DEFAULT: usize = 100;
+const BULK_MAX: usize = 1000;
+
+fn status_kind(s: JobStatus) -> StatusKind {
+    match s {
+        JobStatus::Queued => StatusKind::Queued,
+        JobStatus::Running => StatusKind::Running,
+        JobStatus::Interrupted => StatusKind::Interrupted,
+        JobStatus::Waiting => StatusKind::Waiting,
+        JobStatus::Completed => StatusKind::Completed,
+        JobStatus::Failed => StatusKind::Failed,
+        JobStatus::Cancelled => StatusKind::Cancelled,
+    }
+}
+
+/// Cancel every unfinished run matching a filter.
+#[utoipa::path(post, path = "/v1/jobs/cancel", tag = "jobs",
+    request_body = CancelJobs,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the call safe to repeat")),
+    responses((status = 200, description = "What was cancelled and what was skipped", body = CancelledJobs),
+        (status = 400, description = "`invalid_input` (no criterion, bad time, bad limit)", body = crate::error::ErrorEnvelope)))]
+pub(crate) async fn cancel_bulk(
+    State(app): State<AppState>,
+    Json(body): Json<CancelJobs>,
+) -> Result<Response, ApiError> {
+    let f = body.filter;
+    if f.graph.is_none()
+        && f.metadata.is_empty()
+        && f.created_after.is_none()
+        && f.created_before.is_none()
+        && f.updated_after.is_none()
+        && f.updated_before.is_none()
+    {
+        return Err(ApiError::invalid(
+            "the filter needs at least one criterion besides status (graph, metadata or a time range)",
+        )
+        .details(json!({ "field": "filter" })));
+    }
+    let limit = body.limit.unwrap_or(BULK_DEFAULT);
+    if !(1..=BULK_MAX).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit must be 1–{BULK_MAX}"))
+            .details(json!({ "field": "limit" })));
+    }
+    let time = |field: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|s| {
+                crate::time::parse_rfc3339(s).ok_or_else(|| {
+                    ApiError::invalid(format!("{field} must be an RFC 3339 time"))
+                        .details(json!({ "field": format!("filter.{field}") }))
+                })
+            })
+            .transpose()
+    };
+    let mut filter = RunFilter {
+        graph: f.graph.clone(),
+        statuses: f.status.iter().map(|s| status_kind(*s)).collect(),
+        limit,
+        created_from: time("created_after", &f.created_after)?,
+        created_to: time("created_before", &f.created_before)?,
+        updated_from: time("updated_after", &f.updated_after)?,
+        updated_to: time("updated_before", &f.updated_before)?,
+        metadata: f.metadata.into_iter().collect(),
+        ..Default::default()
+    };
+    if filter.statuses.is_empty() {
+        filter.statuses = RunFilter::unfinished().statuses;
+    }
+    let reason = body
+        .reason
+        .unwrap_or_else(|| "cancelled via API (bulk)".into());
+    let runs = app.store.runs(&filter).await?;
+    let mut cancelled = Vec::new();
+    let mut skipped = Vec::new();
+    for run in runs {
+        let thread = run.thread_id.to_string();
+        if run.status.is_terminal() {
+            skipped.push(SkippedJob {
+                thread_id: thread,
+                code: ErrorCode::RunNotActive.as_str().into(),
+            });
+            continue;
+        }
+        match app.engine.cancel(&run.thread_id, reason.clone()).await {
+            Ok(r) => {
+                tracing::info!(thread_id = %r.thread_id, run_id = %r.run_id, "run cancelled (bulk)");
+                cancelled.push(thread);
+            }
+            Err(e) => skipped.push(SkippedJob {
+                thread_id: thread,
+                code: ApiError::from(e).code().as_str().into(),
+            }),
+        }
+    }
+    let details =
+        json!({ "cancelled": cancelled.len(), "skipped": skipped.len(), "reason": reason });
+    let mut resp = Json(CancelledJobs { cancelled, skipped }).into_response();
+    resp.extensions_mut().insert(AuditTarget("jobs".into()));
+    resp.extensions_mut().insert(AuditDetails(details));
+    Ok(resp)
 }
 
 /// Edit the thread's state as if a node had returned the update.

@@ -15,6 +15,7 @@ use crate::request_id;
 use crate::state::AppState;
 
 pub(crate) mod admin;
+pub(crate) mod dlq;
 pub(crate) mod graphs;
 pub(crate) mod interrupts;
 pub(crate) mod jobs;
@@ -136,6 +137,10 @@ fn table() -> Vec<Route> {
             p(jobs::create),
         ),
         r(get("/v1/jobs", Access::Read), g(jobs::list)),
+        r(
+            post("/v1/jobs/cancel", Access::Operate, "jobs.cancel_bulk"),
+            p(jobs::cancel_bulk),
+        ),
         r(get("/v1/jobs/{thread_id}", Access::Read), g(jobs::get)),
         r(
             get("/v1/jobs/{thread_id}/history", Access::Read),
@@ -255,6 +260,16 @@ fn table() -> Vec<Route> {
             p(workers::stop),
         ),
         r(get("/v1/workers", Access::Read), g(workers::list)),
+        r(
+            get("/v1/attempts/{attempt_id}/retries", Access::Read),
+            g(dlq::retries),
+        ),
+        r(get("/v1/dlq", Access::Read), g(dlq::list)),
+        r(get("/v1/dlq/{run_id}", Access::Read), g(dlq::get)),
+        r(
+            post("/v1/dlq/{run_id}/replay", Access::Operate, "dlq.replay"),
+            p(dlq::replay),
+        ),
         r(get("/v1/graphs", Access::Graphs), g(graphs::list)),
         r(get("/v1/graphs/{name}", Access::Graphs), g(graphs::get)),
         r(get("/v1/audit", Access::Admin), g(admin::audit)),

@@ -285,6 +285,67 @@ pub struct CancelJob {
     pub reason: Option<String>,
 }
 
+/// Which runs `POST /v1/jobs/cancel` cancels. At least one criterion besides `status` is
+/// required.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobFilter {
+    /// Statuses; default the unfinished ones (`queued`, `running`, `interrupted`,
+    /// `waiting`). Runs in a finished status are reported as skipped.
+    #[serde(default)]
+    pub status: Vec<JobStatus>,
+    /// Graph name.
+    #[serde(default)]
+    pub graph: Option<String>,
+    /// Labels that must all match.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// RFC 3339; created at or after.
+    #[serde(default)]
+    pub created_after: Option<String>,
+    /// RFC 3339; created before.
+    #[serde(default)]
+    pub created_before: Option<String>,
+    /// RFC 3339; status changed at or after.
+    #[serde(default)]
+    pub updated_after: Option<String>,
+    /// RFC 3339; status changed before.
+    #[serde(default)]
+    pub updated_before: Option<String>,
+}
+
+/// `POST /v1/jobs/cancel`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelJobs {
+    /// Which runs.
+    pub filter: JobFilter,
+    /// Why; recorded in each run's `run_cancelled` event. Default `cancelled via API (bulk)`.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// At most this many runs, oldest first: 1–1000, default 100.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// A run `POST /v1/jobs/cancel` matched but did not cancel.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SkippedJob {
+    /// The thread.
+    pub thread_id: String,
+    /// Why: the error code a single cancel would have answered (`run_not_active`, …).
+    pub code: String,
+}
+
+/// The answer of `POST /v1/jobs/cancel`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CancelledJobs {
+    /// Threads whose run was cancelled.
+    pub cancelled: Vec<String>,
+    /// Threads matched but not cancelled, with why.
+    pub skipped: Vec<SkippedJob>,
+}
+
 /// `POST /v1/jobs/{thread_id}/state`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

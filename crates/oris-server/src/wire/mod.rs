@@ -3,18 +3,21 @@
 //! display forms (`run_…`, `int_…`, `ckpt_…`).
 
 mod admin;
+mod dlq;
 mod graphs;
 mod interrupts;
 mod jobs;
 mod workers;
 
 pub use admin::{AuditList, AuditView, CreateKey, CreatedKey, KeyList, KeyView};
+pub use dlq::{AttemptView, DlqDetail, DlqEntry, DlqList, DlqReplay, FailureLink, RetryHistory};
 pub use graphs::{EdgeView, GraphList, GraphSummary, GraphView};
 pub use interrupts::{InterruptList, InterruptView, RejectInterrupt, ResumeInterrupt};
 pub use jobs::{
-    CancelJob, CheckpointList, CheckpointView, CreateJob, DurationInput, EventView, ForkJob,
-    JobDetail, JobList, JobStatus, JobView, LeaseView, PendingInterruptView, ReplayJob, ResumeJob,
-    SendEvent, SentEvent, StateView, Timeline, UpdateState, WaitResult,
+    CancelJob, CancelJobs, CancelledJobs, CheckpointList, CheckpointView, CreateJob, DurationInput,
+    EventView, ForkJob, JobDetail, JobFilter, JobList, JobStatus, JobView, LeaseView,
+    PendingInterruptView, ReplayJob, ResumeJob, SendEvent, SentEvent, SkippedJob, StateView,
+    Timeline, UpdateState, WaitResult,
 };
 pub use workers::{GraphVersionView, HeldLeaseView, WorkerList, WorkerView};
 

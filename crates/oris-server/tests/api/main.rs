@@ -2,7 +2,9 @@
 
 mod auth;
 mod bad_input;
+mod cancel;
 mod common;
+mod dlq;
 mod hot_path;
 mod idempotency;
 mod jobs;
