@@ -1,4 +1,6 @@
-//! `oris-crash`: the process the crash test (`tests/crash.rs`) kills with SIGKILL.
+//! `oris-crash`: the process the crash test (`tests/crash.rs`) kills with SIGKILL. Its
+//! `serve` and `worker` modes (module `remote`) are the server and the remote worker
+//! processes of the remote execution tests (`tests/remote.rs`).
 //!
 //! It runs one of six graphs on a SQLite file or in a PostgreSQL schema (`--db
 //! postgres://… --pg-schema NAME`), records every node execution (and every
@@ -88,6 +90,8 @@
 //! commit of the process, which carries `InterruptResumed`: `before-commit:1` there is "the
 //! value is durable, the run has not continued". Likewise in `send` mode the event is stored
 //! (`Store::deliver`) before the first commit, which continues the waiting run.
+
+mod remote;
 
 use std::fmt;
 use std::io::Write as _;
@@ -1083,11 +1087,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // `serve` and `worker`: the remote execution tests' processes (see `remote`).
+    if let Some(code) = remote::main() {
+        return code;
+    }
     // One thread for everything: a pause that blocks it freezes the whole run (the SQLite
     // writer thread has nothing queued at any pause point), so the kill lands exactly there.
-    match run(Cli::parse()).await {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("oris-crash: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(Cli::parse())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("oris-crash: {e:#}");
