@@ -1,7 +1,8 @@
-//! The control-plane writes: claims, lease renewals and releases, idempotency records, API
-//! keys and the audit log. Each runs inside [`Db::transact`](crate::conn::Db::transact)
-//! and decides with the core's pure rules (`plan_claim`, `plan_renew`, `plan_release`,
-//! `plan_reservation`) on rows it locked.
+//! The control-plane writes: claims, lease renewals and releases, the lease reaper, the
+//! worker registry, idempotency records, API keys and the audit log. Each runs inside
+//! [`Db::transact`](crate::conn::Db::transact) and decides with the core's pure rules
+//! (`plan_claim`, `plan_renew`, `plan_release`, `plan_reap`, `plan_reservation`) on rows it
+//! locked.
 
 use std::time::Duration;
 
@@ -9,7 +10,8 @@ use oris_core::id::{RunId, Timestamp};
 use oris_core::status::RunStatus;
 use oris_core::store::{
     ApiKeyRecord, AuditRecord, ClaimRequest, Error, Fence, IdempotencyRecord, Reservation,
-    RunRecord, StoredResponse, plan_claim, plan_release, plan_renew, plan_reservation,
+    RunRecord, StoredResponse, WorkerRecord, plan_claim, plan_reap, plan_release, plan_renew,
+    plan_reservation,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::Type;
@@ -166,6 +168,109 @@ pub(crate) async fn release_lease(
         notify(conn, sql, &next.thread_id).await?;
     }
     Ok(next)
+}
+
+/// Clears up to `limit` leases expired at `now` in one statement (see `reap_template!` in
+/// `queries`), checks every reaped run against [`plan_reap`] on its row as it was before (a
+/// disagreement rolls the reap back), wakes the listeners of the reaped runs' threads (they
+/// are claimable), and returns the runs after, earliest expiry first.
+pub(crate) async fn reap_leases(
+    conn: &Conn,
+    sql: &Sql,
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<RunRecord>, Fault> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = conn
+        .query(
+            &sql.reap_leases,
+            &[(&now.0, Type::INT8), (&limit, Type::INT8)],
+        )
+        .await?;
+    let mut reaped = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let after = read::decode_run(row)?.record;
+        let before = RunRecord {
+            ready_at: opt::<i64>(row, 17, "ready_at")
+                .map_err(|f| {
+                    f.within(format!("run {} before the reap", after.run_id))
+                        .at(&after.thread_id, None)
+                })?
+                .map(Timestamp),
+            lease: read::lease(row, 18, 19).map_err(|f| {
+                f.within(format!("run {} before the reap", after.run_id))
+                    .at(&after.thread_id, None)
+            })?,
+            ..after.clone()
+        };
+        let expired_at = before.lease.as_ref().map(|l| l.expires_at);
+        match plan_reap(&before, now) {
+            Some(planned) if planned == after => reaped.push((expired_at, after)),
+            planned => {
+                return Err(Fault::Store(Error::Corrupt {
+                    thread_id: after.thread_id.clone(),
+                    seq: None,
+                    detail: format!(
+                        "the reap of run {} disagrees with plan_reap (the reap was rolled \
+                         back): stored {after:?}, planned {planned:?}",
+                        after.run_id
+                    ),
+                }));
+            }
+        }
+    }
+    reaped.sort_by(|(a, x), (b, y)| a.cmp(b).then(x.run_id.cmp(&y.run_id)));
+    for (_, run) in &reaped {
+        notify(conn, sql, &run.thread_id).await?;
+    }
+    Ok(reaped.into_iter().map(|(_, run)| run).collect())
+}
+
+/// Inserts a worker's record, or replaces every field of it but `registered_at`.
+pub(crate) async fn register_worker(
+    conn: &Conn,
+    sql: &Sql,
+    worker: &WorkerRecord,
+) -> Result<(), Fault> {
+    let graphs = serde_json::to_string(&worker.graphs).map_err(|e| {
+        Fault::Store(Error::Incompatible(format!(
+            "worker graphs do not serialize: {e}"
+        )))
+    })?;
+    let capacity = i64::from(worker.capacity);
+    let stopped = worker.stopped_at.map(|t| t.0);
+    conn.execute(
+        &sql.upsert_worker,
+        &[
+            (&worker.worker_id, Type::TEXT),
+            (&graphs, Type::TEXT),
+            (&capacity, Type::INT8),
+            (&worker.registered_at.0, Type::INT8),
+            (&worker.last_seen.0, Type::INT8),
+            (&stopped, Type::INT8),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Moves a worker's `last_seen`; `false` when no such worker.
+pub(crate) async fn touch_worker(
+    conn: &Conn,
+    sql: &Sql,
+    worker_id: &str,
+    now: Timestamp,
+) -> Result<bool, Fault> {
+    Ok(conn
+        .execute(
+            &sql.touch_worker,
+            &[(&worker_id, Type::TEXT), (&now.0, Type::INT8)],
+        )
+        .await?
+        == 1)
 }
 
 /// Reserves an idempotency key: inserts the reservation unless the key has a record

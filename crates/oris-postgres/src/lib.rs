@@ -129,7 +129,7 @@ use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::store::{
     Answer, ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Commit, Delivery, Error, Fence,
     IdempotencyRecord, InterruptFilter, InterruptRecord, Receipt, Reservation, Result, RunFilter,
-    RunRecord, Snapshot, Store, StoredResponse, ThreadRecord,
+    RunRecord, Snapshot, Store, StoredResponse, ThreadRecord, WorkerRecord,
 };
 use tokio_postgres::NoTls;
 use tokio_postgres::types::Type;
@@ -403,6 +403,13 @@ impl PostgresStore {
         })
     }
 
+    /// The text of the reaper's statement (see [`Store::reap_leases`]), for tests that check
+    /// its query plan.
+    #[doc(hidden)]
+    pub fn reap_statement(&self) -> &str {
+        &self.db.sql.reap_leases
+    }
+
     /// The text of the claim statement (see [`Store::claim`]), with or without the graph
     /// filter, for tests that check its query plan.
     #[doc(hidden)]
@@ -649,6 +656,46 @@ impl Store for PostgresStore {
             ))
         })
         .await
+    }
+
+    async fn reap_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<RunRecord>> {
+        let db = self.db.clone();
+        self.spawn_write(async move {
+            transact!(db, None, true, |conn| control::reap_leases(
+                conn, &db.sql, now, limit
+            ))
+        })
+        .await
+    }
+
+    async fn lease_counts(&self, now: Timestamp) -> Result<Vec<(String, u64)>> {
+        read!(self.db, |conn| read::lease_counts(conn, &self.db.sql, now))
+    }
+
+    /// `synchronous_commit = off`: a registration is refreshed by the worker's every poll.
+    async fn register_worker(&self, worker: &WorkerRecord) -> Result<()> {
+        let (db, worker) = (self.db.clone(), worker.clone());
+        self.spawn_write(async move {
+            transact!(db, None, false, |conn| control::register_worker(
+                conn, &db.sql, &worker
+            ))
+        })
+        .await
+    }
+
+    /// `synchronous_commit = off`, like a registration.
+    async fn touch_worker(&self, worker_id: &str, now: Timestamp) -> Result<bool> {
+        let (db, worker_id) = (self.db.clone(), worker_id.to_owned());
+        self.spawn_write(async move {
+            transact!(db, None, false, |conn| control::touch_worker(
+                conn, &db.sql, &worker_id, now
+            ))
+        })
+        .await
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerRecord>> {
+        read!(self.db, |conn| read::workers(conn, &self.db.sql))
     }
 
     /// `synchronous_commit = off`: durable with the next durable commit of any session

@@ -124,6 +124,43 @@ RETURNING ",
     };
 }
 
+/// The reaper's statement. Parameters: $1 now, $2 limit.
+///
+/// One statement, like the claim: the CTE picks the leases expired at `$1` from the index
+/// `runs_leased` (its predicate repeated), earliest expiry first, and locks them, skipping
+/// rows that claims, renewals, commits or another reaper hold — so it never waits for
+/// them, nor they for it beyond one row update; the `UPDATE` applies `plan_reap`: the lease
+/// is cleared, the epoch kept, and an unfinished run is ready since the earlier of its
+/// `ready_at` and the lease's expiry. The returned rows are the runs after (columns of
+/// `run_columns!`), then the columns it changed as they were before: 17 ready_at,
+/// 18 lease_worker, 19 lease_expires — so that the caller checks the result against
+/// `plan_reap` and orders it.
+macro_rules! reap_template {
+    () => {
+        concat!(
+            "\
+WITH c AS (
+    SELECT r.key, r.ready_at, r.lease_worker, r.lease_expires
+    FROM {S}.runs r
+    WHERE r.lease_worker IS NOT NULL AND r.lease_expires <= $1
+    ORDER BY r.lease_expires, r.run_id
+    LIMIT $2
+    FOR NO KEY UPDATE OF r SKIP LOCKED
+)
+UPDATE {S}.runs r
+SET lease_worker = NULL, lease_expires = NULL,
+    ready_at = CASE WHEN r.status IN ('queued', 'running', 'interrupted', 'waiting')
+                    THEN least(c.ready_at, c.lease_expires) ELSE c.ready_at END
+FROM c, {S}.threads t
+WHERE r.key = ANY (ARRAY(SELECT c.key FROM c)) AND r.key = c.key AND t.key = r.thread_key
+RETURNING ",
+            run_columns!(),
+            ",
+       c.ready_at, c.lease_worker, c.lease_expires"
+        )
+    };
+}
+
 /// Columns of an interrupt: 0 key, 1 interrupt_id, 2 thread_key, 3 thread_id, 4 run_key,
 /// 5 run_id, 6 node, 7 payload, 8 raised_seq, 9 raised_at, 10 answer, 11 answered_at,
 /// 12 applied_seq, 13 run status, 14 run status_data.
@@ -234,6 +271,30 @@ WHERE key = $1";
         "AND (r.graph, r.graph_version) IN\n          \
          (SELECT l.g, l.v FROM unnest($6::text[], $7::text[]) AS l (g, v))",
     );
+    /// Clears leases expired at `$1`, at most `$2` (see `reap_template!`).
+    reap_leases = reap_template!();
+    /// Runs holding a lease unexpired at `$1`, counted per graph, by graph name (bytewise,
+    /// as Rust orders strings) — the live end of `runs_leased`. Columns: 0 graph, 1 count.
+    lease_counts = "\
+SELECT r.graph, count(*) FROM {S}.runs r
+WHERE r.lease_worker IS NOT NULL AND r.lease_expires > $1
+GROUP BY r.graph
+ORDER BY r.graph COLLATE \"C\"";
+    /// Registers a worker: inserts it, or replaces every field of its record but
+    /// `registered_at`.
+    upsert_worker = "\
+INSERT INTO {S}.workers (worker_id, graphs, capacity, registered_at, last_seen, stopped_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (worker_id) DO UPDATE SET
+    graphs = excluded.graphs, capacity = excluded.capacity, last_seen = excluded.last_seen,
+    stopped_at = excluded.stopped_at";
+    /// Moves a worker's `last_seen`.
+    touch_worker = "UPDATE {S}.workers SET last_seen = $2 WHERE worker_id = $1";
+    /// Every worker, by id (bytewise). Columns: 0 worker_id, 1 graphs, 2 capacity,
+    /// 3 registered_at, 4 last_seen, 5 stopped_at.
+    workers = "\
+SELECT worker_id, graphs, capacity, registered_at, last_seen, stopped_at FROM {S}.workers
+ORDER BY worker_id COLLATE \"C\"";
     /// Waiting runs due at `$1`, earliest first, at most `$2` (columns of `run_select!`).
     due_runs = concat!(
         run_select!(),

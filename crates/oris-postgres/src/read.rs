@@ -7,6 +7,7 @@ use oris_core::status::RunStatus;
 use oris_core::store::{
     ApiKeyRecord, AuditFilter, AuditRecord, Delivery, Error, IdempotencyRecord, InterruptFilter,
     InterruptRecord, LeaseHolder, RunFilter, RunRecord, Snapshot, StoredResponse, ThreadRecord,
+    WorkerRecord,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::Type;
@@ -694,6 +695,55 @@ pub(crate) async fn api_key(
 pub(crate) async fn api_keys(conn: &Conn, sql: &Sql) -> Result<Vec<ApiKeyRecord>, Fault> {
     let rows = conn.query(&sql.api_keys, &[]).await?;
     rows.iter().map(decode_api_key).collect()
+}
+
+/// Runs holding a lease unexpired at `now`, per graph, by graph name.
+pub(crate) async fn lease_counts(
+    conn: &Conn,
+    sql: &Sql,
+    now: Timestamp,
+) -> Result<Vec<(String, u64)>, Fault> {
+    let rows = conn
+        .query(&sql.lease_counts, &[(&now.0, Type::INT8)])
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let decode = || -> Result<(String, u64), Fault> {
+                let n: i64 = req(row, 1, "count")?;
+                let n =
+                    u64::try_from(n).map_err(|_| Fault::Bad(format!("count {n} is negative")))?;
+                Ok((req(row, 0, "graph")?, n))
+            };
+            decode().map_err(|f| corrupt_record(f, "lease counts".to_owned()))
+        })
+        .collect()
+}
+
+/// Every registered worker, by id.
+pub(crate) async fn workers(conn: &Conn, sql: &Sql) -> Result<Vec<WorkerRecord>, Fault> {
+    let rows = conn.query(&sql.workers, &[]).await?;
+    rows.iter().map(decode_worker).collect()
+}
+
+fn decode_worker(row: &Row) -> Result<WorkerRecord, Fault> {
+    let worker_id: String =
+        req(row, 0, "worker_id").map_err(|f| corrupt_record(f, "worker".to_owned()))?;
+    let decode = || -> Result<WorkerRecord, Fault> {
+        let graphs: String = req(row, 1, "graphs")?;
+        Ok(WorkerRecord {
+            worker_id: worker_id.clone(),
+            graphs: serde_json::from_str(&graphs).map_err(|e| {
+                Fault::Bad(format!(
+                    "column `graphs` is not a JSON array of [name, version] pairs: {e}"
+                ))
+            })?,
+            capacity: u32_col(row, 2, "capacity")?,
+            registered_at: time(row, 3, "registered_at")?,
+            last_seen: time(row, 4, "last_seen")?,
+            stopped_at: opt::<i64>(row, 5, "stopped_at")?.map(Timestamp),
+        })
+    };
+    decode().map_err(|f| corrupt_record(f, format!("worker `{worker_id}`")))
 }
 
 fn decode_api_key(row: &Row) -> Result<ApiKeyRecord, Fault> {

@@ -232,9 +232,35 @@ CREATE INDEX audit_by_actor ON {S}.audit (actor, id);
 CREATE INDEX audit_by_action ON {S}.audit (action, id);
 "#;
 
+/// Version 3: remote workers and the lease reaper — the worker registry, and an index of
+/// leased runs by lease expiry.
+///
+/// `runs_leased` holds only leased runs (at most the workers' total capacity, however
+/// large the backlog): the reaper locks the expired leases at its head, earliest first,
+/// skipping rows others hold, and lease counts read the live ones at its tail. (The claim
+/// index cannot serve them: it is ordered by priority first, and every queued run ready by
+/// now sits among the expired leases in it.) Existing runs need no backfill: the index is
+/// built from their lease columns.
+pub(crate) const V3: &str = r#"
+CREATE INDEX runs_leased ON {S}.runs (lease_expires, run_id) WHERE lease_worker IS NOT NULL;
+
+-- Remote workers, registered by their polls. `graphs` is the JSON array of the
+-- [name, version] pairs a worker executes, as text; `registered_at` is kept across
+-- re-registrations; `stopped_at` is set by a graceful stop and cleared by the next
+-- registration.
+CREATE TABLE {S}.workers (
+    worker_id     text   PRIMARY KEY,
+    graphs        text   NOT NULL,
+    capacity      bigint NOT NULL CHECK (capacity BETWEEN 0 AND 4294967295),
+    registered_at bigint NOT NULL,
+    last_seen     bigint NOT NULL,
+    stopped_at    bigint
+);
+"#;
+
 /// The migrations, in order; `MIGRATIONS[i]` upgrades version `i` to `i + 1`. Released
 /// migrations never change: a change is a new one.
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this code writes and understands.
 pub const LATEST: i32 = MIGRATIONS.len() as i32;

@@ -1,7 +1,8 @@
-//! PostgreSQL-specific behaviour of the control-plane data: migrating a version 1 database
-//! in place, the claim statement's index, claimers that skip locked runs instead of
-//! waiting, two pools claiming one queue, answers and deliveries racing suspensions across
-//! connections, wake-ups on release, and metadata filters with awkward keys.
+//! PostgreSQL-specific behaviour of the control-plane data: migrating version 1 and 2
+//! databases in place, the claim and reaper statements' indexes, claimers and reapers that
+//! skip locked runs instead of waiting, two pools claiming one queue, answers and
+//! deliveries racing suspensions across connections, wake-ups on release and reap, and
+//! metadata filters with awkward keys.
 //!
 //! Needs `ORIS_TEST_PG_URL`; see `support`.
 
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use oris_core::id::{InterruptId, RunId, Timestamp};
 use oris_core::status::RunStatus;
-use oris_core::store::{RunFilter, RunRecord, Store};
+use oris_core::store::{RunFilter, RunRecord, Store, WorkerRecord};
 use oris_postgres::{MIGRATIONS, PostgresStore, SCHEMA_VERSION, Wake};
 use oris_testkit::build::{self, GRAPH, GRAPH_VERSION};
 use oris_testkit::writer::Writer;
@@ -203,6 +204,107 @@ async fn a_version_1_database_migrates_in_place() -> TestResult {
     Ok(())
 }
 
+/// A database left at schema version 2 migrates in place when a store connects: its
+/// leased runs are in the new lease index by their lease columns alone (lease counts and
+/// the reaper find them; the reaper keeps the epoch), and the worker registry works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_database_migrates_in_place() -> TestResult {
+    let schema = fresh_schema();
+    let _guard = SchemaGuard {
+        url: url(),
+        schema: schema.clone(),
+    };
+    let quoted = format!("\"{schema}\".");
+    raw(
+        &schema,
+        &format!(
+            "CREATE SCHEMA \"{schema}\";
+             CREATE TABLE oris_schema_migrations (
+                 version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());
+             {}
+             {}
+             INSERT INTO oris_schema_migrations (version) VALUES (1), (2);",
+            MIGRATIONS[0].replace("{S}.", &quoted),
+            MIGRATIONS[1].replace("{S}.", &quoted)
+        ),
+    )
+    .await;
+    let (kind, data) = status_json(&RunStatus::Running);
+    // Three running runs: leased until 5,000 (epoch 3), until 50,000 (epoch 1), unleased.
+    raw(
+        &schema,
+        &format!(
+            "INSERT INTO threads (thread_id, graph, head, created_at, updated_at)
+             VALUES ('old', 'g', 0, 1, 1), ('live', 'g', 0, 2, 2), ('free', 'g', 0, 3, 3);
+             INSERT INTO runs (run_id, thread_key, graph, graph_version, status, status_data,
+                               first_seq, created_at, updated_at, ready_at, lease_epoch,
+                               lease_worker, lease_expires)
+             SELECT gen_random_uuid(), t.key, 'g', 'v1', '{kind}', '{data}', 1, t.created_at,
+                    t.created_at, v.expires, v.epoch, v.worker, v.expires
+             FROM threads t
+             JOIN (VALUES ('old', 5000::bigint, 3::bigint, 'w-old'),
+                          ('live', 50000, 1, 'w-live'),
+                          ('free', NULL, 0, NULL)) AS v (thread, expires, epoch, worker)
+               ON v.thread = t.thread_id;
+             UPDATE threads t SET active_run_key = r.key, last_run_key = r.key
+             FROM runs r WHERE r.thread_key = t.key;"
+        ),
+    )
+    .await;
+
+    let store = PostgresStore::connect(&url(), options(&schema, true)).await?;
+    let versions = raw_query(
+        &schema,
+        "SELECT version FROM oris_schema_migrations ORDER BY version",
+    )
+    .await;
+    let every: Vec<String> = (1..=SCHEMA_VERSION).map(|v| v.to_string()).collect();
+    assert_eq!(versions, every);
+
+    assert_eq!(
+        store.lease_counts(Timestamp(1_000)).await?,
+        vec![("g".to_owned(), 2)]
+    );
+    assert_eq!(
+        store.lease_counts(Timestamp(10_000)).await?,
+        vec![("g".to_owned(), 1)]
+    );
+    let reaped = store.reap_leases(Timestamp(10_000), 10).await?;
+    assert_eq!(reaped.len(), 1, "{reaped:?}");
+    let r = &reaped[0];
+    assert_eq!(
+        (
+            r.thread_id.as_str(),
+            r.lease_epoch,
+            &r.lease,
+            r.ready_at,
+            &r.status
+        ),
+        ("old", 3, &None, Some(Timestamp(5_000)), &RunStatus::Running)
+    );
+    assert_eq!(store.run(r.run_id).await?.as_ref(), Some(r));
+
+    assert_eq!(store.workers().await?, vec![]);
+    let w = WorkerRecord {
+        worker_id: "w-new".into(),
+        graphs: vec![("g".into(), "v1".into())],
+        capacity: 2,
+        registered_at: Timestamp(20_000),
+        last_seen: Timestamp(20_000),
+        stopped_at: None,
+    };
+    store.register_worker(&w).await?;
+    assert!(store.touch_worker("w-new", Timestamp(21_000)).await?);
+    assert_eq!(
+        store.workers().await?,
+        vec![WorkerRecord {
+            last_seen: Timestamp(21_000),
+            ..w
+        }]
+    );
+    Ok(())
+}
+
 /// `count` queued runs on threads of their own, ready at 1…, half of them at priority 1,
 /// plus as many not ready yet (leased far into the future): what a busy queue looks like.
 async fn fill_queue(schema: &str, count: u32) {
@@ -296,6 +398,135 @@ async fn claims_are_served_by_the_claim_index() -> TestResult {
         .await?;
     let created: Vec<i64> = got.iter().map(|r| r.created_at.0).collect();
     assert_eq!(created, vec![1, 3, 5]);
+    Ok(())
+}
+
+/// The reaper's statement, under the generic plan a cached statement ends up with and a
+/// custom plan for its values, reads the expired leases in expiry order from the index
+/// `runs_leased` — never the claim index or a scan of the runs, however large the queue of
+/// ready runs — and lease counts read the live leases from it when, as in a real queue,
+/// few runs are leased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_and_lease_counts_are_served_by_the_lease_index() -> TestResult {
+    let (store, guard) = fresh(true).await;
+    // 2,000 ready queued runs, and 2,000 leased until 10,000,000 by `busy`.
+    fill_queue(&guard.schema, 2_000).await;
+    let db = client().await;
+    let explain = async |sql: &str| -> Vec<String> {
+        db.simple_query(sql)
+            .await
+            .expect("explain")
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some(r.get(0).unwrap_or("").to_owned())
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    db.batch_execute(&format!(
+        "SET search_path TO \"{}\"; PREPARE reap (bigint, bigint) AS {}",
+        guard.schema,
+        store.reap_statement()
+    ))
+    .await?;
+    for mode in ["force_generic_plan", "force_custom_plan"] {
+        db.batch_execute(&format!("SET plan_cache_mode = {mode}"))
+            .await?;
+        let plan = explain("EXPLAIN EXECUTE reap (20000000, 5)")
+            .await
+            .join("\n");
+        let pick = plan
+            .split("CTE c")
+            .nth(1)
+            .and_then(|rest| rest.split("InitPlan").next())
+            .unwrap_or_default();
+        assert!(pick.contains("runs_leased"), "{mode}:\n{plan}");
+        assert!(
+            !pick.contains("Sort"),
+            "{mode}: served in index order\n{plan}"
+        );
+        assert!(!plan.contains("Seq Scan"), "{mode}:\n{plan}");
+        assert!(!plan.contains("runs_claim"), "{mode}:\n{plan}");
+    }
+    db.batch_execute("SET plan_cache_mode = auto").await?;
+    // As in a real queue, few runs are leased (live): 100 of the 4,000.
+    raw(
+        &guard.schema,
+        "UPDATE runs SET lease_worker = NULL, lease_expires = NULL, ready_at = created_at
+         WHERE lease_worker IS NOT NULL AND created_at > 2100;
+         ANALYZE",
+    )
+    .await;
+    let plan = explain(
+        "EXPLAIN SELECT r.graph, count(*) FROM runs r
+         WHERE r.lease_worker IS NOT NULL AND r.lease_expires > 500
+         GROUP BY r.graph",
+    )
+    .await
+    .join("\n");
+    assert!(plan.contains("runs_leased"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+
+    assert_eq!(
+        store.lease_counts(Timestamp(500)).await?,
+        vec![("g".to_owned(), 100)]
+    );
+    let reaped = store.reap_leases(Timestamp(10_000_000), 3).await?;
+    assert_eq!(reaped.len(), 3);
+    assert!(
+        reaped
+            .iter()
+            .all(|r| r.lease.is_none() && r.lease_epoch == 1)
+    );
+    assert_eq!(
+        store.lease_counts(Timestamp(500)).await?,
+        vec![("g".to_owned(), 97)]
+    );
+    Ok(())
+}
+
+/// A reaper skips leases another transaction holds (a renewal, a commit on the run)
+/// instead of waiting for them, and the threads of the runs it reaps wake listeners (the
+/// runs are claimable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reapers_skip_locked_runs_and_wake_listeners() -> TestResult {
+    let (store, guard) = fresh(false).await;
+    let a = enqueue(&store, "reap-locked-a", build::at(1), 0).await;
+    let b = enqueue(&store, "reap-locked-b", build::at(2), 0).await;
+    let claimed = store
+        .claim(&build::claim_request("w", build::at(10), MINUTE, 2))
+        .await?;
+    assert_eq!(claimed.len(), 2);
+    let other = PostgresStore::connect(&url(), options(&guard.schema, false)).await?;
+    let mut listener = other.listen_ready().await?;
+    let holder = client().await;
+    holder
+        .batch_execute(&format!(
+            "SET search_path TO \"{}\"; BEGIN;
+             SELECT 1 FROM runs WHERE run_id = '{}' FOR NO KEY UPDATE",
+            guard.schema,
+            a.run_id.as_uuid()
+        ))
+        .await?;
+    let later = Timestamp(build::at(10).0 + 2 * 60_000);
+    let got = tokio::time::timeout(Duration::from_secs(5), store.reap_leases(later, 10))
+        .await
+        .expect("the reap did not wait for the locked run")?;
+    let ids: Vec<RunId> = got.iter().map(|r| r.run_id).collect();
+    assert_eq!(ids, vec![b.run_id]);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), listener.recv()).await {
+            Ok(Some(Wake::Changed(t))) if t == b.thread_id => break,
+            Ok(Some(_)) => continue,
+            other => panic!("no wake-up for the reaped run within 5 s: {other:?}"),
+        }
+    }
+    holder.batch_execute("ROLLBACK").await?;
+    let got = store.reap_leases(later, 10).await?;
+    let ids: Vec<RunId> = got.iter().map(|r| r.run_id).collect();
+    assert_eq!(ids, vec![a.run_id], "once the lock is gone");
     Ok(())
 }
 
