@@ -9,8 +9,11 @@
 //! woke it), or the last claim filled every free slot (more may be waiting) and a slot is
 //! free again, or `poll_interval` passed since the last claim (runs made ready elsewhere:
 //! other processes, timers, expired leases). An execution that ends frees a slot but is no
-//! reason to claim by itself, so a lone run costs one claim. Idle, the pool costs one claim
-//! query per `poll_interval`.
+//! reason to claim by itself, so a lone run costs one claim — except with per-graph
+//! concurrency limits ([`ServerBuilder::graph_limit`](crate::ServerBuilder::graph_limit)),
+//! where an ending run may make room under its limit and so asks for a claim. Idle, the
+//! pool costs one claim query per `poll_interval`. Claims go through `dispatch::claim`, the
+//! one claim path of the pool and of remote worker polls (limits, lease-holder records).
 //!
 //! Shutdown: no new claims; executions are told to stop (running node attempts finish and
 //! commit, leases are handed back); whatever has not stopped after the grace period is
@@ -134,8 +137,13 @@ pub(crate) async fn run(app: AppState, stop: CancellationToken) {
             _ = stop.cancelled() => break,
             _ = ready.changed() => wanted = true,
             _ = wakes.changed() => wanted = true,
-            // A free slot: claims again if something is wanted.
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            // A free slot: claims again if something is wanted — or, with per-graph
+            // limits, since the run that ended may have made room under its limit.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                if !app.config.graph_limits.is_empty() {
+                    wanted = true;
+                }
+            }
             _ = tokio::time::sleep_until(next_poll) => {
                 wanted = true;
                 next_poll = Instant::now() + app.config.poll_interval;

@@ -473,13 +473,18 @@ pub(crate) async fn report_step(
             app.hub.after_commit(&copy);
             app.metrics.worker_report(false);
             if let Some(RunWrite::SetStatus { status, .. }) = &copy.run {
-                if status.is_terminal() {
-                    app.dispatch.forget(fence.run_id);
-                } else if matches!(
+                let suspended = matches!(
                     status,
                     RunStatus::Interrupted { .. } | RunStatus::Waiting { .. }
-                ) {
-                    // Answers or events may have made it claimable at once.
+                );
+                if status.is_terminal() {
+                    app.dispatch.forget(fence.run_id);
+                }
+                // A suspension may be claimable at once (answers or events that raced it);
+                // either ends the lease, which makes room under a per-graph limit.
+                if suspended
+                    || (status.is_terminal() && app.config.graph_limits.contains_key(&run.graph))
+                {
                     app.hub.wake_pool();
                 }
             }

@@ -1,6 +1,7 @@
 //! The remote worker protocol driven by hand (a "manual worker" speaking HTTP): poll,
 //! report, heartbeat, ack, and the ways a lease is lost.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oris_core::event::{Boundary, Event, EventBody, Payload};
@@ -618,4 +619,97 @@ async fn the_worker_role_may_use_the_protocol_and_nothing_else() {
             .status,
         StatusCode::OK
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graph_limit_holds_for_remote_polls() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = remote_only(
+        &dir,
+        Duration::from_secs(5),
+        Duration::from_millis(500),
+        |b| b.graph_limit("count", 1),
+    )
+    .await;
+    for t in ["gl-1", "gl-2", "gl-3"] {
+        create(&h, t, 1).await;
+    }
+    let w1 = Manual::new(&h, "w1");
+    let w2 = Manual::new(&h, "w2");
+    let a = w1.poll(3, 0).await.attempts;
+    assert_eq!(a.len(), 1, "one run of `count` at a time");
+    assert!(w2.poll(3, 0).await.attempts.is_empty());
+    // The run ends: room for the next one.
+    let a = &a[0];
+    assert_eq!(w1.report(&inc_completed(a, 2)).await.status, StatusCode::OK);
+    assert_eq!(
+        w1.report(&run_completed(a, Seq(2))).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(w2.poll(3, 0).await.attempts.len(), 1);
+    assert!(w1.poll(3, 0).await.attempts.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graph_limit_holds_for_the_pool_and_polls_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let counts = Counts::new();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let h = Harness::start(
+        sqlite(&dir).await,
+        Server::builder()
+            .auth(Auth::Disabled)
+            .graph(count(counts.clone(), Some(gate.clone())))
+            .graph_limit("count", 2),
+    )
+    .await;
+    for i in 0..5 {
+        create(&h, &format!("p-{i}"), 1).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while counts.get("inc") < 2 {
+        assert!(Instant::now() < deadline, "the pool did not start two runs");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Several claim rounds later, still two; a remote worker gets nothing either.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(counts.get("inc"), 2);
+    assert!(Manual::new(&h, "w1").poll(2, 0).await.attempts.is_empty());
+    gate.add_permits(5);
+    for i in 0..5 {
+        assert_eq!(h.settle(&format!("p-{i}")).await["status"], "completed");
+    }
+    assert_eq!(counts.get("inc_done"), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_jobs_beyond_max_queued_is_refused_until_the_queue_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = remote_only(
+        &dir,
+        Duration::from_secs(5),
+        Duration::from_millis(500),
+        |b| b.max_queued(2),
+    )
+    .await;
+    create(&h, "mq-1", 1).await;
+    create(&h, "mq-2", 1).await;
+    let third = || {
+        h.request(Method::POST, "/v1/jobs")
+            .header("idempotency-key", "mq-3-key")
+            .json(&json!({ "graph": "count", "thread_id": "mq-3" }))
+    };
+    let r = Harness::send(third()).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text);
+    assert_eq!(r.code(), "queue_full");
+    assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(r.body["error"]["details"]["max_queued"], 2);
+    assert_eq!(h.get("/v1/jobs/mq-3").await.code(), "thread_not_found");
+    // A worker takes one; once the count is read again, the same request (same key) is
+    // accepted — the refusal was not kept as the key's answer.
+    assert_eq!(Manual::new(&h, "w1").poll(1, 0).await.attempts.len(), 1);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let r = Harness::send(third()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert!(!r.headers.contains_key("idempotent-replayed"));
 }
