@@ -589,3 +589,203 @@ async fn an_unreachable_server_is_retried_until_shutdown() {
     );
     running.stop().await.unwrap();
 }
+
+/// A proxy in front of the server that forwards every request and, for the report-steps
+/// it is told to, closes the connection instead of passing the answer on: the report was
+/// applied, the worker never hears of it.
+struct LossyProxy {
+    url: String,
+    /// The bodies of the report-steps seen, in order.
+    reports: Arc<Mutex<Vec<Vec<u8>>>>,
+    task: JoinHandle<()>,
+}
+
+impl LossyProxy {
+    /// Drops the answers of the report-steps numbered (from 1) in `lose`.
+    async fn start(upstream: String, lose: Vec<usize>) -> LossyProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let reports: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let lose = Arc::new(lose);
+        let http = reqwest::Client::new();
+        let seen = reports.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let (upstream, lose, http, seen) =
+                    (upstream.clone(), lose.clone(), http.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let _ = proxy_connection(conn, &upstream, &lose, &http, &seen).await;
+                });
+            }
+        });
+        LossyProxy { url, reports, task }
+    }
+}
+
+impl Drop for LossyProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves one keep-alive connection: request by request.
+async fn proxy_connection(
+    conn: tokio::net::TcpStream,
+    upstream: &str,
+    lose: &[usize],
+    http: &reqwest::Client,
+    seen: &Mutex<Vec<Vec<u8>>>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    loop {
+        // Headers.
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = read_some(&conn, &mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let mut first = lines.next().unwrap_or_default().split(' ');
+        let method = first.next().unwrap_or_default().to_owned();
+        let path = first.next().unwrap_or_default().to_owned();
+        let mut length = 0usize;
+        let mut auth = None;
+        for line in lines {
+            if let Some((k, v)) = line.split_once(':') {
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "content-length" => length = v.trim().parse().unwrap_or(0),
+                    "authorization" => auth = Some(v.trim().to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        while buf.len() < end + length {
+            let mut chunk = [0u8; 4096];
+            let n = read_some(&conn, &mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = buf[end..end + length].to_vec();
+        buf.drain(..end + length);
+        let report = path.ends_with("/report-step").then(|| body.clone());
+        let mut req = http
+            .request(method.parse().unwrap(), format!("{upstream}{path}"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.map_err(std::io::Error::other)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(std::io::Error::other)?;
+        if let Some(report) = report {
+            let n = {
+                let mut seen = seen.lock().unwrap();
+                seen.push(report);
+                seen.len()
+            };
+            if lose.contains(&n) {
+                // Applied upstream; the answer is lost on the way back.
+                return Ok(());
+            }
+        }
+        let head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            bytes.len()
+        );
+        write_all(&conn, head.as_bytes()).await?;
+        write_all(&conn, &bytes).await?;
+    }
+}
+
+/// Reads what is there (0 at the end of the stream), without tokio's `io-util`.
+async fn read_some(conn: &tokio::net::TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        conn.readable().await?;
+        match conn.try_read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
+async fn write_all(conn: &tokio::net::TcpStream, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        conn.writable().await?;
+        match conn.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_whose_answer_was_lost_is_sent_again_and_recognised() {
+    let probe = Arc::new(Probe::default());
+    probe.gate.add_permits(1);
+    let server = TestServer::start(vec![gated(&probe)], Auth::Disabled).await;
+    // The answers of the 1st (the step `charge`) and 3rd reports are lost.
+    let proxy = LossyProxy::start(server.url.clone(), vec![1, 3]).await;
+    let worker = Worker::builder(&proxy.url)
+        .worker_id("w-lossy")
+        .graph(gated(&probe))
+        .build()
+        .unwrap();
+    let running = Running::spawn(worker);
+    server.create("gated", "lossy").await;
+    let job = server.status("lossy", "completed").await;
+    assert_eq!(job["values"]["log"], json!(["a", "slow", "c"]), "{job:#}");
+    assert_eq!(job["values"]["steps"], json!(["charged"]), "{job:#}");
+    // Nothing ran twice, nothing was written twice.
+    assert_eq!(probe.step_bodies.load(Ordering::SeqCst), 1);
+    for node in ["a", "slow", "c"] {
+        assert_eq!(probe.done(node), 1, "{node}");
+    }
+    let timeline = server.timeline("lossy").await;
+    let kinds = kinds(&timeline);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "step_recorded").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "node_completed").count(),
+        3,
+        "{kinds:?}"
+    );
+    let seqs: Vec<u64> = timeline
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    // Each report whose answer was lost was sent again, the same; nothing else was.
+    let reports = proxy.reports.lock().unwrap().clone();
+    assert!(reports.len() >= 5, "{} reports", reports.len());
+    assert_eq!(
+        reports[1], reports[0],
+        "the 1st report is sent again as it was"
+    );
+    assert_eq!(
+        reports[3], reports[2],
+        "the 3rd report is sent again as it was"
+    );
+    let distinct: std::collections::BTreeSet<&Vec<u8>> = reports.iter().collect();
+    assert_eq!(distinct.len(), reports.len() - 2);
+    running.stop().await.unwrap();
+}
