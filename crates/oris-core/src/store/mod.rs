@@ -554,40 +554,34 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn release_lease(&self, fence: &Fence, now: Timestamp) -> Result<RunRecord>;
 
     /// Clears up to `limit` leases that expired at or before `now` ([`plan_reap`]) and
-    /// returns the runs after, so that an expired lease is over by time at the store even
-    /// when nobody claims the run: listings stop naming the dead holder, and the holder's
-    /// late heartbeat, commit or release fails with [`Error::LeaseLost`] as before.
-    async fn reap_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<RunRecord>> {
-        let _ = (now, limit);
-        Err(Error::Incompatible("reap_leases: TEMPORARY".into()))
-    }
+    /// returns the runs after, earliest expiry first (then by run id), so that an expired
+    /// lease is over by time at the store even when nobody claims the run: listings stop
+    /// naming the dead holder, and the holder's late heartbeat, commit or release fails
+    /// with [`Error::LeaseLost`] as before. The epoch stays (a new claim takes the next
+    /// one) and the run stays claimable. Backends find the expired leases by an index on
+    /// the lease expiry, not by scanning runs, and never wait for a run another writer
+    /// holds (it is left for the next reap).
+    async fn reap_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<RunRecord>>;
 
-    /// How many runs of each graph hold an unexpired lease at `now` (graphs without any are
-    /// left out), by graph name: what per-graph concurrency limits are checked against.
-    async fn lease_counts(&self, now: Timestamp) -> Result<Vec<(String, u64)>> {
-        let _ = now;
-        Err(Error::Incompatible("lease_counts: TEMPORARY".into()))
-    }
+    /// How many runs of each graph hold a lease unexpired at `now` (expiring after it),
+    /// ordered by graph name; graphs without any are left out. What per-graph concurrency
+    /// limits are checked against.
+    async fn lease_counts(&self, now: Timestamp) -> Result<Vec<(String, u64)>>;
 
     // --- Workers ------------------------------------------------------------------------
 
     /// Records a remote worker (insert or update): an existing record keeps its
-    /// `registered_at`; every other field is replaced.
-    async fn register_worker(&self, worker: &WorkerRecord) -> Result<()> {
-        let _ = worker;
-        Err(Error::Incompatible("register_worker: TEMPORARY".into()))
-    }
+    /// `registered_at`; every other field is replaced (so a registration without
+    /// `stopped_at` clears an earlier stop). Durable at the latest with the store's next
+    /// durable commit (no sync of its own: a worker's every poll registers it again).
+    async fn register_worker(&self, worker: &WorkerRecord) -> Result<()>;
 
-    /// Updates a worker's `last_seen` (heartbeat); `false` when no such worker.
-    async fn touch_worker(&self, worker_id: &str, now: Timestamp) -> Result<bool> {
-        let _ = (worker_id, now);
-        Err(Error::Incompatible("touch_worker: TEMPORARY".into()))
-    }
+    /// Updates a worker's `last_seen` (heartbeat); `false` when no such worker (nothing is
+    /// created).
+    async fn touch_worker(&self, worker_id: &str, now: Timestamp) -> Result<bool>;
 
-    /// Every registered worker, by id.
-    async fn workers(&self) -> Result<Vec<WorkerRecord>> {
-        Err(Error::Incompatible("workers: TEMPORARY".into()))
-    }
+    /// Every registered worker, by id (bytewise).
+    async fn workers(&self) -> Result<Vec<WorkerRecord>>;
 
     // --- Idempotency --------------------------------------------------------------------
 
