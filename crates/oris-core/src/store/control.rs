@@ -2,7 +2,7 @@
 //! fencing epoch), idempotency records, API keys and the audit log.
 //!
 //! The rules are pure functions here ([`plan_claim`], [`plan_renew`], [`plan_release`],
-//! [`check_fence`], [`plan_reservation`], [`ready_on_answer`], [`ready_on_delivery`]), decided
+//! [`plan_reap`], [`check_fence`], [`plan_reservation`], [`ready_on_answer`], [`ready_on_delivery`]), decided
 //! once for every backend, like [`plan_commit`](super::plan_commit) for commits. Backends that
 //! claim in SQL must produce the same records (the conformance suite checks them).
 
@@ -418,7 +418,8 @@ impl WorkerRecord {
 
 /// The record of `run` after the lease reaper ran at `now`, or `None` when it has nothing
 /// to reap: a lease that expired at or before `now` is cleared (the epoch stays, so the old
-/// holder stays fenced out; `ready_at` stays, so the run stays claimable).
+/// holder stays fenced out; an unfinished run stays claimable — ready since the earlier of
+/// its `ready_at` and the expiry, which is its `ready_at` as claims and renewals set it).
 pub fn plan_reap(run: &RunRecord, now: Timestamp) -> Option<RunRecord> {
     match &run.lease {
         Some(l) if l.expires_at <= now => {
@@ -430,5 +431,125 @@ pub fn plan_reap(run: &RunRecord, now: Timestamp) -> Option<RunRecord> {
             Some(r)
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::{Seq, ThreadId};
+
+    fn leased(status: RunStatus, ready_at: Option<i64>, expires_at: i64) -> RunRecord {
+        let mut r = RunRecord::new(
+            RunId::from_uuid(uuid::Uuid::now_v7()),
+            ThreadId::new("t").unwrap(),
+            "g",
+            "1",
+            status,
+            Seq(1),
+            Timestamp(100),
+        );
+        r.lease_epoch = 4;
+        r.ready_at = ready_at.map(Timestamp);
+        r.lease = Some(LeaseHolder {
+            worker_id: "w".into(),
+            expires_at: Timestamp(expires_at),
+        });
+        r
+    }
+
+    #[test]
+    fn reap_clears_a_lease_expired_at_or_before_now_keeping_the_epoch() {
+        let run = leased(RunStatus::Running, Some(1_000), 1_000);
+        assert_eq!(plan_reap(&run, Timestamp(999)), None, "a live lease");
+        for now in [1_000, 5_000] {
+            let reaped = plan_reap(&run, Timestamp(now)).expect("expired");
+            assert_eq!(
+                reaped,
+                RunRecord {
+                    lease: None,
+                    ..run.clone()
+                },
+                "at {now}: only the lease changes"
+            );
+            assert_eq!(reaped.lease_epoch, 4);
+            // The holder's fence is refused afterwards, whatever the time.
+            let fence = Fence {
+                run_id: run.run_id,
+                epoch: 4,
+            };
+            assert!(matches!(
+                check_fence(&fence, &reaped, Timestamp(0)),
+                Err(Error::LeaseLost { .. })
+            ));
+            assert!(plan_release(&reaped, &fence, Timestamp(now)).is_err());
+            assert!(
+                plan_renew(&reaped, &fence, "w", Timestamp(0), Duration::from_secs(1)).is_err()
+            );
+            // And the run is claimable at once, at the next epoch.
+            let request = ClaimRequest {
+                worker_id: "w2".into(),
+                now: Timestamp(now),
+                ttl: Duration::from_secs(1),
+                limit: 1,
+                graphs: Vec::new(),
+            };
+            let claimed = plan_claim(&reaped, &request).expect("claimable");
+            assert_eq!(claimed.lease_epoch, 5);
+        }
+    }
+
+    #[test]
+    fn reap_leaves_unleased_runs_alone_and_keeps_a_run_ready() {
+        let mut free = leased(RunStatus::Queued, Some(100), 1_000);
+        free.lease = None;
+        assert_eq!(plan_reap(&free, Timestamp(i64::MAX)), None);
+        // A leased run is ready at its expiry; were it not ready, the reap makes it ready
+        // since the expiry (never later than it was).
+        let not_ready = leased(RunStatus::Running, None, 1_000);
+        assert_eq!(
+            plan_reap(&not_ready, Timestamp(2_000)).and_then(|r| r.ready_at),
+            Some(Timestamp(1_000))
+        );
+        let earlier = leased(RunStatus::Running, Some(500), 1_000);
+        assert_eq!(
+            plan_reap(&earlier, Timestamp(2_000)).and_then(|r| r.ready_at),
+            Some(Timestamp(500))
+        );
+        // A finished run never becomes ready.
+        let done = leased(
+            RunStatus::Cancelled {
+                reason: "stop".into(),
+            },
+            None,
+            1_000,
+        );
+        let reaped = plan_reap(&done, Timestamp(2_000)).expect("its lease is cleared");
+        assert_eq!((reaped.lease, reaped.ready_at), (None, None));
+    }
+
+    #[test]
+    fn a_worker_accepts_only_its_graph_versions() {
+        let w = WorkerRecord {
+            worker_id: "w".into(),
+            graphs: vec![("a".into(), "1".into()), ("b".into(), "2".into())],
+            capacity: 1,
+            registered_at: Timestamp(1),
+            last_seen: Timestamp(1),
+            stopped_at: None,
+        };
+        assert!(w.accepts("a", "1") && w.accepts("b", "2"));
+        assert!(!w.accepts("a", "2") && !w.accepts("c", "1"));
+        let none = WorkerRecord {
+            graphs: Vec::new(),
+            ..w.clone()
+        };
+        assert!(
+            !none.accepts("a", "1"),
+            "a worker without graphs accepts nothing"
+        );
+        let json = serde_json::to_string(&w).unwrap();
+        assert!(json.contains(r#""graphs":[["a","1"],["b","2"]]"#), "{json}");
+        assert_eq!(serde_json::from_str::<WorkerRecord>(&json).unwrap(), w);
     }
 }
