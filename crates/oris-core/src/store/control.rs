@@ -1,10 +1,11 @@
 //! What a server keeps beside the threads: leases on runs (which worker drives a run, with a
-//! fencing epoch), idempotency records, API keys and the audit log.
+//! fencing epoch), the remote workers, idempotency records, API keys and the audit log.
 //!
 //! The rules are pure functions here ([`plan_claim`], [`plan_renew`], [`plan_release`],
-//! [`plan_reap`], [`check_fence`], [`plan_reservation`], [`ready_on_answer`], [`ready_on_delivery`]), decided
-//! once for every backend, like [`plan_commit`](super::plan_commit) for commits. Backends that
-//! claim in SQL must produce the same records (the conformance suite checks them).
+//! [`plan_reap`], [`check_fence`], [`plan_reservation`], [`ready_on_answer`],
+//! [`ready_on_delivery`]), decided once for every backend, like
+//! [`plan_commit`](super::plan_commit) for commits. Backends that claim or reap in SQL must
+//! produce the same records (the conformance suite checks them).
 
 use std::time::Duration;
 
