@@ -188,3 +188,19 @@ async fn bulk_cancel_by_filter() {
     let single = h.get("/v1/audit?action=jobs.cancel").await.body;
     assert_eq!(single["entries"], json!([]));
 }
+
+/// `POST /v1/jobs/cancel` shadows `GET /v1/jobs/{thread_id}` for a thread named `cancel`
+/// (documented); every other route of that thread works, and the list finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_named_cancel_beside_the_bulk_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = remote_only(&dir, secs(5), Duration::from_millis(500), |b| b).await;
+    create(&h, "cancel", 1).await;
+    assert_eq!(h.get("/v1/jobs/cancel").await.code(), "method_not_allowed");
+    let list = h.get("/v1/jobs?thread_id=cancel").await;
+    assert_eq!(list.body["jobs"][0]["thread_id"], "cancel", "{}", list.text);
+    let t = h.get("/v1/jobs/cancel/timeline").await;
+    assert_eq!(t.status, StatusCode::OK, "{}", t.text);
+    let r = h.post("/v1/jobs/cancel/cancel", json!({})).await;
+    assert_eq!(r.body["status"], "cancelled", "{}", r.text);
+}
