@@ -1,5 +1,5 @@
-//! The engine observer of the server: what it sees of every commit made by this process
-//! feeds SSE streams (a broadcast of committed events), long-polls (per thread, the run
+//! The engine observer of the server: what it sees of every commit made by this process —
+//! its engine's, and the commits remote workers report through it — feeds SSE streams (a broadcast of committed events), long-polls (per thread, the run
 //! change each commit carries) and metrics (node durations, ended runs). It also carries the worker pool's
 //! wake-ups from handlers, timers and external signals.
 

@@ -2,8 +2,9 @@
 //! worker pool, operated over an HTTP API (axum, JSON, under `/v1`).
 //!
 //! Execution never happens inside an HTTP request: handlers record intent through the
-//! engine (a queued run, a resume value, a cancellation) and return; the worker pool claims
-//! ready runs through the store under a lease and executes them. See `docs/api.md` for
+//! engine (a queued run, a resume value, a cancellation) and return; the embedded worker
+//! pool — and remote worker processes speaking the worker protocol (`/v1/workers/…`) —
+//! claim ready runs through the store under a lease and execute them. See `docs/api.md` for
 //! every route, the roles, the error codes and the idempotency, auth, SSE and wait
 //! contracts.
 //!
@@ -14,8 +15,12 @@
 //! - `guard`: per-route authentication, role check, idempotency and audit.
 //! - [`error`]: the error envelope and the one mapping of engine/store errors to codes.
 //! - [`wire`]: the JSON shapes.
-//! - `pool`: the embedded worker pool. `hub`: the engine observer feeding streams, the
-//!   pool and metrics. `metrics`: Prometheus. `limits`: load shedding
+//! - `pool`: the embedded worker pool. `dispatch`: the one claim path of the pool and of
+//!   remote polls (per-graph limits, [`ServerBuilder::graph_limit`]), the lease reaper, the
+//!   queued-run count ([`ServerBuilder::max_queued`]). `routes::workers`: the remote worker
+//!   protocol; `routes::dlq`: retries history and the dead-letter queue. `hub`: the engine
+//!   observer feeding streams, the pool and metrics (remote workers' reports go through it
+//!   too). `metrics`: Prometheus. `limits`: load shedding
 //!   ([`ServerBuilder::max_in_flight`]) and per-caller rate limits
 //!   ([`ServerBuilder::rate_limit`]). `auth`, `idempotency`, `audit`, `request_id`,
 //!   `openapi`.
@@ -347,7 +352,8 @@ impl ServerBuilder {
     ///
     /// # Errors
     /// [`ServerError::Config`] without a store, with a malformed admin token or one whose
-    /// key id exists with another secret, with a rate limit of 0; [`ServerError::Store`].
+    /// key id exists with another secret, with a rate limit, a graph limit or `max_queued`
+    /// of 0; [`ServerError::Store`].
     pub async fn build(self) -> Result<Server, ServerError> {
         let store = self
             .store
@@ -566,7 +572,7 @@ impl Server {
     }
 
     /// Runs the worker pool and the server's background tasks (run metrics, idempotency
-    /// purge) until `shutdown` resolves, then stops them gracefully (see [`Server::serve`]).
+    /// purge, the lease reaper) until `shutdown` resolves, then stops them gracefully (see [`Server::serve`]).
     /// For embedding the [`Server::router`] in another service; [`Server::serve`] calls it.
     ///
     /// # Errors
