@@ -187,8 +187,9 @@ impl ServerBuilder {
         self.graph(g)
     }
 
-    /// Executions at once in the embedded pool. Default 64; 0 serves the API only (another
-    /// process executes).
+    /// Executions at once in the embedded pool. Default 64; 0 runs no embedded pool: the
+    /// server serves the API and remote workers (`/v1/workers/…`; the lease reaper runs
+    /// either way), and other processes execute.
     pub fn workers(mut self, concurrency: usize) -> Self {
         self.config.workers = concurrency;
         self
