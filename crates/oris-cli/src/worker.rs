@@ -40,44 +40,11 @@ pub struct WorkerArgs {
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    for g in &args.graphs {
-        anyhow::ensure!(
-            demo::SERVED.contains(&g.as_str()),
-            "unknown graph `{g}`; the demo graphs are {}",
-            demo::SERVED.join(", ")
-        );
-    }
-    let wanted = |name: &str| args.graphs.is_empty() || args.graphs.iter().any(|g| g == name);
-    let graphs = demo::graphs()?;
-    let mut builder = Worker::builder(&args.server)
-        .capacity(args.capacity)
-        .shutdown_grace(Duration::from_secs(args.shutdown_grace));
-    if let Some(t) = args.token {
-        builder = builder.token(t);
-    }
-    if let Some(id) = args.worker_id {
-        builder = builder.worker_id(id);
-    }
-    if wanted(graphs.expense.name()) {
-        builder = builder.graph(graphs.expense);
-    }
-    if wanted(graphs.research.name()) {
-        builder = builder.graph(graphs.research);
-    }
-    if wanted(graphs.flaky.name()) {
-        builder = builder.graph(graphs.flaky);
-    }
-    if wanted(graphs.reminder.name()) {
-        builder = builder.graph(graphs.reminder);
-    }
-    if wanted(graphs.batch.name()) {
-        builder = builder.graph(graphs.batch);
-    }
-    let worker = builder.build()?;
+    let server = args.server.trim_end_matches('/').to_owned();
+    let worker = build(args)?;
     eprintln!(
-        "oris: worker {} polling {} for {}",
+        "oris: worker {} polling {server} for {}",
         worker.worker_id(),
-        args.server.trim_end_matches('/'),
         worker
             .graphs()
             .iter()
@@ -101,6 +68,44 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     worker.run(shutdown).await?;
     eprintln!("oris: worker stopped");
     Ok(())
+}
+
+/// The worker `args` describe: the demo graphs they name (all by default).
+fn build(args: WorkerArgs) -> anyhow::Result<Worker> {
+    for g in &args.graphs {
+        anyhow::ensure!(
+            demo::SERVED.contains(&g.as_str()),
+            "unknown graph `{g}`; the demo graphs are {}",
+            demo::SERVED.join(", ")
+        );
+    }
+    let wanted = |name: &str| args.graphs.is_empty() || args.graphs.iter().any(|g| g == name);
+    let graphs = demo::graphs()?;
+    let mut builder = Worker::builder(&args.server)
+        .capacity(args.capacity)
+        .shutdown_grace(Duration::from_secs(args.shutdown_grace));
+    if let Some(t) = args.token.clone() {
+        builder = builder.token(t);
+    }
+    if let Some(id) = args.worker_id.clone() {
+        builder = builder.worker_id(id);
+    }
+    if wanted(graphs.expense.name()) {
+        builder = builder.graph(graphs.expense);
+    }
+    if wanted(graphs.research.name()) {
+        builder = builder.graph(graphs.research);
+    }
+    if wanted(graphs.flaky.name()) {
+        builder = builder.graph(graphs.flaky);
+    }
+    if wanted(graphs.reminder.name()) {
+        builder = builder.graph(graphs.reminder);
+    }
+    if wanted(graphs.batch.name()) {
+        builder = builder.graph(graphs.batch);
+    }
+    Ok(builder.build()?)
 }
 
 /// SIGINT and SIGTERM, listened to from creation on (a signal arriving before the first
@@ -137,5 +142,117 @@ impl Signals {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use oris::server::{Auth, Server};
+    use oris_worker::CancellationToken;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn args(server: &str, graphs: &[&str]) -> WorkerArgs {
+        WorkerArgs {
+            server: server.to_owned(),
+            token: None,
+            worker_id: Some("cli-test".into()),
+            capacity: 2,
+            graphs: graphs.iter().map(|g| (*g).to_owned()).collect(),
+            shutdown_grace: 5,
+        }
+    }
+
+    #[test]
+    fn graphs_are_chosen_by_name() {
+        let w = build(args("http://127.0.0.1:1", &[])).unwrap();
+        let names: Vec<&str> = w.graphs().iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, demo::SERVED, "all demo graphs by default");
+        let w = build(args("http://127.0.0.1:1", &["flaky", "batch"])).unwrap();
+        let names: Vec<&str> = w.graphs().iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["flaky", "batch"]);
+        let e = build(args("http://127.0.0.1:1", &["nope"])).unwrap_err();
+        assert!(e.to_string().contains("unknown graph `nope`"), "{e}");
+        let e = build(args("https://example.com", &[])).unwrap_err();
+        assert!(e.to_string().contains("plain HTTP"), "{e}");
+    }
+
+    /// A server serving the demo graphs with no embedded workers; `oris worker`'s worker
+    /// executes a run of the flaky demo (it retries) to its end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_worker_executes_demo_runs_for_a_server() {
+        let g = demo::graphs().unwrap();
+        let server = Server::builder()
+            .store(std::sync::Arc::new(oris::store::MemoryStore::new()))
+            .graph(g.expense)
+            .graph(g.research)
+            .graph(g.flaky)
+            .graph(g.reminder)
+            .graph(g.batch)
+            .workers(0)
+            .auth(Auth::Disabled)
+            .poll_interval(Duration::from_millis(50))
+            .build()
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        let serving = tokio::spawn(server.serve(listener, async move { s.cancelled().await }));
+        let worker = build(args(&url, &["flaky"])).unwrap();
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { worker.run(shutdown).await }
+        });
+        let http = reqwest::Client::new();
+        let created = http
+            .post(format!("{url}/v1/jobs"))
+            .json(&json!({"graph": "flaky", "thread_id": "cli-flaky"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status().as_u16(), 202);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let job = loop {
+            let job: Value = http
+                .get(format!("{url}/v1/jobs/cli-flaky"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if job["status"] == "completed" {
+                break job;
+            }
+            assert!(Instant::now() < deadline, "not completed: {job:#}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(job["values"]["attempts"], 3, "{job:#}");
+        let workers: Value = http
+            .get(format!("{url}/v1/workers"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            workers["workers"][0]["worker_id"], "cli-test",
+            "{workers:#}"
+        );
+        assert_eq!(
+            workers["workers"][0]["graphs"],
+            json!([{"name": "flaky", "version": "1"}])
+        );
+        shutdown.cancel();
+        running.await.unwrap().unwrap();
+        stop.cancel();
+        serving.await.unwrap().unwrap();
     }
 }
