@@ -24,8 +24,8 @@
 //! machine; SQLite's byte counts grow by whole pages, so use enough runs (the defaults do).
 //!
 //! Every run's final state is checked; a wrong one is reported on stderr and makes the
-//! process exit with status 1 at the end. Workloads that do not exist yet (S3 before remote
-//! workers), or PostgreSQL without `ORIS_BENCH_PG_URL`, exit with status 2 and say so.
+//! process exit with status 1 at the end. What cannot run (PostgreSQL without
+//! `ORIS_BENCH_PG_URL`, S3 with `--seconds`) exits with status 2 and says so.
 //!
 //! S1 and S2 re-execute this binary as `oris-bench __server …` (hidden): it serves
 //! `oris::server::Server` with the bench graphs on a fresh store and a free loopback port,
@@ -39,6 +39,7 @@
 //! - `harness`: drives N runs or W3 cycles (or S seconds) with C in flight and collects
 //!   latencies.
 //! - `http`: S1 and S2 — the server process and its HTTP clients.
+//! - `s3`: S3's dispatch throughput (store claims, and the worker protocol over HTTP).
 //! - `server`: the hidden `__server` command; `counting`: its store wrapper counting calls.
 //! - `report`: percentiles, the per-workload result, JSON lines and the readable table.
 
@@ -49,6 +50,7 @@ mod counting;
 mod harness;
 mod http;
 mod report;
+mod s3;
 mod server;
 mod workloads;
 
@@ -58,7 +60,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser as _;
 
-use crate::cli::Cli;
+use crate::cli::{Cli, Workload};
 use crate::report::Printer;
 
 fn main() -> ExitCode {
@@ -122,6 +124,10 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
         .context("cannot build the Tokio runtime")?;
     let mut all_correct = true;
     for &workload in &cli.workloads() {
+        if workload == Workload::S3 {
+            all_correct &= runtime.block_on(s3::run(cli, &dir, &calibration))?;
+            continue;
+        }
         let result = runtime.block_on(harness::bench(cli, workload, &dir, &calibration))?;
         if result.wrong_runs > 0 {
             all_correct = false;

@@ -1,8 +1,8 @@
 //! Runs the built `oris-bench` binary with tiny settings and checks its output and exit
 //! status: the calibration line, one well-formed line per workload (W1–W5 on memory and
-//! SQLite; S1 and S2 over HTTP against the real server on memory and SQLite), and the clear
-//! refusals (exit status 2) of what does not exist yet (S3) or is not configured
-//! (PostgreSQL without its URL).
+//! SQLite; S1 and S2 over HTTP against the real server on memory and SQLite; S3's dispatch
+//! parts), and the clear refusals (exit status 2) of what cannot run (S3 for `--seconds`) or
+//! is not configured (PostgreSQL without its URL).
 
 use std::process::{Command, Output};
 
@@ -196,14 +196,17 @@ fn seconds_mode_and_table_output() {
 fn unavailable_workloads_and_backends_exit_with_2() {
     for (args, needle) in [
         (
-            &["--workload", "W1,S3", "--backend", "memory"][..],
-            "remote worker",
+            &[
+                "--workload",
+                "W1,S3",
+                "--backend",
+                "memory",
+                "--seconds",
+                "1",
+            ][..],
+            "--runs",
         ),
         (&["--workload", "W3", "--backend", "postgres"], "PostgreSQL"),
-        (
-            &["--workload", "S3", "--backend", "sqlite"],
-            "remote worker",
-        ),
         (&["--workload", "S1", "--backend", "postgres"], "PostgreSQL"),
         (&["--workload", "W1", "--backend", "postgres"], "PostgreSQL"),
         (
@@ -303,5 +306,41 @@ fn server_workloads_over_http_on_sqlite() {
     check_server_workloads("sqlite", dir.path(), "1");
     for w in ["s1", "s2"] {
         assert!(dir.path().join(format!("{w}.db")).exists(), "{w}.db");
+    }
+}
+
+/// S3's dispatch parts: the store's claims and the worker protocol over HTTP drain the
+/// queue, every run claimed once and completed.
+#[test]
+fn s3_dispatch_on_memory_and_sqlite() {
+    for backend in ["memory", "sqlite"] {
+        let out = bench(&[
+            "--workload",
+            "S3",
+            "--backend",
+            backend,
+            "--runs",
+            "40",
+            "--calibrate-seconds",
+            "0.2",
+            "--json",
+        ]);
+        assert_success(&out);
+        let lines = json_lines(&out);
+        assert_eq!(lines.len(), 3, "calibration, store, http: {lines:?}");
+        check_calibration(&lines[0]);
+        for (line, part) in lines[1..].iter().zip(["store", "http"]) {
+            assert_eq!(line["workload"], "S3", "{line}");
+            assert_eq!(line["part"], part, "{line}");
+            assert_eq!(line["backend"], backend, "{line}");
+            assert_eq!(line["runs"], 40, "{line}");
+            assert_eq!(line["wrong_runs"], 0, "{line}");
+            assert_eq!(line["concurrency"], 4, "{line}");
+            assert!(number(line, "claims_per_sec") > 0.0, "{line}");
+            assert!(number(line, "p50_ms") <= number(line, "p99_ms"), "{line}");
+            // 40 runs in batches of at most 16 take at least 3 claims, plus the empty ones.
+            assert!(line["claim_calls"].as_u64().unwrap() >= 3 + 4, "{line}");
+            assert!(line["failover_p50_ms"].is_null(), "{line}");
+        }
     }
 }

@@ -1,0 +1,719 @@
+//! S3 of WORKLOADS.md, dispatch throughput: how many attempts per second the store, and the
+//! server's worker protocol over HTTP, hand out to concurrent claimers.
+//!
+//! Both parts pre-fill `--runs` queued runs (default 4,000; not timed), then
+//! `--concurrency` claimers (default 4) take them in batches of [`BATCH`] until none is
+//! left, and finish every run they get with one fenced commit (`RunCompleted` and the
+//! status) — each run is dispatched exactly once, and a claimer asks again only when its
+//! batch is finished. No node runs: this measures dispatch, not execution. The rate is the
+//! runs claimed and finished per second of the drain; the latencies are those of the claim
+//! calls (polls).
+//!
+//! - `store`: `Store::claim` and `Store::commit` on the `--backend` store (SQLite: a durable
+//!   file in the bench's directory), the path of the embedded worker pool.
+//! - `http`: a real server process (this binary's `__server`, with `--workers 0`: no
+//!   embedded pool) and remote-worker clients: `POST /v1/workers/poll` (claim, with thread
+//!   images), `POST /v1/workers/{id}/report-step` (the fenced terminal commit) and
+//!   `POST /v1/workers/{id}/ack` (`finished`) — three requests per run.
+//!
+//! Every run must be claimed once and end completed, otherwise it counts as wrong.
+//!
+//! The failover half of S3 (SIGKILL the worker holding a run mid-node, time until another
+//! completes it, re-executed nodes and steps) is not measured here.
+
+use std::collections::HashSet;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use oris::event::{Barriers, Boundary, Event, EventBody, RunSettings, Task};
+use oris::store::{ClaimRequest, Commit, Fence, RunFilter, RunRecord, RunWrite, Store};
+use oris::{CheckpointId, Durability, RunId, RunStatus, Seq, ThreadId, Timestamp};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::backend;
+use crate::calibrate::Calibration;
+use crate::cli::Cli;
+use crate::report::{percentile, round};
+use crate::server;
+
+/// Runs one claim (poll) asks for at most.
+pub const BATCH: usize = 16;
+/// Claimers by default.
+const CLAIMERS: u32 = 4;
+/// Runs pre-filled by default.
+const DEFAULT_RUNS: u64 = 4_000;
+/// Writers filling the queue.
+const PREFILL_WRITERS: u64 = 32;
+/// The lease of the store claims: longer than any drain, so nothing is claimed twice.
+const LEASE: Duration = Duration::from_secs(300);
+/// The graph of the store part's runs.
+const STORE_GRAPH: &str = "bench-s3";
+/// The graph of the HTTP part's runs: one the bench server registers.
+const HTTP_GRAPH: (&str, &str) = ("bench-s1", "1");
+/// `oris_core::protocol::PROTOCOL_VERSION` (the `oris` facade does not re-export the
+/// protocol; a server speaking another version answers `protocol_mismatch`).
+const PROTOCOL: u32 = 1;
+/// How long the server may take to start listening and be ready.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One S3 result line.
+#[derive(Debug, Clone, Serialize)]
+pub struct S3Result {
+    /// `S3`.
+    pub workload: &'static str,
+    /// `store` or `http`.
+    pub part: &'static str,
+    /// `memory`, `sqlite` or `postgres`.
+    pub backend: &'static str,
+    /// Durability of the finishing commits (`store`) or of the server's runs (`http`).
+    pub durability: &'static str,
+    /// Concurrent claimers.
+    pub concurrency: u32,
+    /// Runs one claim (poll) asks for at most.
+    pub claim_batch: usize,
+    /// Runs claimed and finished.
+    pub runs: u64,
+    /// Runs not claimed exactly once or not completed at the end.
+    pub wrong_runs: u64,
+    /// Wall time of the drain, in seconds.
+    pub seconds: f64,
+    /// Runs claimed and finished per second (= `claims_per_sec`).
+    pub runs_per_sec: f64,
+    /// Attempts claimed per second.
+    pub claims_per_sec: f64,
+    /// Claim calls (polls) made, the empty last ones included.
+    pub claim_calls: u64,
+    /// Median latency of a claim call (poll), in milliseconds.
+    pub p50_ms: Option<f64>,
+    /// 95th percentile, in milliseconds.
+    pub p95_ms: Option<f64>,
+    /// 99th percentile, in milliseconds.
+    pub p99_ms: Option<f64>,
+    /// Requests (or store calls) per run: claim share, finishing commit, ack.
+    pub calls_per_run: f64,
+    /// Failover, median time from the kill to the run completed elsewhere (ms); not
+    /// measured by this part.
+    pub failover_p50_ms: Option<f64>,
+    /// Failover, 95th percentile (ms); not measured by this part.
+    pub failover_p95_ms: Option<f64>,
+    /// Completed nodes executed again after a failover; not measured by this part.
+    pub reexecuted_nodes: Option<u64>,
+    /// Recorded steps executed again after a failover; not measured by this part.
+    pub reexecuted_steps: Option<u64>,
+    /// The machine's durable commit rate measured before the workloads.
+    pub durable_commits_per_sec: f64,
+}
+
+/// Claim calls of one claimer: what it got and how long each call took.
+#[derive(Debug, Default)]
+struct Claimed {
+    runs: Vec<RunId>,
+    /// Runs whose finishing failed, with why (the first few).
+    problems: Vec<String>,
+    failed: u64,
+    latencies_ns: Vec<u64>,
+}
+
+/// Runs both parts of S3 and prints their lines; `Ok(false)` if any run was wrong.
+///
+/// # Errors
+/// If a store or the server cannot be opened, started or read.
+pub async fn run(cli: &Cli, dir: &Path, calibration: &Calibration) -> anyhow::Result<bool> {
+    let mut correct = true;
+    for part in [
+        store_part(cli, dir, calibration).await?,
+        http_part(cli, dir, calibration).await?,
+    ] {
+        if part.wrong_runs > 0 {
+            correct = false;
+            eprintln!(
+                "oris-bench: S3 {}: {} of {} runs were not claimed once and completed",
+                part.part, part.wrong_runs, part.runs
+            );
+        }
+        print(cli.json, &part);
+    }
+    Ok(correct)
+}
+
+fn print(json: bool, r: &S3Result) {
+    let line = if json {
+        serde_json::to_string(r).expect("invariant: results serialize")
+    } else {
+        let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
+        format!(
+            "S3 {:<5} {:<7} {:<7} {} claimers × {}: {} runs in {:.2} s = {:.0} claims/s \
+             (claim p50 {} ms, p95 {} ms, p99 {} ms; {} claim calls; {:.2} calls/run){}",
+            r.part,
+            r.backend,
+            r.durability,
+            r.concurrency,
+            r.claim_batch,
+            r.runs,
+            r.seconds,
+            r.claims_per_sec,
+            ms(r.p50_ms),
+            ms(r.p95_ms),
+            ms(r.p99_ms),
+            r.claim_calls,
+            r.calls_per_run,
+            if r.wrong_runs > 0 {
+                format!("  WRONG: {}", r.wrong_runs)
+            } else {
+                String::new()
+            }
+        )
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn durability_name(d: Durability) -> &'static str {
+    match d {
+        Durability::Sync => "sync",
+        Durability::Batched => "batched",
+        _ => "exit",
+    }
+}
+
+/// The result line of a part from the claimers' samples.
+#[allow(clippy::too_many_arguments)]
+fn result(
+    cli: &Cli,
+    part: &'static str,
+    claimers: u32,
+    expected: u64,
+    claimed: Vec<Claimed>,
+    elapsed: Duration,
+    calls_per_run: f64,
+    calibration: &Calibration,
+) -> S3Result {
+    let mut seen = HashSet::new();
+    let mut duplicates = 0u64;
+    let mut failed = 0u64;
+    let mut latencies = Vec::new();
+    for c in &claimed {
+        for r in &c.runs {
+            if !seen.insert(*r) {
+                duplicates += 1;
+            }
+        }
+        failed += c.failed;
+        latencies.extend_from_slice(&c.latencies_ns);
+        for p in &c.problems {
+            eprintln!("oris-bench: S3 {part}: {p}");
+        }
+    }
+    latencies.sort_unstable();
+    let runs = seen.len() as u64;
+    let missing = expected.saturating_sub(runs);
+    let wrong = duplicates + failed + missing;
+    let secs = elapsed.as_secs_f64();
+    let rate = if secs > 0.0 {
+        (runs - failed.min(runs)) as f64 / secs
+    } else {
+        0.0
+    };
+    let ms = |p: f64| percentile(&latencies, p).map(|ns| round(ns as f64 / 1e6, 3));
+    S3Result {
+        workload: "S3",
+        part,
+        backend: cli.backend.name(),
+        durability: durability_name(cli.durability.into()),
+        concurrency: claimers,
+        claim_batch: BATCH,
+        runs,
+        wrong_runs: wrong,
+        seconds: round(secs, 3),
+        runs_per_sec: round(rate, 1),
+        claims_per_sec: round(rate, 1),
+        claim_calls: latencies.len() as u64,
+        p50_ms: ms(50.0),
+        p95_ms: ms(95.0),
+        p99_ms: ms(99.0),
+        calls_per_run: round(calls_per_run, 3),
+        failover_p50_ms: None,
+        failover_p95_ms: None,
+        reexecuted_nodes: None,
+        reexecuted_steps: None,
+        durable_commits_per_sec: round(calibration.durable_commits_per_sec, 1),
+    }
+}
+
+fn runs(cli: &Cli) -> u64 {
+    cli.runs.unwrap_or(DEFAULT_RUNS)
+}
+
+fn claimers(cli: &Cli) -> u32 {
+    cli.concurrency.unwrap_or(CLAIMERS)
+}
+
+// --- The store part ---------------------------------------------------------------------
+
+/// The queued run `i` of the store part and the commit creating it (`RunStarted` whose
+/// first superstep runs `work`).
+fn queued(i: u64) -> anyhow::Result<Commit> {
+    let thread = ThreadId::new(format!("s3-{i}"))?;
+    let now = Timestamp::now();
+    let run = RunRecord::new(
+        RunId::generate(),
+        thread.clone(),
+        STORE_GRAPH,
+        "1",
+        RunStatus::Queued,
+        Seq(1),
+        now,
+    );
+    let started = Event {
+        seq: Seq(1),
+        run_id: run.run_id,
+        at: now,
+        body: EventBody::RunStarted {
+            graph: STORE_GRAPH.to_owned(),
+            graph_version: "1".to_owned(),
+            input: oris::event::Payload::from_json("{}".to_owned())?,
+            settings: RunSettings {
+                durability: Durability::Batched,
+                deadline: None,
+                superstep_limit: 25,
+                interrupt_before: Vec::new(),
+                interrupt_after: Vec::new(),
+            },
+            boundary: Boundary {
+                next: vec![Task::Node("work".to_owned())],
+                barriers: Barriers::new(),
+            },
+        },
+    };
+    Ok(Commit {
+        thread_id: thread,
+        expected_head: Seq::ZERO,
+        events: vec![started],
+        run: Some(RunWrite::Create(run)),
+        snapshot: None,
+        // Filling the queue is not measured; the drain's durable commits flush it.
+        durability: Durability::Batched,
+        fence: None,
+    })
+}
+
+/// The fenced commit that ends a claimed run: `RunCompleted` after the thread's head
+/// `head`, with the status.
+fn finish(thread: ThreadId, head: Seq, fence: Fence, durability: Durability) -> Commit {
+    Commit {
+        thread_id: thread,
+        expected_head: head,
+        events: vec![Event {
+            seq: head.next(),
+            run_id: fence.run_id,
+            at: Timestamp::now(),
+            body: EventBody::RunCompleted,
+        }],
+        run: Some(RunWrite::SetStatus {
+            run_id: fence.run_id,
+            status: RunStatus::Completed {
+                checkpoint: CheckpointId(head),
+            },
+        }),
+        snapshot: None,
+        durability,
+        fence: Some(fence),
+    }
+}
+
+/// Runs `n` jobs of `make(i)` on `PREFILL_WRITERS` tasks.
+async fn prefill<F, Fut>(n: u64, make: F) -> anyhow::Result<()>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let make = Arc::new(make);
+    let mut tasks = Vec::new();
+    for k in 0..PREFILL_WRITERS.min(n.max(1)) {
+        let make = make.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = k;
+            while i < n {
+                make(i).await?;
+                i += PREFILL_WRITERS;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+async fn store_part(cli: &Cli, dir: &Path, calibration: &Calibration) -> anyhow::Result<S3Result> {
+    let opened = backend::open(cli.backend, &dir.join("s3.db")).await?;
+    let store = opened.store.clone();
+    let n = runs(cli);
+    let s = store.clone();
+    prefill(n, move |i| {
+        let s = s.clone();
+        async move {
+            s.commit(queued(i)?).await?;
+            Ok(())
+        }
+    })
+    .await
+    .context("cannot fill the queue")?;
+    let durability: Durability = cli.durability.into();
+    let claimers = claimers(cli);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..claimers)
+        .map(|k| tokio::spawn(store_claimer(store.clone(), k, durability)))
+        .collect();
+    let mut claimed = Vec::new();
+    for t in tasks {
+        claimed.push(t.await??);
+    }
+    let elapsed = started.elapsed();
+    let mut r = result(
+        cli,
+        "store",
+        claimers,
+        n,
+        claimed,
+        elapsed,
+        0.0,
+        calibration,
+    );
+    let claim_calls = r.claim_calls as f64;
+    r.calls_per_run = round((claim_calls + r.runs as f64) / r.runs.max(1) as f64, 3);
+    // Every run ended completed: none is left unfinished.
+    let unfinished = store
+        .runs(&RunFilter {
+            graph: Some(STORE_GRAPH.to_owned()),
+            ..RunFilter::unfinished()
+        })
+        .await?
+        .len() as u64;
+    r.wrong_runs = r.wrong_runs.max(unfinished);
+    Ok(r)
+}
+
+/// Claims batches until none is ready, finishing each batch's runs concurrently.
+async fn store_claimer(
+    store: Arc<dyn Store>,
+    k: u32,
+    durability: Durability,
+) -> anyhow::Result<Claimed> {
+    let mut out = Claimed::default();
+    let worker_id = format!("s3-claimer-{k}");
+    loop {
+        let t = Instant::now();
+        let got = store
+            .claim(&ClaimRequest {
+                worker_id: worker_id.clone(),
+                now: Timestamp::now(),
+                ttl: LEASE,
+                limit: BATCH,
+                graphs: Vec::new(),
+            })
+            .await
+            .context("claim")?;
+        out.latencies_ns.push(t.elapsed().as_nanos() as u64);
+        if got.is_empty() {
+            return Ok(out);
+        }
+        let finishing: Vec<_> = got
+            .into_iter()
+            .map(|r| {
+                let store = store.clone();
+                let fence = Fence {
+                    run_id: r.run_id,
+                    epoch: r.lease_epoch,
+                };
+                let commit = finish(r.thread_id.clone(), r.first_seq, fence, durability);
+                tokio::spawn(async move { (r.run_id, store.commit(commit).await) })
+            })
+            .collect();
+        for f in finishing {
+            let (run, done) = f.await?;
+            out.runs.push(run);
+            if let Err(e) = done {
+                out.failed += 1;
+                if out.problems.len() < 3 {
+                    out.problems.push(format!("finishing {run}: {e}"));
+                }
+            }
+        }
+    }
+}
+
+// --- The HTTP part ----------------------------------------------------------------------
+
+/// The bench server process without an embedded pool.
+#[derive(Debug)]
+struct ServerProcess {
+    child: Child,
+    stdin: ChildStdin,
+    url: String,
+}
+
+impl ServerProcess {
+    fn spawn(cli: &Cli, db: &Path, token: &str) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the bench binary")?;
+        let mut child = Command::new(exe)
+            .arg(server::COMMAND)
+            .args([
+                "--backend",
+                cli.backend.name(),
+                "--durability",
+                durability_name(cli.durability.into()),
+                "--workers",
+                "0",
+                "--worker-threads",
+                &cli.worker_threads.to_string(),
+            ])
+            .arg("--db")
+            .arg(db)
+            .env(server::TOKEN_ENV, token)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start the bench server process")?;
+        let stdin = child.stdin.take().context("no stdin")?;
+        let mut stdout = BufReader::new(child.stdout.take().context("no stdout")?);
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .context("cannot read the bench server's address")?;
+        let url = serde_json::from_str::<Value>(&line)
+            .ok()
+            .and_then(|v| v["listening"].as_str().map(str::to_owned));
+        let Some(url) = url else {
+            let _ = child.kill();
+            let status = child.wait();
+            bail!("the bench server did not start ({status:?}): {line:?}");
+        };
+        Ok(ServerProcess { child, stdin, url })
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stdin.write_all(b"stop\n");
+        let _ = self.stdin.flush();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                ensure!(status.success(), "the bench server exited with {status}");
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("the bench server did not stop within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A fresh admin token (see `http::token`).
+fn token() -> String {
+    use std::hash::{BuildHasher as _, RandomState};
+    let a = RandomState::new().hash_one(Instant::now());
+    let b = RandomState::new().hash_one(std::process::id());
+    format!("oris_bench_{a:016x}{b:016x}")
+}
+
+#[derive(Debug, Clone)]
+struct Api {
+    http: reqwest::Client,
+    base: Arc<str>,
+    auth: Arc<str>,
+}
+
+impl Api {
+    fn new(base: &str, token: &str) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(usize::MAX)
+            .timeout(Duration::from_secs(120))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Api {
+            http,
+            base: base.into(),
+            auth: format!("Bearer {token}").into(),
+        })
+    }
+
+    /// POSTs `body` to `path`; the JSON answer of a 2xx, an error otherwise.
+    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(reqwest::header::AUTHORIZATION, &*self.auth)
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("POST {path}"))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.with_context(|| format!("POST {path}"))?;
+        ensure!(
+            status.is_success(),
+            "POST {path}: HTTP {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        serde_json::from_slice(&bytes).with_context(|| format!("POST {path}: bad JSON body"))
+    }
+
+    async fn ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let r = self.http.get(format!("{}/readyz", self.base)).send().await;
+            match r {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                _ if Instant::now() >= deadline => {
+                    bail!(
+                        "the bench server at {} was not ready within 60 s",
+                        self.base
+                    )
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+}
+
+async fn http_part(cli: &Cli, dir: &Path, calibration: &Calibration) -> anyhow::Result<S3Result> {
+    let token = token();
+    let server = ServerProcess::spawn(cli, &dir.join("s3-http.db"), &token)?;
+    let api = Api::new(&server.url, &token)?;
+    api.ready().await?;
+    let n = runs(cli);
+    let a = api.clone();
+    prefill(n, move |i| {
+        let a = a.clone();
+        async move {
+            let body = json!({
+                "graph": HTTP_GRAPH.0,
+                "thread_id": format!("s3-{i}"),
+                "input": { "counter": 0, "log": [] },
+            });
+            a.post("/v1/jobs", &body).await.map(drop)
+        }
+    })
+    .await
+    .context("cannot fill the queue")?;
+    let claimers = claimers(cli);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..claimers)
+        .map(|k| tokio::spawn(http_claimer(api.clone(), k, cli.durability.into())))
+        .collect();
+    let mut claimed = Vec::new();
+    for t in tasks {
+        claimed.push(t.await??);
+    }
+    let elapsed = started.elapsed();
+    server.stop()?;
+    let mut r = result(cli, "http", claimers, n, claimed, elapsed, 0.0, calibration);
+    let polls = r.claim_calls as f64;
+    r.calls_per_run = round((polls + 2.0 * r.runs as f64) / r.runs.max(1) as f64, 3);
+    Ok(r)
+}
+
+/// Polls as a remote worker until nothing is ready; each attempt is finished with a report
+/// of the terminal commit and an ack, the attempts of a poll concurrently.
+async fn http_claimer(api: Api, k: u32, durability: Durability) -> anyhow::Result<Claimed> {
+    let mut out = Claimed::default();
+    let worker_id = format!("s3-worker-{k}");
+    let poll = json!({
+        "worker_id": worker_id,
+        "protocol": PROTOCOL,
+        "graphs": [{ "name": HTTP_GRAPH.0, "version": HTTP_GRAPH.1 }],
+        "capacity": BATCH,
+        "max": BATCH,
+        "wait_ms": 0,
+    });
+    loop {
+        let t = Instant::now();
+        let resp = api.post("/v1/workers/poll", &poll).await?;
+        out.latencies_ns.push(t.elapsed().as_nanos() as u64);
+        let attempts = resp["attempts"]
+            .as_array()
+            .context("a poll answer without attempts")?
+            .clone();
+        if attempts.is_empty() {
+            return Ok(out);
+        }
+        let finishing: Vec<_> = attempts
+            .into_iter()
+            .map(|attempt| {
+                let api = api.clone();
+                let worker_id = worker_id.clone();
+                tokio::spawn(
+                    async move { finish_attempt(&api, &worker_id, &attempt, durability).await },
+                )
+            })
+            .collect();
+        for f in finishing {
+            let (run, done) = f.await??;
+            out.runs.push(run);
+            if let Err(e) = done {
+                out.failed += 1;
+                if out.problems.len() < 3 {
+                    out.problems.push(format!("finishing {run}: {e:#}"));
+                }
+            }
+        }
+    }
+}
+
+/// Reports the terminal commit of an attempt and acks it; the run's id, and whether it
+/// ended completed.
+async fn finish_attempt(
+    api: &Api,
+    worker_id: &str,
+    attempt: &Value,
+    durability: Durability,
+) -> anyhow::Result<(RunId, anyhow::Result<()>)> {
+    let fence: Fence =
+        serde_json::from_value(attempt["fence"].clone()).context("an attempt without a fence")?;
+    let done = async {
+        let thread = attempt["run"]["thread_id"]
+            .as_str()
+            .context("an attempt without a thread")?;
+        let head = attempt["image"]["thread"]["head"]
+            .as_u64()
+            .context("an attempt without the thread's head")?;
+        let commit = finish(ThreadId::new(thread)?, Seq(head), fence, durability);
+        api.post(
+            &format!("/v1/workers/{worker_id}/report-step"),
+            &json!({ "fence": fence, "commit": commit }),
+        )
+        .await?;
+        let ack = api
+            .post(
+                &format!("/v1/workers/{worker_id}/ack"),
+                &json!({ "fence": fence, "outcome": "finished" }),
+            )
+            .await?;
+        ensure!(
+            ack["status"] == "completed",
+            "the ack says the run is {}",
+            ack["status"]
+        );
+        Ok(())
+    }
+    .await;
+    Ok((fence.run_id, done))
+}
