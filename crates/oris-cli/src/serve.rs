@@ -85,6 +85,34 @@ pub struct ServeArgs {
     /// Off by default. Counted per server process.
     #[arg(long, value_name = "PER_SEC[/BURST]", value_parser = rate_limit)]
     pub rate_limit: Option<(u32, u32)>,
+    /// At most N runs of graph NAME execute at once (embedded pool and remote workers
+    /// together); repeat for several graphs. Exact within one server; servers sharing a
+    /// PostgreSQL database may overshoot by their concurrent claims.
+    #[arg(long = "graph-limit", value_name = "NAME=N", value_parser = graph_limit)]
+    pub graph_limits: Vec<(String, usize)>,
+    /// While N runs are queued, `POST /v1/jobs` answers 429 `queue_full` with Retry-After
+    /// (off by default).
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    pub max_queued: Option<usize>,
+}
+
+/// Parses a count of at least 1.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{s}` must be a whole number of at least 1")),
+    }
+}
+
+/// Parses `NAME=N` with N at least 1.
+fn graph_limit(s: &str) -> Result<(String, usize), String> {
+    let bad = || format!("`{s}` is not a graph limit (`NAME=N`, N at least 1)");
+    let (name, n) = s.split_once('=').ok_or_else(bad)?;
+    let n: usize = n.trim().parse().map_err(|_| bad())?;
+    if name.trim().is_empty() || n == 0 {
+        return Err(bad());
+    }
+    Ok((name.trim().to_owned(), n))
 }
 
 /// Parses `PER_SEC` or `PER_SEC/BURST`, both at least 1.
@@ -161,6 +189,12 @@ pub async fn serve(db: &str, args: ServeArgs) -> anyhow::Result<()> {
         .max_streams(args.max_streams);
     if let Some((per_second, burst)) = args.rate_limit {
         builder = builder.rate_limit(per_second, burst);
+    }
+    for (name, n) in &args.graph_limits {
+        builder = builder.graph_limit(name.clone(), *n);
+    }
+    if let Some(n) = args.max_queued {
+        builder = builder.max_queued(n);
     }
     if args.no_auth {
         builder = builder.auth(Auth::Disabled);
@@ -305,6 +339,14 @@ mod tests {
         }
         for bad in ["", "s", "1.5s", "10d", "-1s", "ms5"] {
             assert!(duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn graph_limits() {
+        assert_eq!(graph_limit("batch=4"), Ok(("batch".to_owned(), 4)));
+        for bad in ["", "batch", "batch=", "=4", "batch=0", "batch=-1", "batch=x"] {
+            assert!(graph_limit(bad).is_err(), "{bad}");
         }
     }
 
