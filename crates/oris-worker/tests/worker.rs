@@ -597,6 +597,8 @@ struct LossyProxy {
     url: String,
     /// The bodies of the report-steps seen, in order.
     reports: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// The answers to polls that carried attempts.
+    polls: Arc<Mutex<Vec<Value>>>,
     task: JoinHandle<()>,
 }
 
@@ -606,22 +608,34 @@ impl LossyProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let reports: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let polls: Arc<Mutex<Vec<Value>>> = Arc::default();
         let lose = Arc::new(lose);
         let http = reqwest::Client::new();
         let seen = reports.clone();
+        let answers = polls.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((conn, _)) = listener.accept().await else {
                     return;
                 };
-                let (upstream, lose, http, seen) =
-                    (upstream.clone(), lose.clone(), http.clone(), seen.clone());
+                let (upstream, lose, http, seen, answers) = (
+                    upstream.clone(),
+                    lose.clone(),
+                    http.clone(),
+                    seen.clone(),
+                    answers.clone(),
+                );
                 tokio::spawn(async move {
-                    let _ = proxy_connection(conn, &upstream, &lose, &http, &seen).await;
+                    let _ = proxy_connection(conn, &upstream, &lose, &http, &seen, &answers).await;
                 });
             }
         });
-        LossyProxy { url, reports, task }
+        LossyProxy {
+            url,
+            reports,
+            polls,
+            task,
+        }
     }
 }
 
@@ -638,6 +652,7 @@ async fn proxy_connection(
     lose: &[usize],
     http: &reqwest::Client,
     seen: &Mutex<Vec<Vec<u8>>>,
+    polls: &Mutex<Vec<Value>>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     loop {
@@ -690,6 +705,12 @@ async fn proxy_connection(
         let resp = req.send().await.map_err(std::io::Error::other)?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(std::io::Error::other)?;
+        if path.ends_with("/poll")
+            && let Ok(v) = serde_json::from_slice::<Value>(&bytes)
+            && v["attempts"].as_array().is_some_and(|a| !a.is_empty())
+        {
+            polls.lock().unwrap().push(v);
+        }
         if let Some(report) = report {
             let n = {
                 let mut seen = seen.lock().unwrap();
@@ -787,5 +808,123 @@ async fn a_report_whose_answer_was_lost_is_sent_again_and_recognised() {
     );
     let distinct: std::collections::BTreeSet<&Vec<u8>> = reports.iter().collect();
     assert_eq!(distinct.len(), reports.len() - 2);
+    running.stop().await.unwrap();
+}
+
+/// `wait` (waits up to 30 s for the event `paid`) → `done`.
+fn payment(probe: &Arc<Probe>) -> CompiledGraph<Doc> {
+    let (p1, p2) = (probe.clone(), probe.clone());
+    StateGraph::<Doc>::new("payment", "1")
+        .node("wait", move |_s: Doc, ctx| {
+            p1.entered.lock().unwrap().push("wait".into());
+            async move {
+                let paid: Option<String> =
+                    ctx.wait_for_event("paid", Duration::from_secs(30)).await?;
+                Ok::<_, NodeError>(
+                    DocUpdate::default().log(vec![format!("paid {}", paid.unwrap_or_default())]),
+                )
+            }
+        })
+        .node("done", move |_s: Doc, _ctx| {
+            p2.done.lock().unwrap().push("done".into());
+            async move { Ok(DocUpdate::default().log(vec!["done".into()])) }
+        })
+        .edge(START, "wait")
+        .edge("wait", "done")
+        .edge("done", END)
+        .compile()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_waiting_for_an_event_continues_on_a_worker_when_it_arrives() {
+    let probe = Arc::new(Probe::default());
+    let server = TestServer::start(vec![payment(&probe)], Auth::Disabled).await;
+    let worker = Worker::builder(&server.url)
+        .worker_id("w-events")
+        .graph(payment(&probe))
+        .build()
+        .unwrap();
+    let running = Running::spawn(worker);
+    server.create("payment", "invoice-1").await;
+    let job = server.status("invoice-1", "waiting").await;
+    assert_eq!(
+        job["lease"],
+        Value::Null,
+        "a waiting run is not leased: {job:#}"
+    );
+    let (status, body) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/jobs/invoice-1/events",
+            Some(json!({"name": "paid", "payload": "42 EUR"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let job = server.status("invoice-1", "completed").await;
+    assert_eq!(
+        job["values"]["log"],
+        json!(["paid 42 EUR", "done"]),
+        "{job:#}"
+    );
+    assert_eq!(probe.done("done"), 1);
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_continue_from_snapshots_the_worker_reported() {
+    let probe = Arc::new(Probe::default());
+    probe.gate.add_permits(2);
+    let server = TestServer::start(vec![gated(&probe)], Auth::Disabled).await;
+    // Watches the attempts the worker receives.
+    let proxy = LossyProxy::start(server.url.clone(), Vec::new()).await;
+    // A snapshot at every superstep: the second run's image starts at one, without the
+    // log before it.
+    let worker = Worker::builder(&proxy.url)
+        .worker_id("w-snap")
+        .engine_options(oris_runtime::EngineOptions {
+            snapshot_every: 1,
+            ..Default::default()
+        })
+        .graph(gated(&probe))
+        .build()
+        .unwrap();
+    let running = Running::spawn(worker);
+    server.create("gated", "twice").await;
+    server.status("twice", "completed").await;
+    // The same thread again: a new run on top of the first one's state.
+    server.create("gated", "twice").await;
+    let job = server
+        .until("twice", "completed twice", |j| {
+            j["status"] == "completed"
+                && j["values"]["log"].as_array().is_some_and(|l| l.len() == 6)
+        })
+        .await;
+    assert_eq!(
+        job["values"]["log"],
+        json!(["a", "slow", "c", "a", "slow", "c"]),
+        "{job:#}"
+    );
+    assert_eq!(job["values"]["steps"], json!(["charged", "charged"]));
+    assert_eq!(probe.done("c"), 2);
+    let timeline = server.timeline("twice").await;
+    let seqs: Vec<u64> = timeline
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    // The second attempt's image: the snapshot the first run's worker reported, and the
+    // log from it on only.
+    let polls = proxy.polls.lock().unwrap().clone();
+    assert_eq!(polls.len(), 2, "one attempt per run: {polls:#?}");
+    let image = &polls[1]["attempts"][0]["image"];
+    let at = image["snapshot"]["at_seq"]
+        .as_u64()
+        .expect("a snapshot in the image");
+    let first = image["events"][0]["seq"].as_u64().unwrap();
+    assert!(
+        at > 1 && first == at,
+        "snapshot at {at}, events from {first}: {image:#}"
+    );
     running.stop().await.unwrap();
 }
