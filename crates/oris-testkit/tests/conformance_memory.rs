@@ -217,7 +217,8 @@ mod guarded {
 }
 
 /// `MemoryStore::load_image` / `forget_thread`: a remote worker's local copy of a claimed
-/// thread, loaded from an image that starts at the latest snapshot.
+/// thread, loaded from an image that starts at the latest snapshot (or at the active run's
+/// first event, when that is earlier).
 mod images {
     use std::time::Duration;
 
@@ -225,20 +226,30 @@ mod images {
     use oris_core::protocol::ThreadImage;
     use oris_core::store::{Commit, Error, Fence, MemoryStore, RunRecord, Store};
     use oris_testkit::build::{self, GRAPH, GRAPH_VERSION};
+    use oris_testkit::writer::Writer;
 
     const HOUR: Duration = Duration::from_secs(3600);
 
     /// The image a server sends for `t`: the thread, `runs`, the latest snapshot and the
-    /// log from its seq (inclusive), interrupts and deliveries.
+    /// log from the earlier of its seq and the active run's first seq, interrupts and
+    /// deliveries.
     async fn image_of(s: &MemoryStore, t: &ThreadId, runs: &[RunId]) -> ThreadImage {
         let thread = s.thread(t).await.unwrap().expect("the thread exists");
         let snapshot = s.snapshot(t, thread.head).await.unwrap();
-        let from = snapshot.as_ref().map_or(Seq::ZERO, |s| Seq(s.at_seq.0 - 1));
-        let events = s.events(t, from, usize::MAX).await.unwrap();
         let mut records = Vec::new();
         for id in runs {
             records.push(s.run(*id).await.unwrap().expect("the run exists"));
         }
+        let active_first = thread
+            .active_run
+            .and_then(|a| records.iter().find(|r| r.run_id == a))
+            .map(|r| r.first_seq);
+        let from = match (&snapshot, active_first) {
+            (Some(sn), Some(f)) => sn.at_seq.min(f),
+            (Some(sn), None) => sn.at_seq,
+            (None, _) => Seq(1),
+        };
+        let events = s.events(t, Seq(from.0 - 1), usize::MAX).await.unwrap();
         ThreadImage {
             thread,
             runs: records,
@@ -249,12 +260,28 @@ mod images {
         }
     }
 
-    /// A thread on `source` whose queued run is claimed (lease of an hour from the wall
-    /// clock) and driven under that lease to head 6: events 1–4 (an interrupt raised at 4),
-    /// a snapshot at 5, an event at 6, and a pending delivery. Returns the run (as
-    /// claimed), its fence and the raised interrupt.
-    async fn leased_thread(source: &MemoryStore, t: &ThreadId) -> (RunRecord, Fence, InterruptId) {
-        let q = build::queued_run(t, GRAPH, GRAPH_VERSION, build::at(1), 0, None);
+    /// A thread on `source` whose first run (driven in-process) wrote events 1–4, a
+    /// snapshot at 5 and ended at 6; its second run, queued at 7, is claimed (lease of an
+    /// hour from the wall clock) and driven under that lease: `run_started` at 7, an
+    /// interrupt raised at 8, an event at 9; and a pending delivery. Returns the first run's
+    /// id, the second run (as claimed), its fence and the raised interrupt.
+    async fn leased_thread(
+        source: &MemoryStore,
+        t: &ThreadId,
+    ) -> (RunId, RunRecord, Fence, InterruptId) {
+        let mut w = Writer::start_graph(source, t, GRAPH).await;
+        let first = w.run.run_id;
+        w.steps(source, 3).await;
+        let c = Commit {
+            snapshot: Some(build::snapshot(first, 5, r#"{"step":5}"#)),
+            ..build::append(t, 4, vec![build::step(first, 5)])
+        };
+        w.commit(source, c).await;
+        w.complete(source).await;
+        let q = RunRecord {
+            first_seq: Seq(7),
+            ..build::queued_run(t, GRAPH, GRAPH_VERSION, build::at(1), 0, None)
+        };
         source.commit(build::create(&q, vec![])).await.unwrap();
         let claimed = source
             .claim(&build::claim_request("w1", Timestamp::now(), HOUR, 1))
@@ -266,24 +293,19 @@ mod images {
         let r = run.run_id;
         let interrupt = InterruptId::generate();
         let commits = [
-            build::append(t, 0, vec![build::started(&q, 1)]),
-            build::append(t, 1, vec![build::step(r, 2), build::step(r, 3)]),
+            build::append(t, 6, vec![build::started(&q, 7)]),
             build::append(
                 t,
-                3,
+                7,
                 vec![build::interrupt_raised(
                     r,
-                    4,
+                    8,
                     "a",
                     interrupt,
                     r#"{"ask":1}"#,
                 )],
             ),
-            Commit {
-                snapshot: Some(build::snapshot(r, 5, r#"{"step":5}"#)),
-                ..build::append(t, 4, vec![build::step(r, 5)])
-            },
-            build::append(t, 5, vec![build::step(r, 6)]),
+            build::append(t, 8, vec![build::step(r, 9)]),
         ];
         for c in commits {
             source.commit(build::fenced(c, f)).await.unwrap();
@@ -293,41 +315,50 @@ mod images {
             .await
             .unwrap();
         let run = source.run(r).await.unwrap().unwrap();
-        (run, f, interrupt)
+        (first, run, f, interrupt)
     }
 
     #[tokio::test]
     async fn commits_continue_on_a_loaded_image() {
         let source = MemoryStore::new();
         let t = build::thread_id("image-continue");
-        let (run, f, interrupt) = leased_thread(&source, &t).await;
+        let (first, run, f, interrupt) = leased_thread(&source, &t).await;
         let r = run.run_id;
-        let image = image_of(&source, &t, &[r]).await;
-        assert_eq!(image.events.first().map(|e| e.seq), Some(Seq(5)));
+        let image = image_of(&source, &t, &[r, first]).await;
+        assert_eq!(
+            image.events.first().map(|e| e.seq),
+            Some(Seq(5)),
+            "the image starts at the snapshot"
+        );
 
         let local = MemoryStore::new();
         local.load_image(image.clone()).unwrap();
         assert_eq!(local.thread(&t).await.unwrap(), Some(image.thread.clone()));
         assert_eq!(local.run(r).await.unwrap(), Some(run.clone()));
-        assert_eq!(local.snapshot(&t, Seq(6)).await.unwrap(), image.snapshot);
+        assert_eq!(local.snapshot(&t, Seq(9)).await.unwrap(), image.snapshot);
         assert_eq!(local.snapshot(&t, Seq(4)).await.unwrap(), None);
         assert_eq!(
             local.events(&t, Seq::ZERO, 100).await.unwrap(),
             image.events
         );
         assert_eq!(
-            local.events(&t, Seq(5), 100).await.unwrap(),
-            vec![build::step(r, 6)],
-            "reading after the snapshot's seq"
+            local.events(&t, Seq(6), 2).await.unwrap(),
+            image.events[2..4].to_vec(),
+            "reading the active run's opening events"
         );
-        assert_eq!(local.events(&t, Seq(6), 100).await.unwrap(), vec![]);
+        assert_eq!(
+            local.events(&t, Seq(8), 100).await.unwrap(),
+            vec![build::step(r, 9)],
+            "reading after an inner seq"
+        );
+        assert_eq!(local.events(&t, Seq(9), 100).await.unwrap(), vec![]);
         assert_eq!(
             local
                 .interrupt(interrupt)
                 .await
                 .unwrap()
                 .map(|i| i.raised_seq),
-            Some(Seq(4))
+            Some(Seq(8))
         );
         assert_eq!(
             local.deliveries(&t, true).await.unwrap(),
@@ -336,16 +367,16 @@ mod images {
         );
 
         // The next commit, fenced by the loaded run's lease, lands after the image's head.
-        let c = build::fenced(build::append(&t, 6, vec![build::step(r, 7)]), f);
-        assert_eq!(local.commit(c).await.unwrap().head, Seq(7));
+        let c = build::fenced(build::append(&t, 9, vec![build::step(r, 10)]), f);
+        assert_eq!(local.commit(c).await.unwrap().head, Seq(10));
         assert_eq!(
-            local.events(&t, Seq(6), 100).await.unwrap(),
-            vec![build::step(r, 7)]
+            local.events(&t, Seq(9), 100).await.unwrap(),
+            vec![build::step(r, 10)]
         );
-        assert_eq!(local.thread(&t).await.unwrap().unwrap().head, Seq(7));
+        assert_eq!(local.thread(&t).await.unwrap().unwrap().head, Seq(10));
         // A stale lease is refused as on the server.
         let stale = build::fenced(
-            build::append(&t, 7, vec![build::step(r, 8)]),
+            build::append(&t, 10, vec![build::step(r, 11)]),
             build::fence(r, f.epoch - 1),
         );
         assert!(matches!(
@@ -354,27 +385,27 @@ mod images {
         ));
         // A snapshot and a status change work on the loaded copy too.
         let finish = Commit {
-            snapshot: Some(build::snapshot(r, 8, r#"{"step":8}"#)),
-            ..build::finish(&t, 7, r, build::status_completed(8), vec![])
+            snapshot: Some(build::snapshot(r, 11, r#"{"step":11}"#)),
+            ..build::finish(&t, 10, r, build::status_completed(11), vec![])
         };
         local.commit(build::fenced(finish, f)).await.unwrap();
         assert_eq!(
-            local.snapshot(&t, Seq(8)).await.unwrap().map(|s| s.at_seq),
-            Some(Seq(8))
+            local.snapshot(&t, Seq(11)).await.unwrap().map(|s| s.at_seq),
+            Some(Seq(11))
         );
         assert_eq!(local.thread(&t).await.unwrap().unwrap().active_run, None);
         // The source is untouched.
-        assert_eq!(source.thread(&t).await.unwrap().unwrap().head, Seq(6));
+        assert_eq!(source.thread(&t).await.unwrap().unwrap().head, Seq(9));
     }
 
     #[tokio::test]
     async fn a_loaded_run_is_in_the_claim_index() {
         let source = MemoryStore::new();
         let t = build::thread_id("image-claims");
-        let (run, f, _) = leased_thread(&source, &t).await;
+        let (first, run, f, _) = leased_thread(&source, &t).await;
         let local = MemoryStore::new();
         local
-            .load_image(image_of(&source, &t, &[run.run_id]).await)
+            .load_image(image_of(&source, &t, &[run.run_id, first]).await)
             .unwrap();
         let now = Timestamp::now();
         let held = local
@@ -400,12 +431,12 @@ mod images {
     async fn a_new_image_replaces_the_old_and_forget_drops_it() {
         let source = MemoryStore::new();
         let t = build::thread_id("image-replace");
-        let (run, f, interrupt) = leased_thread(&source, &t).await;
+        let (first, run, f, interrupt) = leased_thread(&source, &t).await;
         let r = run.run_id;
-        let image = image_of(&source, &t, &[r]).await;
+        let image = image_of(&source, &t, &[r, first]).await;
         let local = MemoryStore::new();
         local.load_image(image.clone()).unwrap();
-        let c = build::fenced(build::append(&t, 6, vec![build::step(r, 7)]), f);
+        let c = build::fenced(build::append(&t, 9, vec![build::step(r, 10)]), f);
         local.commit(c).await.unwrap();
         local
             .deliver(&t, "local", build::payload("{}"), None, build::at(9))
@@ -413,15 +444,16 @@ mod images {
             .unwrap();
 
         local.load_image(image.clone()).unwrap();
-        assert_eq!(local.thread(&t).await.unwrap().unwrap().head, Seq(6));
-        assert_eq!(local.events(&t, Seq(6), 100).await.unwrap(), vec![]);
+        assert_eq!(local.thread(&t).await.unwrap().unwrap().head, Seq(9));
+        assert_eq!(local.events(&t, Seq(9), 100).await.unwrap(), vec![]);
         assert_eq!(local.deliveries(&t, false).await.unwrap(), image.deliveries);
 
         let other = build::thread_id("image-other");
-        let w = oris_testkit::writer::Writer::start(&local, "image-other").await;
+        let w = Writer::start(&local, "image-other").await;
         assert!(local.forget_thread(&t));
         assert_eq!(local.thread(&t).await.unwrap(), None);
         assert_eq!(local.run(r).await.unwrap(), None);
+        assert_eq!(local.run(first).await.unwrap(), None);
         assert_eq!(local.interrupt(interrupt).await.unwrap(), None);
         assert_eq!(local.events(&t, Seq::ZERO, 100).await.unwrap(), vec![]);
         assert_eq!(local.snapshot(&t, Seq(100)).await.unwrap(), None);
@@ -447,15 +479,16 @@ mod images {
     async fn a_broken_image_is_refused_and_changes_nothing() {
         let source = MemoryStore::new();
         let t = build::thread_id("image-broken");
-        let (run, _, _) = leased_thread(&source, &t).await;
-        let good = image_of(&source, &t, &[run.run_id]).await;
+        let (first, run, _, _) = leased_thread(&source, &t).await;
+        let good = image_of(&source, &t, &[run.run_id, first]).await;
         let local = MemoryStore::new();
 
         let mut gap = good.clone();
-        gap.events[1].seq = Seq(7);
-        gap.thread.head = Seq(7);
+        gap.events[1].seq = Seq(11);
+        gap.thread.head = Seq(11);
+        gap.events.truncate(2);
         let mut short = good.clone();
-        short.thread.head = Seq(9);
+        short.thread.head = Seq(12);
         let mut snapshot_outside = good.clone();
         if let Some(s) = &mut snapshot_outside.snapshot {
             s.at_seq = Seq(3);
@@ -465,13 +498,23 @@ mod images {
         let mut foreign_run = good.clone();
         foreign_run.runs[0].thread_id = build::thread_id("elsewhere");
         let mut no_active = good.clone();
-        no_active.runs.clear();
+        no_active.runs.remove(0);
+        let mut no_snapshot_run = good.clone();
+        no_snapshot_run.runs.remove(1);
         let mut twice = good.clone();
         twice.runs.push(twice.runs[0].clone());
         let mut foreign_delivery = good.clone();
         foreign_delivery.deliveries[0].thread_id = build::thread_id("elsewhere");
         let mut foreign_interrupt = good.clone();
         foreign_interrupt.interrupts[0].thread_id = build::thread_id("elsewhere");
+        // The snapshot inside the active run, the log sent from the snapshot only: the
+        // run's `run_started` is missing.
+        let mut no_opening = good.clone();
+        if let Some(s) = &mut no_opening.snapshot {
+            s.at_seq = Seq(8);
+            s.run_id = run.run_id;
+        }
+        no_opening.events.retain(|e| e.seq >= Seq(8));
 
         let cases = [
             (gap, "a gap in the events", true),
@@ -480,9 +523,11 @@ mod images {
             (no_base, "a log after seq 1 without a snapshot", false),
             (foreign_run, "a run of another thread", false),
             (no_active, "the active run missing", false),
+            (no_snapshot_run, "the snapshot's run missing", false),
             (twice, "a run twice", false),
             (foreign_delivery, "a delivery of another thread", false),
             (foreign_interrupt, "an interrupt of another thread", false),
+            (no_opening, "the active run's run_started missing", false),
         ];
         for (image, what, corrupt) in cases {
             let e = local.load_image(image).expect_err(what);
@@ -500,10 +545,20 @@ mod images {
             assert_eq!(local.run(run.run_id).await.unwrap(), None, "{what}");
         }
 
+        // The same snapshot inside the active run, with the log from the run's first seq:
+        // accepted.
+        let mut opening = good.clone();
+        if let Some(s) = &mut opening.snapshot {
+            s.at_seq = Seq(8);
+            s.run_id = run.run_id;
+        }
+        opening.events.retain(|e| e.seq >= Seq(7));
+        local.load_image(opening).unwrap();
+
         // A pruned log (starting with its history_pruned base) needs no snapshot.
         let pruned_source = MemoryStore::new();
         let p = build::thread_id("image-pruned");
-        let mut w = oris_testkit::writer::Writer::start(&pruned_source, "image-pruned").await;
+        let mut w = Writer::start(&pruned_source, "image-pruned").await;
         w.steps(&pruned_source, 4).await;
         let first_run = w.run.run_id;
         w.complete(&pruned_source).await;

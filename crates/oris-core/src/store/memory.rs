@@ -185,12 +185,18 @@ impl MemoryStore {
     /// run records are stored as they are (a claimed run keeps its lease and epoch, so
     /// commits fenced by that lease succeed).
     ///
+    /// The image must hold the active run's opening events (its `run_started`): an engine
+    /// folding the thread from the snapshot reads the run's settings there. So when the
+    /// snapshot lies inside the active run, the log must start at the run's first seq, not
+    /// at the snapshot's.
+    ///
     /// # Errors
     /// [`Error::Corrupt`] when the events are not contiguous; [`Error::InvalidCommit`] when
     /// the log does not end at the thread's head, the snapshot is outside the log, the log
-    /// starts after seq 1 with neither a snapshot nor a `history_pruned` base, a run,
-    /// interrupt or delivery belongs to another thread (or its id is held by one here), the
-    /// active run is missing from the runs, or an id appears twice. Nothing changes then.
+    /// starts after seq 1 with neither a snapshot nor a `history_pruned` base, the log
+    /// starts after the active run's first event, the active run or the snapshot's run is
+    /// missing from the runs, a run, interrupt or delivery belongs to another thread (or
+    /// its id is held by one here), or an id appears twice. Nothing changes then.
     pub fn load_image(&self, image: ThreadImage) -> Result<()> {
         let mut inner = self.lock();
         check_image(&inner, &image)?;
@@ -296,6 +302,13 @@ fn check_image(inner: &Inner, image: &ThreadImage) -> Result<()> {
                 s.at_seq
             )));
         }
+        // A fold from the snapshot reads the record of the run that wrote it.
+        Some(s) if !image.runs.iter().any(|r| r.run_id == s.run_id) => {
+            return Err(invalid(format!(
+                "the snapshot's run {} is not among the runs",
+                s.run_id
+            )));
+        }
         Some(_) => {}
         None if first > Seq(1)
             && !matches!(
@@ -329,12 +342,22 @@ fn check_image(inner: &Inner, image: &ThreadImage) -> Result<()> {
             )));
         }
     }
-    if let Some(active) = thread.active_run
-        && !run_ids.contains(&active)
-    {
-        return Err(invalid(format!(
-            "the thread's active run {active} is not among its runs"
-        )));
+    if let Some(active) = thread.active_run {
+        let Some(run) = image.runs.iter().find(|r| r.run_id == active) else {
+            return Err(invalid(format!(
+                "the thread's active run {active} is not among its runs"
+            )));
+        };
+        // A fold from the snapshot reads the active run's settings from its opening
+        // events (`run_started`, after `run_rebased` for a rebased run).
+        if run.first_seq < first {
+            return Err(invalid(format!(
+                "the log starts at seq {first}, after the first event of the active run \
+                 {active} (seq {}): the run's opening events must be in the image (send the \
+                 log from the earlier of the snapshot's seq and the run's first seq)",
+                run.first_seq
+            )));
+        }
     }
     let mut interrupt_ids = BTreeSet::new();
     for i in &image.interrupts {
