@@ -43,6 +43,10 @@ pub struct Cli {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub concurrency: Option<u32>,
 
+    /// S3: SIGKILL failover rounds (0 skips the failover part).
+    #[arg(long, default_value_t = 10)]
+    pub failover_rounds: u32,
+
     /// W4's loop length (supersteps per run).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub steps: u32,

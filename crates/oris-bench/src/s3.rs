@@ -1,7 +1,7 @@
-//! S3 of WORKLOADS.md, dispatch throughput: how many attempts per second the store, and the
-//! server's worker protocol over HTTP, hand out to concurrent claimers.
+//! S3 of WORKLOADS.md: dispatch throughput — how many attempts per second the store, and
+//! the server's worker protocol over HTTP, hand out to concurrent claimers — and failover.
 //!
-//! Both parts pre-fill `--runs` queued runs (default 4,000; not timed), then
+//! The two dispatch parts pre-fill `--runs` queued runs (default 4,000; not timed), then
 //! `--concurrency` claimers (default 4) take them in batches of [`BATCH`] until none is
 //! left, and finish every run they get with one fenced commit (`RunCompleted` and the
 //! status) — each run is dispatched exactly once, and a claimer asks again only when its
@@ -18,14 +18,23 @@
 //!
 //! Every run must be claimed once and end completed, otherwise it counts as wrong.
 //!
-//! The failover half of S3 (SIGKILL the worker holding a run mid-node, time until another
-//! completes it, re-executed nodes and steps) is not measured here.
+//! - `failover`: `oris-crash serve` (SQLite, no embedded pool, a 2 s lease renewed every
+//!   0.5 s) and two `oris-crash worker` processes executing its `chain` graph (`a → b → c`,
+//!   two recorded steps per node, every execution marked in a shared file). Per round
+//!   (`--failover-rounds`, default 10): a run whose node `b` sleeps a minute between its
+//!   recorded steps on its first execution; once `b`'s first step is recorded, the lease
+//!   holder gets SIGKILL; the time from the kill to the run completed (long-poll `wait`) is
+//!   the failover time; then a fresh worker replaces the dead one. Completed nodes executed
+//!   again (`exec` marks beyond one per node) and recorded step bodies run again must both
+//!   be 0; the final state must be `a, b, c`. The `oris-crash` binary is found next to this
+//!   one (`cargo build --release -p oris-crash -p oris-bench`) or at
+//!   `ORIS_BENCH_CRASH_BIN`; without it the part is skipped with a message.
 
 use std::collections::HashSet;
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
@@ -80,30 +89,33 @@ pub struct S3Result {
     pub runs: u64,
     /// Runs not claimed exactly once or not completed at the end.
     pub wrong_runs: u64,
-    /// Wall time of the drain, in seconds.
+    /// Wall time of the drain (failover: of every round), in seconds.
     pub seconds: f64,
-    /// Runs claimed and finished per second (= `claims_per_sec`).
-    pub runs_per_sec: f64,
-    /// Attempts claimed per second.
-    pub claims_per_sec: f64,
-    /// Claim calls (polls) made, the empty last ones included.
+    /// Runs claimed and finished per second (= `claims_per_sec`); `null` for failover.
+    pub runs_per_sec: Option<f64>,
+    /// Attempts claimed per second; `null` for failover.
+    pub claims_per_sec: Option<f64>,
+    /// Claim calls (polls) made, the empty last ones included; 0 for failover.
     pub claim_calls: u64,
-    /// Median latency of a claim call (poll), in milliseconds.
+    /// Median latency of a claim call (poll), in milliseconds; failover: of the failover.
     pub p50_ms: Option<f64>,
     /// 95th percentile, in milliseconds.
     pub p95_ms: Option<f64>,
     /// 99th percentile, in milliseconds.
     pub p99_ms: Option<f64>,
-    /// Requests (or store calls) per run: claim share, finishing commit, ack.
-    pub calls_per_run: f64,
-    /// Failover, median time from the kill to the run completed elsewhere (ms); not
-    /// measured by this part.
+    /// Requests (or store calls) per run: claim share, finishing commit, ack; `null` for
+    /// failover.
+    pub calls_per_run: Option<f64>,
+    /// Failover: the lease TTL, in milliseconds (`null` for the dispatch parts).
+    pub lease_ms: Option<u64>,
+    /// Failover: median time from the SIGKILL to the run completed by the other worker, in
+    /// milliseconds (`null` for the dispatch parts).
     pub failover_p50_ms: Option<f64>,
-    /// Failover, 95th percentile (ms); not measured by this part.
+    /// Failover: 95th percentile, in milliseconds.
     pub failover_p95_ms: Option<f64>,
-    /// Completed nodes executed again after a failover; not measured by this part.
+    /// Failover: completed nodes executed again, over every round (must be 0).
     pub reexecuted_nodes: Option<u64>,
-    /// Recorded steps executed again after a failover; not measured by this part.
+    /// Failover: recorded step bodies executed again, over every round (must be 0).
     pub reexecuted_steps: Option<u64>,
     /// The machine's durable commit rate measured before the workloads.
     pub durable_commits_per_sec: f64,
@@ -125,18 +137,23 @@ struct Claimed {
 /// If a store or the server cannot be opened, started or read.
 pub async fn run(cli: &Cli, dir: &Path, calibration: &Calibration) -> anyhow::Result<bool> {
     let mut correct = true;
-    for part in [
-        store_part(cli, dir, calibration).await?,
-        http_part(cli, dir, calibration).await?,
-    ] {
+    let mut report = |part: S3Result| {
         if part.wrong_runs > 0 {
             correct = false;
             eprintln!(
-                "oris-bench: S3 {}: {} of {} runs were not claimed once and completed",
+                "oris-bench: S3 {}: {} of {} runs went wrong (not claimed once and completed, \
+                 or, failing over, executed a completed node or recorded step again)",
                 part.part, part.wrong_runs, part.runs
             );
         }
         print(cli.json, &part);
+    };
+    report(store_part(cli, dir, calibration).await?);
+    report(http_part(cli, dir, calibration).await?);
+    if cli.failover_rounds > 0
+        && let Some(part) = failover_part(cli, dir, calibration).await?
+    {
+        report(part);
     }
     Ok(correct)
 }
@@ -146,28 +163,40 @@ fn print(json: bool, r: &S3Result) {
         serde_json::to_string(r).expect("invariant: results serialize")
     } else {
         let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
-        format!(
-            "S3 {:<5} {:<7} {:<7} {} claimers × {}: {} runs in {:.2} s = {:.0} claims/s \
-             (claim p50 {} ms, p95 {} ms, p99 {} ms; {} claim calls; {:.2} calls/run){}",
-            r.part,
-            r.backend,
-            r.durability,
-            r.concurrency,
-            r.claim_batch,
-            r.runs,
-            r.seconds,
-            r.claims_per_sec,
-            ms(r.p50_ms),
-            ms(r.p95_ms),
-            ms(r.p99_ms),
-            r.claim_calls,
-            r.calls_per_run,
-            if r.wrong_runs > 0 {
-                format!("  WRONG: {}", r.wrong_runs)
-            } else {
-                String::new()
-            }
-        )
+        let wrong = if r.wrong_runs > 0 {
+            format!("  WRONG: {}", r.wrong_runs)
+        } else {
+            String::new()
+        };
+        match (r.claims_per_sec, r.calls_per_run) {
+            (Some(rate), Some(calls)) => format!(
+                "S3 {:<8} {:<7} {:<7} {} claimers × {}: {} runs in {:.2} s = {rate:.0} \
+                 claims/s (claim p50 {} ms, p95 {} ms, p99 {} ms; {} claim calls; {calls:.2} \
+                 calls/run){wrong}",
+                r.part,
+                r.backend,
+                r.durability,
+                r.concurrency,
+                r.claim_batch,
+                r.runs,
+                r.seconds,
+                ms(r.p50_ms),
+                ms(r.p95_ms),
+                ms(r.p99_ms),
+                r.claim_calls,
+            ),
+            _ => format!(
+                "S3 {:<8} sqlite  sync    {} kills, lease {} ms: failover p50 {} ms, p95 {} ms; \
+                 re-executed nodes {}, steps {}{wrong}",
+                r.part,
+                r.runs,
+                r.lease_ms.unwrap_or(0),
+                ms(r.failover_p50_ms),
+                ms(r.failover_p95_ms),
+                r.reexecuted_nodes.unwrap_or(0),
+                r.reexecuted_steps.unwrap_or(0),
+            ),
+        }
     };
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
@@ -183,7 +212,6 @@ fn durability_name(d: Durability) -> &'static str {
 }
 
 /// The result line of a part from the claimers' samples.
-#[allow(clippy::too_many_arguments)]
 fn result(
     cli: &Cli,
     part: &'static str,
@@ -191,7 +219,6 @@ fn result(
     expected: u64,
     claimed: Vec<Claimed>,
     elapsed: Duration,
-    calls_per_run: f64,
     calibration: &Calibration,
 ) -> S3Result {
     let mut seen = HashSet::new();
@@ -231,13 +258,14 @@ fn result(
         runs,
         wrong_runs: wrong,
         seconds: round(secs, 3),
-        runs_per_sec: round(rate, 1),
-        claims_per_sec: round(rate, 1),
+        runs_per_sec: Some(round(rate, 1)),
+        claims_per_sec: Some(round(rate, 1)),
         claim_calls: latencies.len() as u64,
         p50_ms: ms(50.0),
         p95_ms: ms(95.0),
         p99_ms: ms(99.0),
-        calls_per_run: round(calls_per_run, 3),
+        calls_per_run: None,
+        lease_ms: None,
         failover_p50_ms: None,
         failover_p95_ms: None,
         reexecuted_nodes: None,
@@ -377,18 +405,12 @@ async fn store_part(cli: &Cli, dir: &Path, calibration: &Calibration) -> anyhow:
         claimed.push(t.await??);
     }
     let elapsed = started.elapsed();
-    let mut r = result(
-        cli,
-        "store",
-        claimers,
-        n,
-        claimed,
-        elapsed,
-        0.0,
-        calibration,
-    );
+    let mut r = result(cli, "store", claimers, n, claimed, elapsed, calibration);
     let claim_calls = r.claim_calls as f64;
-    r.calls_per_run = round((claim_calls + r.runs as f64) / r.runs.max(1) as f64, 3);
+    r.calls_per_run = Some(round(
+        (claim_calls + r.runs as f64) / r.runs.max(1) as f64,
+        3,
+    ));
     // Every run ended completed: none is left unfinished.
     let unfinished = store
         .runs(&RunFilter {
@@ -625,9 +647,12 @@ async fn http_part(cli: &Cli, dir: &Path, calibration: &Calibration) -> anyhow::
     }
     let elapsed = started.elapsed();
     server.stop()?;
-    let mut r = result(cli, "http", claimers, n, claimed, elapsed, 0.0, calibration);
+    let mut r = result(cli, "http", claimers, n, claimed, elapsed, calibration);
     let polls = r.claim_calls as f64;
-    r.calls_per_run = round((polls + 2.0 * r.runs as f64) / r.runs.max(1) as f64, 3);
+    r.calls_per_run = Some(round(
+        (polls + 2.0 * r.runs as f64) / r.runs.max(1) as f64,
+        3,
+    ));
     Ok(r)
 }
 
@@ -716,4 +741,422 @@ async fn finish_attempt(
     }
     .await;
     Ok((fence.run_id, done))
+}
+
+// --- Failover ---------------------------------------------------------------------------
+
+/// Lease TTL of the failover server.
+const FAILOVER_LEASE_MS: u64 = 2_000;
+/// Heartbeat interval it tells its workers.
+const FAILOVER_HEARTBEAT_MS: u64 = 500;
+/// How long node `b` sleeps on its first execution: far longer than any failover.
+const SLOW_NODE_MS: u64 = 60_000;
+/// How long a process may take to start, or a round to reach a state, on a loaded machine.
+const SLOW: Duration = Duration::from_secs(30);
+/// Where to find `oris-crash` when it is not next to this binary.
+pub const CRASH_BIN_ENV: &str = "ORIS_BENCH_CRASH_BIN";
+
+/// The `oris-crash` binary: `ORIS_BENCH_CRASH_BIN`, or next to this binary.
+fn crash_bin() -> Option<PathBuf> {
+    let path = match std::env::var_os(CRASH_BIN_ENV) {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe().ok()?.parent()?.join("oris-crash"),
+    };
+    path.is_file().then_some(path)
+}
+
+/// A child process of the failover part: stdout lines on a channel, stderr to a log file,
+/// killed when dropped.
+#[derive(Debug)]
+struct Proc {
+    name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(
+        bin: &Path,
+        name: &str,
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> anyhow::Result<Proc> {
+        let log = dir.join(format!("{name}.log"));
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .env("RUST_LOG", "warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+            lines,
+            log,
+        })
+    }
+
+    /// The rest of the first stdout line starting with `prefix`.
+    fn line(&mut self, prefix: &str) -> anyhow::Result<String> {
+        let deadline = Instant::now() + SLOW;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    if let Some(rest) = l.strip_prefix(prefix) {
+                        return Ok(rest.trim().to_owned());
+                    }
+                }
+                Err(_) => bail!(
+                    "{} printed no `{prefix}` line; its log:\n{}",
+                    self.name,
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An admin token of the form the server accepts: `oris_<12 lowercase alnum>_<40 alnum>`.
+fn crash_token() -> String {
+    use std::hash::{BuildHasher as _, RandomState};
+    let hex = |n: usize| -> String {
+        let mut out = String::new();
+        while out.len() < n {
+            out.push_str(&format!(
+                "{:016x}",
+                RandomState::new().hash_one((Instant::now(), out.len()))
+            ));
+        }
+        out.truncate(n);
+        out
+    };
+    format!("oris_{}_{}", hex(12), hex(40))
+}
+
+impl Api {
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header(reqwest::header::AUTHORIZATION, &*self.auth)
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.with_context(|| format!("GET {path}"))?;
+        ensure!(
+            status.is_success(),
+            "GET {path}: HTTP {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        serde_json::from_slice(&bytes).with_context(|| format!("GET {path}: bad JSON body"))
+    }
+
+    /// Polls `path` every 10 ms until `done` accepts its answer, for at most `within`.
+    async fn until(
+        &self,
+        path: &str,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let v = self.get(path).await?;
+            if done(&v) {
+                return Ok(v);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{what}: not within {within:?}; last answer: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The failover cluster: a server and its two live workers.
+struct Cluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    url: String,
+    token: String,
+    api: Api,
+    _server: Proc,
+    workers: Vec<(String, Proc)>,
+    started: u32,
+}
+
+impl Cluster {
+    async fn start(bin: PathBuf, dir: PathBuf) -> anyhow::Result<Cluster> {
+        let token = crash_token();
+        let db = dir.join("oris.db");
+        crate::calibrate::remove_db(&db);
+        let _ = std::fs::remove_file(dir.join("marks"));
+        let db_arg = db.to_str().context("the bench directory is not UTF-8")?;
+        let (lease, heartbeat) = (
+            FAILOVER_LEASE_MS.to_string(),
+            FAILOVER_HEARTBEAT_MS.to_string(),
+        );
+        let mut server = Proc::spawn(
+            &bin,
+            "server",
+            &dir,
+            &[
+                "serve",
+                "--db",
+                db_arg,
+                "--token",
+                &token,
+                "--lease-ms",
+                &lease,
+                "--heartbeat-ms",
+                &heartbeat,
+                "--poll-ms",
+                "100",
+            ],
+            &[],
+        )?;
+        let url = server.line("LISTENING ")?;
+        let api = Api::new(&url, &token)?;
+        let mut c = Cluster {
+            bin,
+            dir,
+            url,
+            token,
+            api,
+            _server: server,
+            workers: Vec::new(),
+            started: 0,
+        };
+        c.add_worker().await?;
+        c.add_worker().await?;
+        Ok(c)
+    }
+
+    /// Starts a worker and waits until the server counts it active.
+    async fn add_worker(&mut self) -> anyhow::Result<()> {
+        let id = format!("s3-w{}", self.started);
+        self.started += 1;
+        let marks = self.dir.join("marks");
+        let mut p = Proc::spawn(
+            &self.bin,
+            &id,
+            &self.dir,
+            &[
+                "worker",
+                "--server",
+                &self.url,
+                "--token",
+                &self.token,
+                "--worker-id",
+                &id,
+                "--capacity",
+                "1",
+            ],
+            &[("ORIS_CRASH_MARKS", &marks)],
+        )?;
+        ensure!(p.line("WORKER ")? == id, "worker {id} announced another id");
+        self.workers.push((id.clone(), p));
+        self.api
+            .until("/v1/workers", &format!("worker {id} active"), SLOW, |v| {
+                v["workers"].as_array().is_some_and(|ws| {
+                    ws.iter()
+                        .any(|w| w["worker_id"] == id.as_str() && w["state"] == "active")
+                })
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// `(kind, node, step)` of every mark of `thread`: `enter`, `fail`, `step`, `exec`.
+    fn marks(&self, thread: &str) -> Vec<(String, String, Option<String>)> {
+        std::fs::read_to_string(self.dir.join("marks"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (f.len() >= 6 && f[1] == thread).then(|| {
+                    let step = (f[0] == "step").then(|| f[3].to_owned());
+                    (f[0].to_owned(), f[2].to_owned(), step)
+                })
+            })
+            .collect()
+    }
+
+    /// One round: a run whose `b` sleeps, the holder killed once `b`'s first step is
+    /// recorded, the run completed by the other worker. The failover time, and the nodes
+    /// and steps executed again.
+    async fn round(&mut self, i: u32) -> anyhow::Result<(Duration, u64, u64)> {
+        let thread = format!("s3-failover-{i}");
+        self.api
+            .post(
+                "/v1/jobs",
+                &json!({
+                    "graph": "chain",
+                    "thread_id": thread,
+                    "input": { "slow": "b", "sleep_ms": SLOW_NODE_MS },
+                }),
+            )
+            .await?;
+        self.api
+            .until(
+                &format!("/v1/jobs/{thread}/timeline?limit=1000"),
+                "b's first step recorded",
+                SLOW,
+                |v| {
+                    v["events"].as_array().is_some_and(|es| {
+                        es.iter().any(|e| {
+                            e["kind"] == "step_recorded"
+                                && e["node"] == "b"
+                                && e["data"]["name"] == "before"
+                        })
+                    })
+                },
+            )
+            .await?;
+        let job = self.api.get(&format!("/v1/jobs/{thread}")).await?;
+        let holder = job["lease"]["worker_id"]
+            .as_str()
+            .context("the running run names no lease holder")?
+            .to_owned();
+        let at = self
+            .workers
+            .iter()
+            .position(|(id, _)| *id == holder)
+            .with_context(|| format!("the holder {holder} is not one of the workers"))?;
+        let killed = Instant::now();
+        let (_, mut dead) = self.workers.remove(at);
+        dead.kill();
+        let deadline = killed + SLOW;
+        let job = loop {
+            let r = self
+                .api
+                .get(&format!("/v1/jobs/{thread}/wait?timeout=30s"))
+                .await?;
+            if r["job"]["status"] == "completed" {
+                break r["job"].clone();
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{thread}: not completed {SLOW:?} after the kill: {r}"
+            );
+        };
+        let took = killed.elapsed();
+        ensure!(
+            job["values"]["log"] == json!(["a", "b", "c"]),
+            "{thread}: final log {}",
+            job["values"]["log"]
+        );
+        let marks = self.marks(&thread);
+        let mut nodes = 0u64;
+        let mut steps = 0u64;
+        for node in ["a", "b", "c"] {
+            let count = |kind: &str, step: Option<&str>| {
+                marks
+                    .iter()
+                    .filter(|(k, n, s)| k == kind && n == node && s.as_deref() == step)
+                    .count() as u64
+            };
+            nodes += count("exec", None).saturating_sub(1);
+            for step in ["before", "after"] {
+                steps += count("step", Some(step)).saturating_sub(1);
+            }
+        }
+        self.add_worker().await?;
+        Ok((took, nodes, steps))
+    }
+}
+
+async fn failover_part(
+    cli: &Cli,
+    dir: &Path,
+    calibration: &Calibration,
+) -> anyhow::Result<Option<S3Result>> {
+    let Some(bin) = crash_bin() else {
+        eprintln!(
+            "oris-bench: S3 failover skipped: it needs the oris-crash binary next to this one \
+             (cargo build --release -p oris-crash -p oris-bench) or at {CRASH_BIN_ENV}"
+        );
+        return Ok(None);
+    };
+    let fdir = dir.join("s3-failover");
+    std::fs::create_dir_all(&fdir).with_context(|| format!("cannot create {}", fdir.display()))?;
+    let mut cluster = Cluster::start(bin, fdir).await?;
+    let started = Instant::now();
+    let rounds = cli.failover_rounds;
+    let mut times = Vec::new();
+    let (mut nodes, mut steps, mut wrong) = (0u64, 0u64, 0u64);
+    for i in 0..rounds {
+        match cluster.round(i).await {
+            Ok((took, n, s)) => {
+                times.push(took.as_nanos() as u64);
+                nodes += n;
+                steps += s;
+                if n + s > 0 {
+                    wrong += 1;
+                }
+            }
+            Err(e) => {
+                wrong += 1;
+                eprintln!("oris-bench: S3 failover round {i}: {e:#}");
+                break;
+            }
+        }
+    }
+    times.sort_unstable();
+    let ms = |p: f64| percentile(&times, p).map(|ns| round(ns as f64 / 1e6, 1));
+    Ok(Some(S3Result {
+        workload: "S3",
+        part: "failover",
+        backend: "sqlite",
+        durability: "sync",
+        concurrency: 2,
+        claim_batch: 1,
+        runs: u64::from(rounds),
+        wrong_runs: wrong.max(u64::from(rounds) - times.len() as u64),
+        seconds: round(started.elapsed().as_secs_f64(), 3),
+        runs_per_sec: None,
+        claims_per_sec: None,
+        claim_calls: 0,
+        p50_ms: ms(50.0),
+        p95_ms: ms(95.0),
+        p99_ms: ms(99.0),
+        calls_per_run: None,
+        lease_ms: Some(FAILOVER_LEASE_MS),
+        failover_p50_ms: ms(50.0),
+        failover_p95_ms: ms(95.0),
+        reexecuted_nodes: Some(nodes),
+        reexecuted_steps: Some(steps),
+        durable_commits_per_sec: round(calibration.durable_commits_per_sec, 1),
+    }))
 }

@@ -321,6 +321,8 @@ fn s3_dispatch_on_memory_and_sqlite() {
             backend,
             "--runs",
             "40",
+            "--failover-rounds",
+            "0",
             "--calibrate-seconds",
             "0.2",
             "--json",
@@ -343,4 +345,91 @@ fn s3_dispatch_on_memory_and_sqlite() {
             assert!(line["failover_p50_ms"].is_null(), "{line}");
         }
     }
+}
+
+/// The `oris-crash` binary, built (or found up to date) by cargo for this test.
+fn oris_crash_binary() -> std::path::PathBuf {
+    let out = Command::new(env!("CARGO"))
+        .args(["build", "-p", "oris-crash", "--message-format=json"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("cargo runs");
+    assert!(out.status.success(), "cargo build -p oris-crash failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["target"]["name"] == "oris-crash")
+        .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
+        .expect("cargo names the oris-crash executable")
+}
+
+/// S3's failover part: the lease holder is killed mid-node, the other worker completes the
+/// run after about the lease TTL, and no completed node or recorded step runs again.
+#[test]
+fn s3_failover_kills_the_holder_and_nothing_runs_twice() {
+    let crash = oris_crash_binary();
+    let out = Command::new(env!("CARGO_BIN_EXE_oris-bench"))
+        .args([
+            "--workload",
+            "S3",
+            "--backend",
+            "memory",
+            "--runs",
+            "20",
+            "--failover-rounds",
+            "2",
+            "--calibrate-seconds",
+            "0.2",
+            "--json",
+        ])
+        .env("ORIS_BENCH_CRASH_BIN", &crash)
+        .output()
+        .expect("the oris-bench binary runs");
+    assert_success(&out);
+    let lines = json_lines(&out);
+    assert_eq!(
+        lines.len(),
+        4,
+        "calibration, store, http, failover: {lines:?}"
+    );
+    let f = &lines[3];
+    assert_eq!(f["part"], "failover", "{f}");
+    assert_eq!(f["runs"], 2, "{f}");
+    assert_eq!(f["wrong_runs"], 0, "{f}");
+    assert_eq!(f["reexecuted_nodes"], 0, "{f}");
+    assert_eq!(f["reexecuted_steps"], 0, "{f}");
+    let lease = number(f, "lease_ms");
+    let (p50, p95) = (number(f, "failover_p50_ms"), number(f, "failover_p95_ms"));
+    // A failover waits for the dead holder's lease to expire, and not for the slow node.
+    assert!(p50 >= lease / 2.0 && p50 <= p95, "{f}");
+    assert!(p95 < lease + 20_000.0, "{f}");
+    assert!(f["claims_per_sec"].is_null(), "{f}");
+}
+
+/// Without the `oris-crash` binary the failover part is skipped, and says how to get it.
+#[test]
+fn s3_failover_without_oris_crash_is_skipped_with_a_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_oris-bench"))
+        .args([
+            "--workload",
+            "S3",
+            "--backend",
+            "memory",
+            "--runs",
+            "20",
+            "--calibrate-seconds",
+            "0.2",
+            "--json",
+        ])
+        .env("ORIS_BENCH_CRASH_BIN", "/nonexistent/oris-crash")
+        .output()
+        .expect("the oris-bench binary runs");
+    assert_success(&out);
+    assert_eq!(json_lines(&out).len(), 3);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("failover skipped") && stderr.contains("-p oris-crash"),
+        "{stderr}"
+    );
 }
