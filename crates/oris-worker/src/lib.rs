@@ -41,6 +41,7 @@
 //! use oris_worker::{CancellationToken, Worker};
 //!
 //! #[derive(Clone, Default, Debug, serde::Serialize, serde::Deserialize, oris_derive::State)]
+//! #[oris(crate = "::oris_core")] // the `oris` facade's users leave this out
 //! struct Count {
 //!     n: i64,
 //! }
