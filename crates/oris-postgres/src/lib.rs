@@ -37,6 +37,14 @@
 //! touching the table. A fenced commit checks its lease (`plan_commit`) on the run's
 //! locked row in its own transaction; a lost lease writes nothing.
 //!
+//! [`Store::reap_leases`] is one statement like a claim: it locks the expired leases at the
+//! head of the partial index `runs_leased` (`lease_expires, run_id` of leased runs only)
+//! `FOR NO KEY UPDATE SKIP LOCKED` — a run a claim, renewal or commit holds is left for the
+//! next reap — and clears them; the transaction checks every run against `plan_reap`.
+//! [`Store::lease_counts`] reads the live leases at the index's tail. Remote workers are
+//! rows of `workers` ([`Store::register_worker`], [`Store::touch_worker`],
+//! [`Store::workers`]).
+//!
 //! # Durability
 //! `Sync` and `Exit` commits return once PostgreSQL committed them with its configured
 //! `synchronous_commit` (by default: WAL flushed). `Batched` commits run with
@@ -44,20 +52,22 @@
 //! Oris process, and may be lost (never half-applied) if the PostgreSQL server crashes
 //! within ~3× `wal_writer_delay`.
 //!
-//! Claims, renewals, releases, stored idempotent responses and API-key changes are
+//! Claims, renewals, releases, reaps, stored idempotent responses and API-key changes are
 //! durable when they return (a claim lost in a server crash could hand its epoch out
-//! twice). Idempotency reservations, their release and purge, and audit entries run with
-//! `synchronous_commit = off`: the trait only asks them to be durable with the next durable
-//! commit, which they are — the WAL is flushed in order, so any later durable commit of any
-//! session flushes them too (and the work a reservation guards makes one).
+//! twice). Idempotency reservations, their release and purge, audit entries, and worker
+//! registrations and heartbeats run with `synchronous_commit = off`: the trait only asks
+//! them to be durable with the next durable commit, which they are — the WAL is flushed in
+//! order, so any later durable commit of any session flushes them too (and the work a
+//! reservation guards makes one; a worker registers again with every poll).
 //!
 //! # Wake-ups
 //! Every commit that creates a run (a queued run: ready at once) or changes its status,
-//! every recorded interrupt answer, every new delivery and every released lease sends
-//! `NOTIFY oris_changed, '<thread_id>'` from inside its transaction, so it is delivered at
-//! `COMMIT`, and never for a rolled-back write. The channel is `oris_changed.<schema>` for
-//! a schema other than `public`; the payload is the thread id, nothing else (listeners
-//! re-read what they need; a claimer simply claims). Claims and renewals send nothing. A
+//! every recorded interrupt answer, every new delivery, every released lease and every
+//! reaped lease sends `NOTIFY oris_changed, '<thread_id>'` from inside its transaction, so
+//! it is delivered at `COMMIT`, and never for a rolled-back write. The channel is
+//! `oris_changed.<schema>` for a schema other than `public`; the payload is the thread id,
+//! nothing else (listeners re-read what they need; a claimer simply claims). Claims and
+//! renewals send nothing. A
 //! server's workers can so sleep until a wake-up or their next due time instead of polling
 //! often. [`PostgresStore::listen`] opens a dedicated `LISTEN` connection and yields the thread
 //! ids; it reconnects after the server restarts and says so ([`Wake::Reconnected`]).
@@ -86,8 +96,8 @@
 //!   runner and its retry rules.
 //! - `read`: reading records back.
 //! - `write`: commits, answers, deliveries, deletion and pruning.
-//! - `control`: claims, lease renewals and releases, idempotency records, API keys and the
-//!   audit log.
+//! - `control`: claims, lease renewals and releases, the lease reaper, the worker registry,
+//!   idempotency records, API keys and the audit log.
 //! - `listen`: the `LISTEN` connection.
 //!
 //! # Example

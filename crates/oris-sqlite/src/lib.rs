@@ -75,8 +75,8 @@
 //! so they are atomic and serialized with commits — of concurrent answers to one interrupt
 //! exactly one is `Recorded` — and they are fsynced before they return.
 //!
-//! # Leases, idempotency, API keys, audit
-//! What a server keeps beside the threads (schema version 2). Every run has a `priority`,
+//! # Leases, workers, idempotency, API keys, audit
+//! What a server keeps beside the threads (schema versions 2 and 3). Every run has a `priority`,
 //! optional `metadata` (a JSON object of strings, stored as sent), a `ready_at` — when a
 //! worker may claim it — and its lease: the fencing epoch of the latest claim and the
 //! current holder with its expiry. The store maintains `ready_at` by the rules of
@@ -94,6 +94,13 @@
 //!   (`priority, ready_at, run_id` of runs with a `ready_at`): it seeks the highest priority
 //!   present, takes that priority's runs ready by now in order, and moves to the next
 //!   priority only if it needs more — it never scans the runs.
+//! - [`Store::reap_leases`] is a write request too: it reads the expired leases at the head
+//!   of the partial index `runs_leased` (`lease_expires, run_id` of leased runs only) and
+//!   clears them by [`plan_reap`](oris_core::store::plan_reap); [`Store::lease_counts`]
+//!   reads the live leases at its tail. Neither scans the runs.
+//! - The worker registry (`workers`, one row per worker id, its graph versions as a JSON
+//!   array): [`Store::register_worker`] and [`Store::touch_worker`] are write requests,
+//!   [`Store::workers`] a read.
 //! - A commit with a [`fence`](oris_core::store::Commit::fence) reads the fenced run in its
 //!   own transaction and is refused with [`Error::LeaseLost`] (writing nothing) unless the
 //!   lease is current and unexpired by the store's clock.
@@ -102,8 +109,8 @@
 //!   from `AUTOINCREMENT`, never reused) are written through the same queue; listings of
 //!   interrupts, keys and audit entries are reads on the read connections.
 //!
-//! Durability: claims, renewals, releases, idempotency records and audit entries do not
-//! ask for an fsync of their own. Once one returned, its transaction is in the WAL (written
+//! Durability: claims, renewals, releases, reaps, worker registrations and heartbeats,
+//! idempotency records and audit entries do not ask for an fsync of their own. Once one returned, its transaction is in the WAL (written
 //! to the operating system with `synchronous=NORMAL`), so killing the process cannot lose
 //! it; the next fsync of the sequential WAL — the store's next durable commit — makes it
 //! survive a power loss as well. A power loss can undo only the unfsynced tail: a claim or
