@@ -345,7 +345,9 @@ mod tests {
     #[test]
     fn graph_limits() {
         assert_eq!(graph_limit("batch=4"), Ok(("batch".to_owned(), 4)));
-        for bad in ["", "batch", "batch=", "=4", "batch=0", "batch=-1", "batch=x"] {
+        for bad in [
+            "", "batch", "batch=", "=4", "batch=0", "batch=-1", "batch=x",
+        ] {
             assert!(graph_limit(bad).is_err(), "{bad}");
         }
     }

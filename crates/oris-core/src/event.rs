@@ -1095,6 +1095,25 @@ impl EventRow {
     }
 }
 
+/// An event's serde form is its [`EventRow`]: the same flat form the SQL backends store,
+/// so an event crosses the wire (the remote worker protocol) through the one tested
+/// conversion.
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        EventRow::from_event(self)
+            .map_err(serde::ser::Error::custom)?
+            .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        EventRow::deserialize(deserializer)?
+            .into_event()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1280,24 +1299,5 @@ mod tests {
             barriers: Barriers::new(),
         };
         assert_eq!(serde_json::to_string(&b).unwrap(), r#"{"n":["step"]}"#);
-    }
-}
-
-/// An event's serde form is its [`EventRow`]: the same flat form the SQL backends store,
-/// so an event crosses the wire (the remote worker protocol) through the one tested
-/// conversion.
-impl Serialize for Event {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        EventRow::from_event(self)
-            .map_err(serde::ser::Error::custom)?
-            .serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for Event {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        EventRow::deserialize(deserializer)?
-            .into_event()
-            .map_err(serde::de::Error::custom)
     }
 }

@@ -34,6 +34,6 @@ pub mod __private {
 pub mod event;
 pub mod graph;
 pub mod id;
-pub mod status;
 pub mod protocol;
+pub mod status;
 pub mod store;

@@ -18,9 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
 use crate::id::{RunId, Seq, Timestamp};
-use crate::store::{
-    Commit, Delivery, Fence, InterruptRecord, RunRecord, Snapshot, ThreadRecord,
-};
+use crate::store::{Commit, Delivery, Fence, InterruptRecord, RunRecord, Snapshot, ThreadRecord};
 
 /// The protocol version this build speaks. A poll with another version is refused
 /// (`protocol_mismatch`).
@@ -88,9 +86,9 @@ impl Attempt {
 }
 
 /// What a worker needs of a thread to continue its run: the thread record, the run
-/// records it names, the latest snapshot, the log from that snapshot's seq (inclusive) to
-/// the head — or the whole log without a snapshot — and the thread's interrupts and
-/// deliveries.
+/// records it names, the latest snapshot, the log to the head from the earlier of that
+/// snapshot's seq and the run's first event (the fold needs the run's opening events) — or
+/// the whole log without a snapshot — and the thread's interrupts and deliveries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadImage {
     /// The thread record.
@@ -99,7 +97,8 @@ pub struct ThreadImage {
     pub runs: Vec<RunRecord>,
     /// The latest snapshot, if any.
     pub snapshot: Option<Snapshot>,
-    /// The log from `snapshot.at_seq` (or from the start) to the head, in order.
+    /// The log from `min(snapshot.at_seq, run.first_seq)` (or from the start) to the head,
+    /// in order.
     pub events: Vec<Event>,
     /// The thread's interrupts.
     pub interrupts: Vec<InterruptRecord>,

@@ -246,9 +246,12 @@ async fn image(app: &AppState, run: &RunRecord) -> store::Result<ThreadImage> {
             thread_id: t.clone(),
         })?;
     let snapshot = s.snapshot(t, thread.head).await?;
-    let mut after = snapshot
+    // From the snapshot — or from the run's first event when the snapshot is inside the
+    // run: the fold needs the run's opening events (its input and settings).
+    let from = snapshot
         .as_ref()
-        .map_or(Seq::ZERO, |sn| Seq(sn.at_seq.0.saturating_sub(1)));
+        .map_or(Seq(1), |sn| sn.at_seq.min(run.first_seq));
+    let mut after = Seq(from.0.saturating_sub(1));
     let mut events = Vec::new();
     loop {
         let page = s.events(t, after, EVENT_PAGE).await?;
