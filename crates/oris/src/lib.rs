@@ -10,6 +10,7 @@
 //! - [`Engine`], [`GraphHandle`], [`RunOutcome`]: running them.
 //! - [`store`]: storage traits and backends; [`open_store`] picks one from a URL.
 //! - `server` (feature `server`): the control-plane server, `oris::server::Server`.
+//! - `worker` (feature `worker`): remote workers, `oris::worker::Worker`.
 //!
 //! # Example
 //! ```
@@ -77,6 +78,13 @@ pub mod store {
 #[cfg(feature = "server")]
 pub mod server {
     pub use oris_server::*;
+}
+
+/// Remote workers (feature `worker`): a process that registers graphs and pulls work from a
+/// server over HTTP. See [`worker::Worker`] and `docs/workers.md`.
+#[cfg(feature = "worker")]
+pub mod worker {
+    pub use oris_worker::*;
 }
 
 /// The guarantees of each durability mode, steps, interrupts, timers, events and time

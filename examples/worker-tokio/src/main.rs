@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use oris::server::Server;
-use oris_worker::{CancellationToken, Worker};
+use oris::worker::{CancellationToken, Worker};
 
 #[derive(Debug, Parser)]
 #[command(name = "worker-tokio", about = "Oris remote workers, end to end")]
