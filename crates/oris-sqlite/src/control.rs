@@ -42,15 +42,15 @@
 
 use std::time::Duration;
 
-use oris_core::id::Timestamp;
+use oris_core::id::{RunId, Timestamp};
 use oris_core::store::{
-    ApiKeyRecord, AuditRecord, ClaimRequest, Error, Fence, IdempotencyRecord, Reservation,
-    RunRecord, StoredResponse, WorkerRecord, plan_claim, plan_reap, plan_release, plan_renew,
-    plan_reservation,
+    ApiKeyRecord, AuditRecord, ClaimRequest, Error, Fence, IdempotencyRecord, PendingRun,
+    Reservation, RunRecord, StoredResponse, WorkerRecord, plan_claim, plan_reap, plan_release,
+    plan_renew, plan_reservation,
 };
 use rusqlite::{OptionalExtension, params};
 
-use crate::codec::{Fault, encode_status, text};
+use crate::codec::{Fault, encode_status, run_id_blob, text};
 use crate::queries;
 use crate::read;
 use crate::writer::Writer;
@@ -293,6 +293,48 @@ impl Writer {
                 key.revoked_at.map(|t| t.0)
             ])?;
         Ok(())
+    }
+
+    /// Stores a pending run at the next position of its thread and returns that position;
+    /// [`Error::AlreadyExists`] when its id is taken.
+    pub(crate) fn push_pending(&mut self, run: &PendingRun) -> Result<u64, Fault> {
+        let id = run_id_blob(run.run_id);
+        let exists = self
+            .conn
+            .prepare_cached(queries::PENDING_EXISTS)?
+            .exists(params![id])?;
+        if exists {
+            return Err(Fault::Store(Error::AlreadyExists {
+                what: "pending run",
+                id: run.run_id.to_string(),
+            }));
+        }
+        let highest: Option<i64> = self
+            .conn
+            .prepare_cached(queries::MAX_PENDING_POSITION)?
+            .query_row(params![run.thread_id.as_str()], |r| r.get(0))?;
+        let position = highest.unwrap_or(0) + 1;
+        self.conn
+            .prepare_cached(queries::INSERT_PENDING)?
+            .execute(params![
+                id,
+                run.thread_id.as_str(),
+                position,
+                run.graph,
+                run.graph_version,
+                run.request.json(),
+                run.created_at.0
+            ])?;
+        u64::try_from(position).map_err(|_| out_of_range("pending position"))
+    }
+
+    /// Deletes a pending run; `false` when there is none with this id.
+    pub(crate) fn remove_pending(&mut self, run_id: RunId) -> Result<bool, Fault> {
+        let n = self
+            .conn
+            .prepare_cached(queries::DELETE_PENDING)?
+            .execute(params![run_id_blob(run_id)])?;
+        Ok(n == 1)
     }
 
     /// Revokes a key; `false` when it does not exist or was revoked before.

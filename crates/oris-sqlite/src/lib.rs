@@ -199,8 +199,8 @@ use oris_core::event::{Event, Payload};
 use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::store::{
     Answer, ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Commit, Delivery, Error, Fence,
-    IdempotencyRecord, InterruptFilter, InterruptRecord, Receipt, Reservation, Result, RunFilter,
-    RunRecord, Snapshot, Store, StoredResponse, ThreadRecord, WorkerRecord,
+    IdempotencyRecord, InterruptFilter, InterruptRecord, PendingRun, Receipt, Reservation, Result,
+    RunFilter, RunRecord, Snapshot, Store, StoredResponse, ThreadRecord, WorkerRecord,
 };
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
@@ -823,6 +823,33 @@ impl Store for SqliteStore {
 
     async fn workers(&self) -> Result<Vec<WorkerRecord>> {
         self.read(read::workers).await
+    }
+
+    /// Fsynced before it returns.
+    async fn push_pending(&self, run: &PendingRun) -> Result<u64> {
+        let run = Box::new(run.clone());
+        self.send(|reply| Request::Write(Write::PushPending { run, reply }))
+            .await
+    }
+
+    async fn pending_runs(&self, thread_id: &ThreadId) -> Result<Vec<PendingRun>> {
+        let thread_id = thread_id.clone();
+        self.read(move |conn| read::pending_runs(conn, &thread_id))
+            .await
+    }
+
+    async fn pending_threads(&self, limit: usize) -> Result<Vec<ThreadId>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.read(move |conn| read::pending_threads(conn, limit))
+            .await
+    }
+
+    /// Durable with the store's next durable commit.
+    async fn remove_pending(&self, run_id: RunId) -> Result<bool> {
+        self.send(|reply| Request::Write(Write::RemovePending { run_id, reply }))
+            .await
     }
 
     async fn reserve_idempotency(

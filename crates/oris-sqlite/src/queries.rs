@@ -161,7 +161,8 @@ pub(crate) const PRUNE_DELIVERIES: &str =
     "DELETE FROM deliveries WHERE thread_key = ?1 AND consumed_seq < ?2";
 
 /// Deletes everything of a thread, children first (foreign keys).
-pub(crate) const DELETE_THREAD: [&str; 6] = [
+pub(crate) const DELETE_THREAD: [&str; 7] = [
+    "DELETE FROM pending_runs WHERE thread_id = (SELECT thread_id FROM threads WHERE key = ?1)",
     "DELETE FROM deliveries WHERE thread_key = ?1",
     "DELETE FROM interrupts WHERE thread_key = ?1",
     "DELETE FROM snapshots WHERE thread_key = ?1",
@@ -510,6 +511,37 @@ pub(crate) const WORKERS: &str = "\
 SELECT worker_id, graphs, capacity, registered_at, last_seen, stopped_at FROM workers
 ORDER BY worker_id";
 
+/// Whether a pending run with this id is stored.
+pub(crate) const PENDING_EXISTS: &str = "SELECT 1 FROM pending_runs WHERE run_id = ?1";
+
+/// The highest pending position of a thread (NULL when it has none).
+pub(crate) const MAX_PENDING_POSITION: &str =
+    "SELECT max(position) FROM pending_runs WHERE thread_id = ?1";
+
+/// Stores a pending run.
+pub(crate) const INSERT_PENDING: &str = "\
+INSERT INTO pending_runs (run_id, thread_id, position, graph, graph_version, request, created_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+/// A thread's pending runs, lowest position first. Columns: 0 run_id, 1 thread_id,
+/// 2 position, 3 graph, 4 graph_version, 5 request, 6 created_at.
+pub(crate) const PENDING_OF_THREAD: &str = "\
+SELECT run_id, thread_id, position, graph, graph_version, request, created_at
+FROM pending_runs WHERE thread_id = ?1 ORDER BY position";
+
+/// Threads with pending runs and no active run, by the creation of their oldest pending
+/// run. The head of each queue is its lowest position.
+pub(crate) const PENDING_THREADS: &str = "\
+SELECT p.thread_id FROM pending_runs p
+WHERE p.position = (SELECT min(q.position) FROM pending_runs q WHERE q.thread_id = p.thread_id)
+  AND NOT EXISTS (SELECT 1 FROM threads t
+                  WHERE t.thread_id = p.thread_id AND t.active_run_key IS NOT NULL)
+ORDER BY p.created_at, p.thread_id
+LIMIT ?1";
+
+/// Deletes a pending run.
+pub(crate) const DELETE_PENDING: &str = "DELETE FROM pending_runs WHERE run_id = ?1";
+
 /// The columns of an audit entry. Columns: 0 id, 1 at, 2 actor, 3 role, 4 action,
 /// 5 target, 6 request_id, 7 status, 8 outcome, 9 details.
 pub(crate) const AUDIT_SELECT: &str = "\
@@ -596,6 +628,10 @@ mod tests {
             LEASE_COUNTS,
             UPSERT_WORKER,
             TOUCH_WORKER,
+            INSERT_PENDING,
+            PENDING_OF_THREAD,
+            PENDING_THREADS,
+            DELETE_PENDING,
         ] {
             let mut stmt = conn.prepare(sql).unwrap();
             for i in 0..5i64 {
@@ -702,6 +738,22 @@ mod tests {
         let p = plan_of(LEASE_COUNTS);
         assert!(p.contains("runs_leased (lease_expires>?)"), "{p}");
         for (sql, index) in [(TOUCH_WORKER, "PRIMARY KEY"), (WORKERS, "SCAN workers")] {
+            let p = plan_of(sql);
+            assert!(p.contains(index), "{sql}\n{p}");
+            assert!(!p.contains("TEMP B-TREE"), "{sql}\n{p}");
+        }
+    }
+
+    /// A thread's queue and its highest position are read from the unique index, in
+    /// order; a removal finds its row by the primary key.
+    #[test]
+    fn pending_runs_use_their_indexes() {
+        for (sql, index) in [
+            (PENDING_OF_THREAD, "pending_runs_by_thread (thread_id=?)"),
+            (MAX_PENDING_POSITION, "pending_runs_by_thread"),
+            (DELETE_PENDING, "PRIMARY KEY (run_id=?)"),
+            (PENDING_EXISTS, "PRIMARY KEY (run_id=?)"),
+        ] {
             let p = plan_of(sql);
             assert!(p.contains(index), "{sql}\n{p}");
             assert!(!p.contains("TEMP B-TREE"), "{sql}\n{p}");

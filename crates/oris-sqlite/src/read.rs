@@ -6,8 +6,8 @@ use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::status::RunStatus;
 use oris_core::store::{
     ApiKeyRecord, AuditFilter, AuditRecord, Delivery, IdempotencyRecord, InterruptFilter,
-    InterruptRecord, LeaseHolder, RunFilter, RunRecord, Snapshot, StoredResponse, ThreadRecord,
-    WorkerRecord,
+    InterruptRecord, LeaseHolder, PendingRun, RunFilter, RunRecord, Snapshot, StoredResponse,
+    ThreadRecord, WorkerRecord,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
@@ -689,6 +689,46 @@ pub(crate) fn workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Fault> {
             decode().map_err(|f| {
                 within(format!("worker `{worker_id}`"))(f).at(&unknown_thread(), None)
             })?,
+        );
+    }
+    Ok(out)
+}
+
+/// A thread's pending runs, lowest position first.
+pub(crate) fn pending_runs(conn: &Connection, id: &ThreadId) -> Result<Vec<PendingRun>, Fault> {
+    let mut stmt = conn.prepare_cached(queries::PENDING_OF_THREAD)?;
+    let mut rows = stmt.query(params![id.as_str()])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let decode = || -> Result<PendingRun, Fault> {
+            let position = int(row, 2, "position")?;
+            Ok(PendingRun {
+                run_id: run_id(row, 0, "run_id")?,
+                thread_id: thread_id_col(row, 1, "thread_id")?,
+                position: u64::try_from(position).map_err(|_| {
+                    Fault::Bad(format!("column `position`: {position} is negative"))
+                })?,
+                graph: text(row, 3, "graph")?,
+                graph_version: text(row, 4, "graph_version")?,
+                request: payload(row, 5, "request")?,
+                created_at: time(row, 6, "created_at")?,
+            })
+        };
+        out.push(decode().map_err(|f| within("pending run")(f).at(id, None))?);
+    }
+    Ok(out)
+}
+
+/// Threads with pending runs and no active run, at most `limit`.
+pub(crate) fn pending_threads(conn: &Connection, limit: usize) -> Result<Vec<ThreadId>, Fault> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(queries::PENDING_THREADS)?;
+    let mut rows = stmt.query(params![limit])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(
+            thread_id_col(row, 0, "thread_id")
+                .map_err(|f| within("pending run")(f).at(&unknown_thread(), None))?,
         );
     }
     Ok(out)

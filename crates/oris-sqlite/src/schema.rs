@@ -234,7 +234,7 @@ CREATE TABLE audit (
 "#;
 
 /// Version 3: remote workers and the lease reaper — the worker registry, and an index of
-/// leased runs by lease expiry.
+/// leased runs by lease expiry — and the pending runs of the multitask strategy `enqueue`.
 ///
 /// `runs_leased` holds only runs with a lease (at most the workers' total capacity, however
 /// large the backlog), so the reaper reads the expired leases as its head and lease counts
@@ -259,6 +259,22 @@ CREATE TABLE workers (
     last_seen     INTEGER NOT NULL,
     stopped_at    INTEGER
 ) WITHOUT ROWID;
+
+-- Runs waiting for their thread (multitask strategy `enqueue`): started, oldest position
+-- first, when the thread's unfinished run ends. `request` is the create request as JSON
+-- text (input and run options); `position` is per thread, one more than the highest
+-- pending one. The unique index serves a thread's queue in order and its highest position.
+CREATE TABLE pending_runs (
+    run_id        BLOB    PRIMARY KEY CHECK (length(run_id) = 16),
+    thread_id     TEXT    NOT NULL,
+    position      INTEGER NOT NULL CHECK (position > 0),
+    graph         TEXT    NOT NULL,
+    graph_version TEXT    NOT NULL,
+    request       TEXT    NOT NULL,
+    created_at    INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE UNIQUE INDEX pending_runs_by_thread ON pending_runs (thread_id, position);
 "#;
 
 /// The migrations, in order; `MIGRATIONS[i]` upgrades version `i` to `i + 1`.
@@ -627,6 +643,32 @@ mod tests {
                 ..w
             }]
         );
+        // The pending runs of `enqueue` arrive with version 3 too.
+        let thread = oris_core::id::ThreadId::new("t1").unwrap();
+        let pending = |n: i64| oris_core::store::PendingRun {
+            run_id: oris_core::id::RunId::generate(),
+            thread_id: thread.clone(),
+            position: 0,
+            graph: "g".into(),
+            graph_version: "1".into(),
+            request: oris_core::event::Payload::encode(&n).unwrap(),
+            created_at: Timestamp(30_000 + n),
+        };
+        let (a, b) = (pending(1), pending(2));
+        assert_eq!(store.push_pending(&a).await.unwrap(), 1);
+        assert_eq!(store.push_pending(&b).await.unwrap(), 2);
+        assert_eq!(
+            store.pending_runs(&thread).await.unwrap(),
+            vec![
+                oris_core::store::PendingRun { position: 1, ..a },
+                oris_core::store::PendingRun { position: 2, ..b }
+            ]
+        );
+        assert_eq!(
+            store.pending_threads(10).await.unwrap(),
+            vec![],
+            "thread t1 has an unfinished run"
+        );
         drop(store);
 
         let conn = Connection::open(&path).unwrap();
@@ -634,6 +676,10 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(v, LATEST);
+        let pending: i64 = conn
+            .query_row("SELECT count(*) FROM pending_runs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(pending, 2);
         let (runs, index): (i64, i64) = conn
             .query_row(
                 "SELECT (SELECT count(*) FROM runs),

@@ -39,9 +39,9 @@ use oris_core::id::{DeliveryId, InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::status::RunStatus;
 use oris_core::store::{
     Answer, ApiKeyRecord, AuditRecord, ClaimRequest, Commit, Delivery, Error, Fence,
-    IdempotencyRecord, InterruptRecord, Receipt, Reservation, RunRecord, RunWrite, StoredResponse,
-    WorkerRecord, check_prune, check_redelivery, consumed_deliveries, interrupt_effects,
-    plan_answer, plan_commit, ready_on_answer, ready_on_delivery, wake_at,
+    IdempotencyRecord, InterruptRecord, PendingRun, Receipt, Reservation, RunRecord, RunWrite,
+    StoredResponse, WorkerRecord, check_prune, check_redelivery, consumed_deliveries,
+    interrupt_effects, plan_answer, plan_commit, ready_on_answer, ready_on_delivery, wake_at,
 };
 use rusqlite::{Connection, ErrorCode, params};
 use tokio::sync::oneshot;
@@ -142,6 +142,16 @@ pub(crate) enum Write {
         now: Timestamp,
         reply: oneshot::Sender<Result<bool, Error>>,
     },
+    /// Store a pending run.
+    PushPending {
+        run: Box<PendingRun>,
+        reply: oneshot::Sender<Result<u64, Error>>,
+    },
+    /// Delete a pending run.
+    RemovePending {
+        run_id: RunId,
+        reply: oneshot::Sender<Result<bool, Error>>,
+    },
     /// Reserve an idempotency key.
     ReserveIdempotency {
         candidate: Box<IdempotencyRecord>,
@@ -225,6 +235,8 @@ impl Write {
             | Write::ReapLeases { .. }
             | Write::RegisterWorker { .. }
             | Write::TouchWorker { .. }
+            | Write::PushPending { .. }
+            | Write::RemovePending { .. }
             | Write::ReserveIdempotency { .. }
             | Write::CompleteIdempotency { .. }
             | Write::ReleaseIdempotency { .. }
@@ -270,6 +282,11 @@ impl Write {
             | Write::AppendAudit { .. } => false,
             // Rare, and a revoked key must stay revoked whatever happens next.
             Write::CreateApiKey { .. } | Write::RevokeApiKey { .. } => true,
+            // A pending run is acknowledged (202) right after it is stored. Its removal
+            // follows the durable commit that started it; a removal lost in a crash is
+            // repaired by the next sweep (the run exists: the row is just deleted again).
+            Write::PushPending { .. } => true,
+            Write::RemovePending { .. } => false,
         }
     }
 
@@ -305,6 +322,8 @@ impl Write {
             }
             Write::RegisterWorker { reply, .. } => answer!(reply, Done::Unit => ()),
             Write::TouchWorker { reply, .. } => answer!(reply, Done::Flag(b) => b),
+            Write::PushPending { reply, .. } => answer!(reply, Done::Id(p) => p),
+            Write::RemovePending { reply, .. } => answer!(reply, Done::Flag(b) => b),
             Write::RenewLease { reply, .. } | Write::ReleaseLease { reply, .. } => {
                 answer!(reply, Done::Run(run) => *run)
             }
@@ -721,6 +740,8 @@ impl Writer {
                 Write::TouchWorker { worker_id, now, .. } => {
                     self.touch_worker(worker_id, *now).map(Done::Flag)
                 }
+                Write::PushPending { run, .. } => self.push_pending(run).map(Done::Id),
+                Write::RemovePending { run_id, .. } => self.remove_pending(*run_id).map(Done::Flag),
                 Write::ReserveIdempotency { candidate, now, .. } => self
                     .reserve_idempotency(candidate, *now)
                     .map(Done::Reserved),

@@ -14,12 +14,12 @@ use oris_core::event::{Event, Payload};
 use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::store::{
     Answer, ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Commit, Delivery, Fence,
-    IdempotencyRecord, InterruptFilter, InterruptRecord, Receipt, Reservation, Result, RunFilter,
-    RunRecord, Snapshot, Store, StoredResponse, ThreadRecord, WorkerRecord,
+    IdempotencyRecord, InterruptFilter, InterruptRecord, PendingRun, Receipt, Reservation, Result,
+    RunFilter, RunRecord, Snapshot, Store, StoredResponse, ThreadRecord, WorkerRecord,
 };
 
 /// The store methods, in trait order.
-const METHODS: [&str; 34] = [
+const METHODS: [&str; 38] = [
     "commit",
     "thread",
     "run",
@@ -44,6 +44,10 @@ const METHODS: [&str; 34] = [
     "register_worker",
     "touch_worker",
     "workers",
+    "push_pending",
+    "pending_runs",
+    "pending_threads",
+    "remove_pending",
     "reserve_idempotency",
     "complete_idempotency",
     "release_idempotency",
@@ -345,6 +349,28 @@ impl Store for CountingStore {
     }
     async fn workers(&self) -> Result<Vec<WorkerRecord>> {
         counted!(self, "workers", self.inner.workers())
+    }
+    async fn push_pending(&self, run: &PendingRun) -> Result<u64> {
+        counted!(
+            self,
+            "push_pending",
+            thread = &run.thread_id,
+            self.inner.push_pending(run)
+        )
+    }
+    async fn pending_runs(&self, thread_id: &ThreadId) -> Result<Vec<PendingRun>> {
+        counted!(
+            self,
+            "pending_runs",
+            thread = thread_id,
+            self.inner.pending_runs(thread_id)
+        )
+    }
+    async fn pending_threads(&self, limit: usize) -> Result<Vec<ThreadId>> {
+        counted!(self, "pending_threads", self.inner.pending_threads(limit))
+    }
+    async fn remove_pending(&self, run_id: RunId) -> Result<bool> {
+        counted!(self, "remove_pending", self.inner.remove_pending(run_id))
     }
     async fn reserve_idempotency(
         &self,

@@ -142,6 +142,9 @@ macro_rules! __conformance_cases {
             lease_counts_count_live_leases_per_graph,
             // workers
             workers_register_touch_and_list,
+            // pending runs
+            pending_runs_queue_per_thread,
+            pending_threads_are_free_threads_with_pending_runs,
             // readiness
             status_changes_end_or_keep_the_lease,
             answers_make_interrupted_runs_ready,

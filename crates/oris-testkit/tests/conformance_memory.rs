@@ -16,8 +16,9 @@ mod guarded {
     use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
     use oris_core::store::{
         Answer, ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Commit, Delivery, Fence,
-        IdempotencyRecord, InterruptFilter, InterruptRecord, MemoryStore, Receipt, Reservation,
-        Result, RunFilter, RunRecord, Snapshot, Store, StoredResponse, ThreadRecord, WorkerRecord,
+        IdempotencyRecord, InterruptFilter, InterruptRecord, MemoryStore, PendingRun, Receipt,
+        Reservation, Result, RunFilter, RunRecord, Snapshot, Store, StoredResponse, ThreadRecord,
+        WorkerRecord,
     };
 
     /// Stands for a temporary directory or schema: marks itself dropped.
@@ -149,6 +150,22 @@ mod guarded {
 
         async fn workers(&self) -> Result<Vec<WorkerRecord>> {
             self.inner.workers().await
+        }
+
+        async fn push_pending(&self, run: &PendingRun) -> Result<u64> {
+            self.inner.push_pending(run).await
+        }
+
+        async fn pending_runs(&self, t: &ThreadId) -> Result<Vec<PendingRun>> {
+            self.inner.pending_runs(t).await
+        }
+
+        async fn pending_threads(&self, limit: usize) -> Result<Vec<ThreadId>> {
+            self.inner.pending_threads(limit).await
+        }
+
+        async fn remove_pending(&self, run_id: RunId) -> Result<bool> {
+            self.inner.remove_pending(run_id).await
         }
 
         async fn reserve_idempotency(

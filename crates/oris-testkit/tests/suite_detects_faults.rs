@@ -10,8 +10,9 @@ use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::status::{RunStatus, StatusKind};
 use oris_core::store::{
     Answer, ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Commit, Delivery, Error, Fence,
-    IdempotencyRecord, InterruptFilter, InterruptRecord, MemoryStore, Receipt, Reservation, Result,
-    RunFilter, RunRecord, RunWrite, Snapshot, Store, StoredResponse, ThreadRecord, WorkerRecord,
+    IdempotencyRecord, InterruptFilter, InterruptRecord, MemoryStore, PendingRun, Receipt,
+    Reservation, Result, RunFilter, RunRecord, RunWrite, Snapshot, Store, StoredResponse,
+    ThreadRecord, WorkerRecord,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +136,18 @@ enum Fault {
     TouchNotStored,
     /// `workers` lists in reverse id order.
     WorkersUnordered,
+    /// `pending_runs` lists newest position first.
+    PendingNewestFirst,
+    /// A duplicate pending run id is stored again instead of refused.
+    PendingDuplicateAccepted,
+    /// `remove_pending` answers `true` for unknown ids.
+    RemovePendingAlwaysTrue,
+    /// `pending_threads` ignores its limit.
+    PendingThreadsIgnoreLimit,
+    /// `pending_threads` also lists threads with an unfinished run.
+    PendingThreadsIgnoreActive,
+    /// Positions keep counting after the queue emptied (a per-thread counter, never reset).
+    PendingPositionsNeverReset,
 }
 
 #[derive(Debug)]
@@ -146,6 +159,10 @@ struct Faulty {
     /// The `registered_at` of each worker's latest registration (for
     /// `RegisterResetsRegisteredAt`).
     registered: std::sync::Mutex<std::collections::HashMap<String, Timestamp>>,
+    /// Pushes per thread (for `PendingPositionsNeverReset`).
+    pushed: std::sync::Mutex<std::collections::HashMap<ThreadId, u64>>,
+    /// Threads that got a pending run (for `PendingThreadsIgnoreActive`).
+    pushed_threads: std::sync::Mutex<Vec<ThreadId>>,
 }
 
 impl Faulty {
@@ -155,6 +172,8 @@ impl Faulty {
             fault,
             last_claim: std::sync::Mutex::new(Vec::new()),
             registered: std::sync::Mutex::new(std::collections::HashMap::new()),
+            pushed: std::sync::Mutex::new(std::collections::HashMap::new()),
+            pushed_threads: std::sync::Mutex::new(Vec::new()),
         }
     }
 }
@@ -596,6 +615,70 @@ impl Store for Faulty {
         Ok(all)
     }
 
+    async fn push_pending(&self, run: &PendingRun) -> Result<u64> {
+        {
+            let mut threads = self.pushed_threads.lock().expect("threads");
+            if !threads.contains(&run.thread_id) {
+                threads.push(run.thread_id.clone());
+            }
+        }
+        if self.fault == Fault::PendingDuplicateAccepted
+            && let Err(Error::AlreadyExists { .. }) = self.inner.push_pending(run).await
+        {
+            let fresh = PendingRun {
+                run_id: RunId::generate(),
+                ..run.clone()
+            };
+            return self.inner.push_pending(&fresh).await;
+        }
+        if self.fault == Fault::PendingDuplicateAccepted {
+            // The first push above stored it.
+            let q = self.inner.pending_runs(&run.thread_id).await?;
+            return Ok(q.last().map_or(1, |p| p.position));
+        }
+        let position = self.inner.push_pending(run).await?;
+        if self.fault == Fault::PendingPositionsNeverReset {
+            let mut pushed = self.pushed.lock().expect("pushed");
+            let n = pushed.entry(run.thread_id.clone()).or_default();
+            *n += 1;
+            return Ok(*n);
+        }
+        Ok(position)
+    }
+
+    async fn pending_runs(&self, thread_id: &ThreadId) -> Result<Vec<PendingRun>> {
+        let mut q = self.inner.pending_runs(thread_id).await?;
+        if self.fault == Fault::PendingNewestFirst {
+            q.reverse();
+        }
+        Ok(q)
+    }
+
+    async fn pending_threads(&self, limit: usize) -> Result<Vec<ThreadId>> {
+        match self.fault {
+            Fault::PendingThreadsIgnoreLimit => self.inner.pending_threads(usize::MAX).await,
+            Fault::PendingThreadsIgnoreActive => {
+                // Every thread with a pending run, whatever its run: those the inner store
+                // lists, then the busy ones it leaves out.
+                let mut all = self.inner.pending_threads(usize::MAX).await?;
+                let known: Vec<ThreadId> = self.pushed_threads.lock().expect("threads").clone();
+                for t in known {
+                    if !all.contains(&t) && !self.inner.pending_runs(&t).await?.is_empty() {
+                        all.push(t);
+                    }
+                }
+                all.truncate(limit);
+                Ok(all)
+            }
+            _ => self.inner.pending_threads(limit).await,
+        }
+    }
+
+    async fn remove_pending(&self, run_id: RunId) -> Result<bool> {
+        let removed = self.inner.remove_pending(run_id).await?;
+        Ok(removed || self.fault == Fault::RemovePendingAlwaysTrue)
+    }
+
     async fn reserve_idempotency(
         &self,
         candidate: &IdempotencyRecord,
@@ -789,6 +872,12 @@ detects! {
     touch_always_true: TouchAlwaysTrue => workers_register_touch_and_list;
     touch_not_stored: TouchNotStored => workers_register_touch_and_list;
     workers_unordered: WorkersUnordered => workers_register_touch_and_list;
+    pending_newest_first: PendingNewestFirst => pending_runs_queue_per_thread;
+    pending_duplicate_accepted: PendingDuplicateAccepted => pending_runs_queue_per_thread;
+    remove_pending_always_true: RemovePendingAlwaysTrue => pending_runs_queue_per_thread;
+    pending_positions_never_reset: PendingPositionsNeverReset => pending_runs_queue_per_thread;
+    pending_threads_ignore_limit: PendingThreadsIgnoreLimit => pending_threads_are_free_threads_with_pending_runs;
+    pending_threads_ignore_active: PendingThreadsIgnoreActive => pending_threads_are_free_threads_with_pending_runs;
 }
 
 /// With no fault planted, the wrapper passes the cases above: their mutants fail because of
@@ -846,4 +935,6 @@ sound! {
     reaping_takes_at_most_limit,
     lease_counts_count_live_leases_per_graph,
     workers_register_touch_and_list,
+    pending_runs_queue_per_thread,
+    pending_threads_are_free_threads_with_pending_runs,
 }

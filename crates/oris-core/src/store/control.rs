@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::{Commit, Error, InterruptRecord, Result, RunRecord, RunWrite, ThreadRecord};
 use crate::event::Payload;
-use crate::id::{RunId, Timestamp};
+use crate::id::{RunId, ThreadId, Timestamp};
 use crate::status::RunStatus;
 
 /// Who holds the lease on a run, and until when.
@@ -415,6 +415,32 @@ impl WorkerRecord {
     pub fn accepts(&self, graph: &str, version: &str) -> bool {
         self.graphs.iter().any(|(g, v)| g == graph && v == version)
     }
+}
+
+/// A run waiting for its thread: a create request stored with the multitask strategy
+/// `enqueue` while the thread had an unfinished run (or other pending runs). When the
+/// thread's unfinished run ends, the oldest pending run is started as a normal queued run
+/// with the pre-assigned `run_id`, then the row is removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRun {
+    /// The run id the run gets when it starts (assigned when the request was accepted).
+    pub run_id: RunId,
+    /// The thread it waits for.
+    pub thread_id: ThreadId,
+    /// Its place among the thread's pending runs: assigned by
+    /// [`Store::push_pending`](super::Store::push_pending) (one more than the highest
+    /// pending position of the thread, 1 when it has none; the value given is ignored).
+    /// The lowest position starts first.
+    pub position: u64,
+    /// Graph name.
+    pub graph: String,
+    /// Graph version the request was validated against.
+    pub graph_version: String,
+    /// The request as JSON text: the input and the run options, as the caller encoded
+    /// them (the store does not look inside).
+    pub request: Payload,
+    /// When the request was accepted.
+    pub created_at: Timestamp,
 }
 
 /// The record of `run` after the lease reaper ran at `now`, or `None` when it has nothing

@@ -11,10 +11,11 @@ use async_trait::async_trait;
 use super::control::check_fence_writer;
 use super::{
     Answer, ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Commit, Delivery, Error, Fence,
-    IdempotencyRecord, InterruptFilter, InterruptRecord, Receipt, Reservation, Result, RunFilter,
-    RunRecord, RunWrite, Snapshot, Store, StoredResponse, ThreadRecord, WorkerRecord, check_prune,
-    check_redelivery, consumed_deliveries, interrupt_effects, plan_answer, plan_claim, plan_commit,
-    plan_reap, plan_release, plan_renew, plan_reservation, ready_on_answer, ready_on_delivery,
+    IdempotencyRecord, InterruptFilter, InterruptRecord, PendingRun, Receipt, Reservation, Result,
+    RunFilter, RunRecord, RunWrite, Snapshot, Store, StoredResponse, ThreadRecord, WorkerRecord,
+    check_prune, check_redelivery, consumed_deliveries, interrupt_effects, plan_answer, plan_claim,
+    plan_commit, plan_reap, plan_release, plan_renew, plan_reservation, ready_on_answer,
+    ready_on_delivery,
 };
 use crate::event::{Event, EventBody, Payload};
 use crate::id::{DeliveryId, InterruptId, RunId, Seq, ThreadId, Timestamp};
@@ -69,6 +70,8 @@ struct Inner {
     api_keys: HashMap<String, ApiKeyRecord>,
     /// In id order; the id of entry `i` is `i + 1`.
     audit: Vec<AuditRecord>,
+    /// Pending runs per thread, by position.
+    pending: BTreeMap<ThreadId, BTreeMap<u64, PendingRun>>,
 }
 
 impl Inner {
@@ -112,6 +115,7 @@ impl Inner {
         }
         self.interrupts.retain(|_, r| r.thread_id != *thread_id);
         self.deliveries.remove(thread_id);
+        self.pending.remove(thread_id);
         existed
     }
 
@@ -874,6 +878,76 @@ impl Store for MemoryStore {
 
     async fn workers(&self) -> Result<Vec<WorkerRecord>> {
         Ok(self.lock().workers.values().cloned().collect())
+    }
+
+    async fn push_pending(&self, run: &PendingRun) -> Result<u64> {
+        let mut inner = self.lock();
+        if inner
+            .pending
+            .values()
+            .any(|q| q.values().any(|p| p.run_id == run.run_id))
+        {
+            return Err(Error::AlreadyExists {
+                what: "pending run",
+                id: run.run_id.to_string(),
+            });
+        }
+        let queue = inner.pending.entry(run.thread_id.clone()).or_default();
+        let position = queue.keys().next_back().map_or(1, |p| p + 1);
+        queue.insert(
+            position,
+            PendingRun {
+                position,
+                ..run.clone()
+            },
+        );
+        Ok(position)
+    }
+
+    async fn pending_runs(&self, thread_id: &ThreadId) -> Result<Vec<PendingRun>> {
+        Ok(self
+            .lock()
+            .pending
+            .get(thread_id)
+            .map(|q| q.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn pending_threads(&self, limit: usize) -> Result<Vec<ThreadId>> {
+        let inner = self.lock();
+        let mut free: Vec<(Timestamp, ThreadId)> = inner
+            .pending
+            .iter()
+            .filter(|(t, _)| {
+                inner
+                    .threads
+                    .get(*t)
+                    .and_then(|t| t.record.as_ref())
+                    .is_none_or(|r| r.active_run.is_none())
+            })
+            .filter_map(|(t, q)| q.values().next().map(|p| (p.created_at, t.clone())))
+            .collect();
+        free.sort();
+        Ok(free.into_iter().take(limit).map(|(_, t)| t).collect())
+    }
+
+    async fn remove_pending(&self, run_id: RunId) -> Result<bool> {
+        let mut inner = self.lock();
+        let found = inner.pending.iter().find_map(|(t, q)| {
+            q.values()
+                .find(|p| p.run_id == run_id)
+                .map(|p| (t.clone(), p.position))
+        });
+        let Some((thread_id, position)) = found else {
+            return Ok(false);
+        };
+        if let Some(q) = inner.pending.get_mut(&thread_id) {
+            q.remove(&position);
+            if q.is_empty() {
+                inner.pending.remove(&thread_id);
+            }
+        }
+        Ok(true)
     }
 
     async fn reserve_idempotency(

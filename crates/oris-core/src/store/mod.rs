@@ -14,9 +14,9 @@ mod memory;
 
 pub use control::{
     ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Fence, IdempotencyRecord,
-    InterruptFilter, LeaseHolder, Reservation, StoredResponse, WorkerRecord, check_fence,
-    check_fence_writer, plan_claim, plan_reap, plan_release, plan_renew, plan_reservation,
-    ready_for_status, ready_on_answer, ready_on_delivery,
+    InterruptFilter, LeaseHolder, PendingRun, Reservation, StoredResponse, WorkerRecord,
+    check_fence, check_fence_writer, plan_claim, plan_reap, plan_release, plan_renew,
+    plan_reservation, ready_for_status, ready_on_answer, ready_on_delivery,
 };
 pub use memory::MemoryStore;
 
@@ -504,7 +504,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<(Delivery, bool)>;
 
     /// Deletes a thread and everything stored for it (runs, events, snapshots, interrupts,
-    /// deliveries).
+    /// deliveries, pending runs).
     ///
     /// # Errors
     /// [`Error::ThreadNotFound`]; [`Error::RunActive`] while it has a queued, running,
@@ -583,6 +583,43 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Every registered worker, by id (bytewise).
     async fn workers(&self) -> Result<Vec<WorkerRecord>>;
 
+    // --- Pending runs -------------------------------------------------------------------
+    //
+    // The default bodies refuse with `Error::Incompatible`: for stores that keep no
+    // pending runs (a remote worker's view of the server). Every backend implements them.
+
+    /// Stores a pending run (multitask strategy `enqueue`) and returns the position it was
+    /// given: one more than the highest position among the thread's pending runs, 1 when
+    /// it has none (`run.position` is ignored). Durable when it returns (the caller
+    /// acknowledges the request right after).
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] when a pending run with this id is stored.
+    async fn push_pending(&self, run: &PendingRun) -> Result<u64> {
+        let _ = run;
+        Err(no_pending_runs())
+    }
+
+    /// The thread's pending runs, oldest (lowest position) first.
+    async fn pending_runs(&self, thread_id: &ThreadId) -> Result<Vec<PendingRun>> {
+        let _ = thread_id;
+        Err(no_pending_runs())
+    }
+
+    /// Up to `limit` threads that have pending runs and no unfinished run (no active run,
+    /// or no thread record at all): the threads whose oldest pending run may start now.
+    /// Ordered by the creation time of their oldest pending run, then thread id.
+    async fn pending_threads(&self, limit: usize) -> Result<Vec<ThreadId>> {
+        let _ = limit;
+        Err(no_pending_runs())
+    }
+
+    /// Deletes a pending run; `false` when there is none with this id.
+    async fn remove_pending(&self, run_id: RunId) -> Result<bool> {
+        let _ = run_id;
+        Err(no_pending_runs())
+    }
+
     // --- Idempotency --------------------------------------------------------------------
 
     /// Reserves `candidate.key` within `candidate.scope` for a request, atomically with the
@@ -634,6 +671,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Lists audit entries, oldest first.
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;
+}
+
+/// The refusal of a store that keeps no pending runs.
+fn no_pending_runs() -> Error {
+    Error::Incompatible("this store keeps no pending runs".into())
 }
 
 /// An external event sent to a thread, buffered until a node waiting for its name

@@ -17,6 +17,7 @@
 //! (`StateUpdated` commits on an idle thread), and what a server keeps: claims (order,
 //! eligibility, concurrent claimers), leases (fenced commits, renewals, releases),
 //! reaping (the lease reaper, lease counts per graph), workers (the worker registry),
+//! pending runs (the queue of the multitask strategy `enqueue`),
 //! readiness (`ready_at` and the lease across status changes, answers and deliveries),
 //! listing (run time ranges and metadata, interrupts across threads), idempotency records,
 //! API keys and the audit log. [`CASES`] lists them all.
@@ -35,6 +36,7 @@ mod leases;
 mod lifecycle;
 mod listing;
 mod payloads;
+mod pending;
 mod readiness;
 mod reads;
 mod reaping;
@@ -60,6 +62,7 @@ pub use leases::*;
 pub use lifecycle::*;
 pub use listing::*;
 pub use payloads::*;
+pub use pending::*;
 pub use readiness::*;
 pub use reads::*;
 pub use reaping::*;
