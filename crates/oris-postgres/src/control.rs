@@ -9,9 +9,9 @@ use std::time::Duration;
 use oris_core::id::{RunId, Timestamp};
 use oris_core::status::RunStatus;
 use oris_core::store::{
-    ApiKeyRecord, AuditRecord, ClaimRequest, Error, Fence, IdempotencyRecord, Reservation,
-    RunRecord, StoredResponse, WorkerRecord, plan_claim, plan_reap, plan_release, plan_renew,
-    plan_reservation,
+    ApiKeyRecord, AuditRecord, ClaimRequest, Error, Fence, IdempotencyRecord, PendingRun,
+    Reservation, RunRecord, StoredResponse, WorkerRecord, plan_claim, plan_reap, plan_release,
+    plan_renew, plan_reservation,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::Type;
@@ -269,6 +269,57 @@ pub(crate) async fn touch_worker(
             &sql.touch_worker,
             &[(&worker_id, Type::TEXT), (&now.0, Type::INT8)],
         )
+        .await?
+        == 1)
+}
+
+/// Stores a pending run at the next position of its thread and returns that position;
+/// [`Error::AlreadyExists`] when its id is taken. A push that lost a race for a position
+/// (another push on the thread took it first) tries the next one.
+pub(crate) async fn push_pending(conn: &Conn, sql: &Sql, run: &PendingRun) -> Result<u64, Fault> {
+    let id = run.run_id.as_uuid();
+    let thread = run.thread_id.as_str();
+    let request = run.request.json();
+    for _ in 0..64 {
+        let row = conn
+            .query_opt(
+                &sql.push_pending,
+                &[
+                    (&id, Type::UUID),
+                    (&thread, Type::TEXT),
+                    (&run.graph, Type::TEXT),
+                    (&run.graph_version, Type::TEXT),
+                    (&request, Type::TEXT),
+                    (&run.created_at.0, Type::INT8),
+                ],
+            )
+            .await?;
+        if let Some(row) = row {
+            let position: i64 = req(&row, 0, "position")?;
+            return u64::try_from(position)
+                .map_err(|_| Fault::Bad(format!("column `position`: {position} is negative")));
+        }
+        if conn
+            .query_opt(&sql.pending_exists, &[(&id, Type::UUID)])
+            .await?
+            .is_some()
+        {
+            return Err(Fault::Store(Error::AlreadyExists {
+                what: "pending run",
+                id: run.run_id.to_string(),
+            }));
+        }
+    }
+    Err(Fault::Store(Error::Unavailable(format!(
+        "pending run {}: no free position on thread `{}` after 64 attempts",
+        run.run_id, run.thread_id
+    ))))
+}
+
+/// Deletes a pending run; `false` when there is none with this id.
+pub(crate) async fn remove_pending(conn: &Conn, sql: &Sql, run_id: RunId) -> Result<bool, Fault> {
+    Ok(conn
+        .execute(&sql.remove_pending, &[(&run_id.as_uuid(), Type::UUID)])
         .await?
         == 1)
 }

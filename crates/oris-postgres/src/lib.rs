@@ -138,8 +138,8 @@ use oris_core::event::{Durability, Event, Payload};
 use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::store::{
     Answer, ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Commit, Delivery, Error, Fence,
-    IdempotencyRecord, InterruptFilter, InterruptRecord, Receipt, Reservation, Result, RunFilter,
-    RunRecord, Snapshot, Store, StoredResponse, ThreadRecord, WorkerRecord,
+    IdempotencyRecord, InterruptFilter, InterruptRecord, PendingRun, Receipt, Reservation, Result,
+    RunFilter, RunRecord, Snapshot, Store, StoredResponse, ThreadRecord, WorkerRecord,
 };
 use tokio_postgres::NoTls;
 use tokio_postgres::types::Type;
@@ -706,6 +706,46 @@ impl Store for PostgresStore {
 
     async fn workers(&self) -> Result<Vec<WorkerRecord>> {
         read!(self.db, |conn| read::workers(conn, &self.db.sql))
+    }
+
+    /// Durable when it returns.
+    async fn push_pending(&self, run: &PendingRun) -> Result<u64> {
+        let (db, run) = (self.db.clone(), run.clone());
+        self.spawn_write(async move {
+            let tid = Some(&run.thread_id);
+            transact!(db, tid, true, |conn| control::push_pending(
+                conn, &db.sql, &run
+            ))
+        })
+        .await
+    }
+
+    async fn pending_runs(&self, thread_id: &ThreadId) -> Result<Vec<PendingRun>> {
+        read!(self.db, |conn| read::pending_runs(
+            conn,
+            &self.db.sql,
+            thread_id
+        ))
+    }
+
+    async fn pending_threads(&self, limit: usize) -> Result<Vec<ThreadId>> {
+        read!(self.db, |conn| read::pending_threads(
+            conn,
+            &self.db.sql,
+            limit
+        ))
+    }
+
+    /// `synchronous_commit = off`: it follows the durable commit that started the run; a
+    /// removal lost in a crash is repaired by the next sweep (the run exists).
+    async fn remove_pending(&self, run_id: RunId) -> Result<bool> {
+        let db = self.db.clone();
+        self.spawn_write(async move {
+            transact!(db, None, false, |conn| control::remove_pending(
+                conn, &db.sql, run_id
+            ))
+        })
+        .await
     }
 
     /// `synchronous_commit = off`: durable with the next durable commit of any session

@@ -295,6 +295,33 @@ ON CONFLICT (worker_id) DO UPDATE SET
     workers = "\
 SELECT worker_id, graphs, capacity, registered_at, last_seen, stopped_at FROM {S}.workers
 ORDER BY worker_id COLLATE \"C\"";
+    /// Stores a pending run at the next position of its thread unless its id or that
+    /// position is taken (a concurrent push); returns the position when it did.
+    push_pending = "\
+INSERT INTO {S}.pending_runs (run_id, thread_id, position, graph, graph_version, request,
+                              created_at)
+SELECT $1, $2, coalesce(max(position), 0) + 1, $3, $4, $5, $6
+FROM {S}.pending_runs WHERE thread_id = $2
+ON CONFLICT DO NOTHING
+RETURNING position";
+    /// Whether a pending run with this id is stored.
+    pending_exists = "SELECT 1 FROM {S}.pending_runs WHERE run_id = $1";
+    /// A thread's pending runs, lowest position first. Columns: 0 run_id, 1 thread_id,
+    /// 2 position, 3 graph, 4 graph_version, 5 request, 6 created_at.
+    pending_runs = "\
+SELECT run_id, thread_id, position, graph, graph_version, request, created_at
+FROM {S}.pending_runs WHERE thread_id = $1 ORDER BY position";
+    /// Threads with pending runs and no active run, by the creation time of their lowest
+    /// pending position, at most `$1`.
+    pending_threads = "\
+SELECT p.thread_id FROM {S}.pending_runs p
+WHERE p.position = (SELECT min(q.position) FROM {S}.pending_runs q WHERE q.thread_id = p.thread_id)
+  AND NOT EXISTS (SELECT 1 FROM {S}.threads t
+                  WHERE t.thread_id = p.thread_id AND t.active_run_key IS NOT NULL)
+ORDER BY p.created_at, p.thread_id COLLATE \"C\"
+LIMIT $1";
+    /// Deletes a pending run.
+    remove_pending = "DELETE FROM {S}.pending_runs WHERE run_id = $1";
     /// Waiting runs due at `$1`, earliest first, at most `$2` (columns of `run_select!`).
     due_runs = concat!(
         run_select!(),
@@ -333,6 +360,8 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
     /// Deletes everything of a thread, children first (foreign keys), in one statement.
     delete_thread = "\
 WITH e AS (DELETE FROM {S}.events WHERE thread_key = $1),
+     p AS (DELETE FROM {S}.pending_runs
+           WHERE thread_id = (SELECT thread_id FROM {S}.threads WHERE key = $1)),
      d AS (DELETE FROM {S}.deliveries WHERE thread_key = $1),
      i AS (DELETE FROM {S}.interrupts WHERE thread_key = $1),
      s AS (DELETE FROM {S}.snapshots WHERE thread_key = $1)

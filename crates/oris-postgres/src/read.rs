@@ -6,8 +6,8 @@ use oris_core::id::{DeliveryId, InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::status::RunStatus;
 use oris_core::store::{
     ApiKeyRecord, AuditFilter, AuditRecord, Delivery, Error, IdempotencyRecord, InterruptFilter,
-    InterruptRecord, LeaseHolder, RunFilter, RunRecord, Snapshot, StoredResponse, ThreadRecord,
-    WorkerRecord,
+    InterruptRecord, LeaseHolder, PendingRun, RunFilter, RunRecord, Snapshot, StoredResponse,
+    ThreadRecord, WorkerRecord,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::Type;
@@ -723,6 +723,54 @@ pub(crate) async fn lease_counts(
 pub(crate) async fn workers(conn: &Conn, sql: &Sql) -> Result<Vec<WorkerRecord>, Fault> {
     let rows = conn.query(&sql.workers, &[]).await?;
     rows.iter().map(decode_worker).collect()
+}
+
+/// A thread's pending runs, lowest position first.
+pub(crate) async fn pending_runs(
+    conn: &Conn,
+    sql: &Sql,
+    thread_id: &ThreadId,
+) -> Result<Vec<PendingRun>, Fault> {
+    let rows = conn
+        .query(&sql.pending_runs, &[(&thread_id.as_str(), Type::TEXT)])
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let decode = || -> Result<PendingRun, Fault> {
+                let position: i64 = req(row, 2, "position")?;
+                Ok(PendingRun {
+                    run_id: RunId::from_uuid(req(row, 0, "run_id")?),
+                    thread_id: thread_id_col(row, 1, "thread_id")?,
+                    position: u64::try_from(position).map_err(|_| {
+                        Fault::Bad(format!("column `position`: {position} is negative"))
+                    })?,
+                    graph: req(row, 3, "graph")?,
+                    graph_version: req(row, 4, "graph_version")?,
+                    request: payload(row, 5, "request")?,
+                    created_at: time(row, 6, "created_at")?,
+                })
+            };
+            decode().map_err(|f| corrupt_record(f, format!("pending run of `{thread_id}`")))
+        })
+        .collect()
+}
+
+/// Threads with pending runs and no active run, at most `limit`.
+pub(crate) async fn pending_threads(
+    conn: &Conn,
+    sql: &Sql,
+    limit: usize,
+) -> Result<Vec<ThreadId>, Fault> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = conn
+        .query(&sql.pending_threads, &[(&limit, Type::INT8)])
+        .await?;
+    rows.iter()
+        .map(|row| {
+            thread_id_col(row, 0, "thread_id")
+                .map_err(|f| corrupt_record(f, "pending run".to_owned()))
+        })
+        .collect()
 }
 
 fn decode_worker(row: &Row) -> Result<WorkerRecord, Fault> {

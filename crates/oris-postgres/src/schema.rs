@@ -233,7 +233,7 @@ CREATE INDEX audit_by_action ON {S}.audit (action, id);
 "#;
 
 /// Version 3: remote workers and the lease reaper — the worker registry, and an index of
-/// leased runs by lease expiry.
+/// leased runs by lease expiry — and the pending runs of the multitask strategy `enqueue`.
 ///
 /// `runs_leased` holds only leased runs (at most the workers' total capacity, however
 /// large the backlog): the reaper locks the expired leases at its head, earliest first,
@@ -255,6 +255,22 @@ CREATE TABLE {S}.workers (
     registered_at bigint NOT NULL,
     last_seen     bigint NOT NULL,
     stopped_at    bigint
+);
+
+-- Runs waiting for their thread (multitask strategy `enqueue`): started, lowest position
+-- first, when the thread's unfinished run ends. `request` is the create request as JSON
+-- text (input and run options); `position` is per thread, one more than the highest
+-- pending one. The unique constraint serves a thread's queue in order and its highest
+-- position, and makes concurrent pushes on one thread take distinct positions.
+CREATE TABLE {S}.pending_runs (
+    run_id        uuid   PRIMARY KEY,
+    thread_id     text   NOT NULL,
+    position      bigint NOT NULL CHECK (position > 0),
+    graph         text   NOT NULL,
+    graph_version text   NOT NULL,
+    request       text   NOT NULL,
+    created_at    bigint NOT NULL,
+    UNIQUE (thread_id, position)
 );
 "#;
 

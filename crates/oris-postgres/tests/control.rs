@@ -12,9 +12,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oris_core::id::{InterruptId, RunId, Timestamp};
+use oris_core::event::Payload;
+use oris_core::id::{InterruptId, RunId, ThreadId, Timestamp};
 use oris_core::status::RunStatus;
-use oris_core::store::{RunFilter, RunRecord, Store, WorkerRecord};
+use oris_core::store::{PendingRun, RunFilter, RunRecord, Store, WorkerRecord};
 use oris_postgres::{MIGRATIONS, PostgresStore, SCHEMA_VERSION, Wake};
 use oris_testkit::build::{self, GRAPH, GRAPH_VERSION};
 use oris_testkit::writer::Writer;
@@ -301,6 +302,33 @@ async fn a_version_2_database_migrates_in_place() -> TestResult {
             last_seen: Timestamp(21_000),
             ..w
         }]
+    );
+
+    // The pending runs of `enqueue` arrive with version 3 too.
+    let live = ThreadId::new("live")?;
+    let pending = |n: i64| PendingRun {
+        run_id: RunId::generate(),
+        thread_id: live.clone(),
+        position: 0,
+        graph: "g".into(),
+        graph_version: "v1".into(),
+        request: Payload::encode(&n).unwrap(),
+        created_at: Timestamp(30_000 + n),
+    };
+    let (a, b) = (pending(1), pending(2));
+    assert_eq!(store.push_pending(&a).await?, 1);
+    assert_eq!(store.push_pending(&b).await?, 2);
+    assert_eq!(
+        store.pending_runs(&live).await?,
+        vec![
+            PendingRun { position: 1, ..a },
+            PendingRun { position: 2, ..b }
+        ]
+    );
+    assert_eq!(
+        store.pending_threads(10).await?,
+        vec![],
+        "thread `live` has an unfinished run"
     );
     Ok(())
 }
