@@ -36,8 +36,8 @@ pub mod build;
 pub mod check;
 pub mod conformance;
 pub mod counting;
-pub mod sim;
 mod macros;
+pub mod sim;
 pub mod writer;
 
 #[doc(hidden)]
