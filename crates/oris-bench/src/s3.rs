@@ -64,9 +64,8 @@ const LEASE: Duration = Duration::from_secs(300);
 const STORE_GRAPH: &str = "bench-s3";
 /// The graph of the HTTP part's runs: one the bench server registers.
 const HTTP_GRAPH: (&str, &str) = ("bench-s1", "1");
-/// `oris_core::protocol::PROTOCOL_VERSION` (the `oris` facade does not re-export the
-/// protocol; a server speaking another version answers `protocol_mismatch`).
-const PROTOCOL: u32 = 1;
+/// The worker protocol version the bench speaks: this build's.
+const PROTOCOL: u32 = oris_core::protocol::PROTOCOL_VERSION;
 /// How long the server may take to start listening and be ready.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
