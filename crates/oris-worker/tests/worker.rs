@@ -928,3 +928,58 @@ async fn runs_continue_from_snapshots_the_worker_reported() {
     );
     running.stop().await.unwrap();
 }
+
+/// A run resumed on a worker after a snapshot was taken inside it: the image carries the
+/// log from the run's first event (the fold needs the run's input and settings), not only
+/// from the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_resumed_after_a_snapshot_inside_it_continues_on_a_worker() {
+    let probe = Arc::new(Probe::default());
+    let server = TestServer::start(vec![approval(&probe)], Auth::Disabled).await;
+    let proxy = LossyProxy::start(server.url.clone(), Vec::new()).await;
+    let worker = Worker::builder(&proxy.url)
+        .worker_id("w-snap-inside")
+        .engine_options(oris_runtime::EngineOptions {
+            snapshot_every: 1,
+            ..Default::default()
+        })
+        .graph(approval(&probe))
+        .build()
+        .unwrap();
+    let running = Running::spawn(worker);
+    server.create("approval", "inside-1").await;
+    server.status("inside-1", "interrupted").await;
+    let (status, body) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/jobs/inside-1/resume",
+            Some(json!({"value": "yes"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let job = server.status("inside-1", "completed").await;
+    assert_eq!(
+        job["values"]["log"],
+        json!(["draft", "answer \"yes\"", "finish"]),
+        "{job:#}"
+    );
+    assert_eq!(probe.done("draft"), 1);
+    // The resumed attempt's image: a snapshot after the run's start, and the log from the
+    // run's first event.
+    let polls = proxy.polls.lock().unwrap().clone();
+    let attempts: Vec<&Value> = polls
+        .iter()
+        .flat_map(|p| p["attempts"].as_array().into_iter().flatten())
+        .collect();
+    assert_eq!(attempts.len(), 2, "{polls:#?}");
+    let image = &attempts[1]["image"];
+    let at = image["snapshot"]["at_seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("a snapshot in the image: {image:#}"));
+    let first = image["events"][0]["seq"].as_u64().unwrap();
+    assert!(
+        at > 1 && first == 1,
+        "snapshot at {at}, events from {first}"
+    );
+    running.stop().await.unwrap();
+}
