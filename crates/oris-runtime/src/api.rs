@@ -165,6 +165,13 @@ pub struct EnqueueOptions {
     pub metadata: Option<BTreeMap<String, String>>,
     /// Durability, timeout (counted from the enqueue), superstep limit, breakpoints.
     pub run: RunOptions,
+    /// The run id, assigned in advance (a server's pending run of the multitask strategy
+    /// `enqueue` gets its id when the request is accepted and keeps it when it starts);
+    /// `None`: a new one. When a run with this id already exists, [`Engine::enqueue`]
+    /// returns it and records nothing: the start was done before (a crash between the
+    /// start and the removal of the pending run repeats the start, which must not queue
+    /// the run twice).
+    pub run_id: Option<RunId>,
 }
 
 /// A thread's state as JSON, and where it stands.
@@ -347,6 +354,17 @@ impl Engine {
     /// [`Error::RunActive`] if the thread has an unfinished run; [`Error::GraphMismatch`]
     /// if the thread belongs to another graph; storage errors.
     pub async fn enqueue(&self, request: Enqueue) -> Result<RunRecord, Error> {
+        if let Some(id) = request.options.run_id
+            && let Some(existing) = self.shared.store.run(id).await?
+        {
+            if existing.thread_id != request.thread_id {
+                return Err(Error::InvalidInput(format!(
+                    "run id {id} belongs to thread `{}`, not `{}`",
+                    existing.thread_id, request.thread_id
+                )));
+            }
+            return Ok(existing);
+        }
         let graph = self
             .lookup(&request.graph, request.version.as_deref())
             .ok_or_else(|| Error::GraphNotFound {
@@ -361,6 +379,41 @@ impl Engine {
                 request.options,
             )
             .await
+    }
+
+    /// Checks a run to queue without recording anything, as far as it can be checked
+    /// before the thread is free: the graph and version exist, the input decodes into the
+    /// graph's state type, breakpoints name nodes of the graph, metadata serializes.
+    /// Returns the graph it resolved (its version pins a run queued later). What depends
+    /// on the thread's state when the run starts (routing from START) is checked then.
+    ///
+    /// # Errors
+    /// [`Error::GraphNotFound`], [`Error::InvalidInput`].
+    pub fn check_enqueue(&self, request: &Enqueue) -> Result<GraphInfo, Error> {
+        let graph = self
+            .lookup(&request.graph, request.version.as_deref())
+            .ok_or_else(|| Error::GraphNotFound {
+                graph: request.graph.clone(),
+                version: request.version.clone(),
+            })?;
+        graph.check_input(request.input.clone())?;
+        let info = graph.info();
+        let run = &request.options.run;
+        if let Some(n) = run
+            .interrupt_before
+            .iter()
+            .chain(&run.interrupt_after)
+            .find(|n| !info.nodes.contains(n))
+        {
+            return Err(Error::InvalidInput(format!(
+                "breakpoint names unknown node `{n}`"
+            )));
+        }
+        if let Some(m) = &request.options.metadata {
+            Payload::encode(m)
+                .map_err(|e| Error::InvalidInput(format!("metadata does not serialize: {e}")))?;
+        }
+        Ok(info)
     }
 
     /// Queues a run on the same thread from `checkpoint` (what [`GraphHandle::replay`] does,
@@ -522,6 +575,12 @@ impl Engine {
             .await
     }
 
+    /// Whether `input` decodes into `S` (with the defaults of left-out fields).
+    pub(crate) fn check_input_typed<S: State>(input: serde_json::Value) -> Result<(), Error> {
+        let _: S = decode_json("input", with_defaults::<S>(input))?;
+        Ok(())
+    }
+
     pub(crate) async fn enqueue_typed<S: State>(
         &self,
         graph: &CompiledGraph<S>,
@@ -570,6 +629,7 @@ impl Engine {
         let launch = Launch::Enqueue {
             priority: options.priority,
             metadata,
+            run_id: options.run_id,
         };
         let Created { guard, record, .. } = self
             .create_run(graph, thread_id, start, options.run, launch)

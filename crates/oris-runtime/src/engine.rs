@@ -112,6 +112,9 @@ pub(crate) enum Launch {
     Enqueue {
         priority: i32,
         metadata: Option<Payload>,
+        /// A run id assigned before (a pending run of the multitask strategy `enqueue`);
+        /// `None`: a new one.
+        run_id: Option<RunId>,
     },
 }
 
@@ -559,7 +562,12 @@ impl Engine {
         launch: Launch,
     ) -> Result<Created<S>, Error> {
         let g: &Arc<GraphInner<S>> = &graph.inner;
-        let run_id = RunId::generate();
+        let run_id = match &launch {
+            Launch::Enqueue {
+                run_id: Some(id), ..
+            } => *id,
+            _ => RunId::generate(),
+        };
         let guard = match launch {
             Launch::Drive => self.claim(&thread_id, run_id)?,
             Launch::Enqueue { .. } => self.claim_to_enqueue(&thread_id, run_id).await?,
@@ -653,7 +661,9 @@ impl Engine {
         let started_seq = Seq(head.0 + events.len() as u64);
         let (status, priority, metadata) = match launch {
             Launch::Drive => (RunStatus::Running, 0, None),
-            Launch::Enqueue { priority, metadata } => (RunStatus::Queued, priority, metadata),
+            Launch::Enqueue {
+                priority, metadata, ..
+            } => (RunStatus::Queued, priority, metadata),
         };
         let mut record = RunRecord::new(
             run_id,

@@ -25,6 +25,9 @@ pub(crate) trait ErasedGraph: Send + Sync {
     /// What the graph looks like.
     fn info(&self) -> GraphInfo;
 
+    /// Whether a JSON input decodes into the state type.
+    fn check_input(&self, input: serde_json::Value) -> Result<(), Error>;
+
     /// Records a queued run from a JSON input.
     fn enqueue(
         &self,
@@ -85,6 +88,10 @@ impl<S: State> ErasedGraph for CompiledGraph<S> {
 
     fn info(&self) -> GraphInfo {
         GraphInfo::of(self)
+    }
+
+    fn check_input(&self, input: serde_json::Value) -> Result<(), Error> {
+        Engine::check_input_typed::<S>(input)
     }
 
     fn enqueue(

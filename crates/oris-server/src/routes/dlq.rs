@@ -496,6 +496,7 @@ async fn queue_replay(app: &AppState, run: &RunRecord) -> Result<RunRecord, ApiE
                 priority: run.priority,
                 metadata: (!metadata.is_empty()).then_some(metadata),
                 run: RunOptions::default(),
+                run_id: None,
             },
         )
         .await?)
