@@ -73,6 +73,7 @@ mod idempotency;
 mod limits;
 mod metrics;
 mod openapi;
+mod pending;
 mod pool;
 mod request_id;
 mod routes;
@@ -607,6 +608,8 @@ impl Server {
         // The reaper runs with or without the embedded pool: a server may serve remote
         // workers only.
         tasks.spawn(dispatch::reaper(app.clone(), background.clone()));
+        // So does the starter of pending runs (multitask strategy `enqueue`).
+        tasks.spawn(pending::starter(app.clone(), background.clone()));
         if app.config.workers > 0 {
             let wakes = std::mem::take(&mut *app.wakes.lock().unwrap_or_else(|e| e.into_inner()));
             for source in wakes {

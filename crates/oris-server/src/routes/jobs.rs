@@ -52,6 +52,7 @@ fn options(
         priority,
         metadata: metadata.filter(|m| !m.is_empty()),
         run,
+        run_id: None,
     }
 }
 
@@ -79,14 +80,16 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     let thread_id = query::thread(&body.thread_id)?;
     tracing::Span::current().record("thread_id", thread_id.as_str());
-    if let Some(s) = body.multitask_strategy.as_deref()
-        && s != "reject"
-    {
-        return Err(ApiError::invalid(format!(
-            "multitask_strategy `{s}` is not supported (only `reject`)"
-        ))
-        .details(json!({ "field": "multitask_strategy" })));
-    }
+    let enqueue_behind = match body.multitask_strategy.as_deref() {
+        None | Some("reject") => false,
+        Some("enqueue") => true,
+        Some(s) => {
+            return Err(ApiError::invalid(format!(
+                "multitask_strategy `{s}` is not supported (`reject` or `enqueue`)"
+            ))
+            .details(json!({ "field": "multitask_strategy" })));
+        }
+    };
     if let Some(k) = &body.idempotency_key {
         crate::idempotency::validate_key(k)?;
     }
@@ -114,6 +117,29 @@ pub(crate) async fn create(
         return Err(ApiError::invalid("metadata holds at most 64 labels")
             .details(json!({ "field": "metadata" })));
     }
+    let request = Enqueue {
+        graph: body.graph,
+        version: body.version,
+        thread_id: thread_id.clone(),
+        input: body.input,
+        options: options(
+            body.priority,
+            body.metadata,
+            RunOptions {
+                durability,
+                timeout,
+                superstep_limit: None,
+                interrupt_before: body.interrupt_before,
+                interrupt_after: body.interrupt_after,
+            },
+        ),
+    };
+    // Pending runs make a thread busy as an unfinished run does: `enqueue` goes behind
+    // them. (`reject` learns of them from the refusal: a thread with pending runs has an
+    // unfinished run, but for the moment between a run's end and the start of the next.)
+    if enqueue_behind && !app.store.pending_runs(&thread_id).await?.is_empty() {
+        return create_pending(&app, &uri, request, durability_text(durability), timeout).await;
+    }
     if let Some(max) = app.config.max_queued {
         let queued = dispatch::queued(&app, max).await?;
         if queued >= max {
@@ -125,29 +151,94 @@ pub(crate) async fn create(
             .retry_after(1));
         }
     }
-    let run = app
-        .engine
-        .enqueue(Enqueue {
-            graph: body.graph,
-            version: body.version,
-            thread_id,
-            input: body.input,
-            options: options(
-                body.priority,
-                body.metadata,
-                RunOptions {
-                    durability,
-                    timeout,
-                    superstep_limit: None,
-                    interrupt_before: body.interrupt_before,
-                    interrupt_after: body.interrupt_after,
-                },
-            ),
-        })
-        .await?;
+    let run = match app.engine.enqueue(request.clone()).await {
+        Ok(run) => run,
+        // The thread has an unfinished run: behind it, as asked.
+        Err(oris_runtime::Error::RunActive { .. }) if enqueue_behind => {
+            return create_pending(&app, &uri, request, durability_text(durability), timeout).await;
+        }
+        // Refused: say how many pending runs wait too.
+        Err(oris_runtime::Error::RunActive { thread_id, run_id }) => {
+            let pending = app.store.pending_runs(&thread_id).await?.len();
+            let e = oris_runtime::Error::RunActive {
+                thread_id: thread_id.clone(),
+                run_id,
+            };
+            if pending == 0 {
+                return Err(e.into());
+            }
+            return Err(ApiError::new(
+                ErrorCode::RunActive,
+                format!("{e}; {pending} pending run(s) wait behind it"),
+            )
+            .details(json!({
+                "thread_id": thread_id.as_str(),
+                "run_id": run_id.to_string(),
+                "pending": pending,
+            })));
+        }
+        Err(e) => return Err(e.into()),
+    };
     dispatch::queued_one_more(&app);
     enqueued(&run);
     Ok(accepted(&uri, &run))
+}
+
+fn durability_text(d: Option<Durability>) -> Option<String> {
+    d.map(|d| match d {
+        Durability::Sync => "sync".to_owned(),
+        Durability::Batched => "batched".to_owned(),
+        Durability::Exit => "exit".to_owned(),
+    })
+}
+
+/// Validates `request` now, as a create would (bad input: 400, nothing stored), and
+/// stores it as a pending run of its thread: 202 with `{thread_id, run_id, status:
+/// "pending", position, …}`.
+async fn create_pending(
+    app: &AppState,
+    uri: &OriginalUri,
+    request: Enqueue,
+    durability: Option<String>,
+    timeout: Option<Duration>,
+) -> Result<Response, ApiError> {
+    let graph = app.engine.check_enqueue(&request)?;
+    if let Some(t) = app.store.thread(&request.thread_id).await?
+        && t.graph != graph.name
+    {
+        return Err(oris_runtime::Error::GraphMismatch {
+            thread_id: request.thread_id.clone(),
+            existing: t.graph,
+            requested: graph.name,
+        }
+        .into());
+    }
+    let stored = crate::pending::PendingRequest {
+        input: request.input,
+        priority: request.options.priority,
+        metadata: request.options.metadata,
+        durability,
+        timeout_ms: timeout.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        interrupt_before: request.options.run.interrupt_before,
+        interrupt_after: request.options.run.interrupt_after,
+    };
+    let p =
+        crate::pending::push(app, &request.thread_id, graph.name, graph.version, &stored).await?;
+    let mut resp = (
+        StatusCode::ACCEPTED,
+        Json(crate::pending::PendingView::of(&p)),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&job_location(uri.0.path(), p.thread_id.as_str())) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.extensions_mut()
+        .insert(AuditTarget(p.thread_id.to_string()));
+    resp.extensions_mut().insert(AuditDetails(json!({
+        "pending_run_id": p.run_id.to_string(),
+        "position": p.position,
+    })));
+    Ok(resp)
 }
 
 /// List jobs (runs), oldest first, with filters and a cursor.
@@ -250,6 +341,7 @@ async fn detail_of(app: &AppState, run: RunRecord) -> Result<JobDetail, ApiError
         checkpoint_id,
         next,
         waiting_for,
+        pending: None,
     })
 }
 
@@ -285,7 +377,16 @@ pub(crate) async fn get(
     Path(thread_id): Path<String>,
 ) -> Result<Json<JobDetail>, ApiError> {
     let t = query::thread(&thread_id)?;
-    Ok(Json(detail(&app, &t).await?))
+    let mut job = detail(&app, &t).await?;
+    job.pending = Some(
+        app.store
+            .pending_runs(&t)
+            .await?
+            .iter()
+            .map(crate::pending::PendingView::of)
+            .collect(),
+    );
+    Ok(Json(job))
 }
 
 /// The thread's checkpoints (superstep boundaries), oldest first.
@@ -649,19 +750,49 @@ pub(crate) async fn fork(
     request_body(content = Option<CancelJob>, description = "Optional"),
     params(("thread_id" = String, Path, description = "The thread"),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes the call safe to repeat")),
-    responses((status = 200, description = "The run, cancelled", body = JobView),
+    responses((status = 200, description = "The run, cancelled, and the pending runs dropped", body = crate::pending::CancelledJob),
         (status = 404, description = "`thread_not_found`", body = crate::error::ErrorEnvelope),
-        (status = 409, description = "`run_not_active`", body = crate::error::ErrorEnvelope)))]
+        (status = 409, description = "`run_not_active` (and, with `include_pending`, no pending run either)", body = crate::error::ErrorEnvelope)))]
 pub(crate) async fn cancel(
     State(app): State<AppState>,
     Path(thread_id): Path<String>,
     body: OptionalJson<CancelJob>,
-) -> Result<Json<JobView>, ApiError> {
+) -> Result<Response, ApiError> {
     let t = query::thread(&thread_id)?;
     let reason = body.0.reason.unwrap_or_else(|| "cancelled via API".into());
-    let run = app.engine.cancel(&t, reason).await?;
-    tracing::info!(thread_id = %t, run_id = %run.run_id, "run cancelled");
-    Ok(Json(JobView::of(&run)))
+    // Pending runs go first: once the run is cancelled, the oldest would start.
+    let mut dropped = Vec::new();
+    if body.0.include_pending {
+        for p in app.store.pending_runs(&t).await? {
+            if app.store.remove_pending(p.run_id).await? {
+                dropped.push(p.run_id.to_string());
+            }
+        }
+    }
+    let run = match app.engine.cancel(&t, reason).await {
+        Ok(run) => {
+            tracing::info!(thread_id = %t, run_id = %run.run_id, dropped_pending = dropped.len(), "run cancelled");
+            run
+        }
+        // Only pending runs were there to drop: answer with the thread's latest run.
+        Err(oris_runtime::Error::NoActiveRun(_)) if !dropped.is_empty() => {
+            tracing::info!(thread_id = %t, dropped_pending = dropped.len(), "pending runs dropped");
+            app.engine.latest_run(&t).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut resp = Json(crate::pending::CancelledJob {
+        job: JobView::of(&run),
+        dropped_pending: dropped.clone(),
+    })
+    .into_response();
+    if body.0.include_pending {
+        resp.extensions_mut().insert(AuditDetails(json!({
+            "include_pending": true,
+            "dropped_pending": dropped,
+        })));
+    }
+    Ok(resp)
 }
 
 /// Default and largest number of runs one bulk cancel acts on.

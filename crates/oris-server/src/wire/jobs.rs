@@ -166,6 +166,11 @@ pub struct JobDetail {
     /// this server's pool nor an active remote worker), e.g. "no worker has graph `g`
     /// version `2`"; null otherwise.
     pub waiting_for: Option<String>,
+    /// Runs waiting for this thread (multitask strategy `enqueue`), oldest first: each
+    /// starts, with its run id, when the run before it ends. Listed by
+    /// `GET /v1/jobs/{thread_id}` only (absent from other answers carrying a job).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Vec<crate::pending::PendingView>>,
 }
 
 /// A page of jobs.
@@ -222,8 +227,9 @@ pub struct CreateJob {
     /// Pause after these nodes ran.
     #[serde(default)]
     pub interrupt_after: Vec<String>,
-    /// What to do when the thread has an unfinished run: `reject` (409 `run_active`, the
-    /// only strategy for now).
+    /// What to do when the thread has an unfinished run (or pending runs): `reject`
+    /// (default: 409 `run_active`) or `enqueue` (202 with a pending run, started when the
+    /// runs before it ended; on a free thread it starts now, like `reject`).
     #[serde(default)]
     pub multitask_strategy: Option<String>,
     /// Same as the `Idempotency-Key` header (the header wins when both are given).
@@ -283,6 +289,10 @@ pub struct CancelJob {
     /// Why; recorded in the run's `run_cancelled` event. Default `cancelled via API`.
     #[serde(default)]
     pub reason: Option<String>,
+    /// Also drop the thread's pending runs (multitask strategy `enqueue`); by default
+    /// they stay, and the oldest starts once the run is cancelled.
+    #[serde(default)]
+    pub include_pending: bool,
 }
 
 /// Which runs `POST /v1/jobs/cancel` cancels. At least one criterion besides `status` is

@@ -10,5 +10,6 @@ mod idempotency;
 mod jobs;
 mod limits;
 mod ops;
+mod pending;
 mod stream;
 mod workers;
