@@ -14,8 +14,9 @@ use oris_core::event::{Event, Payload};
 use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::store::{
     Answer, ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Commit, Delivery, Fence,
-    IdempotencyRecord, InterruptFilter, InterruptRecord, MemoryStore, Receipt, Reservation, Result,
-    RunFilter, RunRecord, RunWrite, Snapshot, Store, StoredResponse, ThreadRecord, WorkerRecord,
+    IdempotencyRecord, InterruptFilter, InterruptRecord, MemoryStore, PendingRun, Receipt,
+    Reservation, Result, RunFilter, RunRecord, RunWrite, Snapshot, Store, StoredResponse,
+    ThreadRecord, WorkerRecord,
 };
 use oris_testkit::sim::{
     GRAPH, Invariant, SimConfig, SimFailure, SimReport, SimStats, seeds_from_env, simulate,
@@ -283,6 +284,18 @@ impl Store for Planted {
     }
     async fn workers(&self) -> Result<Vec<WorkerRecord>> {
         self.inner.workers().await
+    }
+    async fn push_pending(&self, run: &PendingRun) -> Result<u64> {
+        self.inner.push_pending(run).await
+    }
+    async fn pending_runs(&self, thread_id: &ThreadId) -> Result<Vec<PendingRun>> {
+        self.inner.pending_runs(thread_id).await
+    }
+    async fn pending_threads(&self, limit: usize) -> Result<Vec<ThreadId>> {
+        self.inner.pending_threads(limit).await
+    }
+    async fn remove_pending(&self, run_id: RunId) -> Result<bool> {
+        self.inner.remove_pending(run_id).await
     }
     async fn reserve_idempotency(
         &self,

@@ -29,8 +29,9 @@ use oris_core::id::{InterruptId, RunId, Seq, ThreadId, Timestamp};
 use oris_core::protocol::{Ack, AckOutcome, Heartbeat, Report};
 use oris_core::store::{
     self, Answer, ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Commit, Delivery, Fence,
-    IdempotencyRecord, InterruptFilter, InterruptRecord, LeaseHolder, MemoryStore, Receipt,
-    Reservation, RunFilter, RunRecord, Snapshot, Store, StoredResponse, ThreadRecord, WorkerRecord,
+    IdempotencyRecord, InterruptFilter, InterruptRecord, LeaseHolder, MemoryStore, PendingRun,
+    Receipt, Reservation, RunFilter, RunRecord, Snapshot, Store, StoredResponse, ThreadRecord,
+    WorkerRecord,
 };
 use tokio::time::Instant;
 
@@ -407,6 +408,22 @@ impl Store for RemoteStore {
 
     async fn workers(&self) -> store::Result<Vec<WorkerRecord>> {
         self.local.workers().await
+    }
+
+    async fn push_pending(&self, run: &PendingRun) -> store::Result<u64> {
+        self.local.push_pending(run).await
+    }
+
+    async fn pending_runs(&self, thread_id: &ThreadId) -> store::Result<Vec<PendingRun>> {
+        self.local.pending_runs(thread_id).await
+    }
+
+    async fn pending_threads(&self, limit: usize) -> store::Result<Vec<ThreadId>> {
+        self.local.pending_threads(limit).await
+    }
+
+    async fn remove_pending(&self, run_id: RunId) -> store::Result<bool> {
+        self.local.remove_pending(run_id).await
     }
 
     async fn reserve_idempotency(

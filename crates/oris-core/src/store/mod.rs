@@ -595,30 +595,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ///
     /// # Errors
     /// [`Error::AlreadyExists`] when a pending run with this id is stored.
-    async fn push_pending(&self, run: &PendingRun) -> Result<u64> {
-        let _ = run;
-        Err(no_pending_runs())
-    }
+    async fn push_pending(&self, run: &PendingRun) -> Result<u64>;
 
     /// The thread's pending runs, oldest (lowest position) first.
-    async fn pending_runs(&self, thread_id: &ThreadId) -> Result<Vec<PendingRun>> {
-        let _ = thread_id;
-        Err(no_pending_runs())
-    }
+    async fn pending_runs(&self, thread_id: &ThreadId) -> Result<Vec<PendingRun>>;
 
     /// Up to `limit` threads that have pending runs and no unfinished run (no active run,
     /// or no thread record at all): the threads whose oldest pending run may start now.
     /// Ordered by the creation time of their oldest pending run, then thread id.
-    async fn pending_threads(&self, limit: usize) -> Result<Vec<ThreadId>> {
-        let _ = limit;
-        Err(no_pending_runs())
-    }
+    async fn pending_threads(&self, limit: usize) -> Result<Vec<ThreadId>>;
 
     /// Deletes a pending run; `false` when there is none with this id.
-    async fn remove_pending(&self, run_id: RunId) -> Result<bool> {
-        let _ = run_id;
-        Err(no_pending_runs())
-    }
+    async fn remove_pending(&self, run_id: RunId) -> Result<bool>;
 
     // --- Idempotency --------------------------------------------------------------------
 
@@ -671,11 +659,6 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Lists audit entries, oldest first.
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;
-}
-
-/// The refusal of a store that keeps no pending runs.
-fn no_pending_runs() -> Error {
-    Error::Incompatible("this store keeps no pending runs".into())
 }
 
 /// An external event sent to a thread, buffered until a node waiting for its name
