@@ -652,16 +652,39 @@ async fn two_pools_claim_each_run_exactly_once() -> TestResult {
     Ok(())
 }
 
-/// An answer and the commit that suspends the run on that interrupt, sent at the same
-/// time through two pools, in either order: the run always ends up interrupted and ready
-/// since the answer (whichever transaction came second saw the other's write).
+/// Thread `thread` with a run driven by workers (queued with a graph version of its own,
+/// then claimed: running, epoch 1), the only kind of run that answers and deliveries make
+/// claimable.
+async fn start_claimed(s: &dyn Store, thread: &str) -> Writer {
+    let t = ThreadId::new(thread).expect("thread id");
+    let queued = build::queued_run(&t, GRAPH, thread, build::at(1), 0, None);
+    s.commit(build::create(&queued, vec![]))
+        .await
+        .expect("enqueue");
+    let request = oris_core::store::ClaimRequest {
+        graphs: vec![(GRAPH.to_owned(), thread.to_owned())],
+        ..build::claim_request("w0", Timestamp::now(), Duration::from_secs(3600), 1)
+    };
+    let claimed = s.claim(&request).await.expect("claim");
+    assert_eq!(claimed.len(), 1, "the queued run is claimed");
+    Writer {
+        thread: t,
+        run: claimed[0].clone(),
+        head: 0,
+    }
+}
+
+/// An answer and the commit that suspends the run (driven by workers) on that interrupt,
+/// sent at the same time through two pools, in either order: the run always ends up
+/// interrupted and ready since the answer (whichever transaction came second saw the
+/// other's write).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn answers_racing_suspensions_always_make_the_run_ready() -> TestResult {
     let (a, _guard) = fresh(true).await;
     let b = PostgresStore::connect(&url(), options(a.schema(), true)).await?;
     let (a, b): (Arc<dyn Store>, Arc<dyn Store>) = (Arc::new(a), Arc::new(b));
     for round in 0..30 {
-        let mut w = Writer::start(&*a, &format!("answer-race-{round}")).await;
+        let mut w = start_claimed(&*a, &format!("answer-race-{round}")).await;
         let (r, head, i) = (w.run.run_id, w.head, InterruptId::generate());
         let raised = build::append(
             &w.thread,
@@ -697,15 +720,16 @@ async fn answers_racing_suspensions_always_make_the_run_ready() -> TestResult {
     Ok(())
 }
 
-/// A delivery and the commit that suspends the run waiting for it, at the same time
-/// through two pools: the run always ends up waiting and ready since the delivery.
+/// A delivery and the commit that suspends the run (driven by workers) waiting for it, at
+/// the same time through two pools: the run always ends up waiting and ready since the
+/// delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deliveries_racing_suspensions_always_make_the_run_ready() -> TestResult {
     let (a, _guard) = fresh(false).await;
     let b = PostgresStore::connect(&url(), options(a.schema(), false)).await?;
     let (a, b): (Arc<dyn Store>, Arc<dyn Store>) = (Arc::new(a), Arc::new(b));
     for round in 0..30 {
-        let w = Writer::start(&*a, &format!("delivery-race-{round}")).await;
+        let w = start_claimed(&*a, &format!("delivery-race-{round}")).await;
         let (r, head) = (w.run.run_id, w.head);
         let suspend = build::set_status(
             &w.thread,

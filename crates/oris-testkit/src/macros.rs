@@ -150,6 +150,7 @@ macro_rules! __conformance_cases {
             answers_make_interrupted_runs_ready,
             deliveries_make_waiting_runs_ready,
             released_suspended_runs_stay_ready,
+            library_runs_are_never_claimable,
             // listing
             runs_filter_by_time_and_metadata,
             interrupts_are_listed_across_threads,

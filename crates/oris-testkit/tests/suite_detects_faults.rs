@@ -88,6 +88,9 @@ enum Fault {
     /// Answers and deliveries that make a suspended run ready are not reflected in
     /// `ready_at` (only the status's own wake-up time is).
     SuspendedReadyOnlyByStatus,
+    /// A suspended run driven by the library (never claimed) is made ready as if workers
+    /// drove it: at its wake-up time, or since it suspended.
+    LibraryRunsReady,
     /// A reservation racing an identical one at the same instant also wins (check, then set).
     ReserveCheckThenSet,
     /// A key used with another request reads as in flight instead of a mismatch.
@@ -201,6 +204,15 @@ impl Faulty {
             )
         {
             r.ready_at = oris_core::store::wake_at(&r.status);
+        }
+        if self.fault == Fault::LibraryRunsReady
+            && r.lease_epoch == 0
+            && matches!(
+                r.status,
+                RunStatus::Interrupted { .. } | RunStatus::Waiting { .. }
+            )
+        {
+            r.ready_at = oris_core::store::wake_at(&r.status).or(Some(r.updated_at));
         }
         if self.fault == Fault::DropsWaitingData
             && let RunStatus::Waiting { until, events } = &mut r.status
@@ -847,6 +859,7 @@ detects! {
     release_any_epoch: ReleaseAnyEpoch => releases_hand_runs_back;
     answers_do_not_wake: SuspendedReadyOnlyByStatus => answers_make_interrupted_runs_ready;
     deliveries_do_not_wake: SuspendedReadyOnlyByStatus => deliveries_make_waiting_runs_ready;
+    library_runs_ready: LibraryRunsReady => library_runs_are_never_claimable;
     reserve_check_then_set: ReserveCheckThenSet => concurrent_reservations_reserve_once;
     mismatch_as_in_flight: MismatchAsInFlight => idempotency_keys_reserve_replay_and_expire;
     purge_counts_zero: PurgeCountsZero => purge_deletes_expired_idempotency_records;

@@ -2,8 +2,8 @@
 //! fencing epoch), the remote workers, idempotency records, API keys and the audit log.
 //!
 //! The rules are pure functions here ([`plan_claim`], [`plan_renew`], [`plan_release`],
-//! [`plan_reap`], [`check_fence`], [`plan_reservation`], [`ready_on_answer`],
-//! [`ready_on_delivery`]), decided once for every backend, like
+//! [`plan_reap`], [`check_fence`], [`plan_reservation`], [`driven_by_workers`],
+//! [`ready_on_answer`], [`ready_on_delivery`]), decided once for every backend, like
 //! [`plan_commit`](super::plan_commit) for commits. Backends that claim or reap in SQL must
 //! produce the same records (the conformance suite checks them).
 
@@ -199,10 +199,23 @@ pub fn check_fence_writer(commit: &Commit, thread: Option<&ThreadRecord>) -> Res
     }
 }
 
-/// When a run that just entered `status` becomes claimable (unleased): a queued run at once
-/// (`created`), a waiting run at its wake-up time, a running run only under a lease (an
-/// unleased running run is driven in-process by the library, recovered by
-/// `Engine::recover`), an interrupted or finished one never (until answered).
+/// Whether a run is driven by workers through the store — queued for them, or claimed at
+/// least once (`lease_epoch > 0`) — rather than in-process by the library (created running,
+/// never claimed). Only runs driven by workers are ever claimable: a library run's timers,
+/// answers and deliveries are acted on by the engine that drives it (or its recovery and
+/// timer sweep, which find waiting runs by `wake_at`, not `ready_at`), so none of them sets
+/// its `ready_at` — a server on the same database must not claim it. Every readiness rule
+/// ([`ready_on_answer`], [`ready_on_delivery`], and [`plan_commit`](super::plan_commit)'s
+/// use of [`ready_for_status`]) applies only to such runs.
+pub fn driven_by_workers(run: &RunRecord) -> bool {
+    run.status == RunStatus::Queued || run.lease_epoch > 0
+}
+
+/// When a run driven by workers ([`driven_by_workers`]) that just entered `status` becomes
+/// claimable (unleased): a queued run at once (`created`), a waiting run at its wake-up time,
+/// a running run only under a lease (an unleased running run is driven in-process, recovered
+/// by `Engine::recover`), an interrupted or finished one never (until answered). A run
+/// driven by the library is never claimable, whatever its status.
 pub fn ready_for_status(status: &RunStatus, created: Option<Timestamp>) -> Option<Timestamp> {
     match status {
         RunStatus::Queued => created,
@@ -212,9 +225,10 @@ pub fn ready_for_status(status: &RunStatus, created: Option<Timestamp>) -> Optio
 }
 
 /// The new `ready_at` of an interrupted run after one of its interrupts was answered at
-/// `at`: `Some(at)` when every interrupt the run raised and has not applied now has an
-/// answer (the run can continue), `None` when nothing changes. `interrupts` are the run's
-/// interrupt records after the answer.
+/// `at`: `Some(at)` when the run is driven by workers ([`driven_by_workers`]), unleased, and
+/// every interrupt it raised and has not applied now has an answer (the run can continue);
+/// `None` when nothing changes. `interrupts` are the run's interrupt records after the
+/// answer.
 pub fn ready_on_answer(
     run: &RunRecord,
     interrupts: &[InterruptRecord],
@@ -228,16 +242,21 @@ pub fn ready_on_answer(
         i.answer.as_ref()?;
         any = true;
     }
-    (any && matches!(run.status, RunStatus::Interrupted { .. }) && run.lease.is_none())
-        .then(|| run.ready_at.map_or(at, |r| r.min(at)))
+    (any && matches!(run.status, RunStatus::Interrupted { .. })
+        && run.lease.is_none()
+        && driven_by_workers(run))
+    .then(|| run.ready_at.map_or(at, |r| r.min(at)))
 }
 
 /// The new `ready_at` of a thread's active run after an event named `name` arrived at `at`:
-/// `Some` when the run waits for that event (and is not leased), `None` when nothing changes.
+/// `Some` when the run is driven by workers ([`driven_by_workers`]), not leased, and waits
+/// for that event; `None` when nothing changes.
 pub fn ready_on_delivery(run: &RunRecord, name: &str, at: Timestamp) -> Option<Timestamp> {
     match &run.status {
         RunStatus::Waiting { events, .. }
-            if run.lease.is_none() && events.iter().any(|e| e == name) =>
+            if run.lease.is_none()
+                && driven_by_workers(run)
+                && events.iter().any(|e| e == name) =>
         {
             Some(run.ready_at.map_or(at, |r| r.min(at)))
         }

@@ -15,8 +15,8 @@ mod memory;
 pub use control::{
     ApiKeyRecord, AuditFilter, AuditRecord, ClaimRequest, Fence, IdempotencyRecord,
     InterruptFilter, LeaseHolder, PendingRun, Reservation, StoredResponse, WorkerRecord,
-    check_fence, check_fence_writer, plan_claim, plan_reap, plan_release, plan_renew,
-    plan_reservation, ready_for_status, ready_on_answer, ready_on_delivery,
+    check_fence, check_fence_writer, driven_by_workers, plan_claim, plan_reap, plan_release,
+    plan_renew, plan_reservation, ready_for_status, ready_on_answer, ready_on_delivery,
 };
 pub use memory::MemoryStore;
 
@@ -855,7 +855,8 @@ pub struct CommitPlan {
 /// A created run is unleased and ready as [`ready_for_status`] says. A status change to
 /// running keeps the writer's lease when the commit is fenced (the run stays ready at the
 /// lease's expiry) and otherwise leaves the run unleased and not ready; any other status
-/// change ends the lease and sets `ready_at` from the status. Backends then adjust
+/// change ends the lease and sets `ready_at` from the status for a run driven by workers
+/// ([`driven_by_workers`]; a run driven by the library is never ready). Backends then adjust
 /// `ready_at` of a run entering `interrupted` with [`ready_on_answer`] (answers that
 /// arrived while it was suspending) and of a run entering `waiting` with the earliest
 /// pending delivery it waits for, so a resume or event that raced the suspension is not
@@ -1013,7 +1014,12 @@ pub fn plan_commit(
                 *status == RunStatus::Running && commit.fence.is_some_and(|f| f.run_id == *run_id);
             if !leased {
                 r.lease = None;
-                r.ready_at = ready_for_status(status, None);
+                // A run driven by the library never becomes claimable.
+                r.ready_at = if driven_by_workers(stored) {
+                    ready_for_status(status, None)
+                } else {
+                    None
+                };
             }
             if status.is_terminal() && next.active_run == Some(*run_id) {
                 next.active_run = None;

@@ -15,6 +15,7 @@ use tokio::sync::Barrier;
 use crate::build::{self, GRAPH, GRAPH_VERSION};
 use crate::check::{ThreadView, claim, claim_ids, ok, run_record};
 use crate::conformance::concurrency::join;
+use crate::conformance::leases::start_claimed;
 use crate::conformance::suspension::move_to;
 use crate::writer::Writer;
 
@@ -305,16 +306,18 @@ pub async fn only_ready_unfinished_runs_are_claimable(store: Arc<dyn Store>) {
     );
     ok(s.commit(c).await, "cancel a queued run");
     let running = Writer::start(s, "ready-running").await;
-    let mut interrupted = Writer::start(s, "ready-interrupted").await;
+    // The suspended runs are driven by workers (a run driven by the library never is
+    // ready: `library_runs_are_never_claimable`).
+    let mut interrupted = start_claimed(s, "ready-interrupted").await;
     let status = build::status_interrupted(vec![build::pending(
         InterruptId::generate(),
         "ask",
         r#"{"q":1}"#,
     )]);
     move_to(s, &mut interrupted, status).await;
-    let mut event_only = Writer::start(s, "ready-event-only").await;
+    let mut event_only = start_claimed(s, "ready-event-only").await;
     move_to(s, &mut event_only, build::status_waiting(None, &["paid"])).await;
-    let mut timer = Writer::start(s, "ready-timer").await;
+    let mut timer = start_claimed(s, "ready-timer").await;
     let until = build::at(50);
     move_to(s, &mut timer, build::status_waiting(Some(until), &["paid"])).await;
 

@@ -46,6 +46,21 @@ pub(crate) async fn start_own(s: &dyn Store, thread: &str) -> Writer {
     w
 }
 
+/// Starts thread `thread` with a run driven by workers: queued (pinned to a graph version
+/// of its own, the thread's name) and claimed by worker `w0` at the wall clock for an hour
+/// (running, epoch 1, leased). The writer's record is the claimed one; its status changes
+/// (unfenced, by [`move_to`](crate::conformance::suspension::move_to)) end the lease and
+/// leave the run driven by workers, so the readiness rules apply to it.
+pub(crate) async fn start_claimed(s: &dyn Store, thread: &str) -> Writer {
+    let queued = enqueue_own(s, thread, build::at(1)).await;
+    let (run, _) = claim_one(s, &queued, "w0", Timestamp::now(), HOUR).await;
+    Writer {
+        thread: queued.thread_id,
+        run,
+        head: 0,
+    }
+}
+
 /// A claim of `run` alone (by its graph version) by `worker` at `now` for `ttl`.
 pub(crate) fn claim_of(
     run: &RunRecord,

@@ -2,7 +2,9 @@
 //! answers and deliveries: a status change ends the lease (except a fenced change to
 //! running) and sets `ready_at` from the new status; an answer to the last open interrupt
 //! of an interrupted run, or an event a waiting run waits for, makes it ready — also when it
-//! arrived before the run suspended (raced the suspension commit).
+//! arrived before the run suspended (raced the suspension commit). These rules hold for
+//! runs driven by workers (queued, or claimed at least once); a run driven in-process by the
+//! library is never ready, whatever happens to it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +15,7 @@ use oris_core::store::{Answer, Delivery, Fence, RunRecord, Store};
 
 use crate::build::{self, payload};
 use crate::check::{assert_lease_lost, claim_ids, err, ok, run_record};
-use crate::conformance::leases::{claim_of, claim_one, enqueue_own, start_own};
+use crate::conformance::leases::{claim_of, claim_one, enqueue_own, start_claimed, start_own};
 use crate::conformance::suspension::{move_to, suspension_events};
 use crate::writer::Writer;
 
@@ -74,7 +76,7 @@ fn interrupted(ids: &[InterruptId]) -> RunStatus {
 pub async fn status_changes_end_or_keep_the_lease(store: Arc<dyn Store>) {
     let s = &*store;
     let now = Timestamp::now();
-    let mut w = start_own(s, "status-lease").await;
+    let mut w = start_claimed(s, "status-lease").await;
     let r = w.run.run_id;
     move_to(
         s,
@@ -101,7 +103,7 @@ pub async fn status_changes_end_or_keep_the_lease(store: Arc<dyn Store>) {
         &claimed,
         &RunStatus::Running,
         claimed.ready_at,
-        1,
+        2,
         Some("w1"),
         "fenced → running",
     );
@@ -114,7 +116,7 @@ pub async fn status_changes_end_or_keep_the_lease(store: Arc<dyn Store>) {
         &claimed,
         &status,
         Some(build::at(7)),
-        1,
+        2,
         None,
         "fenced → waiting",
     );
@@ -123,12 +125,12 @@ pub async fn status_changes_end_or_keep_the_lease(store: Arc<dyn Store>) {
         f1,
     );
     let e = err(s.commit(c).await, "a commit after the lease ended");
-    assert_lease_lost(&e, r, 1, "a commit after the lease ended");
+    assert_lease_lost(&e, r, 2, "a commit after the lease ended");
     let e = err(
         s.renew_lease(&f1, "w1", Timestamp::now(), HOUR).await,
         "a renewal after the lease ended",
     );
-    assert_lease_lost(&e, r, 1, "a renewal after the lease ended");
+    assert_lease_lost(&e, r, 2, "a renewal after the lease ended");
 
     let (_, f2) = claim_one(s, &stored, "w2", Timestamp::now(), HOUR).await;
     move_fenced(s, &mut w, RunStatus::Running, f2).await;
@@ -140,7 +142,7 @@ pub async fn status_changes_end_or_keep_the_lease(store: Arc<dyn Store>) {
         &claimed,
         &interrupted(&[i]),
         None,
-        2,
+        3,
         None,
         "fenced → interrupted",
     );
@@ -166,7 +168,7 @@ pub async fn status_changes_end_or_keep_the_lease(store: Arc<dyn Store>) {
         &claimed,
         &done,
         None,
-        3,
+        4,
         None,
         "fenced → completed",
     );
@@ -198,7 +200,7 @@ pub async fn status_changes_end_or_keep_the_lease(store: Arc<dyn Store>) {
     );
     assert_lease_lost(&e, q.run_id, 1, "a release after the cancellation");
 
-    let mut v = start_own(s, "status-lease-inprocess").await;
+    let mut v = start_claimed(s, "status-lease-inprocess").await;
     move_to(s, &mut v, build::status_waiting(Some(build::at(5)), &[])).await;
     let vw = run_record(s, v.run.run_id).await;
     let (cv, _) = claim_one(s, &vw, "w1", Timestamp::now(), HOUR).await;
@@ -208,7 +210,7 @@ pub async fn status_changes_end_or_keep_the_lease(store: Arc<dyn Store>) {
         &cv,
         &RunStatus::Running,
         None,
-        1,
+        2,
         None,
         "unfenced → running of a claimed run",
     );
@@ -231,7 +233,7 @@ pub async fn answers_make_interrupted_runs_ready(store: Arc<dyn Store>) {
     };
     let ready_at = async |w: &Writer| run_record(s, w.run.run_id).await.ready_at;
 
-    let mut w = start_own(s, "answers").await;
+    let mut w = start_claimed(s, "answers").await;
     let (i1, i2) = (InterruptId::generate(), InterruptId::generate());
     move_to(s, &mut w, interrupted(&[i1, i2])).await;
     assert_eq!(ready_at(&w).await, None, "interrupted, unanswered");
@@ -250,12 +252,16 @@ pub async fn answers_make_interrupted_runs_ready(store: Arc<dyn Store>) {
     claim_one(s, &stored, "w", build::at(30), HOUR).await;
 
     // Both answers arrive before the run suspends.
-    let mut raced = start_own(s, "answers-raced").await;
+    let mut raced = start_claimed(s, "answers-raced").await;
     let (j1, j2) = (InterruptId::generate(), InterruptId::generate());
     raise(s, &mut raced, &[j1, j2]).await;
     answer(j2, build::at(45), Answer::Recorded).await;
     answer(j1, build::at(40), Answer::Recorded).await;
-    assert_eq!(ready_at(&raced).await, None, "running: driven in-process");
+    assert_eq!(
+        ready_at(&raced).await,
+        raced.run.ready_at,
+        "running, leased: ready at its lease's expiry, whatever the answers"
+    );
     suspend_on(s, &mut raced, &[j1, j2]).await;
     assert_eq!(
         ready_at(&raced).await,
@@ -264,7 +270,7 @@ pub async fn answers_make_interrupted_runs_ready(store: Arc<dyn Store>) {
     );
 
     // One answer before the suspension, one after.
-    let mut half = start_own(s, "answers-half").await;
+    let mut half = start_claimed(s, "answers-half").await;
     let (k1, k2) = (InterruptId::generate(), InterruptId::generate());
     raise(s, &mut half, &[k1, k2]).await;
     answer(k1, build::at(50), Answer::Recorded).await;
@@ -282,7 +288,7 @@ pub async fn answers_make_interrupted_runs_ready(store: Arc<dyn Store>) {
     );
 
     // An applied interrupt is done with: only the open one counts.
-    let mut applied = start_own(s, "answers-applied").await;
+    let mut applied = start_claimed(s, "answers-applied").await;
     let (m1, m2) = (InterruptId::generate(), InterruptId::generate());
     raise(s, &mut applied, &[m1]).await;
     answer(m1, build::at(70), Answer::Recorded).await;
@@ -351,7 +357,7 @@ pub async fn deliveries_make_waiting_runs_ready(store: Arc<dyn Store>) {
     let s = &*store;
     let ready_at = async |w: &Writer| run_record(s, w.run.run_id).await.ready_at;
 
-    let mut w = start_own(s, "deliveries-ready").await;
+    let mut w = start_claimed(s, "deliveries-ready").await;
     move_to(
         s,
         &mut w,
@@ -384,7 +390,7 @@ pub async fn deliveries_make_waiting_runs_ready(store: Arc<dyn Store>) {
         "an event for a leased run changes nothing"
     );
 
-    let mut untimed = start_own(s, "deliveries-untimed").await;
+    let mut untimed = start_claimed(s, "deliveries-untimed").await;
     move_to(
         s,
         &mut untimed,
@@ -399,11 +405,15 @@ pub async fn deliveries_make_waiting_runs_ready(store: Arc<dyn Store>) {
         "one of its events"
     );
 
-    let mut raced = start_own(s, "deliveries-raced").await;
+    let mut raced = start_claimed(s, "deliveries-raced").await;
     deliver(s, &raced, "other", build::at(35)).await;
     deliver(s, &raced, "paid", build::at(40)).await;
     deliver(s, &raced, "paid", build::at(42)).await;
-    assert_eq!(ready_at(&raced).await, None, "running: not affected");
+    assert_eq!(
+        ready_at(&raced).await,
+        raced.run.ready_at,
+        "running, leased: not affected"
+    );
     move_to(
         s,
         &mut raced,
@@ -416,7 +426,7 @@ pub async fn deliveries_make_waiting_runs_ready(store: Arc<dyn Store>) {
         "suspended after its event arrived: ready since the earliest one"
     );
 
-    let mut early = start_own(s, "deliveries-until-first").await;
+    let mut early = start_claimed(s, "deliveries-until-first").await;
     deliver(s, &early, "paid", build::at(40)).await;
     move_to(
         s,
@@ -430,7 +440,7 @@ pub async fn deliveries_make_waiting_runs_ready(store: Arc<dyn Store>) {
         "its until came first"
     );
 
-    let mut consumed = start_own(s, "deliveries-consumed").await;
+    let mut consumed = start_claimed(s, "deliveries-consumed").await;
     let d = deliver(s, &consumed, "paid", build::at(40)).await;
     let (r, head) = (consumed.run.run_id, consumed.head);
     let c = build::append(
@@ -458,7 +468,7 @@ pub async fn deliveries_make_waiting_runs_ready(store: Arc<dyn Store>) {
 pub async fn released_suspended_runs_stay_ready(store: Arc<dyn Store>) {
     let s = &*store;
     let ttl = Duration::from_secs(10);
-    let mut w = start_own(s, "release-interrupted").await;
+    let mut w = start_claimed(s, "release-interrupted").await;
     let i = InterruptId::generate();
     move_to(s, &mut w, interrupted(&[i])).await;
     ok(
@@ -479,7 +489,7 @@ pub async fn released_suspended_runs_stay_ready(store: Arc<dyn Store>) {
     );
     claim_one(s, &released, "w2", build::at(31), ttl).await;
 
-    let mut v = start_own(s, "release-waiting").await;
+    let mut v = start_claimed(s, "release-waiting").await;
     move_to(s, &mut v, build::status_waiting(None, &["paid"])).await;
     deliver(s, &v, "paid", build::at(40)).await;
     let woken = run_record(s, v.run.run_id).await;
@@ -495,4 +505,90 @@ pub async fn released_suspended_runs_stay_ready(store: Arc<dyn Store>) {
         "a released run woken by an event"
     );
     claim_one(s, &released, "w2", build::at(41), ttl).await;
+}
+
+/// A run driven by the library (created running, never claimed) is never claimable: not
+/// while it waits with a timer (not even long past its `until`), not when an event it waits
+/// for arrives (after it suspended, or before — racing the suspension), not when its
+/// interrupt is answered (after it suspended, or before). Its `ready_at` stays empty and a
+/// claim for its graph version finds nothing, while a run driven by workers in the same
+/// state is claimed by the same kind of request. The library's timer sweep still finds its
+/// waiting runs by wake-up time (`due_runs`).
+pub async fn library_runs_are_never_claimable(store: Arc<dyn Store>) {
+    let s = &*store;
+    let answer = async |id: InterruptId, at: Timestamp| {
+        let what = format!("answer {id} at {at:?}");
+        let (got, _) = ok(
+            s.answer_interrupt(id, payload(r#"{"ok":true}"#), at).await,
+            &what,
+        );
+        assert_eq!(got, Answer::Recorded, "{what}");
+    };
+    let far = build::at(100_000);
+
+    let mut timer = start_own(s, "library-timer").await;
+    move_to(
+        s,
+        &mut timer,
+        build::status_waiting(Some(build::at(5)), &["paid"]),
+    )
+    .await;
+    let mut woken = start_own(s, "library-event").await;
+    move_to(s, &mut woken, build::status_waiting(None, &["paid"])).await;
+    deliver(s, &woken, "paid", build::at(10)).await;
+    let mut early_event = start_own(s, "library-event-raced").await;
+    deliver(s, &early_event, "paid", build::at(11)).await;
+    move_to(
+        s,
+        &mut early_event,
+        build::status_waiting(Some(build::at(6)), &["paid"]),
+    )
+    .await;
+    let mut answered = start_own(s, "library-answer").await;
+    let i = InterruptId::generate();
+    move_to(s, &mut answered, interrupted(&[i])).await;
+    answer(i, build::at(20)).await;
+    let mut early_answer = start_own(s, "library-answer-raced").await;
+    let j = InterruptId::generate();
+    raise(s, &mut early_answer, &[j]).await;
+    answer(j, build::at(21)).await;
+    suspend_on(s, &mut early_answer, &[j]).await;
+
+    for w in [&timer, &woken, &early_event, &answered, &early_answer] {
+        let what = format!("the library's run on `{}`", w.thread);
+        let r = run_record(s, w.run.run_id).await;
+        assert_eq!(r.ready_at, None, "{what}: never ready");
+        assert_eq!(
+            claim_ids(s, &claim_of(&r, "w", far, HOUR)).await,
+            Vec::<RunId>::new(),
+            "{what}: not claimable"
+        );
+        assert_eq!(
+            run_record(s, w.run.run_id).await,
+            r,
+            "{what}: unchanged by the claim"
+        );
+    }
+
+    // The same as the answered one, driven by workers: claimed by the same kind of request.
+    let mut worker = start_claimed(s, "library-contrast").await;
+    let k = InterruptId::generate();
+    move_to(s, &mut worker, interrupted(&[k])).await;
+    answer(k, build::at(22)).await;
+    let r = run_record(s, worker.run.run_id).await;
+    assert_eq!(r.ready_at, Some(build::at(22)), "a worker's answered run");
+    claim_one(s, &r, "w", far, HOUR).await;
+
+    // The library wakes its own waiting runs by their wake-up time.
+    let due: Vec<RunId> = ok(s.due_runs(far, 1_000).await, "due_runs")
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    for w in [&timer, &early_event] {
+        assert!(
+            due.contains(&w.run.run_id),
+            "the library's timer on `{}` is due: {due:?}",
+            w.thread
+        );
+    }
 }

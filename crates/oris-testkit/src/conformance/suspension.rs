@@ -73,8 +73,8 @@ fn interrupted(n: usize) -> RunStatus {
 
 /// Running ⇄ Interrupted, Running ⇄ Waiting and Interrupted|Waiting → Cancelled are
 /// accepted; the status data (pending interrupts with their JSON, `until`, event names)
-/// reads back exactly through `run` and `runs`; only status, `updated_at` and `ready_at`
-/// (the wake-up time of a waiting run, none otherwise) change; a
+/// reads back exactly through `run` and `runs`; only status and `updated_at` change (the
+/// run is driven by the library: never ready for a worker, even waiting with a timer); a
 /// suspended run stays the thread's active run, a cancelled one does not.
 pub async fn suspended_statuses_round_trip(store: Arc<dyn Store>) {
     let s = &*store;
@@ -115,13 +115,12 @@ pub async fn suspended_statuses_round_trip(store: Arc<dyn Store>) {
             move_to(s, &mut w, status.clone()).await;
             let stored = run_record(s, w.run.run_id).await;
             assert_eq!(stored.status, status, "{what}: stored status");
-            // Unleased, a waiting run is ready for a worker at its wake-up time (no event
-            // it waits for has arrived); interrupted (unanswered), running (in-process) and
-            // ended runs are not ready.
+            // Driven by the library, the run is never ready for a worker, whatever its
+            // status (a waiting run is woken by the library's timer sweep instead).
             expected = RunRecord {
                 status: status.clone(),
                 updated_at: stored.updated_at,
-                ready_at: oris_core::store::wake_at(&status),
+                ready_at: None,
                 ..expected
             };
             assert_eq!(
