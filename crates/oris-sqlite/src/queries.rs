@@ -214,13 +214,13 @@ pub(crate) const ANSWER_INTERRUPT: &str =
 /// The columns of an interrupt record with its thread and its run's status, as a literal
 /// for `concat!`. Columns: 0 key, 1 interrupt_id, 2 thread_key, 3 thread_id, 4 run_key,
 /// 5 run_id, 6 node, 7 payload, 8 raised_seq, 9 raised_at, 10 answer, 11 answered_at,
-/// 12 applied_seq, 13 run status, 14 run status_data.
+/// 12 applied_seq, 13 run status, 14 run status_data, 15 run lease_epoch.
 macro_rules! interrupt_select {
     () => {
         "\
 SELECT i.key, i.interrupt_id, i.thread_key, t.thread_id, i.run_key, r.run_id, i.node,
        i.payload, i.raised_seq, i.raised_at, i.answer, i.answered_at, i.applied_seq,
-       r.status, r.status_data
+       r.status, r.status_data, r.lease_epoch
 FROM interrupts i
 LEFT JOIN threads t ON t.key = i.thread_key
 LEFT JOIN runs r ON r.key = i.run_key"
@@ -231,10 +231,13 @@ LEFT JOIN runs r ON r.key = i.run_key"
 pub(crate) const INTERRUPT_BY_ID: &str =
     concat!(interrupt_select!(), "\nWHERE i.interrupt_id = ?1");
 
-/// A run's open (not applied) interrupts by its key (columns of `interrupt_select!`).
+/// The open (not applied) interrupts of the run with key `?3`, of thread `?1`, starting at
+/// seq `?2` (columns of `interrupt_select!`): a range of `interrupts_by_thread` from the
+/// run's first seq, which holds only this run's interrupts when it is the thread's latest
+/// run (the only run whose answers or suspension make it ready).
 pub(crate) const OPEN_INTERRUPTS_OF_RUN: &str = concat!(
     interrupt_select!(),
-    "\nWHERE i.run_key = ?1 AND i.applied_seq IS NULL"
+    "\nWHERE i.thread_key = ?1 AND i.raised_seq >= ?2 AND i.run_key = ?3 AND i.applied_seq IS NULL"
 );
 
 /// A thread's interrupts by its key, in raised order (columns of `interrupt_select!`).
@@ -763,7 +766,10 @@ mod tests {
     #[test]
     fn control_plane_reads_use_their_indexes() {
         for (sql, index) in [
-            (OPEN_INTERRUPTS_OF_RUN, "interrupts_open_by_run"),
+            (
+                OPEN_INTERRUPTS_OF_RUN,
+                "interrupts_by_thread (thread_key=? AND raised_seq>?)",
+            ),
             (PENDING_DELIVERY_TIMES, "deliveries_pending"),
             (IDEMPOTENCY_BY_KEY, "PRIMARY KEY"),
             (PURGE_IDEMPOTENCY, "idempotency_expiry"),

@@ -323,14 +323,18 @@ pub(crate) fn snapshot(
         .map_err(|f| within(format!("snapshot at seq {at_seq}"))(f).at(thread_id, None))
 }
 
-/// An interrupt record with its key and, when asked for, its run's status.
+/// An interrupt record with its keys and, when asked for, its run's status and epoch.
 #[derive(Debug, Clone)]
 pub(crate) struct StoredInterrupt {
     pub key: i64,
+    pub thread_key: i64,
+    pub run_key: i64,
     pub record: InterruptRecord,
     /// The status of the run that raised it (read only by the writer, which decides
     /// answers with it).
     pub run_status: Option<RunStatus>,
+    /// That run's lease epoch (read with the status): whether workers drive it.
+    pub run_epoch: Option<u64>,
 }
 
 /// Whether an interrupt with this id exists.
@@ -390,14 +394,19 @@ pub(crate) fn list_interrupts(
     Ok(out)
 }
 
-/// A run's interrupts not applied yet (by the run's key), of thread `thread_id`.
+/// The interrupts not applied yet of the thread's latest run (by the run's key and first
+/// seq), of thread `thread_id` (by key).
 pub(crate) fn open_interrupts_of_run(
     conn: &Connection,
-    run_key: i64,
+    thread_key: i64,
     thread_id: &ThreadId,
+    run_key: i64,
+    first_seq: Seq,
 ) -> Result<Vec<InterruptRecord>, Fault> {
+    let first = i64::try_from(first_seq.0)
+        .map_err(|_| Fault::Bad(format!("seq {first_seq} is out of range")))?;
     let mut stmt = conn.prepare_cached(queries::OPEN_INTERRUPTS_OF_RUN)?;
-    let mut rows = stmt.query(params![run_key])?;
+    let mut rows = stmt.query(params![thread_key, first, run_key])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         out.push(decode_interrupt(row, thread_id, false)?.record);
@@ -455,16 +464,19 @@ fn decode_interrupt(
                 ));
             }
         };
-        let run_status = if with_status {
-            Some(
-                decode_status(&text(row, 13, "status")?, text(row, 14, "status_data")?)
-                    .map_err(within(format!("run {run_id}")))?,
-            )
+        let (run_status, run_epoch) = if with_status {
+            let status = decode_status(&text(row, 13, "status")?, text(row, 14, "status_data")?)
+                .map_err(within(format!("run {run_id}")))?;
+            let epoch = u64::try_from(int(row, 15, "lease_epoch")?)
+                .map_err(|_| Fault::Bad(format!("run {run_id}: negative lease_epoch")))?;
+            (Some(status), Some(epoch))
         } else {
-            None
+            (None, None)
         };
         Ok(StoredInterrupt {
             key: int(row, 0, "key")?,
+            thread_key: int(row, 2, "thread_key")?,
+            run_key,
             record: InterruptRecord {
                 interrupt_id: id,
                 thread_id: thread_id.clone(),
@@ -477,6 +489,7 @@ fn decode_interrupt(
                 applied_seq: opt_seq(row, 12, "applied_seq")?,
             },
             run_status,
+            run_epoch,
         })
     };
     decode().map_err(|f| within(format!("interrupt {id}"))(f).at(thread_id, None))

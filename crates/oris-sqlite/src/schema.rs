@@ -234,7 +234,8 @@ CREATE TABLE audit (
 "#;
 
 /// Version 3: remote workers and the lease reaper — the worker registry, and an index of
-/// leased runs by lease expiry — and the pending runs of the multitask strategy `enqueue`.
+/// leased runs by lease expiry — and the pending runs of the multitask strategy `enqueue`;
+/// runs driven by the library are never claimable, and one index of open interrupts fewer.
 ///
 /// `runs_leased` holds only runs with a lease (at most the workers' total capacity, however
 /// large the backlog), so the reaper reads the expired leases as its head and lease counts
@@ -242,7 +243,21 @@ CREATE TABLE audit (
 /// `runs_ready` cannot serve them: it is ordered by priority first, and every queued run
 /// ready by now sits among the expired leases in it.) Existing runs need no backfill: the
 /// index is built from their lease columns.
+///
+/// Runs driven in-process by the library (never queued, never claimed: `lease_epoch = 0`
+/// and not `queued`) lose the `ready_at` that version 2's rules gave their timers, answers
+/// and deliveries (`oris_core::store::driven_by_workers`), so that no server claims them.
+/// `interrupts_open_by_run` goes: a run's open interrupts are read as the range of
+/// `interrupts_by_thread` from the run's first seq (only the thread's latest run is asked
+/// about), so raising and applying an interrupt write one index page fewer each.
 const V3: &str = r#"
+-- Runs driven by the library are never claimable.
+UPDATE runs SET ready_at = NULL
+WHERE ready_at IS NOT NULL AND lease_epoch = 0 AND status <> 'queued';
+
+-- A run's open interrupts are a range of interrupts_by_thread.
+DROP INDEX interrupts_open_by_run;
+
 -- Leased runs by lease expiry: the reaper's expired leases, earliest first, and the live
 -- leases lease counts group by graph.
 CREATE INDEX runs_leased ON runs (lease_expires, run_id) WHERE lease_worker IS NOT NULL;
@@ -497,8 +512,34 @@ mod tests {
             v1_run(&conn, 8, &waiting(None, &["x"]), 1_700);
             v1_delivery(&conn, 8, 1, "x", 2_500, false);
             v1_run(&conn, 9, &waiting(None, &["y"]), 1_800);
+
+            // Version 2 gave every run the readiness of its status, answers and deliveries.
+            migrate_to(&mut conn, &path, 2).unwrap();
+            let ready: Vec<(i64, Option<i64>)> = conn
+                .prepare("SELECT created_at, ready_at FROM runs ORDER BY key")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(
+                ready,
+                vec![
+                    (1_000, Some(1_000)),
+                    (1_100, None),
+                    (1_200, Some(3_000)),
+                    (1_300, Some(7_000)),
+                    (1_400, Some(4_500)),
+                    (1_500, None),
+                    (1_600, None),
+                    (1_700, Some(2_500)),
+                    (1_800, None),
+                ]
+            );
         }
 
+        // Version 3: of those, only the queued run is driven by workers (the others were
+        // never claimed: the library drives them), so it alone stays claimable.
         let store = crate::SqliteStore::open(&path, crate::SqliteOptions::default())
             .await
             .unwrap();
@@ -512,12 +553,12 @@ mod tests {
             vec![
                 (1_000, Some(1_000)),
                 (1_100, None),
-                (1_200, Some(3_000)),
-                (1_300, Some(7_000)),
-                (1_400, Some(4_500)),
+                (1_200, None),
+                (1_300, None),
+                (1_400, None),
                 (1_500, None),
                 (1_600, None),
-                (1_700, Some(2_500)),
+                (1_700, None),
                 (1_800, None),
             ]
         );
@@ -528,7 +569,7 @@ mod tests {
             );
         }
 
-        // Claimable in readiness order; the queued one starts running.
+        // Only the queued run is claimable; it starts running.
         let claimed = store
             .claim(&ClaimRequest {
                 worker_id: "w".into(),
@@ -540,7 +581,7 @@ mod tests {
             .await
             .unwrap();
         let order: Vec<i64> = claimed.iter().map(|r| r.created_at.0).collect();
-        assert_eq!(order, vec![1_000, 1_700, 1_200, 1_400, 1_300]);
+        assert_eq!(order, vec![1_000]);
         assert_eq!(claimed[0].status, RunStatus::Running);
         assert!(claimed.iter().all(|r| r.lease_epoch == 1));
         drop(store);
@@ -563,7 +604,9 @@ mod tests {
 
     /// A database written by version 2 is upgraded in place on open: its leased runs are in
     /// the new lease index (lease counts and the reaper find them, by their lease columns
-    /// alone), and the worker registry works.
+    /// alone), and the worker registry works. Runs driven by the library lose the readiness
+    /// version 2 gave them (a server must not claim them); runs driven by workers keep it.
+    /// The index `interrupts_open_by_run` is gone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_version_2_database_migrates_in_place_on_open() {
         use oris_core::id::Timestamp;
@@ -583,14 +626,23 @@ mod tests {
             v1_run(&conn, 1, &RunStatus::Running, 1_000);
             v1_run(&conn, 2, &RunStatus::Running, 1_100);
             v1_run(&conn, 3, &RunStatus::Queued, 1_200);
+            let waiting = RunStatus::Waiting {
+                until: Some(Timestamp(9_000)),
+                events: vec![],
+            };
+            v1_run(&conn, 4, &waiting, 1_300);
+            v1_run(&conn, 5, &waiting, 1_400);
             // Run 1's lease expired at 5,000 (epoch 3), run 2's lasts until 50,000; run 3 is
-            // queued, unleased.
+            // queued, unleased. Runs 4 and 5 wait until 9,000: run 4 in-process (never
+            // claimed), run 5 after a worker's lease ended (epoch 2).
             conn.execute_batch(
                 "UPDATE runs SET lease_epoch = 3, lease_worker = 'w-old', lease_expires = 5000,
                                  ready_at = 5000 WHERE key = 1;
                  UPDATE runs SET lease_epoch = 1, lease_worker = 'w-live', lease_expires = 50000,
                                  ready_at = 50000 WHERE key = 2;
-                 UPDATE runs SET ready_at = created_at WHERE key = 3;",
+                 UPDATE runs SET ready_at = created_at WHERE key = 3;
+                 UPDATE runs SET ready_at = 9000 WHERE key = 4;
+                 UPDATE runs SET ready_at = 9000, lease_epoch = 2 WHERE key = 5;",
             )
             .unwrap();
         }
@@ -598,6 +650,24 @@ mod tests {
         let store = crate::SqliteStore::open(&path, crate::SqliteOptions::default())
             .await
             .unwrap();
+        let ready: Vec<(i64, Option<i64>)> = store
+            .runs(&oris_core::store::RunFilter::default())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.created_at.0, r.ready_at.map(|t| t.0)))
+            .collect();
+        assert_eq!(
+            ready,
+            vec![
+                (1_000, Some(5_000)),
+                (1_100, Some(50_000)),
+                (1_200, Some(1_200)),
+                (1_300, None),
+                (1_400, Some(9_000)),
+            ],
+            "the library's waiting run is no longer claimable"
+        );
         assert_eq!(
             store.lease_counts(Timestamp(1_000)).await.unwrap(),
             vec![("g".to_owned(), 2)]
@@ -680,16 +750,18 @@ mod tests {
             .query_row("SELECT count(*) FROM pending_runs", [], |r| r.get(0))
             .unwrap();
         assert_eq!(pending, 2);
-        let (runs, index): (i64, i64) = conn
+        let (runs, index, gone): (i64, i64, i64) = conn
             .query_row(
                 "SELECT (SELECT count(*) FROM runs),
                         (SELECT count(*) FROM sqlite_master
-                         WHERE type = 'index' AND name = 'runs_leased')",
+                         WHERE type = 'index' AND name = 'runs_leased'),
+                        (SELECT count(*) FROM sqlite_master
+                         WHERE type = 'index' AND name = 'interrupts_open_by_run')",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .unwrap();
-        assert_eq!((runs, index), (3, 1));
+        assert_eq!((runs, index, gone), (5, 1, 0));
     }
 
     #[test]

@@ -41,7 +41,8 @@ use oris_core::store::{
     Answer, ApiKeyRecord, AuditRecord, ClaimRequest, Commit, Delivery, Error, Fence,
     IdempotencyRecord, InterruptRecord, PendingRun, Receipt, Reservation, RunRecord, RunWrite,
     StoredResponse, WorkerRecord, check_prune, check_redelivery, consumed_deliveries,
-    interrupt_effects, plan_answer, plan_commit, ready_on_answer, ready_on_delivery, wake_at,
+    driven_by_workers, interrupt_effects, plan_answer, plan_commit, ready_on_answer,
+    ready_on_delivery, wake_at,
 };
 use rusqlite::{Connection, ErrorCode, params};
 use tokio::sync::oneshot;
@@ -1011,15 +1012,18 @@ impl Writer {
                 ])?;
         }
 
-        // A run that suspends becomes ready at once when what it waits for already arrived
-        // (an answer or a delivery that raced the suspension), read after this commit's own
-        // interrupt and delivery rows.
+        // A run driven by workers that suspends becomes ready at once when what it waits
+        // for already arrived (an answer or a delivery that raced the suspension), read
+        // after this commit's own interrupt and delivery rows. A run driven by the library
+        // never becomes ready: nothing to read.
         if let (Some(RunWrite::SetStatus { .. }), Some(run), Some(w)) = (&c.run, &plan.run, writer)
+            && driven_by_workers(run)
         {
             let ready = match &run.status {
                 RunStatus::Interrupted { .. } => {
                     // Ready since the latest of the answers, if all are in.
-                    let open = read::open_interrupts_of_run(conn, w.key, tid)?;
+                    let open =
+                        read::open_interrupts_of_run(conn, thread_key, tid, w.key, run.first_seq)?;
                     open.iter()
                         .filter_map(|i| i.answer.as_ref().map(|(_, at)| *at))
                         .max()
@@ -1140,11 +1144,19 @@ impl Writer {
                 conn.prepare_cached(queries::ANSWER_INTERRUPT)?
                     .execute(params![stored.key, value.json(), at.0])
                     .map_err(|e| refused(e, tid))?;
-                // The last open interrupt answered makes the run claimable.
+                // The last open interrupt answered makes a run driven by workers claimable
+                // (a run driven by the library never is: nothing to read).
                 if matches!(status, RunStatus::Interrupted { .. })
+                    && stored.run_epoch.is_some_and(|e| e > 0)
                     && let Some(run) = read::run(conn, updated.run_id)?
                 {
-                    let open = read::open_interrupts_of_run(conn, run.key, tid)?;
+                    let open = read::open_interrupts_of_run(
+                        conn,
+                        stored.thread_key,
+                        tid,
+                        stored.run_key,
+                        run.record.first_seq,
+                    )?;
                     if let Some(ready) = ready_on_answer(&run.record, &open, at)
                         && Some(ready) != run.record.ready_at
                     {
