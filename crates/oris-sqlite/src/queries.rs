@@ -78,10 +78,18 @@ INSERT INTO runs (run_id, thread_key, graph, graph_version, status, status_data,
                   created_at, updated_at, wake_at, priority, metadata, ready_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
 
-/// Sets a run's status, with the readiness and lease that go with it (`plan_commit`).
+/// Sets a run's unfinished status, with the readiness and lease that go with it
+/// (`plan_commit`). It leaves `ended` alone, so `runs_unfinished` is not written.
 pub(crate) const UPDATE_RUN_STATUS: &str = "\
 UPDATE runs SET status = ?2, status_data = ?3, updated_at = ?4, wake_at = ?5, ready_at = ?6,
                 lease_worker = ?7, lease_expires = ?8
+WHERE key = ?1";
+
+/// Sets a run's final status like [`UPDATE_RUN_STATUS`], and marks it ended (out of
+/// `runs_unfinished`).
+pub(crate) const END_RUN: &str = "\
+UPDATE runs SET status = ?2, status_data = ?3, updated_at = ?4, wake_at = ?5, ready_at = ?6,
+                lease_worker = ?7, lease_expires = ?8, ended = 1
 WHERE key = ?1";
 
 /// Sets when a run may be claimed (an answer or a delivery made it ready).
@@ -317,7 +325,7 @@ pub(crate) fn runs(filter: &RunFilter) -> (String, Vec<Value>) {
             .collect();
         clauses.push(format!("r.status IN ({})", list.join(", ")));
         if filter.statuses.iter().all(|s| !s.is_terminal()) {
-            clauses.push(unfinished_predicate());
+            clauses.push(UNFINISHED_INDEX_PREDICATE.to_owned());
         }
     }
     if let Some(after) = filter.after {
@@ -555,8 +563,11 @@ pub(crate) const INSERT_AUDIT: &str = "\
 INSERT INTO audit (at, actor, role, action, target, request_id, status, outcome, details)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
-/// `r.status IN ('queued', 'running', 'interrupted', 'waiting')`: the predicate of the partial index
-/// `runs_unfinished`, word for word (modulo the table alias, which the planner ignores).
+/// The predicate of the partial index `runs_unfinished`, word for word (modulo the table
+/// alias, which the planner ignores): true exactly for runs of an unfinished status.
+const UNFINISHED_INDEX_PREDICATE: &str = "r.ended IS NULL";
+
+/// `r.status IN ('queued', 'running', 'interrupted', 'waiting')`: the run is unfinished.
 fn unfinished_predicate() -> String {
     let list: Vec<String> = StatusKind::ALL
         .iter()
@@ -610,6 +621,7 @@ mod tests {
             RUN_BY_ID,
             RUN_REF_BY_ID,
             UPDATE_RUN_STATUS,
+            END_RUN,
             EVENTS_RANGE,
             INTERRUPT_BY_ID,
             INTERRUPTS_OF_THREAD,

@@ -235,7 +235,8 @@ CREATE TABLE audit (
 
 /// Version 3: remote workers and the lease reaper — the worker registry, and an index of
 /// leased runs by lease expiry — and the pending runs of the multitask strategy `enqueue`;
-/// runs driven by the library are never claimable, and one index of open interrupts fewer.
+/// runs driven by the library are never claimable; one index of open interrupts fewer, and
+/// `runs_unfinished` keyed on a column that only a run's end sets.
 ///
 /// `runs_leased` holds only runs with a lease (at most the workers' total capacity, however
 /// large the backlog), so the reaper reads the expired leases as its head and lease counts
@@ -250,6 +251,11 @@ CREATE TABLE audit (
 /// `interrupts_open_by_run` goes: a run's open interrupts are read as the range of
 /// `interrupts_by_thread` from the run's first seq (only the thread's latest run is asked
 /// about), so raising and applying an interrupt write one index page fewer each.
+///
+/// `runs_unfinished` is rebuilt on `ended` (1 once the run ended, NULL before): its old
+/// predicate named `status`, so SQLite rewrote its entry at every status change — a
+/// suspension, a resume, a claim — although the run stayed in it; now only a run's creation
+/// and end write it.
 const V3: &str = r#"
 -- Runs driven by the library are never claimable.
 UPDATE runs SET ready_at = NULL
@@ -257,6 +263,15 @@ WHERE ready_at IS NOT NULL AND lease_epoch = 0 AND status <> 'queued';
 
 -- A run's open interrupts are a range of interrupts_by_thread.
 DROP INDEX interrupts_open_by_run;
+
+-- 1 once the run ended (completed, failed or cancelled), NULL while it is unfinished; set
+-- with the final status, never cleared.
+ALTER TABLE runs ADD COLUMN ended INTEGER CHECK (ended = 1);
+UPDATE runs SET ended = 1 WHERE status IN ('completed', 'failed', 'cancelled');
+
+-- Unfinished runs only, as before; status changes between unfinished statuses leave it be.
+DROP INDEX runs_unfinished;
+CREATE INDEX runs_unfinished ON runs (run_id) WHERE ended IS NULL;
 
 -- Leased runs by lease expiry: the reaper's expired leases, earliest first, and the live
 -- leases lease counts group by graph.
@@ -584,6 +599,19 @@ mod tests {
         assert_eq!(order, vec![1_000]);
         assert_eq!(claimed[0].status, RunStatus::Running);
         assert!(claimed.iter().all(|r| r.lease_epoch == 1));
+        // Version 3 marks the cancelled run ended: the unfinished listing (by the partial
+        // index on `ended`) has every other run.
+        let unfinished: Vec<i64> = store
+            .runs(&RunFilter::unfinished())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.created_at.0)
+            .collect();
+        assert_eq!(
+            unfinished,
+            vec![1_000, 1_100, 1_200, 1_300, 1_400, 1_500, 1_700, 1_800]
+        );
         drop(store);
 
         let conn = Connection::open(&path).unwrap();
@@ -600,6 +628,14 @@ mod tests {
             )
             .unwrap();
         assert_eq!((threads, deliveries, interrupts), (9, 4, 5));
+        let ended: Vec<i64> = conn
+            .prepare("SELECT created_at FROM runs WHERE ended = 1")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(ended, vec![1_600], "only the cancelled run is ended");
     }
 
     /// A database written by version 2 is upgraded in place on open: its leased runs are in

@@ -903,17 +903,22 @@ impl Writer {
                     .as_ref()
                     .map(|r| r.key)
                     .expect("invariant: plan_commit accepted a status change of a stored run");
-                conn.prepare_cached(queries::UPDATE_RUN_STATUS)?
-                    .execute(params![
-                        key,
-                        kind,
-                        data,
-                        run.updated_at.0,
-                        wake_at(&run.status).map(|t| t.0),
-                        run.ready_at.map(|t| t.0),
-                        run.lease.as_ref().map(|l| l.worker_id.as_str()),
-                        run.lease.as_ref().map(|l| l.expires_at.0)
-                    ])?;
+                // Only an end writes `ended` (and with it `runs_unfinished`).
+                let sql = if run.status.is_terminal() {
+                    queries::END_RUN
+                } else {
+                    queries::UPDATE_RUN_STATUS
+                };
+                conn.prepare_cached(sql)?.execute(params![
+                    key,
+                    kind,
+                    data,
+                    run.updated_at.0,
+                    wake_at(&run.status).map(|t| t.0),
+                    run.ready_at.map(|t| t.0),
+                    run.lease.as_ref().map(|l| l.worker_id.as_str()),
+                    run.lease.as_ref().map(|l| l.expires_at.0)
+                ])?;
                 Some(RunRef {
                     key,
                     id: run.run_id,

@@ -572,6 +572,93 @@ async fn unfinished_runs_are_listed_in_creation_order() -> TestResult {
     Ok(())
 }
 
+/// Only a run's end marks it `ended` (out of the partial index `runs_unfinished`): a
+/// suspension, a resume and a claim leave it in. The column agrees with the status of every
+/// run, and the index holds exactly the unfinished ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_end_marks_a_run_ended() -> TestResult {
+    use oris_core::status::RunStatus;
+    use oris_testkit::build;
+    use oris_testkit::writer::Writer;
+
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("oris.db");
+    let store = open(&path).await;
+    let s: &dyn Store = &store;
+    let mut done = Writer::start(s, "ended-done").await;
+    done.complete(s).await;
+    let mut resumed = Writer::start(s, "ended-resumed").await;
+    let (r, i) = (resumed.run.run_id, InterruptId::generate());
+    let h = resumed.head;
+    let c = build::set_status(
+        &resumed.thread,
+        h,
+        r,
+        build::status_interrupted(vec![build::pending(i, "ask", "{}")]),
+        vec![
+            build::interrupt_raised(r, h + 1, "ask", i, "{}"),
+            build::run_suspended(r, h + 2, &[i], None, &[]),
+        ],
+    );
+    resumed.commit(s, c).await;
+    let h = resumed.head;
+    let c = build::set_status(
+        &resumed.thread,
+        h,
+        r,
+        RunStatus::Running,
+        vec![build::run_resumed(r, h + 1)],
+    );
+    resumed.commit(s, c).await;
+    let mut waiting = Writer::start(s, "ended-waiting").await;
+    let (w, h) = (waiting.run.run_id, waiting.head);
+    let c = build::set_status(
+        &waiting.thread,
+        h,
+        w,
+        build::status_waiting(None, &["go"]),
+        vec![build::run_suspended(w, h + 1, &[], None, &["go"])],
+    );
+    waiting.commit(s, c).await;
+    let t = tid("ended-claimed");
+    let claimed = build::queued_run(&t, build::GRAPH, "v", build::at(1), 0, None);
+    store.commit(build::create(&claimed, vec![])).await?;
+    let got = store
+        .claim(&build::claim_request(
+            "w",
+            Timestamp::now(),
+            std::time::Duration::from_secs(60),
+            10,
+        ))
+        .await?;
+    assert_eq!(got.len(), 1);
+    let t = tid("ended-cancelled");
+    let cancelled = build::queued_run(&t, build::GRAPH, "v", build::at(1), 0, None);
+    store.commit(build::create(&cancelled, vec![])).await?;
+    store
+        .commit(build::finish(
+            &t,
+            0,
+            cancelled.run_id,
+            build::status_cancelled("no"),
+            vec![],
+        ))
+        .await?;
+
+    let conn = rusqlite::Connection::open(&path)?;
+    let (runs, ended, disagree, indexed): (i64, i64, i64, i64) = conn.query_row(
+        "SELECT (SELECT count(*) FROM runs),
+                (SELECT count(*) FROM runs WHERE ended = 1),
+                (SELECT count(*) FROM runs
+                 WHERE (ended IS NULL) <> (status IN ('queued', 'running', 'interrupted', 'waiting'))),
+                (SELECT count(*) FROM runs INDEXED BY runs_unfinished WHERE ended IS NULL)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    assert_eq!((runs, ended, disagree, indexed), (5, 2, 0, 3));
+    Ok(())
+}
+
 /// W4's storage: a 100-superstep run with ~90-byte updates, its start and end, and a
 /// final compressed snapshot, measured as bytes of used pages per run.
 #[tokio::test]
