@@ -584,9 +584,6 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn workers(&self) -> Result<Vec<WorkerRecord>>;
 
     // --- Pending runs -------------------------------------------------------------------
-    //
-    // The default bodies refuse with `Error::Incompatible`: for stores that keep no
-    // pending runs (a remote worker's view of the server). Every backend implements them.
 
     /// Stores a pending run (multitask strategy `enqueue`) and returns the position it was
     /// given: one more than the highest position among the thread's pending runs, 1 when
