@@ -10,140 +10,26 @@
 //!   `POST /v1/interrupts/{id}/resume` and wait until it completed; `resume_*` time the
 //!   resume call to the completion observed, the latency the whole cycle.
 
-use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
+use reqwest::Method;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::calibrate::{self, Calibration};
 use crate::cli::{Backend, Cli, Workload};
+use crate::client::{self, Api};
 use crate::counting;
 use crate::harness::{Limit, Measured, Ran, drive, result};
 use crate::report::{WorkloadResult, round};
-use crate::server::{self, ServerCounters};
+use crate::server::{self, ServerProcess};
 use crate::workloads;
 
-/// How long the server may take to start listening and be ready.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// The `wait` long-poll of one request (the server's maximum).
 const WAIT: &str = "60s";
-
-/// The server child process.
-#[derive(Debug)]
-struct ServerProcess {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    url: String,
-}
-
-impl ServerProcess {
-    /// Starts `oris-bench __server` for `w` and reads its address.
-    fn spawn(cli: &Cli, w: Workload, dir: &Path, token: &str) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find the bench binary")?;
-        let db = dir.join(format!("{}.db", w.name().to_ascii_lowercase()));
-        let durability = match oris::Durability::from(cli.durability) {
-            oris::Durability::Sync => "sync",
-            oris::Durability::Batched => "batched",
-            _ => "exit",
-        };
-        let mut child = Command::new(exe)
-            .arg(server::COMMAND)
-            .args(["--backend", cli.backend.name(), "--durability", durability])
-            .arg("--db")
-            .arg(&db)
-            .args(["--worker-threads", &cli.worker_threads.to_string()])
-            .env(server::TOKEN_ENV, token)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("cannot start the bench server process")?;
-        let stdin = child.stdin.take().context("no stdin")?;
-        let mut stdout = BufReader::new(child.stdout.take().context("no stdout")?);
-        let mut line = String::new();
-        stdout
-            .read_line(&mut line)
-            .context("cannot read the bench server's address")?;
-        let url = serde_json::from_str::<Value>(&line)
-            .ok()
-            .and_then(|v| v["listening"].as_str().map(str::to_owned));
-        let Some(url) = url else {
-            let _ = child.kill();
-            let status = child.wait();
-            bail!("the bench server did not start ({status:?}): {line:?}");
-        };
-        Ok(ServerProcess {
-            child,
-            stdin,
-            stdout,
-            url,
-        })
-    }
-
-    /// The server's counters (outside timed sections: this blocks).
-    fn counters(&mut self) -> anyhow::Result<ServerCounters> {
-        self.stdin.write_all(b"counters\n")?;
-        self.stdin.flush()?;
-        let mut line = String::new();
-        self.stdout.read_line(&mut line)?;
-        serde_json::from_str(&line)
-            .with_context(|| format!("bad counters line from the bench server: {line:?}"))
-    }
-
-    /// Stops the server gracefully and reaps it.
-    fn stop(mut self) -> anyhow::Result<()> {
-        let _ = self.stdin.write_all(b"stop\n");
-        let _ = self.stdin.flush();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                if !status.success() {
-                    bail!("the bench server exited with {status}");
-                }
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                bail!("the bench server did not stop within 60 s; killed");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        // After `stop` this finds it reaped; after an error it must not outlive the bench.
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A fresh admin token: `oris_bench_<32 hex digits>` from the std hasher's random keys.
-fn token() -> String {
-    use std::hash::{BuildHasher as _, RandomState};
-    let a = RandomState::new().hash_one(Instant::now());
-    let b = RandomState::new().hash_one(std::process::id());
-    format!("oris_bench_{a:016x}{b:016x}")
-}
-
-/// The HTTP client of one workload.
-#[derive(Debug, Clone)]
-struct Api {
-    http: reqwest::Client,
-    base: Arc<str>,
-    auth: Arc<str>,
-}
 
 #[derive(Debug, Deserialize)]
 struct WaitResult<V> {
@@ -166,54 +52,27 @@ struct Pending {
     payload: Value,
 }
 
+/// S1's and S2's calls; their errors are the verdicts of wrong runs.
 impl Api {
-    fn new(base: &str, token: &str) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(usize::MAX)
-            .timeout(Duration::from_secs(120))
-            .build()
-            .context("cannot build the HTTP client")?;
-        Ok(Api {
-            http,
-            base: base.into(),
-            auth: format!("Bearer {token}").into(),
-        })
-    }
-
-    async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> Result<Vec<u8>, String> {
-        let resp = req
-            .header(reqwest::header::AUTHORIZATION, &*self.auth)
-            .send()
-            .await
-            .map_err(|e| format!("{what}: {e}"))?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| format!("{what}: {e}"))?;
-        if !status.is_success() {
-            return Err(format!(
-                "{what}: HTTP {status}: {}",
-                String::from_utf8_lossy(&body)
-            ));
-        }
-        Ok(body.to_vec())
+    async fn call(&self, req: reqwest::RequestBuilder, what: &str) -> Result<Vec<u8>, String> {
+        self.send(req, what).await.map_err(|e| format!("{e:#}"))
     }
 
     /// `POST /v1/jobs` with the graph's initial state as input; expects 202.
     async fn create(&self, graph: &str, thread: &str, input: &Value) -> Result<(), String> {
         let req = self
-            .http
-            .post(format!("{}/v1/jobs", self.base))
+            .request(Method::POST, "/v1/jobs")
             .json(&json!({ "graph": graph, "thread_id": thread, "input": input }));
-        self.send(req, "create").await.map(drop)
+        self.call(req, "create").await.map(drop)
     }
 
     /// `GET /v1/jobs/{thread}/wait`: the job once settled.
     async fn wait<V: DeserializeOwned>(&self, thread: &str) -> Result<Job<V>, String> {
-        let req = self.http.get(format!(
-            "{}/v1/jobs/{thread}/wait?timeout={WAIT}",
-            self.base
-        ));
-        let body = self.send(req, "wait").await?;
+        let req = self.request(
+            Method::GET,
+            &format!("/v1/jobs/{thread}/wait?timeout={WAIT}"),
+        );
+        let body = self.call(req, "wait").await?;
         let r: WaitResult<V> =
             serde_json::from_slice(&body).map_err(|e| format!("wait: bad body: {e}"))?;
         if r.timed_out {
@@ -225,10 +84,12 @@ impl Api {
     /// `POST /v1/interrupts/{id}/resume`.
     async fn resume(&self, interrupt_id: &str, value: &str) -> Result<(), String> {
         let req = self
-            .http
-            .post(format!("{}/v1/interrupts/{interrupt_id}/resume", self.base))
+            .request(
+                Method::POST,
+                &format!("/v1/interrupts/{interrupt_id}/resume"),
+            )
             .json(&json!({ "value": value }));
-        self.send(req, "resume").await.map(drop)
+        self.call(req, "resume").await.map(drop)
     }
 }
 
@@ -308,10 +169,11 @@ pub async fn bench(
     calibration: &Calibration,
     limit: Limit,
 ) -> anyhow::Result<WorkloadResult> {
-    let token = token();
-    let mut server = ServerProcess::spawn(cli, w, dir, &token)?;
+    let token = client::token();
+    let db = dir.join(format!("{}.db", w.name().to_ascii_lowercase()));
+    let mut server = ServerProcess::spawn(cli, &db, server::DEFAULT_WORKERS, &token)?;
     let api = Api::new(&server.url, &token)?;
-    ready(&api).await?;
+    api.ready().await?;
     let before = server.counters()?;
     let client_cpu_before = server::process_cpu_secs();
     let concurrency = cli.concurrency_for(w);
@@ -379,19 +241,4 @@ pub async fn bench(
         .map(|(a, b)| per_run_ms(a - b));
     r.client_cpu_ms_per_run = client_cpu.map(per_run_ms);
     Ok(r)
-}
-
-/// Waits until `/readyz` answers 200.
-async fn ready(api: &Api) -> anyhow::Result<()> {
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        let r = api.http.get(format!("{}/readyz", api.base)).send().await;
-        match r {
-            Ok(r) if r.status().is_success() => return Ok(()),
-            _ if Instant::now() >= deadline => {
-                bail!("the bench server at {} was not ready within 60 s", api.base)
-            }
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
 }

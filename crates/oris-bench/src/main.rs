@@ -38,14 +38,17 @@
 //! - `workloads`: the states, graphs and final-state checks of W1, W2, W3, W4 and S1.
 //! - `harness`: drives N runs or W3 cycles (or S seconds) with C in flight and collects
 //!   latencies.
-//! - `http`: S1 and S2 — the server process and its HTTP clients.
+//! - `http`: S1 and S2 — their HTTP calls and measurement.
+//! - `client`: the HTTP client of the servers the bench starts, and their admin token.
 //! - `s3`: S3's dispatch throughput (store claims, and the worker protocol over HTTP).
-//! - `server`: the hidden `__server` command; `counting`: its store wrapper counting calls.
+//! - `server`: the hidden `__server` command and the parent's handle on that process (S1,
+//!   S2, S3's HTTP part); `counting`: its store wrapper counting calls.
 //! - `report`: percentiles, the per-workload result, JSON lines and the readable table.
 
 mod backend;
 mod calibrate;
 mod cli;
+mod client;
 mod counting;
 mod harness;
 mod http;

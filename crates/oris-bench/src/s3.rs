@@ -33,7 +33,7 @@
 use std::collections::HashSet;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -47,8 +47,9 @@ use serde_json::{Value, json};
 use crate::backend;
 use crate::calibrate::Calibration;
 use crate::cli::Cli;
+use crate::client::{self, Api};
 use crate::report::{percentile, round};
-use crate::server;
+use crate::server::ServerProcess;
 
 /// Runs one claim (poll) asks for at most.
 pub const BATCH: usize = 16;
@@ -66,8 +67,6 @@ const STORE_GRAPH: &str = "bench-s3";
 const HTTP_GRAPH: (&str, &str) = ("bench-s1", "1");
 /// The worker protocol version the bench speaks: this build's.
 const PROTOCOL: u32 = oris_core::protocol::PROTOCOL_VERSION;
-/// How long the server may take to start listening and be ready.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One S3 result line.
 #[derive(Debug, Clone, Serialize)]
@@ -128,6 +127,19 @@ struct Claimed {
     problems: Vec<String>,
     failed: u64,
     latencies_ns: Vec<u64>,
+}
+
+impl Claimed {
+    /// Counts the claimed `run`, wrong if finishing it failed.
+    fn finished<T, E: std::fmt::Display>(&mut self, run: RunId, done: Result<T, E>) {
+        self.runs.push(run);
+        if let Err(e) = done {
+            self.failed += 1;
+            if self.problems.len() < 3 {
+                self.problems.push(format!("finishing {run}: {e:#}"));
+            }
+        }
+    }
 }
 
 /// Runs both parts of S3 and prints their lines; `Ok(false)` if any run was wrong.
@@ -202,14 +214,6 @@ fn print(json: bool, r: &S3Result) {
     let _ = out.flush();
 }
 
-fn durability_name(d: Durability) -> &'static str {
-    match d {
-        Durability::Sync => "sync",
-        Durability::Batched => "batched",
-        _ => "exit",
-    }
-}
-
 /// The result line of a part from the claimers' samples.
 fn result(
     cli: &Cli,
@@ -251,7 +255,7 @@ fn result(
         workload: "S3",
         part,
         backend: cli.backend.name(),
-        durability: durability_name(cli.durability.into()),
+        durability: Durability::from(cli.durability).as_str(),
         concurrency: claimers,
         claim_batch: BATCH,
         runs,
@@ -460,164 +464,17 @@ async fn store_claimer(
             .collect();
         for f in finishing {
             let (run, done) = f.await?;
-            out.runs.push(run);
-            if let Err(e) = done {
-                out.failed += 1;
-                if out.problems.len() < 3 {
-                    out.problems.push(format!("finishing {run}: {e}"));
-                }
-            }
+            out.finished(run, done);
         }
     }
 }
 
 // --- The HTTP part ----------------------------------------------------------------------
 
-/// The bench server process without an embedded pool.
-#[derive(Debug)]
-struct ServerProcess {
-    child: Child,
-    stdin: ChildStdin,
-    url: String,
-}
-
-impl ServerProcess {
-    fn spawn(cli: &Cli, db: &Path, token: &str) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find the bench binary")?;
-        let mut child = Command::new(exe)
-            .arg(server::COMMAND)
-            .args([
-                "--backend",
-                cli.backend.name(),
-                "--durability",
-                durability_name(cli.durability.into()),
-                "--workers",
-                "0",
-                "--worker-threads",
-                &cli.worker_threads.to_string(),
-            ])
-            .arg("--db")
-            .arg(db)
-            .env(server::TOKEN_ENV, token)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("cannot start the bench server process")?;
-        let stdin = child.stdin.take().context("no stdin")?;
-        let mut stdout = BufReader::new(child.stdout.take().context("no stdout")?);
-        let mut line = String::new();
-        stdout
-            .read_line(&mut line)
-            .context("cannot read the bench server's address")?;
-        let url = serde_json::from_str::<Value>(&line)
-            .ok()
-            .and_then(|v| v["listening"].as_str().map(str::to_owned));
-        let Some(url) = url else {
-            let _ = child.kill();
-            let status = child.wait();
-            bail!("the bench server did not start ({status:?}): {line:?}");
-        };
-        Ok(ServerProcess { child, stdin, url })
-    }
-
-    fn stop(mut self) -> anyhow::Result<()> {
-        let _ = self.stdin.write_all(b"stop\n");
-        let _ = self.stdin.flush();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                ensure!(status.success(), "the bench server exited with {status}");
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!("the bench server did not stop within 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A fresh admin token (see `http::token`).
-fn token() -> String {
-    use std::hash::{BuildHasher as _, RandomState};
-    let a = RandomState::new().hash_one(Instant::now());
-    let b = RandomState::new().hash_one(std::process::id());
-    format!("oris_bench_{a:016x}{b:016x}")
-}
-
-#[derive(Debug, Clone)]
-struct Api {
-    http: reqwest::Client,
-    base: Arc<str>,
-    auth: Arc<str>,
-}
-
-impl Api {
-    fn new(base: &str, token: &str) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(usize::MAX)
-            .timeout(Duration::from_secs(120))
-            .build()
-            .context("cannot build the HTTP client")?;
-        Ok(Api {
-            http,
-            base: base.into(),
-            auth: format!("Bearer {token}").into(),
-        })
-    }
-
-    /// POSTs `body` to `path`; the JSON answer of a 2xx, an error otherwise.
-    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header(reqwest::header::AUTHORIZATION, &*self.auth)
-            .json(body)
-            .send()
-            .await
-            .with_context(|| format!("POST {path}"))?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.with_context(|| format!("POST {path}"))?;
-        ensure!(
-            status.is_success(),
-            "POST {path}: HTTP {status}: {}",
-            String::from_utf8_lossy(&bytes)
-        );
-        serde_json::from_slice(&bytes).with_context(|| format!("POST {path}: bad JSON body"))
-    }
-
-    async fn ready(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let r = self.http.get(format!("{}/readyz", self.base)).send().await;
-            match r {
-                Ok(r) if r.status().is_success() => return Ok(()),
-                _ if Instant::now() >= deadline => {
-                    bail!(
-                        "the bench server at {} was not ready within 60 s",
-                        self.base
-                    )
-                }
-                _ => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-    }
-}
-
 async fn http_part(cli: &Cli, dir: &Path, calibration: &Calibration) -> anyhow::Result<S3Result> {
-    let token = token();
-    let server = ServerProcess::spawn(cli, &dir.join("s3-http.db"), &token)?;
+    let token = client::token();
+    // No embedded pool: the claimers are the only workers.
+    let server = ServerProcess::spawn(cli, &dir.join("s3-http.db"), 0, &token)?;
     let api = Api::new(&server.url, &token)?;
     api.ready().await?;
     let n = runs(cli);
@@ -691,13 +548,7 @@ async fn http_claimer(api: Api, k: u32, durability: Durability) -> anyhow::Resul
             .collect();
         for f in finishing {
             let (run, done) = f.await??;
-            out.runs.push(run);
-            if let Err(e) = done {
-                out.failed += 1;
-                if out.problems.len() < 3 {
-                    out.problems.push(format!("finishing {run}: {e:#}"));
-                }
-            }
+            out.finished(run, done);
         }
     }
 }
@@ -844,65 +695,6 @@ impl Drop for Proc {
     }
 }
 
-/// An admin token of the form the server accepts: `oris_<12 lowercase alnum>_<40 alnum>`.
-fn crash_token() -> String {
-    use std::hash::{BuildHasher as _, RandomState};
-    let hex = |n: usize| -> String {
-        let mut out = String::new();
-        while out.len() < n {
-            out.push_str(&format!(
-                "{:016x}",
-                RandomState::new().hash_one((Instant::now(), out.len()))
-            ));
-        }
-        out.truncate(n);
-        out
-    };
-    format!("oris_{}_{}", hex(12), hex(40))
-}
-
-impl Api {
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header(reqwest::header::AUTHORIZATION, &*self.auth)
-            .send()
-            .await
-            .with_context(|| format!("GET {path}"))?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.with_context(|| format!("GET {path}"))?;
-        ensure!(
-            status.is_success(),
-            "GET {path}: HTTP {status}: {}",
-            String::from_utf8_lossy(&bytes)
-        );
-        serde_json::from_slice(&bytes).with_context(|| format!("GET {path}: bad JSON body"))
-    }
-
-    /// Polls `path` every 10 ms until `done` accepts its answer, for at most `within`.
-    async fn until(
-        &self,
-        path: &str,
-        what: &str,
-        within: Duration,
-        done: impl Fn(&Value) -> bool,
-    ) -> anyhow::Result<Value> {
-        let deadline = Instant::now() + within;
-        loop {
-            let v = self.get(path).await?;
-            if done(&v) {
-                return Ok(v);
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "{what}: not within {within:?}; last answer: {v}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
 /// The failover cluster: a server and its two live workers.
 struct Cluster {
     bin: PathBuf,
@@ -917,7 +709,7 @@ struct Cluster {
 
 impl Cluster {
     async fn start(bin: PathBuf, dir: PathBuf) -> anyhow::Result<Cluster> {
-        let token = crash_token();
+        let token = client::token();
         let db = dir.join("oris.db");
         crate::calibrate::remove_db(&db);
         let _ = std::fs::remove_file(dir.join("marks"));

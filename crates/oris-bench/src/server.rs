@@ -10,23 +10,28 @@
 //! - `stop` on stdin, or stdin closing (the parent exited), shuts it down gracefully.
 //!
 //! Logs go to stderr (warnings only; `RUST_LOG` changes that).
+//!
+//! The parent's side is [`ServerProcess`]: S1 and S2 start it with the embedded worker pool
+//! and read its counters, S3's HTTP part starts it without a pool (remote workers claim).
 
 use std::collections::BTreeMap;
-use std::io::BufRead as _;
-use std::io::Write as _;
-use std::path::PathBuf;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::Parser;
 use oris::server::{Auth, Server};
 use oris::store::Commit;
 use oris::{EngineOptions, Observer};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::backend;
-use crate::cli::{Backend, DurabilityArg};
+use crate::cli::{Backend, Cli, DurabilityArg};
 use crate::counting::{Calls, CountingStore};
 use crate::workloads;
 
@@ -35,6 +40,9 @@ pub const COMMAND: &str = "__server";
 
 /// Environment variable carrying the admin token the parent provisions.
 pub const TOKEN_ENV: &str = "ORIS_BENCH_SERVER_TOKEN";
+
+/// Executions at once in the embedded pool unless told otherwise (S1, S2).
+pub const DEFAULT_WORKERS: usize = 64;
 
 /// `oris-bench __server`: not for people; the parent passes every option.
 #[derive(Debug, Parser)]
@@ -52,8 +60,8 @@ pub struct ServerArgs {
     /// Worker threads of the server's Tokio runtime.
     #[arg(long)]
     pub worker_threads: u16,
-    /// Executions at once in the embedded pool.
-    #[arg(long, default_value_t = 64)]
+    /// Executions at once in the embedded pool; 0: none (only remote workers claim).
+    #[arg(long, default_value_t = DEFAULT_WORKERS)]
     pub workers: usize,
 }
 
@@ -196,6 +204,109 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .await?;
     commands.abort();
     Ok(())
+}
+
+/// The parent's handle on the server child process: killed when dropped unless stopped.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl ServerProcess {
+    /// Starts `oris-bench __server` on the store `db` with `cli`'s backend, durability and
+    /// worker threads, `workers` executions at once in its embedded pool (0: no pool), and
+    /// the admin token `token`; reads its address.
+    ///
+    /// # Errors
+    /// If the process cannot be started or does not announce its address.
+    pub fn spawn(cli: &Cli, db: &Path, workers: usize, token: &str) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the bench binary")?;
+        let durability = oris::Durability::from(cli.durability).as_str();
+        let mut child = Command::new(exe)
+            .arg(COMMAND)
+            .args(["--backend", cli.backend.name(), "--durability", durability])
+            .arg("--db")
+            .arg(db)
+            .args(["--worker-threads", &cli.worker_threads.to_string()])
+            .args(["--workers", &workers.to_string()])
+            .env(TOKEN_ENV, token)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start the bench server process")?;
+        let stdin = child.stdin.take().context("no stdin")?;
+        let mut stdout = BufReader::new(child.stdout.take().context("no stdout")?);
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .context("cannot read the bench server's address")?;
+        let url = serde_json::from_str::<Value>(&line)
+            .ok()
+            .and_then(|v| v["listening"].as_str().map(str::to_owned));
+        let Some(url) = url else {
+            let _ = child.kill();
+            let status = child.wait();
+            bail!("the bench server did not start ({status:?}): {line:?}");
+        };
+        Ok(ServerProcess {
+            child,
+            stdin,
+            stdout,
+            url,
+        })
+    }
+
+    /// The server's counters (outside timed sections: this blocks).
+    ///
+    /// # Errors
+    /// If the server does not answer with a counters line.
+    pub fn counters(&mut self) -> anyhow::Result<ServerCounters> {
+        self.stdin.write_all(b"counters\n")?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        serde_json::from_str(&line)
+            .with_context(|| format!("bad counters line from the bench server: {line:?}"))
+    }
+
+    /// Stops the server gracefully and reaps it.
+    ///
+    /// # Errors
+    /// If it exits unsuccessfully or does not stop within 60 s (then it is killed).
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stdin.write_all(b"stop\n");
+        let _ = self.stdin.flush();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("the bench server exited with {status}");
+                }
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!("the bench server did not stop within 60 s; killed");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // After `stop` this finds it reaped; after an error it must not outlive the bench.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// One JSON line on stdout, flushed.

@@ -4,6 +4,7 @@
 //! parts), and the clear refusals (exit status 2) of what cannot run (S3 for `--seconds`) or
 //! is not configured (PostgreSQL without its URL).
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -47,7 +48,7 @@ fn check_calibration(line: &Value) {
     assert!(c["commits"].as_u64().unwrap() >= 1, "{line}");
 }
 
-fn check_workloads(backend: &str, extra_dir: Option<&std::path::Path>) {
+fn check_workloads(backend: &str, extra_dir: Option<&Path>) {
     let mut args = vec![
         "--workload",
         "W1,W2,W3,W4,W5",
@@ -228,7 +229,7 @@ fn unavailable_workloads_and_backends_exit_with_2() {
 
 /// S1 and S2 against the real server in a child process: a few runs each, every field, the
 /// final states checked (by the bench: `wrong_runs` is 0 and the exit status 0).
-fn check_server_workloads(backend: &str, dir: &std::path::Path, concurrency: &str) {
+fn check_server_workloads(backend: &str, dir: &Path, concurrency: &str) {
     let d = dir.display().to_string();
     let out = bench(&[
         "--workload",
@@ -364,28 +365,32 @@ fn oris_crash_binary() -> std::path::PathBuf {
         .expect("cargo names the oris-crash executable")
 }
 
+/// S3 on the memory store with 20 runs, `oris-crash` at `crash`, and `extra` arguments.
+fn s3_on_memory(crash: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "--workload",
+        "S3",
+        "--backend",
+        "memory",
+        "--runs",
+        "20",
+        "--calibrate-seconds",
+        "0.2",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    Command::new(env!("CARGO_BIN_EXE_oris-bench"))
+        .args(args)
+        .env("ORIS_BENCH_CRASH_BIN", crash)
+        .output()
+        .expect("the oris-bench binary runs")
+}
+
 /// S3's failover part: the lease holder is killed mid-node, the other worker completes the
 /// run after about the lease TTL, and no completed node or recorded step runs again.
 #[test]
 fn s3_failover_kills_the_holder_and_nothing_runs_twice() {
-    let crash = oris_crash_binary();
-    let out = Command::new(env!("CARGO_BIN_EXE_oris-bench"))
-        .args([
-            "--workload",
-            "S3",
-            "--backend",
-            "memory",
-            "--runs",
-            "20",
-            "--failover-rounds",
-            "2",
-            "--calibrate-seconds",
-            "0.2",
-            "--json",
-        ])
-        .env("ORIS_BENCH_CRASH_BIN", &crash)
-        .output()
-        .expect("the oris-bench binary runs");
+    let out = s3_on_memory(&oris_crash_binary(), &["--failover-rounds", "2"]);
     assert_success(&out);
     let lines = json_lines(&out);
     assert_eq!(
@@ -410,21 +415,7 @@ fn s3_failover_kills_the_holder_and_nothing_runs_twice() {
 /// Without the `oris-crash` binary the failover part is skipped, and says how to get it.
 #[test]
 fn s3_failover_without_oris_crash_is_skipped_with_a_message() {
-    let out = Command::new(env!("CARGO_BIN_EXE_oris-bench"))
-        .args([
-            "--workload",
-            "S3",
-            "--backend",
-            "memory",
-            "--runs",
-            "20",
-            "--calibrate-seconds",
-            "0.2",
-            "--json",
-        ])
-        .env("ORIS_BENCH_CRASH_BIN", "/nonexistent/oris-crash")
-        .output()
-        .expect("the oris-bench binary runs");
+    let out = s3_on_memory(Path::new("/nonexistent/oris-crash"), &[]);
     assert_success(&out);
     assert_eq!(json_lines(&out).len(), 3);
     let stderr = String::from_utf8_lossy(&out.stderr);
