@@ -1,25 +1,58 @@
-//! `oris`: serve the control plane with the demo graphs (`oris serve`), run the demo graphs
-//! in-process, and inspect threads — on the embedded SQLite store by default.
+//! `oris`: the operator CLI over the control-plane API (`run`, `list`, `inspect`, …), the
+//! server (`oris serve`) and a remote worker (`oris worker`) with the demo graphs, and
+//! store maintenance (`migrate`, `backup`, `restore`, `verify`). See docs/cli.md.
 //!
 //! # Layout
-//! - `serve`: `oris serve` — flags, startup messages, signals.
+//! - `client`: the API client, its errors and the exit codes.
+//! - `ops`: the operator commands, one per API route.
+//! - `output`: tables, JSON and NDJSON; `progress`: the live display of `run --wait`.
+//! - `local`: commands on a store opened directly (`--db`).
+//! - `serve`: `oris serve` — flags, startup messages, signals; `worker`: `oris worker`.
 //! - `demo`: the demo graphs (served, and run by `oris demo`) and the timeline printer.
 
+mod client;
 mod demo;
+mod local;
+mod ops;
+mod output;
+mod progress;
 mod serve;
 mod worker;
 
 use std::io::IsTerminal as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use oris::{Seq, ThreadId};
+use clap::parser::ValueSource;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+
+use crate::client::Failure;
+use crate::output::Format;
+
+const AFTER_HELP: &str = "\
+Environment: ORIS_URL (default http://127.0.0.1:8080), ORIS_TOKEN, ORIS_DB, NO_COLOR, RUST_LOG.
+
+Exit codes:
+  0  ok
+  1  failed: a local store error, `verify` found a mismatch, a run followed with --wait
+     failed or was cancelled, `serve`/`worker` stopped on an error
+  2  usage: bad flags or arguments, JSON that does not parse, bulk cancel unconfirmed
+  3  not found (HTTP 404)
+  4  conflict (HTTP 409)
+  5  authentication or permission (HTTP 401, 403)
+  6  server error, unavailable, overloaded or rate limited (HTTP 5xx, 429)
+  7  network: the server URL could not be reached
+  8  invalid input refused by the server (HTTP 400, 405, 413, 415, 422)
+
+Example: oris run expense-approval order-1 --input '{\"amount_cents\": 72500}' --wait";
 
 /// Oris — durable execution for graph workflows.
 #[derive(Debug, Parser)]
-#[command(name = "oris", version, about)]
+#[command(name = "oris", version, about, after_help = AFTER_HELP)]
 struct Cli {
-    /// Store URL: sqlite://PATH, postgres://USER@HOST:PORT/DB or memory://
+    /// Store URL of the commands that open a store (serve, demo, recover, migrate, backup,
+    /// restore, verify, timeline --db): sqlite://PATH, postgres://USER@HOST:PORT/DB or
+    /// memory://
     #[arg(
         long,
         global = true,
@@ -67,29 +100,112 @@ enum Command {
     },
     /// Continue every unfinished demo run in the store (after a crash).
     ///
-    /// Example: `oris recover`
+    /// Example: `oris recover --db sqlite://oris-data/oris.db`
     Recover,
-    /// Print a thread's events.
+    /// Start a run of a graph on a thread (POST /v1/jobs); `--wait` follows it to its end.
+    Run(ops::RunArgs),
+    /// List runs, newest state of each thread, with filters (GET /v1/jobs).
+    List(ops::ListArgs),
+    /// A thread's latest run: status, state, pending interrupts, next nodes
+    /// (GET /v1/jobs/{thread}).
     ///
-    /// Example: `oris timeline demo-expense`
-    Timeline {
+    /// Example: `oris inspect order-1`
+    Inspect(ops::ThreadArgs),
+    /// A thread's checkpoints (GET /v1/jobs/{thread}/history).
+    ///
+    /// Example: `oris history order-1`
+    History(ops::ThreadArgs),
+    /// A thread's events (GET /v1/jobs/{thread}/timeline); `--follow` streams new ones;
+    /// `--db URL` reads a local store instead of a server.
+    Timeline(ops::TimelineArgs),
+    /// Answer a thread's interrupt, or an interrupt by id; the run continues.
+    Resume(ops::ResumeArgs),
+    /// Run a thread again from a checkpoint (recorded steps are not executed again).
+    Replay(ops::ReplayArgs),
+    /// Start a new thread from a checkpoint of another.
+    Fork(ops::ForkArgs),
+    /// Cancel a thread's unfinished run, or in bulk the runs matching a filter (asks for
+    /// confirmation unless --yes).
+    Cancel(ops::CancelArgs),
+    /// List, show, answer or reject interrupts.
+    #[command(subcommand)]
+    Interrupts(ops::InterruptsCmd),
+    /// The dead-letter queue: failed runs, their error chains, replay.
+    #[command(subcommand)]
+    Dlq(ops::DlqCmd),
+    /// Registered graphs; `show` prints a graph's Mermaid diagram.
+    #[command(subcommand)]
+    Graphs(ops::GraphsCmd),
+    /// Remote workers registered with the server.
+    #[command(subcommand)]
+    Workers(ops::WorkersCmd),
+    /// The audit log (admin).
+    Audit(ops::AuditArgs),
+    /// API keys (admin): create, list, revoke.
+    #[command(subcommand)]
+    Keys(ops::KeysCmd),
+    /// Re-derive a thread's state from its log alone and compare it with the stored
+    /// checkpoint and the current state (a local store, `--db`; the demo graphs).
+    ///
+    /// Example: `oris verify demo-expense --db sqlite://oris-data/oris.db`
+    Verify {
         /// The thread.
         thread: String,
-        /// Print JSON lines instead of a table.
-        #[arg(long)]
-        json: bool,
+        /// `table` or `json`.
+        #[arg(long, short = 'o', value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Apply pending schema migrations to --db and print the schema version.
+    ///
+    /// Example: `oris migrate --db postgres://oris@db:5432/oris`
+    Migrate {
+        /// `table` or `json`.
+        #[arg(long, short = 'o', value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Write a consistent copy of a SQLite --db while it may be in use (PostgreSQL: use
+    /// pg_dump).
+    ///
+    /// Example: `oris backup backups/oris-2026-11-26.db --db sqlite://oris-data/oris.db`
+    Backup {
+        /// The backup file to create (must not exist).
+        dest: PathBuf,
+    },
+    /// Put a backup in place as the SQLite --db; stop every process using it first
+    /// (PostgreSQL: use pg_restore).
+    ///
+    /// Example: `oris restore backups/oris-2026-11-26.db --db sqlite://oris-data/oris.db`
+    Restore {
+        /// The backup file.
+        src: PathBuf,
+    },
+    /// Print a shell completion script.
+    ///
+    /// Example: `oris completions bash > /etc/bash_completion.d/oris`
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let db_given = matches
+        .subcommand()
+        .and_then(|(_, m)| m.value_source("db"))
+        .or_else(|| matches.value_source("db"))
+        == Some(ValueSource::CommandLine);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_logging(&cli);
-    match run(cli).await {
+    match run(cli, db_given).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("error: {e}");
+            ExitCode::from(e.code)
         }
     }
 }
@@ -117,17 +233,19 @@ fn init_logging(cli: &Cli) {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, db_given: bool) -> Result<(), Failure> {
+    client::install_tls_provider();
+    let db = cli.db;
     match cli.command {
-        Command::Serve(args) => serve::serve(&cli.db, args).await,
-        Command::Worker(args) => worker::worker(args).await,
+        Command::Serve(args) => Ok(serve::serve(&db, args).await?),
+        Command::Worker(args) => Ok(worker::worker(args).await?),
         Command::Demo { prefix } => {
-            let (engine, demos) = local(&cli.db).await?;
-            demo::run_all(&engine, &demos, &prefix).await
+            let (engine, demos) = local(&db).await?;
+            Ok(demo::run_all(&engine, &demos, &prefix).await?)
         }
         Command::Recover => {
-            let (engine, _demos) = local(&cli.db).await?;
-            let report = engine.recover().await?;
+            let (engine, _demos) = local(&db).await?;
+            let report = engine.recover().await.map_err(anyhow::Error::from)?;
             for (t, r, status) in &report.resumed {
                 println!("resumed {t} {r}: {}", status.as_str());
             }
@@ -141,10 +259,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Timeline { thread, json } => {
-            let (engine, _demos) = local(&cli.db).await?;
-            let thread = ThreadId::new(&thread)?;
-            demo::print_timeline(&engine, &thread, Seq::ZERO, json).await
+        Command::Run(a) => ops::run(a).await,
+        Command::List(a) => ops::list(a).await,
+        Command::Inspect(a) => ops::inspect(a).await,
+        Command::History(a) => ops::history(a).await,
+        Command::Timeline(a) if db_given => local::timeline(&db, &a.thread, a.conn.output).await,
+        Command::Timeline(a) => ops::timeline(a).await,
+        Command::Resume(a) => ops::resume(a).await,
+        Command::Replay(a) => ops::replay(a).await,
+        Command::Fork(a) => ops::fork(a).await,
+        Command::Cancel(a) => ops::cancel(a).await,
+        Command::Interrupts(c) => ops::interrupts(c).await,
+        Command::Dlq(c) => ops::dlq(c).await,
+        Command::Graphs(c) => ops::graphs(c).await,
+        Command::Workers(c) => ops::workers(c).await,
+        Command::Audit(a) => ops::audit(a).await,
+        Command::Keys(c) => ops::keys(c).await,
+        Command::Verify { thread, output } => local::verify(&db, &thread, output).await,
+        Command::Migrate { output } => local::migrate(&db, output).await,
+        Command::Backup { dest } => local::backup(&db, &dest).await,
+        Command::Restore { src } => local::restore(&db, &src).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "oris", &mut std::io::stdout());
+            Ok(())
         }
     }
 }
