@@ -145,3 +145,114 @@ async fn fifty_concurrent_identical_creates_run_once() {
         49
     );
 }
+
+/// `Idempotency-Key` on the other state-changing routes: a keyed resume, fork and cancel
+/// sent twice answer the same (flagged as a replay) and act once; the same key with
+/// another body is 409 `idempotency_conflict` and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_resume_fork_and_cancel_act_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let counts = Counts::new();
+    let h = Harness::start(
+        sqlite(&dir).await,
+        Server::builder().graph(approval("1", counts.clone())),
+    )
+    .await;
+    let keyed = |method: Method, path: &str, key: &str, body: serde_json::Value| {
+        Harness::send(
+            h.request(method, path)
+                .header("Idempotency-Key", key)
+                .json(&body),
+        )
+    };
+    let created = h
+        .post(
+            "/v1/jobs",
+            json!({ "graph": "approval", "thread_id": "keyed-1", "input": {} }),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::ACCEPTED, "{}", created.text);
+    h.until_status("keyed-1", "interrupted").await;
+
+    // Resume twice with one key: one answer recorded, the second reply is the first's.
+    let resume = json!({ "value": { "approve": true } });
+    let first = keyed(
+        Method::POST,
+        "/v1/jobs/keyed-1/resume",
+        "resume-1",
+        resume.clone(),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.text);
+    let again = keyed(Method::POST, "/v1/jobs/keyed-1/resume", "resume-1", resume).await;
+    assert_eq!(again.status, first.status);
+    assert_eq!(again.text, first.text);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    let other = keyed(
+        Method::POST,
+        "/v1/jobs/keyed-1/resume",
+        "resume-1",
+        json!({ "value": { "approve": false } }),
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::CONFLICT, "{}", other.text);
+    assert_eq!(other.code(), "idempotency_conflict");
+    let done = h.until_status("keyed-1", "completed").await;
+    assert_eq!(done["values"]["log"], json!(["draft", "approved", "done"]));
+    assert_eq!(counts.get("finish"), 1);
+
+    // Fork twice with one key: one new thread.
+    let history = h.get("/v1/jobs/keyed-1/history").await;
+    // The checkpoint before `ask`: the fork asks again.
+    let checkpoint = history.body["checkpoints"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["next"] == json!(["ask"])))
+        .and_then(|c| c["checkpoint_id"].as_str())
+        .unwrap_or_else(|| panic!("{}", history.text))
+        .to_owned();
+    let fork = json!({ "checkpoint_id": checkpoint, "new_thread_id": "keyed-fork" });
+    let f1 = keyed(
+        Method::POST,
+        "/v1/jobs/keyed-1/fork",
+        "fork-1",
+        fork.clone(),
+    )
+    .await;
+    assert!(f1.status.is_success(), "{}", f1.text);
+    let f2 = keyed(Method::POST, "/v1/jobs/keyed-1/fork", "fork-1", fork).await;
+    assert_eq!((f2.status, &f2.text), (f1.status, &f1.text));
+    assert_eq!(f2.headers["idempotent-replayed"], "true");
+    let forked = h
+        .store
+        .runs(&RunFilter {
+            thread_id: Some(oris_core::id::ThreadId::new("keyed-fork").unwrap()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(forked.len(), 1, "one fork run: {forked:?}");
+
+    // Cancel twice with one key: the second is the first's answer, not `run_not_active`.
+    h.until_status("keyed-fork", "interrupted").await;
+    let c1 = keyed(
+        Method::POST,
+        "/v1/jobs/keyed-fork/cancel",
+        "cancel-1",
+        json!({ "reason": "not needed" }),
+    )
+    .await;
+    assert_eq!(c1.status, StatusCode::OK, "{}", c1.text);
+    let c2 = keyed(
+        Method::POST,
+        "/v1/jobs/keyed-fork/cancel",
+        "cancel-1",
+        json!({ "reason": "not needed" }),
+    )
+    .await;
+    assert_eq!((c2.status, &c2.text), (c1.status, &c1.text));
+    assert_eq!(c2.headers["idempotent-replayed"], "true");
+    let unkeyed = h
+        .post("/v1/jobs/keyed-fork/cancel", json!({ "reason": "again" }))
+        .await;
+    assert_eq!(unkeyed.code(), "run_not_active");
+}
