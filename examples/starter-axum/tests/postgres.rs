@@ -1,0 +1,90 @@
+//! PostgreSQL by URL: the same approval flow with `--db postgres://…` (a fresh database on
+//! the server of `ORIS_TEST_PG_URL`; scripts/test.sh starts one — the test fails, never
+//! skips, without it).
+#![cfg(unix)]
+
+mod support;
+
+use serde_json::json;
+use support::*;
+
+/// A fresh database on the test server, dropped at the end.
+struct Database {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    async fn create() -> Database {
+        let admin_url = std::env::var("ORIS_TEST_PG_URL").expect(
+            "ORIS_TEST_PG_URL is not set: this test needs a PostgreSQL server (scripts/test.sh \
+             starts one)",
+        );
+        let name = format!("starter_axum_{}", uuid_suffix());
+        let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to ORIS_TEST_PG_URL");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let (base, _) = admin_url.rsplit_once('/').expect("a URL with a database");
+        let url = format!("{base}/{name}");
+        Database {
+            admin_url,
+            name,
+            url,
+        }
+    }
+
+    async fn drop_it(self) {
+        let (client, conn) = tokio_postgres::connect(&self.admin_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await
+            .unwrap();
+    }
+}
+
+fn uuid_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{}_{nanos}", std::process::id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expense_is_approved_on_postgres() {
+    let db = Database::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let svc = Service::start(dir.path(), &db.url, &["--policy-latency-ms", "0"]);
+        let id = submit(&svc, 12_345).await;
+        until_status(&svc, &id, "pending_approval").await;
+        let a = api(
+            &svc,
+            "POST",
+            &format!("/api/expenses/{id}/approve"),
+            Some(json!({"by": "bob"})),
+        )
+        .await;
+        assert_eq!(a.status, 200, "{a:?}");
+        assert_eq!(a.body["status"], "approved");
+        assert_eq!(a.body["payout"], format!("payout-{id}"));
+        assert_eq!(a.body["run"]["status"], "completed", "{a:?}");
+        let a = api(&svc, "POST", &format!("/api/expenses/{id}/reject"), None).await;
+        assert_business_error(&a, 409, "already_decided");
+        // Nothing was written to a SQLite file.
+        assert!(!dir.path().join("expenses.db").exists());
+    }
+    db.drop_it().await;
+}
