@@ -50,6 +50,9 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Bound first: a start that cannot listen must not create (and lose) the bootstrap
+    // admin key.
+    let listener = tokio::net::TcpListener::bind(&cli.addr).await?;
     let store = oris::open_store(&cli.db).await?;
     let service = Service::build(
         store,
@@ -62,7 +65,6 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let listener = tokio::net::TcpListener::bind(&cli.addr).await?;
     eprintln!("listening on http://{}", listener.local_addr()?);
     if let Some(token) = service.bootstrap_token() {
         eprintln!("Oris admin token (shown once):");
