@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use reqwest::{Method, StatusCode};
+use reqwest_tls as reqwest;
 use serde_json::Value;
 
 /// The exit codes of `oris` (documented in `oris --help` and docs/cli.md).

@@ -417,17 +417,25 @@ impl Page {
     }
 }
 
+/// The table of a list: headers, the status column (coloured) and a row per item.
+struct Columns {
+    headers: &'static [&'static str],
+    status_col: Option<usize>,
+    row: fn(&Value) -> Vec<String>,
+}
+
 /// Prints a list page by page: NDJSON lines as they come, or one table at the end.
 async fn list_cmd(
     c: &Client,
     out: &Out,
-    path: &str,
+    (path, items): (&str, &str),
     mut query: Vec<(String, String)>,
     page: &Page,
-    items: &str,
-    headers: &[&str],
-    status_col: Option<usize>,
-    row: fn(&Value) -> Vec<String>,
+    Columns {
+        headers,
+        status_col,
+        row,
+    }: Columns,
 ) -> Result<()> {
     page.query(&mut query);
     let mut rows = Vec::new();
@@ -478,21 +486,22 @@ pub async fn list(a: ListArgs) -> Result<()> {
     list_cmd(
         &c,
         &out,
-        "/v1/jobs",
+        ("/v1/jobs", "jobs"),
         q,
         &a.page,
-        "jobs",
-        &["THREAD", "RUN", "GRAPH", "STATUS", "PRIORITY", "UPDATED"],
-        Some(3),
-        |j| {
-            vec![
-                cell(&j["thread_id"]),
-                cell(&j["run_id"]),
-                format!("{}@{}", cell(&j["graph"]), cell(&j["graph_version"])),
-                cell(&j["status"]),
-                cell(&j["priority"]),
-                cell(&j["updated_at"]),
-            ]
+        Columns {
+            headers: &["THREAD", "RUN", "GRAPH", "STATUS", "PRIORITY", "UPDATED"],
+            status_col: Some(3),
+            row: |j| {
+                vec![
+                    cell(&j["thread_id"]),
+                    cell(&j["run_id"]),
+                    format!("{}@{}", cell(&j["graph"]), cell(&j["graph_version"])),
+                    cell(&j["status"]),
+                    cell(&j["priority"]),
+                    cell(&j["updated_at"]),
+                ]
+            },
         },
     )
     .await
@@ -1003,21 +1012,22 @@ pub async fn interrupts(cmd: InterruptsCmd) -> Result<()> {
             list_cmd(
                 &c,
                 &out,
-                "/v1/interrupts",
+                ("/v1/interrupts", "interrupts"),
                 q,
                 &page,
-                "interrupts",
-                &["INTERRUPT", "THREAD", "NODE", "STATUS", "PAYLOAD", "RAISED"],
-                Some(3),
-                |i| {
-                    vec![
-                        cell(&i["interrupt_id"]),
-                        cell(&i["thread_id"]),
-                        cell(&i["node"]),
-                        cell(&i["status"]),
-                        i["payload"].to_string(),
-                        cell(&i["raised_at"]),
-                    ]
+                Columns {
+                    headers: &["INTERRUPT", "THREAD", "NODE", "STATUS", "PAYLOAD", "RAISED"],
+                    status_col: Some(3),
+                    row: |i| {
+                        vec![
+                            cell(&i["interrupt_id"]),
+                            cell(&i["thread_id"]),
+                            cell(&i["node"]),
+                            cell(&i["status"]),
+                            i["payload"].to_string(),
+                            cell(&i["raised_at"]),
+                        ]
+                    },
                 },
             )
             .await
@@ -1101,20 +1111,21 @@ pub async fn dlq(cmd: DlqCmd) -> Result<()> {
             list_cmd(
                 &c,
                 &out,
-                "/v1/dlq",
+                ("/v1/dlq", "entries"),
                 q,
                 &page,
-                "entries",
-                &["RUN", "THREAD", "GRAPH", "FAILED", "ERROR"],
-                None,
-                |e| {
-                    vec![
-                        cell(&e["run_id"]),
-                        cell(&e["thread_id"]),
-                        format!("{}@{}", cell(&e["graph"]), cell(&e["graph_version"])),
-                        cell(&e["failed_at"]),
-                        cell(&e["error"]["message"]),
-                    ]
+                Columns {
+                    headers: &["RUN", "THREAD", "GRAPH", "FAILED", "ERROR"],
+                    status_col: None,
+                    row: |e| {
+                        vec![
+                            cell(&e["run_id"]),
+                            cell(&e["thread_id"]),
+                            format!("{}@{}", cell(&e["graph"]), cell(&e["graph_version"])),
+                            cell(&e["failed_at"]),
+                            cell(&e["error"]["message"]),
+                        ]
+                    },
                 },
             )
             .await
@@ -1355,25 +1366,26 @@ pub async fn audit(a: AuditArgs) -> Result<()> {
     list_cmd(
         &c,
         &out,
-        "/v1/audit",
+        ("/v1/audit", "entries"),
         q,
         &a.page,
-        "entries",
-        &[
-            "ID", "AT", "ACTOR", "ROLE", "ACTION", "TARGET", "STATUS", "OUTCOME",
-        ],
-        Some(7),
-        |e| {
-            vec![
-                cell(&e["id"]),
-                cell(&e["at"]),
-                cell(&e["actor"]),
-                cell(&e["role"]),
-                cell(&e["action"]),
-                cell(&e["target"]),
-                cell(&e["status"]),
-                cell(&e["outcome"]),
-            ]
+        Columns {
+            headers: &[
+                "ID", "AT", "ACTOR", "ROLE", "ACTION", "TARGET", "STATUS", "OUTCOME",
+            ],
+            status_col: Some(7),
+            row: |e| {
+                vec![
+                    cell(&e["id"]),
+                    cell(&e["at"]),
+                    cell(&e["actor"]),
+                    cell(&e["role"]),
+                    cell(&e["action"]),
+                    cell(&e["target"]),
+                    cell(&e["status"]),
+                    cell(&e["outcome"]),
+                ]
+            },
         },
     )
     .await

@@ -11,6 +11,7 @@ use oris_core::protocol::{
     ReportReceipt,
 };
 use reqwest::StatusCode;
+use reqwest_tls as reqwest;
 use serde_json::Value;
 
 /// How a call failed.
@@ -95,6 +96,11 @@ impl Client {
         worker_id: String,
         call_timeout: Duration,
     ) -> Result<Self, String> {
+        // https:// URLs: rustls needs a process-wide crypto provider; `ring` unless the
+        // process installed one.
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(call_timeout)
             .build()
@@ -250,6 +256,31 @@ mod tests {
         assert_eq!(error_body(br#"{"error": "x"}"#), None);
         let long = "x".repeat(500);
         assert_eq!(body_excerpt(long.as_bytes()).chars().count(), 201);
+    }
+
+    /// An https URL is spoken: a closed port is a transport error (transient, retried),
+    /// not a refusal of the scheme.
+    #[tokio::test]
+    async fn https_to_a_closed_port_is_a_transport_error() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let client = Client::new(
+            &format!("https://127.0.0.1:{port}"),
+            None,
+            "w1".into(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let e = client.stop().await.unwrap_err();
+        let CallError::Transport(detail) = &e else {
+            panic!("expected a transport error: {e}");
+        };
+        assert!(e.is_transient(), "{e}");
+        assert!(detail.contains("https://127.0.0.1"), "{detail}");
+        assert!(!detail.to_lowercase().contains("scheme"), "{detail}");
     }
 
     #[test]

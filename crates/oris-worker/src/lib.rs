@@ -19,9 +19,9 @@
 //! graphs too (it validates inputs against them): build it with the same graph
 //! definitions and `workers(0)` to leave execution to remote workers.
 //!
-//! Transport: plain HTTP (the workspace's HTTP client is built without a TLS stack, the
-//! most expensive dependency to compile); reach the server on a private network or through
-//! a local TLS-terminating proxy. A `https://` URL is refused at build time.
+//! Transport: HTTP or HTTPS (`https://` URLs: rustls with the `ring` provider, installed as
+//! the process default when the process has none; server certificates are checked against
+//! the platform's trust store).
 //!
 //! Tracing: a span `worker` (`worker_id`) around the loop and `attempt` (`worker_id`,
 //! `attempt_id`, `thread_id`, `run_id`) around each execution, inside which the engine's

@@ -125,20 +125,16 @@ impl WorkerBuilder {
     /// Checks the settings and builds the worker (nothing is sent yet).
     ///
     /// # Errors
-    /// [`Error::Config`]: a server URL that is not `http://…` (this build speaks plain
-    /// HTTP only), an invalid worker id, a capacity outside 1–1024, no graph, or the same
-    /// graph version twice.
+    /// [`Error::Config`]: a server URL that is not `http://…` or `https://…`, an invalid
+    /// worker id, a capacity outside 1–1024, no graph, or the same graph version twice.
     pub fn build(self) -> Result<Worker, Error> {
         let server = self.server.trim().trim_end_matches('/').to_owned();
-        if server.starts_with("https://") {
+        let rest = server
+            .strip_prefix("http://")
+            .or_else(|| server.strip_prefix("https://"));
+        if rest.is_none_or(str::is_empty) {
             return Err(Error::Config(format!(
-                "`{server}`: this build of the worker speaks plain HTTP only; reach the server \
-                 on a private network or through a local TLS-terminating proxy"
-            )));
-        }
-        if !server.starts_with("http://") || server.len() <= "http://".len() {
-            return Err(Error::Config(format!(
-                "`{server}` is not a server URL (http://HOST:PORT)"
+                "`{server}` is not a server URL (http://HOST:PORT or https://HOST)"
             )));
         }
         let worker_id = match self.worker_id {
