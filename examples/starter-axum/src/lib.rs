@@ -26,7 +26,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use oris::server::Server;
-use oris::store::Store;
+use oris::store::{PostgresOptions, PostgresStore, Store, redact_url};
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::BearerToken;
@@ -65,20 +65,25 @@ pub struct Service {
 }
 
 impl Service {
-    /// Registers the approval graph on an Oris server over `store`.
+    /// Opens the database (`sqlite://FILE` or `postgres://…`; the schema is created or
+    /// migrated) and registers the approval graph on an Oris server over it.
     ///
     /// # Errors
-    /// A malformed admin token, a store failure.
-    pub async fn build(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Service> {
+    /// The database cannot be opened, a malformed admin token, an empty API token.
+    pub async fn build(db: &str, config: Config) -> anyhow::Result<Service> {
         anyhow::ensure!(
             !config.api_token.trim().is_empty(),
             "the business API token must not be empty"
         );
+        let (store, wakes) = open(db).await?;
         let mut builder = Server::builder()
             .store(store)
             .graph(graph::expense_approval(config.policy_latency)?)
             .workers(config.workers)
             .shutdown_grace(config.shutdown_grace);
+        if let Some(w) = wakes {
+            builder = builder.wake_on(w);
+        }
         if let Some(t) = config.oris_admin_token {
             builder = builder.admin_token(t);
         }
@@ -171,6 +176,28 @@ impl Service {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Wake-ups of the worker pool for runs made ready by other processes.
+type Wakes = std::pin::Pin<Box<dyn futures_util::Stream<Item = ()> + Send>>;
+
+/// Opens the store. On PostgreSQL, also listens for its change notifications, so that with
+/// several replicas of the service on one database a run made ready by another replica (an
+/// expense approved there, a lease released by one shutting down) starts here within
+/// milliseconds instead of at the pool's next poll.
+async fn open(db: &str) -> anyhow::Result<(Arc<dyn Store>, Option<Wakes>)> {
+    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+        let pg = PostgresStore::connect(db, PostgresOptions::default())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", redact_url(db)))?;
+        let wakes = futures_util::stream::unfold(pg.listen(), |mut listener| async move {
+            // Any wake-up (a thread changed, or the listener reconnected and may have
+            // missed some) means: claim again.
+            listener.recv().await.map(|_| ((), listener))
+        });
+        return Ok((Arc::new(pg), Some(Box::pin(wakes))));
+    }
+    Ok((oris::open_store(db).await?, None))
 }
 
 async fn healthz() -> axum::Json<serde_json::Value> {

@@ -53,9 +53,8 @@ async fn main() -> anyhow::Result<()> {
     // Bound first: a start that cannot listen must not create (and lose) the bootstrap
     // admin key.
     let listener = tokio::net::TcpListener::bind(&cli.addr).await?;
-    let store = oris::open_store(&cli.db).await?;
     let service = Service::build(
-        store,
+        &cli.db,
         Config {
             api_token: cli.api_token,
             oris_admin_token: cli.oris_admin_token,
