@@ -195,6 +195,23 @@ async fn business_errors_keep_their_shape() {
     let a = api(&svc, "GET", &format!("/api/expenses/{id}"), None).await;
     assert_eq!(a.body["status"], "approved");
     assert_eq!(a.body["decision"]["decision_id"], "decision-1");
+
+    // An operator cancels a pending expense through the control plane: deciding it now is
+    // Oris' `InterruptNotPending`, answered as `not_awaiting_approval`.
+    let id = submit(&svc, 2_000).await;
+    until_status(&svc, &id, "pending_approval").await;
+    let a = oris(
+        &svc,
+        "POST",
+        &format!("/v1/jobs/{id}/cancel"),
+        Some(json!({"reason": "duplicate"})),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let a = api(&svc, "POST", &format!("/api/expenses/{id}/approve"), None).await;
+    assert_business_error(&a, 409, "not_awaiting_approval");
+    let a = api(&svc, "GET", &format!("/api/expenses/{id}"), None).await;
+    assert_eq!(a.body["status"], "cancelled", "{a:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
