@@ -236,6 +236,40 @@ async fn both_sides_require_authentication() {
     assert_eq!(a.status, 200, "{a:?}");
     // Nothing was created by the refused calls.
     assert_eq!(a.body["jobs"], json!([]), "{a:?}");
+    // The control plane is mounted under the prefix: its Locations carry it.
+    let a = oris(
+        &svc,
+        "POST",
+        "/v1/jobs",
+        Some(json!({
+            "graph": "expense_approval", "thread_id": "exp_ops1",
+            "input": {"expense_id": "exp_ops1", "submitter": "ops", "amount_cents": 10, "description": "x"}
+        })),
+    )
+    .await;
+    assert_eq!(a.status, 202, "{a:?}");
+    let a = call(
+        &svc,
+        "GET",
+        "/oris/v1/jobs/exp_ops1",
+        Some(ORIS_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(a.body["thread_id"], "exp_ops1", "{a:?}");
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("{}/oris/v1/jobs", svc.url))
+        .bearer_auth(ORIS_TOKEN)
+        .json(&json!({"graph": "expense_approval", "thread_id": "exp_ops2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    assert_eq!(resp.headers()["location"], "/oris/v1/jobs/exp_ops2");
+    // An expense started by an operator is an expense like any other.
+    let a = until_status(&svc, "exp_ops1", "pending_approval").await;
+    assert_eq!(a["submitter"], "ops");
     // Public: the service's health and the control plane's.
     let a = call(&svc, "GET", "/healthz", None, None).await;
     assert_eq!((a.status, &a.body), (200, &json!({"status": "ok"})));
