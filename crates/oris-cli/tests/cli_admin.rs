@@ -1,0 +1,414 @@
+//! The operator CLI's administration commands (keys, audit, workers), its error paths
+//! (auth, network, usage, bulk cancel confirmation), help and completions, and the commands
+//! on a local store (migrate, backup, restore, verify, timeline --db).
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Oris, TOKEN, oris_command, token_file};
+
+fn command(url: &str, token: Option<&str>, args: &[&str]) -> Command {
+    let mut c = oris_command();
+    c.args(args)
+        .env("ORIS_URL", url)
+        .env_remove("ORIS_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    if let Some(t) = token {
+        c.env("ORIS_TOKEN", t);
+    }
+    c
+}
+
+fn run(url: &str, token: Option<&str>, args: &[&str]) -> Output {
+    command(url, token, args).output().expect("oris runs")
+}
+
+fn cli(oris: &Oris, args: &[&str]) -> Output {
+    run(&oris.base, Some(TOKEN), args)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+#[track_caller]
+fn code(o: &Output, expected: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(expected),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(o),
+        stderr(o)
+    );
+}
+
+#[track_caller]
+fn ok(oris: &Oris, args: &[&str]) -> String {
+    let o = cli(oris, args);
+    code(&o, 0);
+    stdout(&o)
+}
+
+#[track_caller]
+fn ndjson(oris: &Oris, args: &[&str]) -> Vec<Value> {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    ok(oris, &a)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[track_caller]
+fn json(oris: &Oris, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    let out = ok(oris, &a);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn start(dir: &Path) -> Oris {
+    let tf = token_file(dir);
+    Oris::start(
+        &dir.join("oris.db"),
+        &["--admin-token-file", tf.to_str().unwrap()],
+    )
+}
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Keys, the audit log, remote workers, bulk cancel, and the auth errors.
+#[tokio::test]
+async fn keys_audit_workers_and_bulk_cancel() {
+    let dir = tempfile::tempdir().unwrap();
+    let oris = start(dir.path());
+    oris.ready().await;
+
+    // Keys: create prints the token once on stdout; list; revoke.
+    let o = cli(
+        &oris,
+        &["keys", "create", "--name", "ci", "--role", "viewer"],
+    );
+    code(&o, 0);
+    let viewer = stdout(&o).trim().to_owned();
+    assert!(viewer.starts_with("oris_"), "{viewer}");
+    assert!(stderr(&o).contains("shown once"), "{}", stderr(&o));
+    let keys = ndjson(&oris, &["keys", "list"]);
+    let ci = keys
+        .iter()
+        .find(|k| k["name"] == "ci")
+        .unwrap_or_else(|| panic!("{keys:?}"));
+    assert_eq!(ci["role"], "viewer");
+    assert!(ci.get("token").is_none(), "{ci}");
+    let ci_id = ci["key_id"].as_str().unwrap().to_owned();
+    let table = ok(&oris, &["keys", "list"]);
+    assert!(table.starts_with("KEY "), "{table}");
+    assert!(table.contains(&ci_id), "{table}");
+
+    // The viewer reads but may not operate (403 → 5); a bad token is 401 → 5.
+    let o = run(&oris.base, Some(&viewer), &["list"]);
+    code(&o, 0);
+    let o = run(&oris.base, Some(&viewer), &["cancel", "x"]);
+    code(&o, 5);
+    assert!(
+        stderr(&o).contains("forbidden (HTTP 403)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&oris.base, None, &["list"]);
+    code(&o, 5);
+    assert!(
+        stderr(&o).contains("unauthorized (HTTP 401)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(
+        &oris.base,
+        Some("oris_aaaaaaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"),
+        &["list"],
+    );
+    code(&o, 5);
+
+    let revoked = json(&oris, &["keys", "revoke", &ci_id]);
+    assert_eq!(revoked["key_id"], ci_id.as_str());
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+    let o = run(&oris.base, Some(&viewer), &["list"]);
+    code(&o, 5);
+    let o = cli(&oris, &["keys", "revoke", &ci_id]);
+    code(&o, 4);
+    let o = cli(&oris, &["keys", "revoke", "nosuchkey000"]);
+    code(&o, 3);
+
+    // The audit log names what the CLI did.
+    let entries = ndjson(&oris, &["audit", "--action", "keys.revoke"]);
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    assert_eq!(entries[0]["target"], ci_id.as_str());
+    assert_eq!(entries[0]["outcome"], "ok");
+    let table = ok(&oris, &["audit", "--action", "keys.create"]);
+    assert!(table.starts_with("ID "), "{table}");
+    assert!(table.contains("keys.create"), "{table}");
+
+    // Remote workers: none, then one `oris worker`.
+    let o = cli(&oris, &["workers", "list"]);
+    code(&o, 0);
+    assert_eq!(stdout(&o), "");
+    let mut worker = oris_command()
+        .args(["worker", "--server", &oris.base, "--token", TOKEN])
+        .args(["--graph", "flaky", "--worker-id", "cli-w1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let workers = loop {
+        let w = ndjson(&oris, &["workers", "list"]);
+        if !w.is_empty() {
+            break w;
+        }
+        assert!(Instant::now() < deadline, "the worker never registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert_eq!(workers[0]["worker_id"], "cli-w1");
+    let table = ok(&oris, &["workers", "list"]);
+    assert!(table.starts_with("WORKER "), "{table}");
+    assert!(table.contains("cli-w1"), "{table}");
+    assert!(table.contains("flaky@1"), "{table}");
+
+    // Bulk cancel: refused without a filter, refused unconfirmed off a terminal, done
+    // with --yes.
+    for t in ["b-1", "b-2"] {
+        ok(
+            &oris,
+            &[
+                "run",
+                "expense-approval",
+                t,
+                "--input",
+                r#"{"amount_cents": 90000}"#,
+                "--metadata",
+                "batch=7",
+                "--wait",
+            ],
+        );
+    }
+    let o = cli(&oris, &["cancel"]);
+    code(&o, 2);
+    let o = cli(&oris, &["cancel", "--metadata", "batch=7"]);
+    code(&o, 2);
+    let err = stderr(&o);
+    assert!(err.contains("refusing to cancel 2 runs"), "{err}");
+    assert!(err.contains("--yes"), "{err}");
+    assert_eq!(
+        oris.get("/v1/jobs?status=interrupted").await.1["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let o = cli(&oris, &["cancel", "--metadata", "batch=7", "--yes"]);
+    code(&o, 0);
+    assert_eq!(
+        stdout(&o),
+        "THREAD  RESULT\nb-1     cancelled\nb-2     cancelled\n"
+    );
+    assert!(
+        stderr(&o).contains("2 cancelled, 0 skipped"),
+        "{}",
+        stderr(&o)
+    );
+    let res = json(
+        &oris,
+        &[
+            "cancel",
+            "--metadata",
+            "batch=7",
+            "--status",
+            "interrupted",
+            "--yes",
+        ],
+    );
+    assert_eq!(res["cancelled"], serde_json::json!([]), "{res}");
+}
+
+/// Network failures name the URL (exit 7) — also for https, which this build speaks;
+/// usage errors exit 2; every subcommand's help has an example; completions.
+#[test]
+fn network_usage_help_and_completions() {
+    for scheme in ["http", "https"] {
+        let url = format!("{scheme}://127.0.0.1:{}", closed_port());
+        let o = run(&url, Some(TOKEN), &["list"]);
+        code(&o, 7);
+        let err = stderr(&o);
+        assert!(
+            err.starts_with(&format!("error: cannot reach the server at {url}")),
+            "{err}"
+        );
+        assert!(!err.contains("scheme"), "{err}");
+    }
+    let o = run("ftp://x", None, &["list"]);
+    code(&o, 2);
+
+    let o = run("http://127.0.0.1:1", None, &["list", "--no-such-flag"]);
+    code(&o, 2);
+    let o = run("http://127.0.0.1:1", None, &["run"]);
+    code(&o, 2);
+
+    let help = stdout(&run("", None, &["--help"]));
+    for line in ["Exit codes:", "3  not found", "7  network"] {
+        assert!(help.contains(line), "{line} in {help}");
+    }
+    let leaves: &[&[&str]] = &[
+        &["serve"],
+        &["worker"],
+        &["demo"],
+        &["recover"],
+        &["run"],
+        &["list"],
+        &["inspect"],
+        &["history"],
+        &["timeline"],
+        &["resume"],
+        &["replay"],
+        &["fork"],
+        &["cancel"],
+        &["interrupts", "list"],
+        &["interrupts", "show"],
+        &["interrupts", "resume"],
+        &["interrupts", "reject"],
+        &["dlq", "list"],
+        &["dlq", "show"],
+        &["dlq", "replay"],
+        &["graphs", "list"],
+        &["graphs", "show"],
+        &["workers", "list"],
+        &["audit"],
+        &["keys", "create"],
+        &["keys", "list"],
+        &["keys", "revoke"],
+        &["verify"],
+        &["migrate"],
+        &["backup"],
+        &["restore"],
+        &["completions"],
+    ];
+    for leaf in leaves {
+        let mut args = leaf.to_vec();
+        args.push("--help");
+        let o = run("", None, &args);
+        code(&o, 0);
+        let h = stdout(&o);
+        assert!(
+            h.contains("Example") && h.contains(&format!("oris {}", leaf.join(" "))),
+            "{leaf:?} has no example:\n{h}"
+        );
+    }
+
+    let o = run("", None, &["completions", "bash"]);
+    code(&o, 0);
+    let script = stdout(&o);
+    assert!(script.contains("_oris()"), "{script}");
+    assert!(
+        script.contains("interrupts"),
+        "a bash script for every subcommand"
+    );
+}
+
+/// migrate, backup, restore, verify and timeline on a local SQLite store; PostgreSQL
+/// backups are pg_dump's job (usage).
+#[tokio::test]
+async fn local_store_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("oris.db").display());
+    let local = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--db", &db]);
+        run("", None, &a)
+    };
+    let o = local(&["migrate"]);
+    code(&o, 0);
+    assert_eq!(stdout(&o), "schema version 3 (migrated from 0)\n");
+    let o = local(&["migrate", "-o", "json"]);
+    code(&o, 0);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["version"], v["from"], "{v}");
+
+    // A thread made by a server on that file.
+    let oris = start(dir.path());
+    oris.ready().await;
+    let o = cli(
+        &oris,
+        &[
+            "run",
+            "expense-approval",
+            "v-1",
+            "--input",
+            r#"{"amount_cents": 5000}"#,
+            "--wait",
+        ],
+    );
+    code(&o, 0);
+    let backup = dir.path().join("backup.db");
+    let o = local(&["backup", backup.to_str().unwrap()]);
+    code(&o, 0);
+    assert!(backup.exists());
+    oris.terminate();
+    let mut oris = oris;
+    assert!(oris.wait_exit(Duration::from_secs(20)).is_some());
+
+    let o = local(&["verify", "v-1"]);
+    code(&o, 0);
+    let out = stdout(&o);
+    assert!(out.contains("result    consistent"), "{out}");
+    let o = local(&["verify", "v-1", "-o", "json"]);
+    code(&o, 0);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["consistent"], true, "{v}");
+    assert_eq!(v["replayed_hash"], v["current_hash"]);
+    let o = local(&["verify", "nope"]);
+    code(&o, 3);
+
+    let o = local(&["timeline", "v-1"]);
+    code(&o, 0);
+    assert!(stdout(&o).contains("run_completed"), "{}", stdout(&o));
+
+    // Restore the backup over the file (nobody has it open now).
+    std::fs::remove_file(dir.path().join("oris.db")).unwrap();
+    let o = local(&["restore", backup.to_str().unwrap()]);
+    code(&o, 0);
+    let o = local(&["verify", "v-1"]);
+    code(&o, 0);
+    let o = local(&["restore", dir.path().join("missing.db").to_str().unwrap()]);
+    code(&o, 3);
+
+    let o = run(
+        "",
+        None,
+        &[
+            "backup",
+            "x.dump",
+            "--db",
+            "postgres://oris@127.0.0.1:1/oris",
+        ],
+    );
+    code(&o, 2);
+    assert!(stderr(&o).contains("pg_dump"), "{}", stderr(&o));
+}
