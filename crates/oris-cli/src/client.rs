@@ -148,7 +148,11 @@ pub struct Answer {
 }
 
 impl Client {
-    pub fn new(url: &str, token: Option<String>) -> Result<Self> {
+    pub fn new(
+        url: &str,
+        token: Option<String>,
+        ca_cert: Option<&std::path::Path>,
+    ) -> Result<Self> {
         let base = url.trim().trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Failure::usage(format!(
@@ -156,9 +160,30 @@ impl Client {
             )));
         }
         install_tls_provider();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("oris-cli/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("oris-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path).map_err(|e| {
+                Failure::usage(format!("--ca-cert: cannot read `{}`: {e}", path.display()))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                Failure::usage(format!(
+                    "--ca-cert: `{}` holds no PEM certificate: {e}",
+                    path.display()
+                ))
+            })?;
+            if certs.is_empty() {
+                return Err(Failure::usage(format!(
+                    "--ca-cert: `{}` holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| Failure::failed(format!("HTTP client: {}", transport_detail(&e))))?;
         Ok(Client {

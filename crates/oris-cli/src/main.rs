@@ -30,7 +30,8 @@ use crate::client::Failure;
 use crate::output::Format;
 
 const AFTER_HELP: &str = "\
-Environment: ORIS_URL (default http://127.0.0.1:8080), ORIS_TOKEN, ORIS_DB, NO_COLOR, RUST_LOG.
+Environment: ORIS_URL (default http://127.0.0.1:8080), ORIS_TOKEN, ORIS_CA_CERT, ORIS_DB,
+NO_COLOR, RUST_LOG.
 
 Exit codes:
   0  ok
@@ -46,9 +47,13 @@ Exit codes:
 
 Example: oris run expense-approval order-1 --input '{\"amount_cents\": 72500}' --wait";
 
-/// Oris — durable execution for graph workflows.
+/// Oris — durable execution for graph workflows: the operator CLI over the control-plane
+/// API, the server (`oris serve`), a remote worker (`oris worker`) and store maintenance.
+///
+/// The client commands take --url, --token and --output after the subcommand
+/// (`oris list --url https://oris.internal -o json`), or ORIS_URL and ORIS_TOKEN.
 #[derive(Debug, Parser)]
-#[command(name = "oris", version, about, after_help = AFTER_HELP)]
+#[command(name = "oris", version, after_help = AFTER_HELP)]
 struct Cli {
     /// Store URL of the commands that open a store (serve, demo, recover, migrate, backup,
     /// restore, verify, timeline --db): sqlite://PATH, postgres://USER@HOST:PORT/DB or
@@ -104,7 +109,7 @@ enum Command {
     Recover,
     /// Start a run of a graph on a thread (POST /v1/jobs); `--wait` follows it to its end.
     Run(ops::RunArgs),
-    /// List runs, newest state of each thread, with filters (GET /v1/jobs).
+    /// List runs with filters, oldest first (GET /v1/jobs).
     List(ops::ListArgs),
     /// A thread's latest run: status, state, pending interrupts, next nodes
     /// (GET /v1/jobs/{thread}).

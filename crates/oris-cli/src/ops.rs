@@ -24,6 +24,10 @@ pub struct Conn {
     /// An API key (`oris_<key_id>_<secret>`); none for a server with `--no-auth`.
     #[arg(long, env = "ORIS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A PEM file of CA certificates to trust for https, besides the built-in roots
+    /// (a private CA).
+    #[arg(long, env = "ORIS_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// `table` (readable) or `json` (the API's JSON; NDJSON for lists and --follow).
     #[arg(long, short = 'o', value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -32,7 +36,7 @@ pub struct Conn {
 impl Conn {
     fn open(&self) -> Result<(Client, Out)> {
         Ok((
-            Client::new(&self.url, self.token.clone())?,
+            Client::new(&self.url, self.token.clone(), self.ca_cert.as_deref())?,
             Out::new(self.output),
         ))
     }

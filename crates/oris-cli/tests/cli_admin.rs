@@ -412,3 +412,137 @@ async fn local_store_commands() {
     code(&o, 2);
     assert!(stderr(&o).contains("pg_dump"), "{}", stderr(&o));
 }
+
+/// Runs `openssl ARGS` in `dir`, asserting success.
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command (it makes the test's certificates and TLS server)");
+    assert!(o.status.success(), "openssl {args:?}: {}", stderr(&o));
+}
+
+/// A real TLS handshake: an https server (`openssl s_server -WWW`, serving a file as
+/// `GET /v1/graphs`) with a certificate of a private CA is reached with `--ca-cert`, and
+/// refused without it as a network error naming the URL.
+#[test]
+fn https_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        d,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=oris-test-ca",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        d,
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "leaf.key",
+                "-out",
+                "leaf.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        d.join("ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ],
+    );
+    std::fs::create_dir(d.join("v1")).unwrap();
+    std::fs::write(
+        d.join("v1/graphs"),
+        r#"{"graphs":[{"name":"tls-graph","latest":"1","versions":["1"]}]}"#,
+    )
+    .unwrap();
+    let port = closed_port();
+    let mut server = Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            &port.to_string(),
+            "-cert",
+            "leaf.pem",
+        ])
+        .args(["-key", "leaf.key", "-WWW", "-quiet"])
+        .current_dir(d)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "openssl s_server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("https://localhost:{port}");
+    let ca = d.join("ca.pem");
+    let trusted = run(
+        &url,
+        None,
+        &["graphs", "list", "--ca-cert", ca.to_str().unwrap()],
+    );
+    let untrusted = run(&url, None, &["graphs", "list"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    code(&trusted, 0);
+    assert_eq!(
+        stdout(&trusted),
+        "GRAPH      LATEST  VERSIONS\ntls-graph  1       1\n"
+    );
+    code(&untrusted, 7);
+    let err = stderr(&untrusted);
+    assert!(
+        err.contains(&format!("cannot reach the server at {url}")),
+        "{err}"
+    );
+    assert!(err.contains("UnknownIssuer"), "{err}");
+}
