@@ -626,6 +626,20 @@ fn event_row(e: &Value) -> Vec<String> {
 
 const EVENT_HEADERS: [&str; 7] = ["SEQ", "AT", "RUN", "KIND", "NODE", "STEP", "DETAIL"];
 
+/// An event row while following: columns of fixed widths, since later rows are not known.
+fn follow_line(e: &Value) -> String {
+    const WIDTHS: [usize; 6] = [5, 24, 36, 17, 14, 5];
+    let row = event_row(e);
+    let mut line = String::new();
+    for (i, c) in row.iter().enumerate() {
+        match WIDTHS.get(i) {
+            Some(&w) => line.push_str(&format!("{c:w$}  ")),
+            None => line.push_str(c),
+        }
+    }
+    line.trim_end().to_owned()
+}
+
 pub async fn timeline(a: TimelineArgs) -> Result<()> {
     let (c, out) = a.conn.open()?;
     let path = format!("/v1/jobs/{}/timeline", seg(&a.thread));
@@ -646,7 +660,7 @@ pub async fn timeline(a: TimelineArgs) -> Result<()> {
             if out.json() {
                 out.line(e);
             } else if a.follow {
-                println!("{}", event_row(e).join("  "));
+                println!("{}", follow_line(e));
             } else {
                 rows.push(event_row(e));
             }
@@ -668,7 +682,7 @@ pub async fn timeline(a: TimelineArgs) -> Result<()> {
         if out.json() {
             out.line(&e);
         } else {
-            println!("{}", event_row(&e).join("  "));
+            println!("{}", follow_line(&e));
             let _ = std::io::stdout().flush();
         }
     }

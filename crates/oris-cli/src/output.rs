@@ -71,6 +71,10 @@ impl Out {
                 }
             }));
         }
+        // No padding left of the first column: flush with the terminal's edge.
+        if let Some(c) = t.column_mut(0) {
+            c.set_padding((0, 1));
+        }
         print_trimmed(&t.to_string());
     }
 
@@ -92,9 +96,7 @@ impl Out {
 fn print_trimmed(s: &str) {
     let mut out = std::io::stdout().lock();
     for line in s.lines() {
-        // The first column's padding and the last column's are noise in a terminal and in
-        // golden files.
-        let line = line.strip_prefix(' ').unwrap_or(line);
+        // The last column's padding is noise in a terminal and in golden files.
         let _ = writeln!(out, "{}", line.trim_end());
     }
 }

@@ -520,4 +520,58 @@ async fn timeline_follow_streams_events_as_they_happen() {
     // Seqs continue without gaps.
     let all = ndjson(&oris, &["timeline", "f-1"]);
     assert_eq!(all.len(), seen.len() + rest.len());
+    // Following a finished thread prints its events in fixed columns and ends.
+    let table = mask(&ok(&oris, &["timeline", "f-1", "--follow"]));
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), all.len(), "{table}");
+    assert_eq!(
+        lines[lines.len() - 1],
+        "#10    YYYY-MM-DDThh:mm:ss.sssZ  run_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx  run_completed      -               -"
+    );
+}
+
+/// Colours only on a terminal (a pseudo-terminal from `script`), never with `NO_COLOR`
+/// and never when piped (every other test pipes and compares plain text).
+#[tokio::test]
+async fn colours_only_on_a_terminal_without_no_color() {
+    let dir = tempfile::tempdir().unwrap();
+    let oris = start(dir.path());
+    oris.ready().await;
+    ok(
+        &oris,
+        &[
+            "run",
+            "expense-approval",
+            "c-1",
+            "--input",
+            r#"{"amount_cents": 100}"#,
+            "--wait",
+        ],
+    );
+    let on_tty = |no_color: Option<&str>| {
+        let mut c = Command::new("script");
+        c.args([
+            "-qec",
+            &format!("{} list", env!("CARGO_BIN_EXE_oris")),
+            "/dev/null",
+        ])
+        .env("ORIS_URL", &oris.base)
+        .env("ORIS_TOKEN", TOKEN)
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null());
+        if let Some(v) = no_color {
+            c.env("NO_COLOR", v);
+        }
+        let o = c.output().expect("the script command (a pseudo-terminal)");
+        code(&o, 0);
+        stdout(&o)
+    };
+    let coloured = on_tty(None);
+    assert!(coloured.contains("\x1b[1mTHREAD"), "{coloured:?}");
+    assert!(coloured.contains("\x1b[38;5;10m completed"), "{coloured:?}");
+    let plain = on_tty(Some("1"));
+    assert!(!plain.contains('\x1b'), "{plain:?}");
+    assert!(plain.starts_with("THREAD  RUN"), "{plain:?}");
+    let piped = ok(&oris, &["list"]);
+    assert!(!piped.contains('\x1b'), "{piped:?}");
 }
