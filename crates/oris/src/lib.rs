@@ -92,6 +92,23 @@ pub mod worker {
 #[doc = include_str!("../../../docs/durable-execution.md")]
 pub mod durable_execution {}
 
+/// State, reducers, nodes, edges, breakpoints and validation — `docs/graphs.md`, whose
+/// example is compiled and run as a doc test.
+#[doc = include_str!("../../../docs/graphs.md")]
+pub mod graphs_guide {}
+
+/// SQLite or PostgreSQL: choosing, URLs, migrations, sharing a database, leases, backup and
+/// restore — `docs/storage.md`, whose example is compiled and run as a doc test (it needs
+/// the `sqlite` feature, on by default).
+#[cfg(feature = "sqlite")]
+#[doc = include_str!("../../../docs/storage.md")]
+pub mod storage_guide {}
+
+/// The project's `README.md`: its Rust examples are complete programs, compiled (and the
+/// one that writes nothing outside memory, run) as doc tests.
+#[doc = include_str!("../../../README.md")]
+pub mod readme {}
+
 #[doc(hidden)]
 pub mod __private {
     pub use serde;
