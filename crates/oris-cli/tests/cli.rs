@@ -381,6 +381,8 @@ ckpt_4      run_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx  3          -             YYYY-
         &["fork", "exp-2", "--checkpoint", "ckpt_2", "--to", "exp-2b"],
     );
     assert_eq!(forked["thread_id"], "exp-2b");
+    oris.wait_status("exp-2b", &["completed"], Duration::from_secs(20))
+        .await;
     let o = cli(
         &oris,
         &["fork", "exp-2", "--checkpoint", "ckpt_2", "--to", "exp-2b"],
@@ -409,6 +411,49 @@ ckpt_4      run_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx  3          -             YYYY-
             "--wait",
         ],
     );
+    // Interrupts answered and rejected by id.
+    for t in ["exp-5", "exp-6"] {
+        ok(
+            &oris,
+            &[
+                "run",
+                "expense-approval",
+                t,
+                "--input",
+                r#"{"amount_cents": 77000}"#,
+                "--wait",
+            ],
+        );
+    }
+    let id_of = |t: &str| {
+        let open = ndjson(&oris, &["interrupts", "list", "--thread", t]);
+        assert_eq!(open.len(), 1, "{open:?}");
+        open[0]["interrupt_id"].as_str().unwrap().to_owned()
+    };
+    let (five, six) = (id_of("exp-5"), id_of("exp-6"));
+    let rejected = json(
+        &oris,
+        &["interrupts", "reject", &five, "--reason", "over budget"],
+    );
+    assert_eq!(rejected["thread_id"], "exp-5");
+    assert_eq!(rejected["status"], "cancelled", "{rejected}");
+    let answered = json(
+        &oris,
+        &["interrupts", "resume", &six, "--value", r#""approved""#],
+    );
+    assert_eq!(answered["interrupt_id"], six.as_str());
+    let done = oris
+        .wait_status("exp-6", &["completed"], Duration::from_secs(20))
+        .await;
+    assert_eq!(done["values"]["decision"], "approved", "{done}");
+    let o = cli(&oris, &["interrupts", "reject", &five]);
+    code(&o, 4);
+    let o = cli(
+        &oris,
+        &["interrupts", "show", "int_00000000000000000000000000000000"],
+    );
+    code(&o, 3);
+
     let cancelled = json(&oris, &["cancel", "exp-4", "--reason", "withdrawn"]);
     assert_eq!(cancelled["status"], "cancelled");
     assert_eq!(cancelled["status_detail"]["reason"], "withdrawn");

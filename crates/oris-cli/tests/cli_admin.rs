@@ -399,6 +399,22 @@ async fn local_store_commands() {
     let o = local(&["restore", dir.path().join("missing.db").to_str().unwrap()]);
     code(&o, 3);
 
+    // The in-process demo and recovery on the same file; verify knows every demo graph.
+    let o = local(&["demo", "--prefix", "d"]);
+    code(&o, 0);
+    let out = stdout(&o);
+    for line in ["== d-expense: ", "== d-research: ", "== d-flaky: "] {
+        assert!(out.contains(line), "{line} in {out}");
+    }
+    let o = local(&["recover"]);
+    code(&o, 0);
+    assert_eq!(stdout(&o), "0 resumed, 0 skipped\n");
+    for t in ["d-expense", "d-research", "d-flaky"] {
+        let o = local(&["verify", t, "-o", "json"]);
+        code(&o, 0);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["consistent"], true, "{v}");
+    }
     let o = run(
         "",
         None,
