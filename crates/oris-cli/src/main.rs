@@ -298,3 +298,90 @@ async fn local(db: &str) -> anyhow::Result<(oris::Engine, demo::Demos)> {
     let demos = demo::register(&engine)?;
     Ok((engine, demos))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// The words of a shell command line: quotes removed, stopping at an unquoted `#`
+    /// comment or redirection, split into pipeline segments at unquoted `|`.
+    fn segments(line: &str) -> Vec<Vec<String>> {
+        let (mut segs, mut words, mut word) = (Vec::new(), Vec::new(), None::<String>);
+        let mut chars = line.chars();
+        let mut quote = None;
+        while let Some(c) = chars.next() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), c) => word.get_or_insert_with(String::new).push(c),
+                (None, '\'' | '"') => {
+                    quote = Some(c);
+                    word.get_or_insert_with(String::new);
+                }
+                (None, '\\') => {
+                    if let Some(n) = chars.next() {
+                        word.get_or_insert_with(String::new).push(n);
+                    }
+                }
+                (None, ' ' | '\t') => words.extend(word.take()),
+                (None, '|') => {
+                    words.extend(word.take());
+                    segs.push(std::mem::take(&mut words));
+                }
+                (None, '#' | '>' | '<') if word.is_none() => break,
+                (None, c) => word.get_or_insert_with(String::new).push(c),
+            }
+        }
+        words.extend(word.take());
+        segs.push(words);
+        segs
+    }
+
+    /// Every `oris …` command in docs/cli.md's shell blocks parses with this build's
+    /// flags, so the reference cannot drift from the binary.
+    #[test]
+    fn every_command_in_the_cli_doc_parses() {
+        let doc = include_str!("../../../docs/cli.md");
+        let mut in_sh = false;
+        let mut checked = 0;
+        for line in doc.lines() {
+            if line.starts_with("```") {
+                in_sh = line == "```sh";
+                continue;
+            }
+            if !in_sh {
+                continue;
+            }
+            for words in segments(line.trim()) {
+                if words.first().map(String::as_str) != Some("oris") {
+                    continue;
+                }
+                if let Err(e) = Cli::command().try_get_matches_from(&words) {
+                    panic!("docs/cli.md: `{line}` does not parse:\n{e}");
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 40, "only {checked} commands found");
+    }
+
+    #[test]
+    fn shell_words() {
+        assert_eq!(
+            segments(r#"echo '{"a": 1}' | oris run g t --input - # comment"#),
+            [
+                vec!["echo".to_owned(), r#"{"a": 1}"#.to_owned()],
+                ["oris", "run", "g", "t", "--input", "-"]
+                    .map(String::from)
+                    .to_vec(),
+            ]
+        );
+        assert_eq!(
+            segments(r#"oris resume t --value '"approved"' > out"#),
+            [["oris", "resume", "t", "--value", "\"approved\""]
+                .map(String::from)
+                .to_vec()]
+        );
+    }
+}
