@@ -24,6 +24,19 @@ cargo fmt --all --check
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# --- Tools the tests run ------------------------------------------------------------------
+# curl (the README quickstart's curl call), openssl (a TLS server for the CLI's https test),
+# script (a pseudo-terminal for the CLI's colour test). Installed when missing.
+tools=()
+command -v curl >/dev/null 2>&1 || tools+=(curl)
+command -v openssl >/dev/null 2>&1 || tools+=(openssl)
+command -v script >/dev/null 2>&1 || tools+=(bsdutils)
+if ((${#tools[@]})); then
+    step "installing ${tools[*]} (apt-get)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tools[@]}" >/dev/null; } \
+        || { printf '\nERROR: apt-get install %s failed; tests need them\n' "${tools[*]}" >&2; exit 1; }
+fi
+
 # --- PostgreSQL ---------------------------------------------------------------------------
 # The PostgreSQL tests need a server: a throwaway cluster in a temporary directory, owned by
 # the `postgres` user, on a free loopback port, fsync on (the default), stopped on exit.
