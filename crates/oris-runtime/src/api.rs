@@ -137,6 +137,28 @@ impl GraphInfo {
     }
 }
 
+/// What [`Engine::verify_json`] found: the thread's state re-derived from its log alone,
+/// compared with the latest stored checkpoint state (snapshot) and the current state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// The thread.
+    pub thread_id: ThreadId,
+    /// Its graph.
+    pub graph: String,
+    /// The graph version it was verified with (that of the thread's latest run).
+    pub graph_version: String,
+    /// Seq of the last event of the log.
+    pub head: Seq,
+    /// Hash of the state folded from the whole log, ignoring snapshots.
+    pub replayed_hash: String,
+    /// Hash of the state the engine uses: the latest snapshot plus the events after it.
+    pub current_hash: String,
+    /// Whether the log, the stored checkpoint state and the current state agree.
+    pub consistent: bool,
+    /// The first disagreement found, when not consistent.
+    pub mismatch: Option<String>,
+}
+
 /// A run to queue: [`Engine::enqueue`].
 #[derive(Debug, Clone)]
 pub struct Enqueue {
@@ -573,6 +595,38 @@ impl Engine {
         graph
             .update_state(self.clone(), thread_id.clone(), as_node, values)
             .await
+    }
+
+    /// [`GraphHandle::verify`] for a graph known by name: re-derives the thread's state
+    /// from its log alone, with the graph version of the thread's latest run, and compares
+    /// it with the latest stored checkpoint state and the current state. A mismatch is a
+    /// report (`consistent: false`, `mismatch` naming it), not an error.
+    ///
+    /// # Errors
+    /// [`Error::ThreadNotFound`]; [`Error::GraphNotRegistered`] if this engine lacks the
+    /// graph version of the thread's latest run; [`Error::Corrupt`] when an event or the
+    /// snapshot does not decode; storage errors.
+    pub async fn verify_json(&self, thread_id: &ThreadId) -> Result<VerifyReport, Error> {
+        let run = self.latest_run(thread_id).await?;
+        let Some(graph) = self.registered(&run.graph, &run.graph_version) else {
+            return Err(Error::GraphNotRegistered {
+                thread_id: run.thread_id,
+                run_id: run.run_id,
+                graph: run.graph,
+                version: run.graph_version,
+            });
+        };
+        let v = graph.verify(self.clone(), thread_id.clone()).await?;
+        Ok(VerifyReport {
+            thread_id: thread_id.clone(),
+            graph: run.graph,
+            graph_version: run.graph_version,
+            head: v.head,
+            consistent: v.is_consistent(),
+            replayed_hash: v.replayed_hash,
+            current_hash: v.current_hash,
+            mismatch: v.mismatch,
+        })
     }
 
     /// Whether `input` decodes into `S` (with the defaults of left-out fields).

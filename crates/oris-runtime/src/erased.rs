@@ -11,12 +11,12 @@ use oris_core::store::RunRecord;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{EnqueueOptions, GraphInfo, StateView};
-use crate::engine::Engine;
+use crate::engine::{Engine, GraphHandle};
 use crate::error::Error;
 use crate::graph::CompiledGraph;
 use crate::lease::{Executed, LeaseOptions};
 use crate::node::BoxFuture;
-use crate::outcome::RunOutcome;
+use crate::outcome::{RunOutcome, Verification};
 
 pub(crate) trait ErasedGraph: Send + Sync {
     /// Continues the thread's unfinished run in-process (recovery, wake-ups).
@@ -75,6 +75,11 @@ pub(crate) trait ErasedGraph: Send + Sync {
         as_node: Option<String>,
         values: serde_json::Value,
     ) -> BoxFuture<Result<StateView, Error>>;
+
+    /// Re-derives the thread's state from its log alone and compares it with the stored
+    /// checkpoint state and the current state ([`GraphHandle::verify`](crate::GraphHandle::verify)).
+    fn verify(&self, engine: Engine, thread_id: ThreadId)
+    -> BoxFuture<Result<Verification, Error>>;
 }
 
 impl<S: State> ErasedGraph for CompiledGraph<S> {
@@ -161,6 +166,18 @@ impl<S: State> ErasedGraph for CompiledGraph<S> {
                 .update_state_typed(&graph, thread_id, as_node, values)
                 .await
         })
+    }
+
+    fn verify(
+        &self,
+        engine: Engine,
+        thread_id: ThreadId,
+    ) -> BoxFuture<Result<Verification, Error>> {
+        let handle = GraphHandle {
+            engine,
+            graph: self.clone(),
+        };
+        Box::pin(async move { handle.verify(&thread_id).await })
     }
 }
 

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use utoipa::OpenApi;
 
 use crate::auth::Access;
-use crate::routes::{self, admin, dlq, graphs, interrupts, jobs, stream, system, workers};
+use crate::routes::{self, admin, dlq, graphs, interrupts, jobs, stream, system, verify, workers};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,7 +16,7 @@ use crate::routes::{self, admin, dlq, graphs, interrupts, jobs, stream, system, 
         license(name = "Apache-2.0"),
     ),
     paths(
-        jobs::create, jobs::list, jobs::get, jobs::history, jobs::checkpoint, jobs::timeline,
+        jobs::create, jobs::list, jobs::get, jobs::history, jobs::checkpoint, jobs::timeline, verify::verify,
         jobs::wait, stream::stream, jobs::resume, jobs::replay, jobs::fork, jobs::cancel,
         jobs::update_state, jobs::send_event, jobs::cancel_bulk,
         interrupts::list, interrupts::get, interrupts::resume, interrupts::reject,

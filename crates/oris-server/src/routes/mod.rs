@@ -22,6 +22,7 @@ pub(crate) mod jobs;
 mod query;
 pub(crate) mod stream;
 pub(crate) mod system;
+pub(crate) mod verify;
 pub(crate) mod workers;
 
 /// An HTTP method of the table.
@@ -156,6 +157,10 @@ fn table() -> Vec<Route> {
         r(
             get("/v1/jobs/{thread_id}/timeline", Access::Read),
             g(jobs::timeline),
+        ),
+        r(
+            get("/v1/jobs/{thread_id}/verify", Access::Read),
+            g(verify::verify),
         ),
         r(
             get("/v1/jobs/{thread_id}/wait", Access::Read).long_lived(),

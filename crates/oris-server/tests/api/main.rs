@@ -12,4 +12,5 @@ mod limits;
 mod ops;
 mod pending;
 mod stream;
+mod verify;
 mod workers;
