@@ -150,16 +150,14 @@ enum Command {
     #[command(subcommand)]
     Keys(ops::KeysCmd),
     /// Re-derive a thread's state from its log alone and compare it with the stored
-    /// checkpoint and the current state (a local store, `--db`; the demo graphs).
+    /// checkpoint state and the current state: through the server
+    /// (`GET /v1/jobs/{thread}/verify`), or with `--db` on a local store (the demo graphs).
+    /// Exits 1 on a mismatch.
+    ///
+    /// Example: `oris verify order-1 --url https://oris.internal`
     ///
     /// Example: `oris verify demo-expense --db sqlite://oris-data/oris.db`
-    Verify {
-        /// The thread.
-        thread: String,
-        /// `table` or `json`.
-        #[arg(long, short = 'o', value_enum, default_value_t = Format::Table)]
-        output: Format,
-    },
+    Verify(ops::ThreadArgs),
     /// Apply pending schema migrations to --db and print the schema version.
     ///
     /// Example: `oris migrate --db postgres://oris@db:5432/oris`
@@ -280,7 +278,8 @@ async fn run(cli: Cli, db_given: bool) -> Result<(), Failure> {
         Command::Workers(c) => ops::workers(c).await,
         Command::Audit(a) => ops::audit(a).await,
         Command::Keys(c) => ops::keys(c).await,
-        Command::Verify { thread, output } => local::verify(&db, &thread, output).await,
+        Command::Verify(a) if db_given => local::verify(&db, &a.thread, a.conn.output).await,
+        Command::Verify(a) => ops::verify(a).await,
         Command::Migrate { output } => local::migrate(&db, output).await,
         Command::Backup { dest } => local::backup(&db, &dest).await,
         Command::Restore { src } => local::restore(&db, &src).await,

@@ -529,6 +529,47 @@ pub async fn inspect(a: ThreadArgs) -> Result<()> {
     print_job(&out, &job)
 }
 
+/// `oris verify THREAD` over the API (`GET /v1/jobs/{thread}/verify`); a mismatch is
+/// printed and exits 1.
+pub async fn verify(a: ThreadArgs) -> Result<()> {
+    let (c, out) = a.conn.open()?;
+    let v = c
+        .get(&format!("/v1/jobs/{}/verify", seg(&a.thread)), &[])
+        .await?;
+    let consistent = v["consistent"] == true;
+    let mismatch = v["mismatch"].as_str().unwrap_or("hashes differ").to_owned();
+    if out.json() {
+        out.value(&v);
+    } else {
+        out.fields(&[
+            ("thread", cell(&v["thread_id"])),
+            (
+                "graph",
+                format!("{} v{}", cell(&v["graph"]), cell(&v["graph_version"])),
+            ),
+            ("head", format!("#{}", cell(&v["head"]))),
+            ("replayed", cell(&v["replayed_hash"])),
+            ("current", cell(&v["current_hash"])),
+            (
+                "result",
+                if consistent {
+                    "consistent".to_owned()
+                } else {
+                    format!("MISMATCH: {mismatch}")
+                },
+            ),
+        ]);
+    }
+    if consistent {
+        Ok(())
+    } else {
+        Err(Failure::failed(format!(
+            "thread `{}` does not verify: {mismatch}",
+            a.thread
+        )))
+    }
+}
+
 pub async fn history(a: ThreadArgs) -> Result<()> {
     let (c, out) = a.conn.open()?;
     let h = c

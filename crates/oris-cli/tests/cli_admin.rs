@@ -562,3 +562,121 @@ fn https_with_a_private_ca() {
     );
     assert!(err.contains("UnknownIssuer"), "{err}");
 }
+
+/// `oris verify THREAD` without --db asks the server (`GET /v1/jobs/{thread}/verify`): a
+/// consistent thread exits 0, an unknown one 3, and a thread whose stored checkpoint state
+/// was replaced behind the engine's back (a snapshot committed through the store with a
+/// state the log never had) prints the mismatch and exits 1 — as the local mode does.
+#[tokio::test]
+async fn verify_over_the_api() {
+    use oris::id::{Seq, ThreadId, Timestamp};
+    use oris::store::{Commit, Snapshot};
+
+    let dir = tempfile::tempdir().unwrap();
+    let oris = start(dir.path());
+    oris.ready().await;
+    let o = cli(
+        &oris,
+        &[
+            "run",
+            "expense-approval",
+            "va-ok",
+            "--input",
+            r#"{"amount_cents": 5000}"#,
+            "--wait",
+        ],
+    );
+    code(&o, 0);
+    let out = ok(&oris, &["verify", "va-ok"]);
+    assert!(out.contains("result    consistent"), "{out}");
+    assert!(out.contains("expense-approval v"), "{out}");
+    let v = json(&oris, &["verify", "va-ok"]);
+    assert_eq!(v["thread_id"], "va-ok", "{v}");
+    assert_eq!(v["consistent"], true, "{v}");
+    assert!(v["mismatch"].is_null(), "{v}");
+    assert_eq!(v["replayed_hash"], v["current_hash"]);
+    let o = cli(&oris, &["verify", "nope"]);
+    code(&o, 3);
+    assert!(stderr(&o).contains("thread_not_found"), "{}", stderr(&o));
+
+    // A run paused at its interrupt (still the thread's active run), and a snapshot at its
+    // latest checkpoint with a state the log never had.
+    let o = cli(
+        &oris,
+        &[
+            "run",
+            "expense-approval",
+            "va-bad",
+            "--input",
+            r#"{"amount_cents": 72500}"#,
+        ],
+    );
+    code(&o, 0);
+    oris.wait_status("va-bad", &["interrupted"], Duration::from_secs(20))
+        .await;
+    let (_, history) = oris.get("/v1/jobs/va-bad/history").await;
+    let last = history["checkpoints"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    let ckpt = last["checkpoint_id"].as_str().unwrap().to_owned();
+    let at: u64 = ckpt["ckpt_".len()..].parse().unwrap();
+    let (_, state) = oris
+        .get(&format!("/v1/jobs/va-bad/checkpoints/{ckpt}"))
+        .await;
+    let mut values = state["values"].clone();
+    assert_eq!(values["amount_cents"], 72500, "{values}");
+    values["amount_cents"] = 1.into();
+    let db = format!("sqlite://{}", dir.path().join("oris.db").display());
+    let store = oris::open_store(&db).await.unwrap();
+    let tid = ThreadId::new("va-bad").unwrap();
+    let head = store.thread(&tid).await.unwrap().unwrap().head;
+    let event = store.events(&tid, Seq(at - 1), 1).await.unwrap().remove(0);
+    assert_eq!(event.seq, Seq(at));
+    store
+        .commit(Commit {
+            thread_id: tid,
+            expected_head: head,
+            events: vec![],
+            run: None,
+            snapshot: Some(Snapshot {
+                at_seq: Seq(at),
+                run_id: event.run_id,
+                next_superstep: last["superstep"].as_u64().unwrap() as u32,
+                state: oris::event::Payload::encode(&values).unwrap(),
+                boundary: event.body.boundary().cloned().unwrap(),
+                created_at: Timestamp::now(),
+            }),
+            durability: Default::default(),
+            fence: None,
+        })
+        .await
+        .unwrap();
+    drop(store);
+
+    let o = cli(&oris, &["verify", "va-bad"]);
+    code(&o, 1);
+    let out = stdout(&o);
+    assert!(
+        out.contains(&format!(
+            "MISMATCH: the stored state at checkpoint {ckpt} does not match the log"
+        )),
+        "{out}"
+    );
+    assert!(
+        stderr(&o).contains("thread `va-bad` does not verify"),
+        "{}",
+        stderr(&o)
+    );
+    let o = cli(&oris, &["verify", "va-bad", "-o", "json"]);
+    code(&o, 1);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["consistent"], false, "{v}");
+    assert_ne!(v["replayed_hash"], v["current_hash"], "{v}");
+    // The local mode reads the same store and agrees.
+    let o = cli(&oris, &["verify", "va-bad", "--db", &db]);
+    code(&o, 1);
+    assert!(stdout(&o).contains("MISMATCH: "), "{}", stdout(&o));
+}
