@@ -442,10 +442,9 @@ fn openssl(dir: &Path, args: &[&str]) {
 /// A real TLS handshake: an https server (`openssl s_server -WWW`, serving a file as
 /// `GET /v1/graphs`) with a certificate of a private CA is reached with `--ca-cert`, and
 /// refused without it as a network error naming the URL.
-#[test]
-fn https_with_a_private_ca() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// A private CA (`ca.pem`) and a certificate it signed for localhost and 127.0.0.1
+/// (`leaf.pem`, `leaf.key`), made in `d`.
+fn private_ca(d: &Path) {
     let ec = [
         "-newkey",
         "ec",
@@ -512,6 +511,96 @@ fn https_with_a_private_ca() {
             "ext",
         ],
     );
+}
+
+/// `openssl s_server` on a free port of localhost with `leaf.pem`: TLS only, printing what
+/// it receives to `dir/received` (and answering nothing), for a client's handshake.
+fn tls_listener(d: &Path) -> (std::process::Child, u16) {
+    let port = closed_port();
+    let server = Command::new("openssl")
+        .args(["s_server", "-accept", &port.to_string(), "-ign_eof"])
+        .args(["-cert", "leaf.pem", "-key", "leaf.key"])
+        .current_dir(d)
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(d.join("received")).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "openssl s_server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (server, port)
+}
+
+/// Waits until `file` contains `text` (10 s at most); whether it did.
+fn appears(file: &Path, text: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if String::from_utf8_lossy(&std::fs::read(file).unwrap_or_default()).contains(text) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// `oris worker --ca-cert`: a real TLS handshake with a server whose certificate a private
+/// CA signed — with the CA its first poll reaches the server; without it the poll fails
+/// on the certificate (`UnknownIssuer`) and nothing is sent.
+#[test]
+fn worker_https_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    private_ca(d);
+    let (mut server, port) = tls_listener(d);
+    let url = format!("https://localhost:{port}");
+    let ca = d.join("ca.pem");
+    let log = d.join("trusted.log");
+    let mut trusted = command(&url, None, &["worker", "--ca-cert", ca.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let polled = appears(&d.join("received"), "POST /v1/workers/poll");
+    let _ = trusted.kill();
+    let _ = trusted.wait();
+    let trusted_log = std::fs::read_to_string(&log).unwrap();
+
+    let log = d.join("untrusted.log");
+    let mut untrusted = command(&url, None, &["worker"])
+        .env_remove("ORIS_CA_CERT")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let refused = appears(&log, "UnknownIssuer");
+    let _ = untrusted.kill();
+    let _ = untrusted.wait();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        polled,
+        "the trusted worker's poll never reached the server:\n{trusted_log}"
+    );
+    assert!(!trusted_log.contains("UnknownIssuer"), "{trusted_log}");
+    let untrusted_log = std::fs::read_to_string(&log).unwrap();
+    assert!(refused, "{untrusted_log}");
+    assert!(untrusted_log.contains("poll failed"), "{untrusted_log}");
+    let received = std::fs::read_to_string(d.join("received")).unwrap_or_default();
+    assert_eq!(
+        received.matches("POST /v1/workers/poll").count(),
+        1,
+        "only the trusted worker's poll arrived:\n{received}"
+    );
+}
+
+#[test]
+fn https_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    private_ca(d);
     std::fs::create_dir(d.join("v1")).unwrap();
     std::fs::write(
         d.join("v1/graphs"),

@@ -77,6 +77,28 @@ impl std::fmt::Display for CallError {
     }
 }
 
+/// The certificates of PEM bundles to trust besides the built-in roots. Each bundle must
+/// hold at least one certificate: text without any is an error, not an empty trust list.
+pub(crate) fn root_certificates(bundles: &[Vec<u8>]) -> Result<Vec<reqwest::Certificate>, String> {
+    let mut out = Vec::new();
+    for (i, pem) in bundles.iter().enumerate() {
+        let which = if bundles.len() == 1 {
+            "the CA certificate PEM".to_owned()
+        } else {
+            format!("CA certificate PEM #{}", i + 1)
+        };
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| format!("{which} does not parse: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "{which} holds no certificate (expected -----BEGIN CERTIFICATE----- blocks)"
+            ));
+        }
+        out.extend(certs);
+    }
+    Ok(out)
+}
+
 /// The server's worker routes.
 #[derive(Debug, Clone)]
 pub(crate) struct Client {
@@ -90,21 +112,36 @@ pub(crate) struct Client {
 }
 
 impl Client {
+    /// A client trusting the built-in roots only (the tests').
+    #[cfg(test)]
     pub(crate) fn new(
         base: &str,
         token: Option<String>,
         worker_id: String,
         call_timeout: Duration,
     ) -> Result<Self, String> {
+        Self::with_roots(base, token, worker_id, call_timeout, Vec::new())
+    }
+
+    /// A client of the server at `base`, trusting `roots` ([`root_certificates`]) besides
+    /// the built-in roots.
+    pub(crate) fn with_roots(
+        base: &str,
+        token: Option<String>,
+        worker_id: String,
+        call_timeout: Duration,
+        roots: Vec<reqwest::Certificate>,
+    ) -> Result<Self, String> {
         // https:// URLs: rustls needs a process-wide crypto provider; `ring` unless the
         // process installed one.
         if rustls::crypto::CryptoProvider::get_default().is_none() {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(call_timeout)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let mut builder = reqwest::Client::builder().connect_timeout(call_timeout);
+        for c in roots {
+            builder = builder.add_root_certificate(c);
+        }
+        let http = builder.build().map_err(|e| e.to_string())?;
         Ok(Client {
             http,
             base: base.trim_end_matches('/').to_owned(),

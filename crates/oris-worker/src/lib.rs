@@ -21,7 +21,8 @@
 //!
 //! Transport: HTTP or HTTPS (`https://` URLs: rustls with the `ring` provider, installed as
 //! the process default when the process has none; server certificates are checked against
-//! the platform's trust store).
+//! the built-in Mozilla roots, plus the CA certificates given with
+//! [`WorkerBuilder::ca_cert`] for a server whose certificate a private CA signed).
 //!
 //! Tracing: a span `worker` (`worker_id`) around the loop and `attempt` (`worker_id`,
 //! `attempt_id`, `thread_id`, `run_id`) around each execution, inside which the engine's

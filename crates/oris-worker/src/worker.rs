@@ -39,6 +39,7 @@ pub struct WorkerBuilder {
     lease_wait: Duration,
     shutdown_grace: Duration,
     call_timeout: Duration,
+    ca_certs: Vec<Vec<u8>>,
     engine_options: EngineOptions,
     graphs: Vec<GraphRef>,
     registrations: Vec<Registration>,
@@ -54,6 +55,7 @@ impl std::fmt::Debug for WorkerBuilder {
             .field("lease_wait", &self.lease_wait)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("call_timeout", &self.call_timeout)
+            .field("ca_certs", &self.ca_certs.len())
             .field("graphs", &self.graphs)
             .finish_non_exhaustive()
     }
@@ -115,6 +117,14 @@ impl WorkerBuilder {
         self
     }
 
+    /// CA certificates (a PEM bundle: one or more `-----BEGIN CERTIFICATE-----` blocks) to
+    /// trust for an `https://` server besides the built-in Mozilla roots — a server whose
+    /// certificate a private CA signed. Repeatable; each bundle adds its certificates.
+    pub fn ca_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_certs.push(pem.into());
+        self
+    }
+
     /// Options of the worker's engine: snapshot frequency, observer, clock. Its
     /// durability setting does not matter here: a report is durable when the server answers.
     pub fn engine_options(mut self, options: EngineOptions) -> Self {
@@ -126,7 +136,8 @@ impl WorkerBuilder {
     ///
     /// # Errors
     /// [`Error::Config`]: a server URL that is not `http://…` or `https://…`, an invalid
-    /// worker id, a capacity outside 1–1024, no graph, or the same graph version twice.
+    /// worker id, a capacity outside 1–1024, no graph, the same graph version twice, or a
+    /// [`ca_cert`](Self::ca_cert) that holds no PEM certificate.
     pub fn build(self) -> Result<Worker, Error> {
         let server = self.server.trim().trim_end_matches('/').to_owned();
         let rest = server
@@ -161,8 +172,15 @@ impl WorkerBuilder {
                 )));
             }
         }
-        let client = Client::new(&server, self.token, worker_id.clone(), self.call_timeout)
-            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        let roots = crate::client::root_certificates(&self.ca_certs).map_err(Error::Config)?;
+        let client = Client::with_roots(
+            &server,
+            self.token,
+            worker_id.clone(),
+            self.call_timeout,
+            roots,
+        )
+        .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
         let client = Arc::new(client);
         let store = Arc::new(RemoteStore::new(client.clone()));
         let engine = Engine::with_options(store.clone(), self.engine_options);
@@ -223,6 +241,7 @@ impl Worker {
             lease_wait: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
             call_timeout: Duration::from_secs(10),
+            ca_certs: Vec::new(),
             engine_options: EngineOptions::default(),
             graphs: Vec::new(),
             registrations: Vec::new(),
@@ -572,5 +591,75 @@ mod tests {
         let id = default_worker_id();
         assert!(check_worker_id(&id).is_ok(), "{id}");
         assert_ne!(default_worker_id(), id, "the suffix is random");
+    }
+
+    /// A self-signed CA certificate (its key was thrown away).
+    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBkzCCATmgAwIBAgIUXnI5J+GHhEKCseFADrLT0f7OaI0wCgYIKoZIzj0EAwIw
+HjEcMBoGA1UEAwwTb3JpcyB3b3JrZXIgdGVzdCBDQTAgFw0yNjExMjYyMDE3Mjla
+GA8yMTI2MTEwMjIwMTcyOVowHjEcMBoGA1UEAwwTb3JpcyB3b3JrZXIgdGVzdCBD
+QTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABMZUgn27SDan7CDA2p/9hSMnqxCH
+DcYewJ+T4KlJX2xSfh0sgLWOOc6mqCvZjMMxPtv1NubwkDoOAKJqQenPH8GjUzBR
+MB0GA1UdDgQWBBTkp6cBpiVgZgPtuMgGNu8Cjwnu3jAfBgNVHSMEGDAWgBTkp6cB
+piVgZgPtuMgGNu8Cjwnu3jAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gA
+MEUCIQD0iPglfZ7lCdTaZuiwOWOhYESYORmbPyObj6d+Ezk8qAIgX0n0UTUt1WoY
+mQqgHiIE9HLZjFfWNjCNbDLI8IXn9UA=
+-----END CERTIFICATE-----
+";
+
+    fn one_graph() -> CompiledGraph<Counter> {
+        oris_runtime::StateGraph::<Counter>::new("g", "1")
+            .node("n", |_s: Counter, _ctx| async {
+                Ok::<_, oris_runtime::NodeError>(CounterUpdate::default())
+            })
+            .edge(oris_core::graph::START, "n")
+            .edge("n", oris_core::graph::END)
+            .compile()
+            .unwrap()
+    }
+
+    #[derive(Clone, Default, Debug, serde::Serialize, serde::Deserialize, oris_derive::State)]
+    #[oris(crate = "::oris_core")]
+    struct Counter {
+        n: i64,
+    }
+
+    /// A CA file that holds no certificate, or a broken one, is a build error naming the
+    /// problem — not a worker that silently trusts only the built-in roots.
+    #[test]
+    fn a_bad_ca_certificate_is_a_build_error() {
+        let build = |pem: &[u8]| {
+            Worker::builder("https://oris.internal")
+                .graph(one_graph())
+                .ca_cert(pem)
+                .build()
+        };
+        let err = build(b"not a certificate at all\n").unwrap_err();
+        let Error::Config(m) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(m.contains("holds no certificate"), "{m}");
+        let broken = b"-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n";
+        let err = build(broken).unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err:?}");
+        assert!(err.to_string().contains("CA certificate"), "{err}");
+        // The second of two bundles is named.
+        let err = Worker::builder("https://oris.internal")
+            .graph(one_graph())
+            .ca_cert(TEST_CA)
+            .ca_cert("")
+            .build()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("PEM #2 holds no certificate"),
+            "{err}"
+        );
+        // A real certificate builds.
+        let w = Worker::builder("https://oris.internal")
+            .graph(one_graph())
+            .ca_cert(TEST_CA)
+            .build()
+            .unwrap();
+        assert_eq!(w.graphs().len(), 1);
     }
 }
