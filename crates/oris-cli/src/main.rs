@@ -1,6 +1,6 @@
 //! `oris`: the operator CLI over the control-plane API (`run`, `list`, `inspect`, …), the
 //! server (`oris serve`) and a remote worker (`oris worker`) with the demo graphs, and
-//! store maintenance (`migrate`, `backup`, `restore`, `verify`). See docs/cli.md.
+//! store maintenance (`migrate`, `backup`, `restore`, `verify --db`). See docs/cli.md.
 //!
 //! # Layout
 //! - `client`: the API client, its errors and the exit codes.
