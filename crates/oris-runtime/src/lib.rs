@@ -61,7 +61,7 @@ mod retry;
 
 pub use api::{
     EdgeInfo, EdgeKind, Enqueue, EnqueueOptions, GraphInfo, LeaseView, RunRecordView, StateField,
-    StateView,
+    StateView, VerifyReport,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
