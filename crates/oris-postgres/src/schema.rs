@@ -272,6 +272,11 @@ CREATE TABLE {S}.pending_runs (
     created_at    bigint NOT NULL,
     UNIQUE (thread_id, position)
 );
+
+-- Runs driven in-process by the library (never queued, never leased) are never claimable
+-- (`driven_by_workers`): version 2 gave some of them a `ready_at`.
+UPDATE {S}.runs SET ready_at = NULL
+WHERE ready_at IS NOT NULL AND lease_epoch = 0 AND status <> 'queued';
 "#;
 
 /// The migrations, in order; `MIGRATIONS[i]` upgrades version `i` to `i + 1`. Released

@@ -172,13 +172,17 @@ async fn a_version_1_database_migrates_in_place() -> TestResult {
     let every: Vec<String> = (1..=SCHEMA_VERSION).map(|v| v.to_string()).collect();
     assert_eq!(versions, every);
 
+    // Version 2 backfills readiness by the rules (a waiting run at its timer or first
+    // awaited delivery, an answered one at its last answer); version 3 then clears it for
+    // runs the library drives — every run of a version-1 database, which had no server —
+    // so only the queued run is ready.
     for (run, ready) in [
         (queued, Some(100)),
         (running, None),
-        (woken, Some(300)),
-        (sleeping, Some(500)),
+        (woken, None),
+        (sleeping, None),
         (idle, None),
-        (answered, Some(60)),
+        (answered, None),
         (unanswered, None),
         (done, None),
     ] {
@@ -196,12 +200,12 @@ async fn a_version_1_database_migrates_in_place() -> TestResult {
             r.thread_id
         );
     }
-    // The migrated queue works: the ready runs are claimed in order of readiness.
+    // The migrated queue works: only the queued run is claimed.
     let claimed = store
         .claim(&build::claim_request("w", Timestamp(1_000), MINUTE, 10))
         .await?;
     let ids: Vec<RunId> = claimed.iter().map(|r| r.run_id).collect();
-    assert_eq!(ids, vec![answered, queued, woken, sleeping]);
+    assert_eq!(ids, vec![queued]);
     Ok(())
 }
 
@@ -252,8 +256,32 @@ async fn a_version_2_database_migrates_in_place() -> TestResult {
         ),
     )
     .await;
+    // A run the library drives (never leased) that version 2 made ready: version 3 takes
+    // that back (a server must not claim it).
+    raw(
+        &schema,
+        &format!(
+            "INSERT INTO threads (thread_id, graph, head, created_at, updated_at)
+             VALUES ('lib', 'g', 0, 4, 4);
+             INSERT INTO runs (run_id, thread_key, graph, graph_version, status, status_data,
+                               first_seq, created_at, updated_at, ready_at, lease_epoch)
+             SELECT gen_random_uuid(), t.key, 'g', 'v1', '{kind}', '{data}', 1, 4, 4, 700, 0
+             FROM threads t WHERE t.thread_id = 'lib';
+             UPDATE threads t SET active_run_key = r.key, last_run_key = r.key
+             FROM runs r WHERE r.thread_key = t.key AND t.thread_id = 'lib';"
+        ),
+    )
+    .await;
 
     let store = PostgresStore::connect(&url(), options(&schema, true)).await?;
+    let lib = store
+        .runs(&RunFilter {
+            thread_id: Some(build::thread_id("lib")),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(lib.len(), 1);
+    assert_eq!(lib[0].ready_at, None, "a library run is not ready after v3");
     let versions = raw_query(
         &schema,
         "SELECT version FROM oris_schema_migrations ORDER BY version",

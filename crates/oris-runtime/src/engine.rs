@@ -289,7 +289,7 @@ pub struct RecoveryReport {
 /// rather than driven in-process: in-process recovery and wake-ups leave such runs alone,
 /// the store hands them to a worker when they are ready.
 fn for_workers(run: &RunRecord) -> bool {
-    run.status == RunStatus::Queued || run.lease_epoch > 0
+    oris_core::store::driven_by_workers(run)
 }
 
 /// The event a checkpoint stands at: the superstep boundary at `checkpoint`'s seq.
