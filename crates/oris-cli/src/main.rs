@@ -305,7 +305,7 @@ mod tests {
     use super::Cli;
 
     /// The words of a shell command line: quotes removed, stopping at an unquoted `#`
-    /// comment or redirection, split into pipeline segments at unquoted `|`.
+    /// comment or redirection, split into segments at unquoted `|`, `&` and `;`.
     fn segments(line: &str) -> Vec<Vec<String>> {
         let (mut segs, mut words, mut word) = (Vec::new(), Vec::new(), None::<String>);
         let mut chars = line.chars();
@@ -324,7 +324,7 @@ mod tests {
                     }
                 }
                 (None, ' ' | '\t') => words.extend(word.take()),
-                (None, '|') => {
+                (None, '|' | '&' | ';') => {
                     words.extend(word.take());
                     segs.push(std::mem::take(&mut words));
                 }
@@ -337,32 +337,55 @@ mod tests {
         segs
     }
 
-    /// Every `oris …` command in docs/cli.md's shell blocks parses with this build's
-    /// flags, so the reference cannot drift from the binary.
+    /// Every `oris …` command in the shell blocks of the README, the docs and the examples'
+    /// READMEs (also as `target/debug/oris …`) parses with this build's flags, so no
+    /// document can drift from the binary.
     #[test]
-    fn every_command_in_the_cli_doc_parses() {
-        let doc = include_str!("../../../docs/cli.md");
-        let mut in_sh = false;
+    fn every_oris_command_in_the_docs_parses() {
+        let docs = [
+            ("README.md", include_str!("../../../README.md")),
+            ("docs/cli.md", include_str!("../../../docs/cli.md")),
+            ("docs/workers.md", include_str!("../../../docs/workers.md")),
+            (
+                "docs/operations.md",
+                include_str!("../../../docs/operations.md"),
+            ),
+            ("docs/runbook.md", include_str!("../../../docs/runbook.md")),
+            ("docs/storage.md", include_str!("../../../docs/storage.md")),
+            (
+                "examples/starter-axum/README.md",
+                include_str!("../../../examples/starter-axum/README.md"),
+            ),
+            (
+                "examples/worker-tokio/README.md",
+                include_str!("../../../examples/worker-tokio/README.md"),
+            ),
+        ];
         let mut checked = 0;
-        for line in doc.lines() {
-            if line.starts_with("```") {
-                in_sh = line == "```sh";
-                continue;
-            }
-            if !in_sh {
-                continue;
-            }
-            for words in segments(line.trim()) {
-                if words.first().map(String::as_str) != Some("oris") {
+        for (name, doc) in docs {
+            let mut in_sh = false;
+            for line in doc.lines() {
+                let fence = line.trim_start();
+                if fence.starts_with("```") {
+                    in_sh = fence == "```sh";
                     continue;
                 }
-                if let Err(e) = Cli::command().try_get_matches_from(&words) {
-                    panic!("docs/cli.md: `{line}` does not parse:\n{e}");
+                if !in_sh {
+                    continue;
                 }
-                checked += 1;
+                for mut words in segments(line.trim()) {
+                    match words.first() {
+                        Some(w) if w == "oris" || w.ends_with("/oris") => words[0] = "oris".into(),
+                        _ => continue,
+                    }
+                    if let Err(e) = Cli::command().try_get_matches_from(&words) {
+                        panic!("{name}: `{line}` does not parse:\n{e}");
+                    }
+                    checked += 1;
+                }
             }
         }
-        assert!(checked >= 40, "only {checked} commands found");
+        assert!(checked >= 60, "only {checked} commands found");
     }
 
     #[test]
