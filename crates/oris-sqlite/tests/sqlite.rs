@@ -1129,3 +1129,46 @@ async fn damaged_interrupt_and_delivery_rows_are_corrupt() -> TestResult {
     assert!(detail.contains("`consumed_seq`"), "{detail}");
     Ok(())
 }
+
+/// SQLite's automatic checkpoint on the write connection (every 1,000 WAL pages) keeps the
+/// WAL file reused at about 4 MB under a steady write load: the checkpoint copies the pages
+/// into the database file and the next write starts the WAL over. Without it the WAL grows
+/// with every commit (here 2,400 commits: 38 MB with `wal_autocheckpoint = 100000`), and a
+/// commit that extends the file costs more to fsync (docs/benchmarks.md, W3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_stays_bounded_under_a_write_load() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("oris.db");
+    let wal = dir.path().join("oris.db-wal");
+    let store = open(&path).await;
+    let db_before = std::fs::metadata(&path)?.len();
+    let mut largest = 0;
+    for i in 0..600 {
+        let name = format!("t{i}");
+        let mut run = Run::new(&name, Seq::ZERO);
+        drive(
+            &store,
+            &mut run,
+            &[Run::start, Run::step, Run::step, Run::finish],
+        )
+        .await;
+        // Reads between the commits, as the engine does.
+        assert!(store.thread(&tid(&name)).await?.is_some());
+        largest = largest.max(std::fs::metadata(&wal)?.len());
+    }
+    assert_eq!(store.stats().commits, 2400);
+    // 1,000 frames of 4 KiB pages (+ 24-byte headers) and one group's overshoot.
+    assert!(largest <= 5 << 20, "the WAL grew to {largest} bytes");
+    assert!(
+        largest >= 2 << 20,
+        "the load never filled the WAL ({largest} bytes)"
+    );
+    let db_after = std::fs::metadata(&path)?.len();
+    assert!(
+        db_after > db_before,
+        "no checkpoint moved pages into the database file ({db_before} → {db_after} bytes)"
+    );
+    drop(store);
+    assert!(!wal.exists(), "closing the store removes the WAL");
+    Ok(())
+}
