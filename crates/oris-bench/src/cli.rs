@@ -38,6 +38,12 @@ pub struct Cli {
     #[arg(long, value_parser = positive_f64)]
     pub seconds: Option<f64>,
 
+    /// Untimed runs of each engine workload (W1–W5) before it is measured, on threads of
+    /// their own: a durable store's WAL is then past its first checkpoint, as it is in
+    /// steady operation (a fresh WAL also extends its file on every fsync). 0: none.
+    #[arg(long, default_value_t = 64)]
+    pub warmup: u64,
+
     /// Runs in flight at once, each on a fresh thread (default 1; W5: 32). For S1 and S2:
     /// HTTP clients.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]

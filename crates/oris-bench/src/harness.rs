@@ -138,7 +138,6 @@ pub async fn bench(
     }
     let path = dir.join(format!("{}.db", w.name().to_ascii_lowercase()));
     let opened = backend::open(cli.backend, &path).await?;
-    let before = opened.counters().await?;
     let counter = Arc::new(CommitCounter::default());
     let engine = Engine::with_options(
         opened.store.clone(),
@@ -151,48 +150,17 @@ pub async fn bench(
         },
     );
     let prefix = format!("{}-", w.name().to_ascii_lowercase());
-    let samples = match w {
-        Workload::W1 | Workload::W5 => {
-            let h = engine.register(workloads::linear()?);
-            runs_of(
-                h,
-                &prefix,
-                limit,
-                concurrency,
-                Arc::new(workloads::check_linear),
-            )
-            .await
+    if cli.warmup > 0 {
+        let warm = format!("warmup-{}-", w.name().to_ascii_lowercase());
+        let samples =
+            engine_samples(cli, w, &engine, &warm, Limit::Runs(cli.warmup), concurrency).await?;
+        if let Some(p) = samples.problems.first() {
+            anyhow::bail!("{}: a warm-up run went wrong: {p}", w.name());
         }
-        Workload::W2 => {
-            let h = engine.register(workloads::fan_out()?);
-            runs_of(
-                h,
-                &prefix,
-                limit,
-                concurrency,
-                Arc::new(workloads::check_fan_out),
-            )
-            .await
-        }
-        Workload::W3 => {
-            let a_runs = Arc::new(workloads::NodeRuns::default());
-            let h = engine.register(workloads::interrupt_resume(a_runs.clone())?);
-            let run = move |id: String, i: u64| {
-                let (h, a_runs) = (h.clone(), a_runs.clone());
-                async move { one_cycle(&h, &id, i, &a_runs).await }
-            };
-            drive(run, &prefix, limit, concurrency).await
-        }
-        Workload::W4 => {
-            let steps = cli.steps;
-            let h = engine.register(workloads::growth(steps)?);
-            let check = Arc::new(move |s: &workloads::Linear| workloads::check_growth(s, steps));
-            runs_of(h, &prefix, limit, concurrency, check).await
-        }
-        Workload::S1 | Workload::S2 | Workload::S3 => {
-            anyhow::bail!("{} is not an engine workload", w.name())
-        }
-    };
+        counter.0.store(0, Ordering::Relaxed);
+    }
+    let before = opened.counters().await?;
+    let samples = engine_samples(cli, w, &engine, &prefix, limit, concurrency).await?;
     for p in &samples.problems {
         eprintln!("oris-bench: {}: {p}", w.name());
     }
@@ -219,6 +187,59 @@ pub async fn bench(
         calibration_after,
     };
     Ok(result(cli, w, concurrency, &m, calibration))
+}
+
+/// The samples of `limit` runs of engine workload `w` on threads named `prefix…`.
+async fn engine_samples(
+    cli: &Cli,
+    w: Workload,
+    engine: &Engine,
+    prefix: &str,
+    limit: Limit,
+    concurrency: u32,
+) -> anyhow::Result<Samples> {
+    Ok(match w {
+        Workload::W1 | Workload::W5 => {
+            let h = engine.register(workloads::linear()?);
+            runs_of(
+                h,
+                prefix,
+                limit,
+                concurrency,
+                Arc::new(workloads::check_linear),
+            )
+            .await
+        }
+        Workload::W2 => {
+            let h = engine.register(workloads::fan_out()?);
+            runs_of(
+                h,
+                prefix,
+                limit,
+                concurrency,
+                Arc::new(workloads::check_fan_out),
+            )
+            .await
+        }
+        Workload::W3 => {
+            let a_runs = Arc::new(workloads::NodeRuns::default());
+            let h = engine.register(workloads::interrupt_resume(a_runs.clone())?);
+            let run = move |id: String, i: u64| {
+                let (h, a_runs) = (h.clone(), a_runs.clone());
+                async move { one_cycle(&h, &id, i, &a_runs).await }
+            };
+            drive(run, prefix, limit, concurrency).await
+        }
+        Workload::W4 => {
+            let steps = cli.steps;
+            let h = engine.register(workloads::growth(steps)?);
+            let check = Arc::new(move |s: &workloads::Linear| workloads::check_growth(s, steps));
+            runs_of(h, prefix, limit, concurrency, check).await
+        }
+        Workload::S1 | Workload::S2 | Workload::S3 => {
+            anyhow::bail!("{} is not an engine workload", w.name())
+        }
+    })
 }
 
 /// The raw measurements of one workload.
