@@ -5,76 +5,13 @@
 mod support;
 
 use std::io::{BufRead as _, BufReader};
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Oris, TOKEN, oris_command, token_file};
-
-/// `oris ARGS` against `oris` with the admin token, stdin closed.
-fn cli(oris: &Oris, args: &[&str]) -> Output {
-    command(oris, args).output().expect("oris runs")
-}
-
-fn command(oris: &Oris, args: &[&str]) -> Command {
-    let mut c = oris_command();
-    c.args(args)
-        .env("ORIS_URL", &oris.base)
-        .env("ORIS_TOKEN", TOKEN)
-        .env_remove("NO_COLOR")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
-    c
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).unwrap()
-}
-
-/// Asserts the exit code, showing both streams when it differs.
-#[track_caller]
-fn code(o: &Output, expected: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(expected),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(o),
-        stderr(o)
-    );
-}
-
-/// `oris ARGS`, asserting success; its stdout.
-#[track_caller]
-fn ok(oris: &Oris, args: &[&str]) -> String {
-    let o = cli(oris, args);
-    code(&o, 0);
-    stdout(&o)
-}
-
-/// `oris ARGS -o json`, parsed.
-#[track_caller]
-fn json(oris: &Oris, args: &[&str]) -> Value {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    let out = ok(oris, &a);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-/// `oris ARGS -o json` printing NDJSON, parsed line by line.
-#[track_caller]
-fn ndjson(oris: &Oris, args: &[&str]) -> Vec<Value> {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    ok(oris, &a)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
+use support::{
+    TOKEN, cli, client_command, code, json, ndjson, ok, start_with_token as start, stderr, stdout,
+};
 
 /// Ids and times replaced by fixed-width placeholders, so tables keep their alignment.
 fn mask(s: &str) -> String {
@@ -112,14 +49,6 @@ fn mask(s: &str) -> String {
         i += ch.len_utf8();
     }
     out
-}
-
-fn start(dir: &Path) -> Oris {
-    let tf = token_file(dir);
-    Oris::start(
-        &dir.join("oris.db"),
-        &["--admin-token-file", tf.to_str().unwrap()],
-    )
 }
 
 /// Graphs, runs (`--wait` to an interrupt and to the end), inspect, interrupts, resume,
@@ -274,8 +203,9 @@ int_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx  exp-1   escalate  pending  {\"amount_cents
     assert_eq!(job["status"], "completed", "{job}");
     assert_eq!(job["priority"], 3);
     assert_eq!(job["values"]["decision"], "approved");
-    let mut c = command(
-        &oris,
+    let mut c = client_command(
+        &oris.base,
+        Some(TOKEN),
         &[
             "run",
             "expense-approval",
@@ -525,10 +455,14 @@ async fn timeline_follow_streams_events_as_they_happen() {
             "--wait",
         ],
     );
-    let mut child = command(&oris, &["timeline", "f-1", "--follow", "-o", "json"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = client_command(
+        &oris.base,
+        Some(TOKEN),
+        &["timeline", "f-1", "--follow", "-o", "json"],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut seen = Vec::new();
     // The stored events first, up to the suspension.

@@ -9,79 +9,15 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Oris, TOKEN, oris_command, token_file};
-
-fn command(url: &str, token: Option<&str>, args: &[&str]) -> Command {
-    let mut c = oris_command();
-    c.args(args)
-        .env("ORIS_URL", url)
-        .env_remove("ORIS_TOKEN")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
-    if let Some(t) = token {
-        c.env("ORIS_TOKEN", t);
-    }
-    c
-}
+use support::{
+    TOKEN, cli, client_command, code, json, ndjson, ok, oris_command, start_with_token as start,
+    stderr, stdout,
+};
 
 fn run(url: &str, token: Option<&str>, args: &[&str]) -> Output {
-    command(url, token, args).output().expect("oris runs")
-}
-
-fn cli(oris: &Oris, args: &[&str]) -> Output {
-    run(&oris.base, Some(TOKEN), args)
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).unwrap()
-}
-
-#[track_caller]
-fn code(o: &Output, expected: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(expected),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(o),
-        stderr(o)
-    );
-}
-
-#[track_caller]
-fn ok(oris: &Oris, args: &[&str]) -> String {
-    let o = cli(oris, args);
-    code(&o, 0);
-    stdout(&o)
-}
-
-#[track_caller]
-fn ndjson(oris: &Oris, args: &[&str]) -> Vec<Value> {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    ok(oris, &a)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
-
-#[track_caller]
-fn json(oris: &Oris, args: &[&str]) -> Value {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    let out = ok(oris, &a);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-fn start(dir: &Path) -> Oris {
-    let tf = token_file(dir);
-    Oris::start(
-        &dir.join("oris.db"),
-        &["--admin-token-file", tf.to_str().unwrap()],
-    )
+    client_command(url, token, args)
+        .output()
+        .expect("oris runs")
 }
 
 /// A port nothing listens on.
@@ -558,7 +494,7 @@ fn worker_https_with_a_private_ca() {
     let url = format!("https://localhost:{port}");
     let ca = d.join("ca.pem");
     let log = d.join("trusted.log");
-    let mut trusted = command(&url, None, &["worker", "--ca-cert", ca.to_str().unwrap()])
+    let mut trusted = client_command(&url, None, &["worker", "--ca-cert", ca.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -569,7 +505,7 @@ fn worker_https_with_a_private_ca() {
     let trusted_log = std::fs::read_to_string(&log).unwrap();
 
     let log = d.join("untrusted.log");
-    let mut untrusted = command(&url, None, &["worker"])
+    let mut untrusted = client_command(&url, None, &["worker"])
         .env_remove("ORIS_CA_CERT")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())

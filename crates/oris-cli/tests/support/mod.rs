@@ -311,3 +311,85 @@ pub fn assert_nothing_repeated(thread: &str, events: &[Value]) {
         );
     }
 }
+
+// --- The operator CLI as a client of a server ---------------------------------------------
+
+/// `oris ARGS` as a client of the server at `url` with `token` (none: no token), stdin
+/// closed, `NO_COLOR` unset (colour decisions are the binary's).
+pub fn client_command(url: &str, token: Option<&str>, args: &[&str]) -> Command {
+    let mut c = oris_command();
+    c.args(args)
+        .env("ORIS_URL", url)
+        .env_remove("ORIS_TOKEN")
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    if let Some(t) = token {
+        c.env("ORIS_TOKEN", t);
+    }
+    c
+}
+
+/// `oris ARGS` against `oris` with the admin token; its output.
+pub fn cli(oris: &Oris, args: &[&str]) -> std::process::Output {
+    client_command(&oris.base, Some(TOKEN), args)
+        .output()
+        .expect("oris runs")
+}
+
+pub fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+/// Asserts the exit code, showing both streams when it differs.
+#[track_caller]
+pub fn code(o: &std::process::Output, expected: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(expected),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// `oris ARGS`, asserting success; its stdout.
+#[track_caller]
+pub fn ok(oris: &Oris, args: &[&str]) -> String {
+    let o = cli(oris, args);
+    code(&o, 0);
+    stdout(&o)
+}
+
+/// `oris ARGS -o json`, parsed.
+#[track_caller]
+pub fn json(oris: &Oris, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    let out = ok(oris, &a);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// `oris ARGS -o json` printing NDJSON, parsed line by line.
+#[track_caller]
+pub fn ndjson(oris: &Oris, args: &[&str]) -> Vec<Value> {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    ok(oris, &a)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// `oris serve` on `dir/oris.db` with the test admin token provisioned.
+pub fn start_with_token(dir: &Path) -> Oris {
+    let tf = token_file(dir);
+    Oris::start(
+        &dir.join("oris.db"),
+        &["--admin-token-file", tf.to_str().unwrap()],
+    )
+}
