@@ -24,6 +24,35 @@ use crate::store::{Commit, Delivery, Fence, InterruptRecord, RunRecord, Snapshot
 /// (`protocol_mismatch`).
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Whether `id` is a valid worker id: 1–128 characters of `[A-Za-z0-9._:-]`. The server
+/// refuses other ids; the worker library refuses to start with one.
+pub fn is_valid_worker_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// A worker id for this process: `host-pid-random` (the host name reduced to the valid
+/// characters, at most 80 of them; `localhost` without one). Always valid.
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+                .take(80)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    // The random tail of a UUIDv7.
+    let suffix = uuid::Uuid::now_v7().as_u128() as u32;
+    format!("{host}-{}-{suffix:08x}", std::process::id())
+}
+
 /// A graph version a worker executes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GraphRef {
@@ -206,6 +235,18 @@ mod tests {
     use crate::event::{Boundary, EventBody, Payload, RunSettings};
     use crate::id::ThreadId;
     use crate::status::RunStatus;
+
+    #[test]
+    fn worker_ids() {
+        assert!(is_valid_worker_id("w-1.a_b:c"));
+        assert!(is_valid_worker_id(&"a".repeat(128)));
+        for bad in ["", "a b", "w/1", "é", &"a".repeat(129)] {
+            assert!(!is_valid_worker_id(bad), "{bad}");
+        }
+        let id = default_worker_id();
+        assert!(is_valid_worker_id(&id), "{id}");
+        assert_ne!(default_worker_id(), id, "the suffix is random");
+    }
 
     #[test]
     fn an_image_round_trips_through_json() {

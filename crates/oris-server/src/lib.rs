@@ -398,7 +398,7 @@ impl ServerBuilder {
             hub,
             metrics,
             self.schemas,
-            pool::worker_id(),
+            oris_core::protocol::default_worker_id(),
             ended,
             self.wakes,
         );

@@ -61,18 +61,6 @@ pub(crate) async fn forward_wakes(hub: Arc<Hub>, mut source: WakeSource, stop: C
     }
 }
 
-/// The worker id: `host-pid-random`.
-pub(crate) fn worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    let suffix: u32 = rand::random();
-    format!("{host}-{}-{suffix:08x}", std::process::id())
-}
-
 pub(crate) async fn run(app: AppState, stop: CancellationToken) {
     let concurrency = app.config.workers;
     let slots = Arc::new(Semaphore::new(concurrency));

@@ -6,6 +6,7 @@ use std::time::Duration;
 use oris_core::id::Timestamp;
 use oris_core::protocol::{
     Ack, AckOutcome, Attempt, GraphRef, Heartbeat, PROTOCOL_VERSION, PollRequest, PollResponse,
+    is_valid_worker_id,
 };
 use oris_core::state::State;
 use oris_core::store::Fence;
@@ -150,7 +151,7 @@ impl WorkerBuilder {
         }
         let worker_id = match self.worker_id {
             Some(id) => id,
-            None => default_worker_id(),
+            None => oris_core::protocol::default_worker_id(),
         };
         check_worker_id(&worker_id)?;
         if !(1..=MAX_CAPACITY).contains(&self.capacity) {
@@ -543,32 +544,9 @@ async fn send_ack(shared: &Shared, fence: Fence, outcome: AckOutcome, error: Opt
     }
 }
 
-/// `host-pid-random`, like the server's embedded pool.
-fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| {
-            h.trim()
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
-                .take(80)
-                .collect::<String>()
-        })
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    let suffix = (crate::backoff::unit_random() * f64::from(u32::MAX)) as u32;
-    format!("{host}-{}-{suffix:08x}", std::process::id())
-}
-
 /// 1–128 characters of `[A-Za-z0-9._:-]` (the server's rule).
 fn check_worker_id(id: &str) -> Result<(), Error> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
-    if ok {
+    if is_valid_worker_id(id) {
         Ok(())
     } else {
         Err(Error::Config(format!(
@@ -588,9 +566,13 @@ mod tests {
         for bad in ["", "a b", "w/1", "é", &"a".repeat(129)] {
             assert!(check_worker_id(bad).is_err(), "{bad}");
         }
-        let id = default_worker_id();
+        let id = oris_core::protocol::default_worker_id();
         assert!(check_worker_id(&id).is_ok(), "{id}");
-        assert_ne!(default_worker_id(), id, "the suffix is random");
+        assert_ne!(
+            oris_core::protocol::default_worker_id(),
+            id,
+            "the suffix is random"
+        );
     }
 
     /// A self-signed CA certificate (its key was thrown away).

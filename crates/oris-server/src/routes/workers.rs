@@ -47,11 +47,7 @@ const LEASE_SCAN: usize = 10_000;
 
 /// Checks a worker id: 1–128 characters of `[A-Za-z0-9._:-]`.
 pub(crate) fn check_worker_id(id: &str) -> Result<(), ApiError> {
-    let ok = (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if ok {
+    if oris_core::protocol::is_valid_worker_id(id) {
         Ok(())
     } else {
         Err(
