@@ -23,13 +23,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 use oris::server::{Auth, Server};
-use oris::store::{PostgresOptions, PostgresStore, Store, redact_url};
 
 use crate::demo;
 
@@ -164,7 +162,7 @@ pub async fn serve(db: &str, args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let addr = listener.local_addr()?;
-    let (store, wakes) = open(db)
+    let (store, wakes) = oris::server::open_store(db)
         .await
         // Unsupported URLs are echoed whole by the facade: never show a password.
         .map_err(|e| anyhow::anyhow!(e.to_string().replace(db, &shown_db)))?;
@@ -211,30 +209,6 @@ pub async fn serve(db: &str, args: ServeArgs) -> anyhow::Result<()> {
         .await?;
     eprintln!("oris: stopped");
     Ok(())
-}
-
-/// Store wake-ups of other processes, for the worker pool.
-type Wakes = std::pin::Pin<Box<dyn futures_util::Stream<Item = ()> + Send>>;
-
-/// Opens the store. On PostgreSQL, also listens for its change notifications: a run made
-/// ready by another process (a resume through another server, a released lease) then starts
-/// here within milliseconds instead of at the next poll.
-async fn open(db: &str) -> Result<(Arc<dyn Store>, Option<Wakes>), oris::OpenError> {
-    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
-        let pg = PostgresStore::connect(db, PostgresOptions::default())
-            .await
-            .map_err(|source| oris::OpenError::Store {
-                url: redact_url(db),
-                source,
-            })?;
-        let wakes = futures_util::stream::unfold(pg.listen(), |mut listener| async move {
-            // Any wake-up (a thread changed, or the listener reconnected and may have
-            // missed some) means: claim again.
-            listener.recv().await.map(|_| ((), listener))
-        });
-        return Ok((Arc::new(pg), Some(Box::pin(wakes))));
-    }
-    Ok((oris::open_store(db).await?, None))
 }
 
 /// The startup messages (stderr) and the bootstrap token (stdout).

@@ -78,6 +78,40 @@ pub mod store {
 #[cfg(feature = "server")]
 pub mod server {
     pub use oris_server::*;
+
+    /// Wake-ups of a server's worker pool for runs made ready by other processes (see
+    /// [`ServerBuilder::wake_on`]).
+    pub type Wakes = std::pin::Pin<Box<dyn futures_util::Stream<Item = ()> + Send>>;
+
+    /// Opens a server's store from a URL, like [`open_store`](crate::open_store). On
+    /// PostgreSQL (feature `postgres`) it also returns the store's change notifications as
+    /// wake-ups for [`ServerBuilder::wake_on`]: a run made ready by another process (a
+    /// resume through another server, a released lease) then starts here within
+    /// milliseconds instead of at the pool's next poll. Other stores: no wake-ups.
+    ///
+    /// # Errors
+    /// [`OpenError`](crate::OpenError) naming the URL, for PostgreSQL without its password.
+    pub async fn open_store(
+        url: &str,
+    ) -> Result<(std::sync::Arc<dyn crate::store::Store>, Option<Wakes>), crate::OpenError> {
+        #[cfg(feature = "postgres")]
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            use crate::store::{PostgresOptions, PostgresStore};
+            let pg = PostgresStore::connect(url, PostgresOptions::default())
+                .await
+                .map_err(|source| crate::OpenError::Store {
+                    url: oris_postgres::redact_url(url),
+                    source,
+                })?;
+            let wakes = futures_util::stream::unfold(pg.listen(), |mut listener| async move {
+                // Any wake-up (a thread changed, or the listener reconnected and may have
+                // missed some) means: claim again.
+                listener.recv().await.map(|_| ((), listener))
+            });
+            return Ok((std::sync::Arc::new(pg), Some(Box::pin(wakes))));
+        }
+        Ok((crate::open_store(url).await?, None))
+    }
 }
 
 /// Remote workers (feature `worker`): a process that registers graphs and pulls work from a

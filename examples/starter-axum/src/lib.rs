@@ -26,7 +26,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use oris::server::Server;
-use oris::store::{PostgresOptions, PostgresStore, Store, redact_url};
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::BearerToken;
@@ -75,7 +74,10 @@ impl Service {
             !config.api_token.trim().is_empty(),
             "the business API token must not be empty"
         );
-        let (store, wakes) = open(db).await?;
+        // On PostgreSQL with its change notifications as wake-ups, so that with several
+        // replicas on one database a run made ready by another replica (an expense approved
+        // there, a lease released by one shutting down) starts here within milliseconds.
+        let (store, wakes) = oris::server::open_store(db).await?;
         let mut builder = Server::builder()
             .store(store)
             .graph(graph::expense_approval(config.policy_latency)?)
@@ -176,28 +178,6 @@ impl Service {
         tracing::info!("stopped");
         Ok(())
     }
-}
-
-/// Wake-ups of the worker pool for runs made ready by other processes.
-type Wakes = std::pin::Pin<Box<dyn futures_util::Stream<Item = ()> + Send>>;
-
-/// Opens the store. On PostgreSQL, also listens for its change notifications, so that with
-/// several replicas of the service on one database a run made ready by another replica (an
-/// expense approved there, a lease released by one shutting down) starts here within
-/// milliseconds instead of at the pool's next poll.
-async fn open(db: &str) -> anyhow::Result<(Arc<dyn Store>, Option<Wakes>)> {
-    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
-        let pg = PostgresStore::connect(db, PostgresOptions::default())
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", redact_url(db)))?;
-        let wakes = futures_util::stream::unfold(pg.listen(), |mut listener| async move {
-            // Any wake-up (a thread changed, or the listener reconnected and may have
-            // missed some) means: claim again.
-            listener.recv().await.map(|_| ((), listener))
-        });
-        return Ok((Arc::new(pg), Some(Box::pin(wakes))));
-    }
-    Ok((oris::open_store(db).await?, None))
 }
 
 async fn healthz() -> axum::Json<serde_json::Value> {
