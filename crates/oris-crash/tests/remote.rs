@@ -478,6 +478,16 @@ fn rfc3339_parses() {
     assert_eq!(rfc3339_ms("2026-05-01T12:00:00.123Z"), 1_777_636_800_123);
 }
 
+/// The worker holding the job's lease (`w1` or `w2`) and the other one.
+fn holder_and_other(job: &Value) -> (String, &'static str) {
+    let holder = job["lease"]["worker_id"]
+        .as_str()
+        .expect("a lease holder")
+        .to_owned();
+    let other = if holder == "w1" { "w2" } else { "w1" };
+    (holder, other)
+}
+
 // --- the scenarios -------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -489,11 +499,7 @@ async fn sigkill_of_the_lease_holder_fails_over_to_the_other_worker() {
     c.create("failover", json!({"slow": "b", "sleep_ms": 60_000}))
         .await;
     let job = c.step_recorded("failover", "b", "before").await;
-    let holder = job["lease"]["worker_id"]
-        .as_str()
-        .expect("a lease holder")
-        .to_owned();
-    let other = if holder == "w1" { "w2" } else { "w1" };
+    let (holder, other) = holder_and_other(&job);
     let killed = Instant::now();
     c.proc(&holder).signal("KILL");
     let status = c.proc(&holder).wait_exit(SLOW);
@@ -580,11 +586,7 @@ async fn a_stopped_lease_holder_resumed_after_expiry_writes_nothing() {
     c.create("frozen", json!({"slow": "b", "sleep_ms": 1500}))
         .await;
     let job = c.step_recorded("frozen", "b", "before").await;
-    let holder = job["lease"]["worker_id"]
-        .as_str()
-        .expect("a lease holder")
-        .to_owned();
-    let other = if holder == "w1" { "w2" } else { "w1" };
+    let (holder, other) = holder_and_other(&job);
     let (hp, op) = (pids[holder.as_str()], pids[other]);
     c.proc(&holder).signal("STOP");
     let within = c.lease + Duration::from_millis(100) + Duration::from_secs(6);
@@ -686,11 +688,7 @@ async fn retries_continue_across_a_worker_crash_and_honour_retry_at() {
                 .any(|e| e["kind"] == "node_failed" && e["node"] == "b")
         })
         .await;
-    let holder = job["lease"]["worker_id"]
-        .as_str()
-        .expect("a lease holder")
-        .to_owned();
-    let other = if holder == "w1" { "w2" } else { "w1" };
+    let (holder, other) = holder_and_other(&job);
     let (hp, op) = (pids[holder.as_str()], pids[other]);
     c.proc(&holder).signal("KILL");
     c.proc(&holder).wait_exit(SLOW);
@@ -834,11 +832,7 @@ async fn sigterm_finishes_the_node_hands_the_run_back_and_exits_0() {
     c.create("handover", json!({"slow": "b", "sleep_ms": 1500}))
         .await;
     let job = c.step_recorded("handover", "b", "before").await;
-    let holder = job["lease"]["worker_id"]
-        .as_str()
-        .expect("a lease holder")
-        .to_owned();
-    let other = if holder == "w1" { "w2" } else { "w1" };
+    let (holder, other) = holder_and_other(&job);
     let (hp, op) = (pids[holder.as_str()], pids[other]);
     let signalled = Instant::now();
     c.proc(&holder).signal("TERM");
