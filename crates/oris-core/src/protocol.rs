@@ -117,7 +117,8 @@ impl Attempt {
 /// What a worker needs of a thread to continue its run: the thread record, the run
 /// records it names, the latest snapshot, the log to the head from the earlier of that
 /// snapshot's seq and the run's first event (the fold needs the run's opening events) — or
-/// the whole log without a snapshot — and the thread's interrupts and deliveries.
+/// the whole log without a snapshot — the interrupts of those runs, and the thread's
+/// deliveries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadImage {
     /// The thread record.
@@ -129,7 +130,7 @@ pub struct ThreadImage {
     /// The log from `min(snapshot.at_seq, run.first_seq)` (or from the start) to the head,
     /// in order.
     pub events: Vec<Event>,
-    /// The thread's interrupts.
+    /// The interrupts of the image's runs.
     pub interrupts: Vec<InterruptRecord>,
     /// The thread's deliveries.
     pub deliveries: Vec<Delivery>,

@@ -260,13 +260,16 @@ async fn image(app: &AppState, run: &RunRecord) -> store::Result<ThreadImage> {
             break;
         }
     }
-    let interrupts = s.interrupts(t).await?;
     let deliveries = s.deliveries(t, false).await?;
+    // The runs the image refers to — not every run of the thread's history, which would
+    // cost a read per past run on every poll — and their interrupts.
     let mut ids: BTreeSet<RunId> = events.iter().map(|e| e.run_id).collect();
-    ids.extend(interrupts.iter().map(|i| i.run_id));
     ids.extend(snapshot.as_ref().map(|sn| sn.run_id));
     ids.extend(thread.active_run);
     ids.extend(thread.last_run);
+    ids.insert(run.run_id);
+    let mut interrupts = s.interrupts(t).await?;
+    interrupts.retain(|i| ids.contains(&i.run_id));
     ids.remove(&run.run_id);
     let mut runs = vec![run.clone()];
     for id in ids {
