@@ -546,18 +546,21 @@ impl Drop for CopyGuard {
 mod tests {
     use super::*;
 
+    /// A store whose server nobody answers for (port 9, discard).
+    fn unreachable_store() -> RemoteStore {
+        let client = Client::new(
+            "http://127.0.0.1:9",
+            None,
+            "w".into(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        RemoteStore::new(Arc::new(client))
+    }
+
     #[test]
     fn a_copy_is_forgotten_with_its_last_user() {
-        let client = Arc::new(
-            Client::new(
-                "http://127.0.0.1:9",
-                None,
-                "w".into(),
-                Duration::from_secs(1),
-            )
-            .unwrap(),
-        );
-        let store = Arc::new(RemoteStore::new(client));
+        let store = Arc::new(unreachable_store());
         let copies = Arc::new(Copies::default());
         let t = ThreadId::new("t1").unwrap();
         let a = copies.acquire(store.clone(), t.clone());
@@ -571,16 +574,7 @@ mod tests {
 
     #[tokio::test]
     async fn leases_are_tracked_per_epoch() {
-        let client = Arc::new(
-            Client::new(
-                "http://127.0.0.1:9",
-                None,
-                "w".into(),
-                Duration::from_secs(1),
-            )
-            .unwrap(),
-        );
-        let store = RemoteStore::new(client);
+        let store = unreachable_store();
         let run_id = RunId::generate();
         let old = Fence { run_id, epoch: 1 };
         let new = Fence { run_id, epoch: 2 };
