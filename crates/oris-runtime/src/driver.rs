@@ -797,11 +797,14 @@ impl<S: State> Driver<S> {
                     tracing::info!(thread_id = %self.thread_id, run_id = %self.run_id, running = set.len(), "graceful stop: finishing running attempts");
                     continue;
                 }
+                // The attempts before the requests they send: a node that asks for a record
+                // (a step, an interrupt) is then served in this same poll instead of after a
+                // round trip through the scheduler.
+                r = set.next(), if !set.is_empty() => r,
                 Some(req) = self.requests.recv() => {
                     self.record_requests(req, std::mem::take(&mut carried)).await?;
                     continue;
                 }
-                r = set.next(), if !set.is_empty() => r,
             };
             let Some(first) = first else {
                 unreachable!("invariant: a superstep with pending tasks has running attempts")

@@ -1467,3 +1467,32 @@ async fn exit_durability_writes_the_pause_and_a_new_engine_resumes_it() {
         }
     );
 }
+
+/// Polls `fut` to completion on the current task, counting its polls.
+async fn count_polls<F: std::future::Future>(fut: F) -> (F::Output, usize) {
+    let mut fut = std::pin::pin!(fut);
+    let mut polls = 0;
+    let out = std::future::poll_fn(|cx| {
+        polls += 1;
+        fut.as_mut().poll(cx)
+    })
+    .await;
+    (out, polls)
+}
+
+/// A node's record request (its step, its interrupt) is served in the same poll of the
+/// driver: on a store that answers at once, a W3 cycle never returns `Pending` to the
+/// runtime. (It did once: the driver looked for requests before polling the node that sends
+/// them, so each request cost a trip through the scheduler — on a multi-thread runtime a
+/// wake-up of another worker, and with a blocking store a hand-off of the worker's core.)
+#[tokio::test]
+async fn a_cycle_on_an_immediate_store_never_yields_to_the_runtime() {
+    let (_store, engine, runs) = w3_engine(EngineOptions::default());
+    let h = engine.register(w3(runs.clone()).compile().unwrap());
+    let (out, polls) = count_polls(h.start("polls", Lin::default())).await;
+    let id = paused(&out.unwrap())[0].interrupt_id;
+    assert_eq!(polls, 1, "start of a run that steps, then interrupts");
+    let (done, polls) = count_polls(h.resume(id, "yes")).await;
+    assert_eq!(done.unwrap().expect_completed().log, ["a", "b:yes", "c"]);
+    assert_eq!(polls, 1, "resume");
+}
