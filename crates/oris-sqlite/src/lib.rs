@@ -25,6 +25,14 @@
 //! runtime when a read connection is free, and on Tokio's blocking pool otherwise: nothing
 //! blocks an async worker thread outside `block_in_place`.
 //!
+//! Short reads by key — a thread, a run, an interrupt, the first 64 events of
+//! a page — run on the **write connection when nobody is writing**: its page cache holds
+//! what the last commits wrote, while a read connection starts over after every commit
+//! (SQLite drops a connection's cache when the WAL changed) and reads each page again. A
+//! run reading back what it just committed pays microseconds instead; a commit arriving
+//! meanwhile waits for the read, as it would for another commit. When the writer is busy
+//! these reads go to the read pool.
+//!
 //! # Durability
 //! Per commit, by [`Durability`](oris_core::event::Durability):
 //! - `Sync` and `Exit`: `commit` returns once the transaction is fsynced
@@ -212,6 +220,12 @@ use crate::writer::{Counters, Request, Role, Shared, Write, Writer};
 
 pub use crate::schema::LATEST as SCHEMA_VERSION;
 
+/// The most events [`Store::events`] reads as a point read.
+const POINT_EVENTS: usize = 64;
+
+/// The default [`SqliteOptions::page_size`].
+pub const DEFAULT_PAGE_SIZE: u32 = 1024;
+
 /// How a [`SqliteStore`] is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqliteOptions {
@@ -227,6 +241,11 @@ pub struct SqliteOptions {
     /// Snapshot states longer than this many bytes of JSON are stored LZ4-compressed
     /// (when that makes them smaller). Default: 512 bytes.
     pub compress_snapshots_over: usize,
+    /// The page size of a database file this store creates: a power of two from 512 to
+    /// 65,536 bytes. A file that exists keeps the page size it was created with. Default:
+    /// 1,024 bytes — Oris' rows are small, and a commit writes every page it touches to the
+    /// WAL whole, so smaller pages mean fewer bytes per fsync (see `docs/storage.md`).
+    pub page_size: u32,
 }
 
 impl Default for SqliteOptions {
@@ -236,6 +255,7 @@ impl Default for SqliteOptions {
             read_connections: 2,
             max_group: 256,
             compress_snapshots_over: 512,
+            page_size: DEFAULT_PAGE_SIZE,
         }
     }
 }
@@ -298,6 +318,12 @@ impl SqliteStore {
     }
 
     fn open_blocking(path: PathBuf, options: SqliteOptions) -> Result<SqliteStore> {
+        if !(512..=65_536).contains(&options.page_size) || !options.page_size.is_power_of_two() {
+            return Err(Error::Incompatible(format!(
+                "page size {} is not a power of two from 512 to 65536",
+                options.page_size
+            )));
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 Error::Unavailable(format!("cannot create directory {}: {e}", dir.display()))
@@ -313,6 +339,10 @@ impl SqliteStore {
         )
         .map_err(context)?;
         configure(&conn, options.busy_timeout).map_err(context)?;
+        // Takes effect only on a file without tables yet: before the WAL switch below
+        // writes the file's header, or on an empty file. An existing database keeps its own.
+        conn.pragma_update(None, "page_size", options.page_size)
+            .map_err(context)?;
         let mode: String = conn
             .query_row(queries::JOURNAL_WAL, [], |r| r.get(0))
             .map_err(context)?;
@@ -495,6 +525,29 @@ impl SqliteStore {
         response.await.map_err(|_| stopped())?
     }
 
+    /// Runs a short read — a few rows found by key — on the write connection when nobody
+    /// is writing and the caller may block its thread (inside
+    /// [`tokio::task::block_in_place`]), and otherwise like [`SqliteStore::read`]. The
+    /// write connection's page cache holds what the last commits wrote; a read connection
+    /// re-reads every page it touches after each commit (SQLite resets its cache when the
+    /// WAL changed), so a sequential caller's read of what it just wrote costs far less
+    /// here. Writers arriving meanwhile queue for the few microseconds it takes.
+    async fn point_read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Fault> + Send + 'static,
+    {
+        let f = if can_block_in_place() {
+            match tokio::task::block_in_place(|| self.shared.try_read(f)) {
+                Ok(out) => return out.map_err(Fault::into_error),
+                Err(f) => f,
+            }
+        } else {
+            f
+        };
+        self.read(f).await
+    }
+
     /// Runs `f` on a pooled read connection: on a multi-thread runtime with a connection
     /// free, on the caller's thread inside [`tokio::task::block_in_place`] (a read takes
     /// microseconds; a hop to another thread and back costs more); otherwise on Tokio's
@@ -631,12 +684,12 @@ impl Store for SqliteStore {
 
     async fn thread(&self, thread_id: &ThreadId) -> Result<Option<ThreadRecord>> {
         let thread_id = thread_id.clone();
-        self.read(move |conn| Ok(read::thread(conn, &thread_id)?.map(|t| t.record)))
+        self.point_read(move |conn| Ok(read::thread(conn, &thread_id)?.map(|t| t.record)))
             .await
     }
 
     async fn run(&self, run_id: RunId) -> Result<Option<RunRecord>> {
-        self.read(move |conn| Ok(read::run(conn, run_id)?.map(|r| r.record)))
+        self.point_read(move |conn| Ok(read::run(conn, run_id)?.map(|r| r.record)))
             .await
     }
 
@@ -650,10 +703,27 @@ impl Store for SqliteStore {
             .await
     }
 
+    /// Up to `POINT_EVENTS` (64) events — a short log, or the first page of a long one — are
+    /// read as a point read (on the idle write connection); the rest of a longer page on
+    /// a read connection, so that a long read never holds up commits.
     async fn events(&self, thread_id: &ThreadId, after: Seq, limit: usize) -> Result<Vec<Event>> {
-        let thread_id = thread_id.clone();
-        self.read(move |conn| read::events(conn, &thread_id, after, limit))
-            .await
+        let head = limit.min(POINT_EVENTS);
+        let tid = thread_id.clone();
+        let mut events = self
+            .point_read(move |conn| read::events(conn, &tid, after, head))
+            .await?;
+        let Some(last) = events.last().map(|e| e.seq) else {
+            return Ok(events);
+        };
+        if events.len() == head && head < limit {
+            let tid = thread_id.clone();
+            let rest = limit - head;
+            events.extend(
+                self.read(move |conn| read::events(conn, &tid, last, rest))
+                    .await?,
+            );
+        }
+        Ok(events)
     }
 
     async fn snapshot(&self, thread_id: &ThreadId, at_or_before: Seq) -> Result<Option<Snapshot>> {
@@ -688,8 +758,10 @@ impl Store for SqliteStore {
     }
 
     async fn interrupt(&self, interrupt_id: InterruptId) -> Result<Option<InterruptRecord>> {
-        self.read(move |conn| Ok(read::interrupt(conn, interrupt_id, false)?.map(|i| i.record)))
-            .await
+        self.point_read(move |conn| {
+            Ok(read::interrupt(conn, interrupt_id, false)?.map(|i| i.record))
+        })
+        .await
     }
 
     async fn interrupts(&self, thread_id: &ThreadId) -> Result<Vec<InterruptRecord>> {

@@ -433,6 +433,15 @@ pub(crate) struct Shared {
     max_group: usize,
 }
 
+/// Calls [`Shared::release`] when dropped.
+struct Release<'a>(&'a Shared);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 /// How [`Shared::submit`] wants the caller to go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -488,13 +497,40 @@ impl Shared {
     pub(crate) fn lead(&self) {
         if let Some(batch) = self.take_batch() {
             self.serve(batch);
+            self.release();
+        }
+    }
+
+    /// Runs the read `f` on the write connection if nobody is serving the queue, holding
+    /// the queue as a leader does (requests arriving meanwhile wait, and are handed to the
+    /// writer thread afterwards). Gives `f` back, not called, when the connection is busy
+    /// or closed.
+    pub(crate) fn try_read<T, F: FnOnce(&Connection) -> T>(&self, f: F) -> Result<T, F> {
+        {
             let mut q = self.lock_queue();
-            if q.requests.is_empty() {
-                q.busy = false;
-            } else {
-                q.handoff = true;
-                self.wake.notify_one();
+            if q.busy || q.closed {
+                return Err(f);
             }
+            q.busy = true;
+        }
+        // Released even if `f` panics, so that the queue is never left without a server.
+        let _release = Release(self);
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        match writer.as_ref() {
+            Some(w) => Ok(f(&w.conn)),
+            None => Err(f),
+        }
+    }
+
+    /// Ends a caller's turn at the connection: frees it, or hands the requests that arrived
+    /// meanwhile to the writer thread.
+    fn release(&self) {
+        let mut q = self.lock_queue();
+        if q.requests.is_empty() {
+            q.busy = false;
+        } else {
+            q.handoff = true;
+            self.wake.notify_one();
         }
     }
 
