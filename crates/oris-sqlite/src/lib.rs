@@ -615,7 +615,9 @@ fn configure(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> 
     // time a parameter is rebound, because the planner checks whether the bound value
     // matches the index's predicate — a parse per execution on the commit path.
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
-    conn.set_prepared_statement_cache_capacity(32);
+    // The write connection runs the commit path's statements and the point reads'; a
+    // statement evicted from the cache is parsed again on its next use.
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(())
 }
 
