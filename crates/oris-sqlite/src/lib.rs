@@ -30,8 +30,10 @@
 //! what the last commits wrote, while a read connection starts over after every commit
 //! (SQLite drops a connection's cache when the WAL changed) and reads each page again. A
 //! run reading back what it just committed pays microseconds instead; a commit arriving
-//! meanwhile waits for the read, as it would for another commit. When the writer is busy
-//! these reads go to the read pool.
+//! meanwhile waits for the read, as it would for another commit. While the writer is busy,
+//! or serves concurrent writers (its last group held more than one commit, or a commit had
+//! to wait for a read), these reads go to the read pool: many runs in flight keep the write
+//! connection for their groups.
 //!
 //! # Durability
 //! Per commit, by [`Durability`](oris_core::event::Durability):
@@ -537,7 +539,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, Fault> + Send + 'static,
     {
-        let f = if can_block_in_place() {
+        let f = if can_block_in_place() && self.shared.reads_here() {
             match tokio::task::block_in_place(|| self.shared.try_read(f)) {
                 Ok(out) => return out.map_err(Fault::into_error),
                 Err(f) => f,

@@ -416,6 +416,10 @@ struct Queue {
     busy: bool,
     /// The writer thread is asked to serve the queue until it is empty.
     handoff: bool,
+    /// Writes come one at a time: the last group held a single request, and none had to
+    /// wait for a read since. Only then do reads use the write connection
+    /// ([`Shared::try_read`]): under concurrent writes it belongs to the groups.
+    solo: bool,
     /// The store is closing: the writer thread serves what is left and stops.
     closed: bool,
 }
@@ -501,14 +505,22 @@ impl Shared {
         }
     }
 
-    /// Runs the read `f` on the write connection if nobody is serving the queue, holding
-    /// the queue as a leader does (requests arriving meanwhile wait, and are handed to the
-    /// writer thread afterwards). Gives `f` back, not called, when the connection is busy
-    /// or closed.
+    /// Whether [`Shared::try_read`] would run a read now: a cheap look, so that a caller
+    /// bound for the read pool does not block its thread first.
+    pub(crate) fn reads_here(&self) -> bool {
+        let q = self.lock_queue();
+        !q.busy && !q.closed && q.solo
+    }
+
+    /// Runs the read `f` on the write connection if nobody is serving the queue and writes
+    /// come one at a time (`Queue::solo`), holding the queue as a leader does (requests
+    /// arriving meanwhile wait, and are handed to the writer thread afterwards). Gives `f`
+    /// back, not called, when the connection is busy, shared by concurrent writers, or
+    /// closed.
     pub(crate) fn try_read<T, F: FnOnce(&Connection) -> T>(&self, f: F) -> Result<T, F> {
         {
             let mut q = self.lock_queue();
-            if q.busy || q.closed {
+            if q.busy || q.closed || !q.solo {
                 return Err(f);
             }
             q.busy = true;
@@ -529,6 +541,9 @@ impl Shared {
         if q.requests.is_empty() {
             q.busy = false;
         } else {
+            // Writes arrived meanwhile (after a group, or during a read): no more reads
+            // here until writes come one at a time again.
+            q.solo = false;
             q.handoff = true;
             self.wake.notify_one();
         }
@@ -543,6 +558,7 @@ impl Shared {
         }
         let n = q.requests.len().min(self.max_group);
         let batch: Vec<Request> = q.requests.drain(..n).collect();
+        q.solo = n == 1;
         drop(q);
         self.counters.queued.fetch_sub(n as u64, Ordering::Relaxed);
         self.counters.in_group.store(n as u64, Ordering::Relaxed);
