@@ -226,7 +226,7 @@ pub use crate::schema::LATEST as SCHEMA_VERSION;
 const POINT_EVENTS: usize = 64;
 
 /// The default [`SqliteOptions::page_size`].
-pub const DEFAULT_PAGE_SIZE: u32 = 1024;
+pub const DEFAULT_PAGE_SIZE: u32 = 2048;
 
 /// How a [`SqliteStore`] is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,7 +245,7 @@ pub struct SqliteOptions {
     pub compress_snapshots_over: usize,
     /// The page size of a database file this store creates: a power of two from 512 to
     /// 65,536 bytes. A file that exists keeps the page size it was created with. Default:
-    /// 1,024 bytes — Oris' rows are small, and a commit writes every page it touches to the
+    /// 2,048 bytes — Oris' rows are small, and a commit writes every page it touches to the
     /// WAL whole, so smaller pages mean fewer bytes per fsync (see `docs/storage.md`).
     pub page_size: u32,
 }
