@@ -155,7 +155,11 @@ pub async fn run(a: RunArgs) -> Result<()> {
     }
     let run_id = created["run_id"].as_str().unwrap_or_default().to_owned();
     note(format!("oris: started {run_id} on {}", a.thread));
-    let status = follow_run(&c, &a.thread, &run_id).await?;
+    // The run's events start at its first seq: a long thread's history is not replayed.
+    let after = created["first_seq"]
+        .as_u64()
+        .map_or(0, |s| s.saturating_sub(1));
+    let status = follow_run(&c, &a.thread, &run_id, after).await?;
     let job = c.get(&format!("/v1/jobs/{}", seg(&a.thread)), &[]).await?;
     print_job(&out, &job)?;
     match status.as_str() {
@@ -170,10 +174,10 @@ pub async fn run(a: RunArgs) -> Result<()> {
     }
 }
 
-/// Follows `run_id`'s events until it ends or suspends; returns its last status.
-async fn follow_run(c: &Client, thread: &str, run_id: &str) -> Result<String> {
+/// Follows `run_id`'s events after seq `after` until it ends or suspends; returns its last
+/// status.
+async fn follow_run(c: &Client, thread: &str, run_id: &str, mut after: u64) -> Result<String> {
     let mut progress = Progress::new();
-    let mut after = 0;
     loop {
         let mut stream = c.stream(thread, after).await?;
         while let Some(e) = stream.next().await? {

@@ -93,6 +93,9 @@ pub struct JobView {
     pub created_at: String,
     /// When its status last changed.
     pub updated_at: String,
+    /// The seq of the run's first event in the thread's log: its events are those of the
+    /// thread's stream after `first_seq - 1`.
+    pub first_seq: u64,
     /// The worker holding the run, if one does.
     pub lease: Option<LeaseView>,
     /// Interrupts the run waits on (empty unless interrupted).
@@ -139,6 +142,7 @@ impl JobView {
             metadata: r.metadata_map(),
             created_at: rfc3339(r.created_at),
             updated_at: rfc3339(r.updated_at),
+            first_seq: r.first_seq.0,
             lease: r.lease.as_ref().map(|l| LeaseView {
                 worker_id: l.worker_id.clone(),
                 expires_at: rfc3339(l.expires_at),

@@ -34,6 +34,7 @@ async fn create_interrupt_resume_inspect() {
     assert_eq!(r.body["priority"], 3);
     assert_eq!(r.body["metadata"]["team"], "a");
     assert!(r.body["created_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(r.body["first_seq"], 1);
 
     let job = h.settle("order-1").await;
     assert_eq!(job["status"], "interrupted", "{job}");
@@ -115,6 +116,26 @@ async fn create_interrupt_resume_inspect() {
     assert!(kinds.contains(&"interrupt_raised".to_owned()), "{kinds:?}");
     assert_eq!(kinds.last().unwrap(), "run_completed");
     assert!(rest.body["next_after"].is_null());
+
+    // A later run's events start right after the history: its `first_seq` says where (what
+    // `oris run --wait` follows from instead of the thread's first event).
+    let head = rest.body["events"].as_array().unwrap().last().unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let again = h
+        .post(
+            "/v1/jobs",
+            json!({ "graph": "approval", "thread_id": "order-1", "input": { "n": 1 } }),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.text);
+    assert_eq!(again.body["first_seq"], head + 1, "{}", again.text);
+    let first = h
+        .get(&format!("/v1/jobs/order-1/timeline?after={head}&limit=1"))
+        .await;
+    assert_eq!(first.body["events"][0]["kind"], "run_started");
+    assert_eq!(first.body["events"][0]["run_id"], again.body["run_id"]);
+    assert_eq!(h.settle("order-1").await["status"], "interrupted");
 
     // Listing with filters and cursor.
     let all = h.get("/v1/jobs?metadata.team=a&status=completed").await;
