@@ -1270,3 +1270,31 @@ async fn reads_see_each_callers_last_commit_while_others_write() -> TestResult {
     }
     Ok(())
 }
+
+/// Two stores on one file (as two processes would be): each one's reads — on its idle write
+/// connection once it has written — see the other's latest commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_on_the_write_connection_see_another_stores_commits() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("oris.db");
+    let a = open(&path).await;
+    let b = open(&path).await;
+    let mut mine = Run::new("a", Seq::ZERO);
+    let mut theirs = Run::new("b", Seq::ZERO);
+    drive(&a, &mut mine, &[Run::start, Run::step]).await;
+    for i in 1..=20u64 {
+        drive(
+            &b,
+            &mut theirs,
+            &[if i == 1 { Run::start } else { Run::step }],
+        )
+        .await;
+        drive(&a, &mut mine, &[Run::step]).await;
+        let seen = a.thread(&tid("b")).await?.map(|t| t.head);
+        assert_eq!(seen, Some(Seq(i)), "after b's commit {i}");
+        let last = a.events(&tid("b"), Seq(i - 1), 10).await?;
+        assert_eq!(last.iter().map(|e| e.seq).collect::<Vec<_>>(), [Seq(i)]);
+        assert_eq!(b.thread(&tid("a")).await?.map(|t| t.head), Some(Seq(i + 2)));
+    }
+    Ok(())
+}
