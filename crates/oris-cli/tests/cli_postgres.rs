@@ -6,26 +6,14 @@ mod support;
 
 use std::process::Stdio;
 
+use oris_testkit::database::TestDatabase;
 use serde_json::Value;
 use support::oris_command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_applies_and_reports_the_schema_version() {
-    let admin_url = std::env::var("ORIS_TEST_PG_URL").expect(
-        "ORIS_TEST_PG_URL is not set: this test needs a PostgreSQL server (scripts/test.sh \
-         starts one)",
-    );
-    let name = format!("oris_cli_migrate_{}", uuid::Uuid::now_v7().simple());
-    let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to ORIS_TEST_PG_URL");
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let (base, _) = admin_url.rsplit_once('/').expect("a URL with a database");
-    let url = format!("{base}/{name}");
+    let database = TestDatabase::create("oris_cli_migrate").await;
+    let url = database.url.clone();
 
     let migrate = |json: bool| {
         let mut c = oris_command();
@@ -61,8 +49,5 @@ async fn migrate_applies_and_reports_the_schema_version() {
     assert_eq!(i64::from(row.get::<_, i32>(0)), version);
     drop(db);
 
-    client
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-        .unwrap();
+    database.drop_it().await;
 }

@@ -7,58 +7,13 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use oris_testkit::database::TestDatabase;
 use serde_json::json;
 use support::*;
 
-/// A fresh database on the test server, dropped at the end.
-struct Database {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl Database {
-    async fn create() -> Database {
-        let admin_url = std::env::var("ORIS_TEST_PG_URL").expect(
-            "ORIS_TEST_PG_URL is not set: this test needs a PostgreSQL server (scripts/test.sh \
-             starts one)",
-        );
-        let name = format!("oris_cli_{}", uuid::Uuid::now_v7().simple());
-        let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
-            .await
-            .expect("connect to ORIS_TEST_PG_URL");
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let (base, _) = admin_url.rsplit_once('/').expect("a URL with a database");
-        let url = format!("{base}/{name}");
-        Database {
-            admin_url,
-            name,
-            url,
-        }
-    }
-
-    async fn drop_it(self) {
-        let (client, conn) = tokio_postgres::connect(&self.admin_url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .await
-            .unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_queued_through_one_server_starts_at_once_on_another() {
-    let db = Database::create().await;
+    let db = TestDatabase::create("oris_cli").await;
     let dir = tempfile::tempdir().unwrap();
     let token = token_file(dir.path());
     let token = token.to_str().unwrap();

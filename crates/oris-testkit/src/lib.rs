@@ -36,6 +36,8 @@ pub mod build;
 pub mod check;
 pub mod conformance;
 pub mod counting;
+#[cfg(feature = "postgres")]
+pub mod database;
 mod macros;
 pub mod sim;
 pub mod writer;

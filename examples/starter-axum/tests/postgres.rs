@@ -5,66 +5,13 @@
 
 mod support;
 
+use oris_testkit::database::TestDatabase;
 use serde_json::json;
 use support::*;
 
-/// A fresh database on the test server, dropped at the end.
-struct Database {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl Database {
-    async fn create() -> Database {
-        let admin_url = std::env::var("ORIS_TEST_PG_URL").expect(
-            "ORIS_TEST_PG_URL is not set: this test needs a PostgreSQL server (scripts/test.sh \
-             starts one)",
-        );
-        let name = format!("starter_axum_{}", uuid_suffix());
-        let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
-            .await
-            .expect("connect to ORIS_TEST_PG_URL");
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let (base, _) = admin_url.rsplit_once('/').expect("a URL with a database");
-        let url = format!("{base}/{name}");
-        Database {
-            admin_url,
-            name,
-            url,
-        }
-    }
-
-    async fn drop_it(self) {
-        let (client, conn) = tokio_postgres::connect(&self.admin_url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .await
-            .unwrap();
-    }
-}
-
-fn uuid_suffix() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{}_{nanos}", std::process::id())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expense_is_approved_on_postgres() {
-    let db = Database::create().await;
+    let db = TestDatabase::create("starter_axum").await;
     let dir = tempfile::tempdir().unwrap();
     {
         let svc = Service::start(dir.path(), &db.url, &["--policy-latency-ms", "0"]);
@@ -94,7 +41,7 @@ async fn an_expense_is_approved_on_postgres() {
 /// second, woken by PostgreSQL's notifications (its poll alone would take a second).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_the_work_on_postgres() {
-    let db = Database::create().await;
+    let db = TestDatabase::create("starter_axum").await;
     let dir = tempfile::tempdir().unwrap();
     {
         let front = Service::start(
