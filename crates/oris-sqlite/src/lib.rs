@@ -529,25 +529,33 @@ impl SqliteStore {
 
     /// Runs a short read — a few rows found by key — on the write connection when nobody
     /// is writing and the caller may block its thread (inside
-    /// [`tokio::task::block_in_place`]), and otherwise like [`SqliteStore::read`]. The
-    /// write connection's page cache holds what the last commits wrote; a read connection
-    /// re-reads every page it touches after each commit (SQLite resets its cache when the
-    /// WAL changed), so a sequential caller's read of what it just wrote costs far less
-    /// here. Writers arriving meanwhile queue for the few microseconds it takes.
+    /// [`tokio::task::block_in_place`]), and otherwise like [`SqliteStore::read`].
     async fn point_read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, Fault> + Send + 'static,
     {
-        let f = if can_block_in_place() && self.shared.reads_here() {
-            match tokio::task::block_in_place(|| self.shared.try_read(f)) {
-                Ok(out) => return out.map_err(Fault::into_error),
-                Err(f) => f,
-            }
-        } else {
-            f
-        };
-        self.read(f).await
+        match self.read_on_writer(f) {
+            Ok(out) => out,
+            Err(f) => self.read(f).await,
+        }
+    }
+
+    /// Runs `f` on the write connection if it is idle, writes come one at a time and the
+    /// caller may block; gives `f` back, not run, otherwise. The write connection's page
+    /// cache holds what the last commits wrote; a read connection re-reads every page it
+    /// touches after each commit (SQLite resets its cache when the WAL changed), so a
+    /// sequential caller's read of what it just wrote costs far less here. Writers arriving
+    /// meanwhile queue for the few microseconds it takes.
+    fn read_on_writer<T, F>(&self, f: F) -> std::result::Result<Result<T>, F>
+    where
+        F: FnOnce(&Connection) -> Result<T, Fault>,
+    {
+        if !(can_block_in_place() && self.shared.reads_here()) {
+            return Err(f);
+        }
+        tokio::task::block_in_place(|| self.shared.try_read(f))
+            .map(|out| out.map_err(Fault::into_error))
     }
 
     /// Runs `f` on a pooled read connection: on a multi-thread runtime with a connection
@@ -708,19 +716,26 @@ impl Store for SqliteStore {
     }
 
     /// Up to `POINT_EVENTS` (64) events — a short log, or the first page of a long one — are
-    /// read as a point read (on the idle write connection); the rest of a longer page on
-    /// a read connection, so that a long read never holds up commits.
+    /// read on the idle write connection and the rest of a longer page on a read
+    /// connection, so that a long read never holds up commits; the whole page on a read
+    /// connection when the write connection is not free.
     async fn events(&self, thread_id: &ThreadId, after: Seq, limit: usize) -> Result<Vec<Event>> {
         let head = limit.min(POINT_EVENTS);
         let tid = thread_id.clone();
-        let mut events = self
-            .point_read(move |conn| read::events(conn, &tid, after, head))
-            .await?;
-        let Some(last) = events.last().map(|e| e.seq) else {
-            return Ok(events);
+        let first = self.read_on_writer(move |conn| read::events(conn, &tid, after, head));
+        let tid = thread_id.clone();
+        let mut events = match first {
+            Ok(events) => events?,
+            Err(_) => {
+                return self
+                    .read(move |conn| read::events(conn, &tid, after, limit))
+                    .await;
+            }
         };
-        if events.len() == head && head < limit {
-            let tid = thread_id.clone();
+        if let Some(last) = events.last().map(|e| e.seq)
+            && events.len() == head
+            && head < limit
+        {
             let rest = limit - head;
             events.extend(
                 self.read(move |conn| read::events(conn, &tid, last, rest))
